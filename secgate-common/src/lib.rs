@@ -1,0 +1,15 @@
+//! Everything the XDP program and the daemon must agree on, defined once.
+//!
+//! `maps` holds map names, capacities and the `#[repr(C)]` key and value types;
+//! `limit` the GCRA arithmetic; `model` a plain-Rust reference of the per-packet decision
+//! that the kernel program mirrors and the tests compare it against.
+#![no_std]
+
+pub mod limit;
+pub mod maps;
+pub mod model;
+pub mod net;
+pub mod verdict;
+
+#[cfg(feature = "user")]
+mod pod;

@@ -1,0 +1,159 @@
+//! GCRA ("virtual scheduling") arithmetic, shared by the kernel program, the model and the daemon.
+//!
+//! GCRA keeps one `u64` per bucket (the theoretical arrival time, TAT), so the kernel can
+//! update it with a single compare-and-swap no matter how many CPUs see the same source.
+
+use crate::maps::RateRule;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Highest configurable rate: one packet per nanosecond.
+pub const MAX_PPS: u64 = NS_PER_SEC;
+/// Highest configurable burst; keeps `tolerance_ns` far from overflow.
+pub const MAX_BURST: u64 = 1 << 24;
+
+impl RateRule {
+    /// No limit.
+    pub const UNLIMITED: RateRule = RateRule {
+        interval_ns: 0,
+        tolerance_ns: 0,
+    };
+
+    /// `pps` packets per second with bursts of up to `burst` packets.
+    ///
+    /// Callers validate `1 <= pps <= MAX_PPS` and `1 <= burst <= MAX_BURST`; out-of-range
+    /// values are clamped rather than trusted.
+    pub const fn from_rate(pps: u64, burst: u64) -> RateRule {
+        let pps = clamp(pps, 1, MAX_PPS);
+        let burst = clamp(burst, 1, MAX_BURST);
+        let interval_ns = NS_PER_SEC / pps;
+        RateRule {
+            interval_ns,
+            tolerance_ns: interval_ns * (burst - 1),
+        }
+    }
+
+    /// Packets per second this rule admits (0 when unlimited).
+    pub const fn pps(&self) -> u64 {
+        if self.interval_ns == 0 {
+            0
+        } else {
+            NS_PER_SEC / self.interval_ns
+        }
+    }
+
+    /// Burst size this rule admits (0 when unlimited).
+    pub const fn burst(&self) -> u64 {
+        if self.interval_ns == 0 {
+            0
+        } else {
+            self.tolerance_ns / self.interval_ns + 1
+        }
+    }
+
+    pub const fn is_unlimited(&self) -> bool {
+        self.interval_ns == 0
+    }
+
+    /// One GCRA step: the new TAT if a packet arriving at `now_ns` conforms, `None` if it is
+    /// over the limit (the TAT then stays as it is).
+    #[inline(always)]
+    pub const fn admit(&self, tat_ns: u64, now_ns: u64) -> Option<u64> {
+        let tat = if tat_ns > now_ns { tat_ns } else { now_ns };
+        if tat - now_ns > self.tolerance_ns {
+            None
+        } else {
+            Some(tat + self.interval_ns)
+        }
+    }
+}
+
+const fn clamp(v: u64, lo: u64, hi: u64) -> u64 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_steady_rate() {
+        let rule = RateRule::from_rate(10, 3);
+        let mut tat = 0;
+        let now = 1_000_000_000;
+        for _ in 0..3 {
+            tat = rule.admit(tat, now).expect("burst admits three");
+        }
+        assert_eq!(rule.admit(tat, now), None, "fourth packet at once is over the limit");
+        assert!(rule.admit(tat, now + 100_000_000).is_some(), "one interval later one more fits");
+    }
+
+    #[test]
+    fn pps_and_burst_round_trip() {
+        let rule = RateRule::from_rate(2000, 50);
+        assert_eq!((rule.pps(), rule.burst()), (2000, 50));
+        assert!(RateRule::UNLIMITED.is_unlimited());
+    }
+
+    proptest::proptest! {
+        /// Over any window, a saturating sender gets at most `rate * window + burst` through.
+        #[test]
+        fn never_exceeds_rate_plus_burst(pps in 1u64..100_000, burst in 1u64..1000, gaps in proptest::collection::vec(0u64..2_000_000, 1..2000)) {
+            let rule = RateRule::from_rate(pps, burst);
+            let start = 5_000_000_000u64;
+            let (mut now, mut tat, mut passed) = (start, 0u64, 0u64);
+            for gap in gaps {
+                now += gap;
+                if let Some(t) = rule.admit(tat, now) { tat = t; passed += 1; }
+            }
+            let allowed = (now - start) / rule.interval_ns + burst;
+            proptest::prop_assert!(passed <= allowed, "passed {passed} > allowed {allowed}");
+        }
+    }
+}
+
+/// The override keys a packet is matched against, most specific first: port + SYN, port,
+/// any port + SYN, any port. The first one present in `SG_LIMITS` applies; if none is, the
+/// default limit does. Returns the keys and how many are valid.
+#[inline(always)]
+pub const fn candidates(proto: u8, dport: u16, syn: bool) -> ([crate::maps::LimitKey; 4], usize) {
+    use crate::maps::LimitKey;
+    let mut keys = [LimitKey::DEFAULT; 4];
+    let mut n = 0;
+    if dport != 0 {
+        if syn {
+            keys[n] = LimitKey { port: dport, proto, syn_only: 1 };
+            n += 1;
+        }
+        keys[n] = LimitKey { port: dport, proto, syn_only: 0 };
+        n += 1;
+    }
+    if syn {
+        keys[n] = LimitKey { port: 0, proto, syn_only: 1 };
+        n += 1;
+    }
+    keys[n] = LimitKey { port: 0, proto, syn_only: 0 };
+    n += 1;
+    (keys, n)
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::candidates;
+    use crate::maps::LimitKey;
+
+    #[test]
+    fn most_specific_first() {
+        let (keys, n) = candidates(6, 443, true);
+        let k = |port, syn_only| LimitKey { port, proto: 6, syn_only };
+        assert_eq!(&keys[..n], &[k(443, 1), k(443, 0), k(0, 1), k(0, 0)]);
+        let (keys, n) = candidates(1, 0, false);
+        assert_eq!(&keys[..n], &[LimitKey { port: 0, proto: 1, syn_only: 0 }]);
+    }
+}

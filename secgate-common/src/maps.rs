@@ -1,0 +1,179 @@
+//! Map names, capacities and the key/value layouts both sides read and write.
+//!
+//! Every type is `#[repr(C)]`, `Copy` and free of implicit padding (padding bytes would be
+//! uninitialised in the kernel and break hash-map key equality).
+
+/// Name of the single-entry `Array<DatapathConfig>`.
+pub const CONFIG: &str = "SG_CONFIG";
+/// Name of the `HashMap<LimitKey, RateRule>` of per-protocol/port overrides.
+pub const LIMITS: &str = "SG_LIMITS";
+/// Names of the allowlist LPM tries (`Key<[u8; 4]>` / `Key<[u8; 16]>` → [`AllowEntry`]).
+pub const ALLOW_V4: &str = "SG_ALLOW_V4";
+pub const ALLOW_V6: &str = "SG_ALLOW_V6";
+/// Names of the denylist LPM tries (→ [`DenyEntry`]).
+pub const DENY_V4: &str = "SG_DENY_V4";
+pub const DENY_V6: &str = "SG_DENY_V6";
+/// Name of the `LruHashMap<BucketKey, SourceState>` of per-source limiter state.
+pub const SOURCES: &str = "SG_SOURCES";
+/// Name of the `PerCpuArray<Counter>` indexed by [`crate::verdict::Reason`].
+pub const STATS: &str = "SG_STATS";
+/// Name of the ring buffer of [`OverLimitEvent`]s.
+pub const EVENTS: &str = "SG_EVENTS";
+/// Name of the `PerCpuArray<u64>` holding each CPU's event-budget GCRA state.
+pub const EVENT_BUDGET: &str = "SG_EVT_BUDGET";
+
+/// Every map the program defines; the daemon pins exactly these.
+pub const ALL: [&str; 10] = [
+    CONFIG,
+    LIMITS,
+    ALLOW_V4,
+    ALLOW_V6,
+    DENY_V4,
+    DENY_V6,
+    SOURCES,
+    STATS,
+    EVENTS,
+    EVENT_BUDGET,
+];
+
+/// Override rules: protocol × port × SYN-only combinations an operator can configure.
+pub const MAX_LIMIT_RULES: u32 = 256;
+/// Allowlist entries per address family.
+pub const MAX_ALLOW: u32 = 16 * 1024;
+/// Denylist entries per address family.
+pub const MAX_DENY: u32 = 256 * 1024;
+/// Default capacity of the per-source limiter map (`max_sources` overrides it at load).
+pub const DEFAULT_MAX_SOURCES: u32 = 256 * 1024;
+/// Ring buffer size in bytes (power of two, multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// `DatapathConfig::mode`: drop what the policy says to drop.
+pub const MODE_ENFORCE: u32 = 0;
+/// `DatapathConfig::mode`: count would-be drops, pass everything.
+pub const MODE_MONITOR: u32 = 1;
+
+/// `DatapathConfig::flags`: pass (but count) malformed packets instead of dropping them.
+pub const FLAG_PASS_MALFORMED: u32 = 1;
+
+/// Address family tags used in keys and events.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// A GCRA limit: one packet per `interval_ns`, bursts of up to `tolerance_ns / interval_ns + 1`.
+/// `interval_ns == 0` means "no limit".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateRule {
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+/// Runtime configuration of the XDP program, slot 0 of `SG_CONFIG`.
+///
+/// An all-zero value (before the daemon writes it) enforces nothing but malformed drops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// [`MODE_ENFORCE`] or [`MODE_MONITOR`].
+    pub mode: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Mask applied to an IPv4 source before it keys a limiter bucket (network order).
+    pub v4_mask: [u8; 4],
+    pub _pad: u32,
+    /// Mask applied to an IPv6 source before it keys a limiter bucket (network order).
+    pub v6_mask: [u8; 16],
+    /// Bit `p` set: `SG_LIMITS` holds overrides for IP protocol `p` (`p < 64`), so the
+    /// program only pays for override lookups on protocols that have any.
+    pub override_protos: u64,
+    /// Limit for packets no override matches.
+    pub default_rule: RateRule,
+    /// Minimum gap between two over-limit events for the same bucket.
+    pub event_interval_ns: u64,
+    /// Per-CPU budget for over-limit events, so a flood of sources cannot flood the daemon.
+    pub event_budget: RateRule,
+}
+
+/// Which limit applies: protocol, destination port (0 = any) and SYN-only.
+/// `LimitKey::DEFAULT` (all zero) is the default limit's bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LimitKey {
+    /// Destination port in host order; 0 matches any port.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6).
+    pub proto: u8,
+    /// 1: only TCP segments with SYN set and ACK clear.
+    pub syn_only: u8,
+}
+
+impl LimitKey {
+    pub const DEFAULT: LimitKey = LimitKey {
+        port: 0,
+        proto: 0,
+        syn_only: 0,
+    };
+}
+
+/// Key of a per-source limiter bucket: the masked source plus the limit it is counted against.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// Masked source address; IPv4 uses the first four bytes, the rest stay zero.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub limit: LimitKey,
+}
+
+/// Limiter state of one bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    /// GCRA theoretical arrival time (ns, `CLOCK_MONOTONIC`), updated by compare-and-swap.
+    pub tat_ns: u64,
+    /// When this bucket last produced an over-limit event (0: never).
+    pub last_event_ns: u64,
+}
+
+/// Value of an allowlist entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// Reserved for flags; keeps the value non-empty as the kernel requires.
+    pub flags: u32,
+}
+
+/// Value of a denylist entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// `CLOCK_MONOTONIC` ns after which the entry no longer drops; 0 = permanent.
+    pub expires_ns: u64,
+}
+
+impl DenyEntry {
+    /// Whether the entry still drops at `now_ns`.
+    pub const fn active(&self, now_ns: u64) -> bool {
+        self.expires_ns == 0 || now_ns < self.expires_ns
+    }
+}
+
+/// Per-reason traffic counter (one per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A source went over its limit (sampled: at most one per bucket per `event_interval_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverLimitEvent {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub limit: LimitKey,
+    pub ts_ns: u64,
+}

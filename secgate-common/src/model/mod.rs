@@ -1,0 +1,163 @@
+//! Reference model of the XDP decision: `(config, tables, frame, now) → (verdict, new state)`.
+//!
+//! The kernel program mirrors this logic with verifier-friendly code; the differential test
+//! feeds both the same frames and map contents and requires identical verdicts and limiter
+//! state. Keep this version obvious: it is the specification.
+
+mod parse;
+
+pub use parse::{L4, Packet, Parsed, parse};
+
+use crate::limit::candidates;
+use crate::maps::{
+    BucketKey, DatapathConfig, DenyEntry, FLAG_PASS_MALFORMED, LimitKey, MODE_MONITOR,
+    OverLimitEvent, RateRule, SourceState,
+};
+use crate::verdict::{Action, Reason, Verdict};
+
+/// The map contents the decision reads and writes.
+pub trait Tables {
+    /// Whether the longest allowlist prefix covering `addr` exists.
+    fn allowed(&self, family: u8, addr: &[u8; 16]) -> bool;
+    /// The longest denylist prefix covering `addr`, if any.
+    fn denied(&self, family: u8, addr: &[u8; 16]) -> Option<DenyEntry>;
+    /// An override rule.
+    fn rule(&self, key: &LimitKey) -> Option<RateRule>;
+    fn source(&self, key: &BucketKey) -> Option<SourceState>;
+    fn set_source(&mut self, key: &BucketKey, state: SourceState);
+    /// This CPU's event-budget TAT.
+    fn event_budget(&mut self) -> &mut u64;
+}
+
+/// Verdict plus the event the packet raised, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub event: Option<OverLimitEvent>,
+}
+
+/// Decides one frame at `now_ns`, updating limiter state in `tables`.
+pub fn decide(cfg: &DatapathConfig, tables: &mut impl Tables, frame: &[u8], now_ns: u64) -> Outcome {
+    let (reason, event) = match parse(frame) {
+        Parsed::NonIp => (Reason::NonIp, None),
+        Parsed::Malformed => (Reason::Malformed, None),
+        Parsed::Ip(pkt) => judge(cfg, tables, &pkt, now_ns),
+    };
+    Outcome { verdict: verdict(cfg, reason), event }
+}
+
+/// Turns a reason into an action under the configured mode and flags.
+pub fn verdict(cfg: &DatapathConfig, reason: Reason) -> Verdict {
+    let pass = !reason.drops()
+        || cfg.mode == MODE_MONITOR
+        || (reason == Reason::Malformed && cfg.flags & FLAG_PASS_MALFORMED != 0);
+    Verdict { reason, action: if pass { Action::Pass } else { Action::Drop } }
+}
+
+fn judge(
+    cfg: &DatapathConfig,
+    tables: &mut impl Tables,
+    pkt: &Packet,
+    now_ns: u64,
+) -> (Reason, Option<OverLimitEvent>) {
+    if tables.allowed(pkt.family, &pkt.src) {
+        return (Reason::Allow, None);
+    }
+    if let Some(entry) = tables.denied(pkt.family, &pkt.src)
+        && entry.active(now_ns)
+    {
+        return (Reason::Deny, None);
+    }
+    let (limit, rule) = select_rule(cfg, tables, pkt);
+    if rule.is_unlimited() {
+        return (Reason::Pass, None);
+    }
+    let key = bucket_key(cfg, pkt, limit);
+    let Some(mut state) = tables.source(&key) else {
+        let fresh = SourceState { tat_ns: now_ns + rule.interval_ns, last_event_ns: 0 };
+        tables.set_source(&key, fresh);
+        return (Reason::Pass, None);
+    };
+    match rule.admit(state.tat_ns, now_ns) {
+        Some(tat) => {
+            state.tat_ns = tat;
+            tables.set_source(&key, state);
+            (Reason::Pass, None)
+        }
+        None => (Reason::Rate, over_limit_event(cfg, tables, &key, state, now_ns)),
+    }
+}
+
+/// The first override present among the packet's candidates, else the default limit.
+fn select_rule(cfg: &DatapathConfig, tables: &impl Tables, pkt: &Packet) -> (LimitKey, RateRule) {
+    if let Some(l4) = pkt.l4
+        && pkt.proto < 64
+        && cfg.override_protos & (1 << pkt.proto) != 0
+    {
+        let (keys, n) = candidates(pkt.proto, l4.dport, l4.syn);
+        for key in &keys[..n] {
+            if let Some(rule) = tables.rule(key) {
+                return (*key, rule);
+            }
+        }
+    }
+    (LimitKey::DEFAULT, cfg.default_rule)
+}
+
+/// The bucket a packet counts against: its source masked to the configured prefix.
+pub fn bucket_key(cfg: &DatapathConfig, pkt: &Packet, limit: LimitKey) -> BucketKey {
+    let mut addr = [0u8; 16];
+    if pkt.family == crate::maps::FAMILY_V4 {
+        for i in 0..4 {
+            addr[i] = pkt.src[i] & cfg.v4_mask[i];
+        }
+    } else {
+        for i in 0..16 {
+            addr[i] = pkt.src[i] & cfg.v6_mask[i];
+        }
+    }
+    BucketKey { addr, family: pkt.family, _pad: [0; 3], limit }
+}
+
+/// Emits an event when the bucket has been quiet for `event_interval_ns` and this CPU's
+/// event budget admits one.
+fn over_limit_event(
+    cfg: &DatapathConfig,
+    tables: &mut impl Tables,
+    key: &BucketKey,
+    mut state: SourceState,
+    now_ns: u64,
+) -> Option<OverLimitEvent> {
+    if state.last_event_ns != 0 && now_ns - state.last_event_ns < cfg.event_interval_ns {
+        return None;
+    }
+    let budget = tables.event_budget();
+    *budget = cfg.event_budget.admit(*budget, now_ns)?;
+    state.last_event_ns = now_ns;
+    tables.set_source(key, state);
+    Some(OverLimitEvent {
+        addr: key.addr,
+        family: key.family,
+        _pad: [0; 3],
+        limit: key.limit,
+        ts_ns: now_ns,
+    })
+}
+
+/// Builds the network-order mask for a prefix length over `N` bytes.
+pub const fn prefix_mask<const N: usize>(prefix: u32) -> [u8; N] {
+    let mut mask = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        let bits = prefix as i64 - (i as i64) * 8;
+        mask[i] = if bits >= 8 {
+            0xff
+        } else if bits <= 0 {
+            0
+        } else {
+            0xffu8 << (8 - bits)
+        };
+        i += 1;
+    }
+    mask
+}

@@ -1,0 +1,148 @@
+//! Reference frame parser: plain slice indexing, written for clarity rather than for the
+//! verifier, so that the kernel parser can be checked against it.
+
+use crate::maps::{FAMILY_V4, FAMILY_V6};
+use crate::net::*;
+
+/// What the limiter needs to know about an IP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub family: u8,
+    /// Source address; IPv4 in the first four bytes.
+    pub src: [u8; 16],
+    /// Final protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// L4 facts, absent for non-first fragments and protocols without ports.
+    pub l4: Option<L4>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4 {
+    /// Destination port (0 for ICMP).
+    pub dport: u16,
+    /// TCP SYN without ACK.
+    pub syn: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    NonIp,
+    Malformed,
+    Ip(Packet),
+}
+
+fn be16(frame: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]))
+}
+
+fn need(frame: &[u8], off: usize, len: usize) -> Option<()> {
+    (off + len <= frame.len() && off + len <= MAX_HEADER_BYTES).then_some(())
+}
+
+/// Parses Ethernet, VLAN tags, IP and the L4 header.
+pub fn parse(frame: &[u8]) -> Parsed {
+    match parse_inner(frame) {
+        Some(p) => p,
+        None => Parsed::Malformed,
+    }
+}
+
+fn parse_inner(frame: &[u8]) -> Option<Parsed> {
+    need(frame, 0, ETH_HLEN)?;
+    let mut ethertype = be16(frame, 12)?;
+    let mut off = ETH_HLEN;
+    let mut tags = 0;
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        if tags == MAX_VLAN_TAGS {
+            return None;
+        }
+        need(frame, off, VLAN_HLEN)?;
+        ethertype = be16(frame, off + 2)?;
+        off += VLAN_HLEN;
+        tags += 1;
+    }
+    match ethertype {
+        ETH_P_IPV4 => ipv4(frame, off).map(Parsed::Ip),
+        ETH_P_IPV6 => ipv6(frame, off).map(Parsed::Ip),
+        _ => Some(Parsed::NonIp),
+    }
+}
+
+fn ipv4(frame: &[u8], off: usize) -> Option<Packet> {
+    need(frame, off, IPV4_MIN_HLEN)?;
+    let vihl = frame[off];
+    let hlen = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || usize::from(be16(frame, off + 2)?) < hlen {
+        return None;
+    }
+    need(frame, off, hlen)?;
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&frame[off + 12..off + 16]);
+    let proto = frame[off + 9];
+    let first_fragment = be16(frame, off + 6)? & 0x1fff == 0;
+    let l4 = if first_fragment { l4(frame, off + hlen, proto)? } else { None };
+    Some(Packet { family: FAMILY_V4, src, proto, l4 })
+}
+
+fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
+    need(frame, off, IPV6_HLEN)?;
+    if frame[off] >> 4 != 6 {
+        return None;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&frame[off + 8..off + 24]);
+    let mut next = frame[off + 6];
+    let mut off = off + IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let hlen = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                need(frame, off, 8)?;
+                (usize::from(frame[off + 1]) + 1) * 8
+            }
+            IPPROTO_AH => {
+                need(frame, off, 8)?;
+                (usize::from(frame[off + 1]) + 2) * 4
+            }
+            IPPROTO_FRAGMENT => {
+                need(frame, off, 8)?;
+                if be16(frame, off + 2)? >> 3 != 0 {
+                    let proto = frame[off];
+                    return Some(Packet { family: FAMILY_V6, src, proto, l4: None });
+                }
+                8
+            }
+            proto => {
+                let l4 = l4(frame, off, proto)?;
+                return Some(Packet { family: FAMILY_V6, src, proto, l4 });
+            }
+        };
+        need(frame, off, hlen)?;
+        next = frame[off];
+        off += hlen;
+    }
+    None
+}
+
+/// `Some(None)`: protocol without ports; `None`: truncated header (malformed).
+fn l4(frame: &[u8], off: usize, proto: u8) -> Option<Option<L4>> {
+    match proto {
+        IPPROTO_TCP => {
+            need(frame, off, TCP_MIN_HLEN)?;
+            if frame[off + 12] >> 4 < 5 {
+                return None;
+            }
+            let flags = frame[off + 13];
+            let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+            Some(Some(L4 { dport: be16(frame, off + 2)?, syn }))
+        }
+        IPPROTO_UDP => {
+            need(frame, off, UDP_HLEN)?;
+            Some(Some(L4 { dport: be16(frame, off + 2)?, syn: false }))
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            need(frame, off, ICMP_MIN_HLEN)?;
+            Some(Some(L4 { dport: 0, syn: false }))
+        }
+        _ => Some(None),
+    }
+}

@@ -1,0 +1,22 @@
+//! `aya::Pod` for every shared type: they are `#[repr(C)]`, `Copy` and padding-free, so any
+//! byte pattern the kernel hands back is a valid value.
+use crate::maps::{
+    AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, OverLimitEvent, RateRule,
+    SourceState,
+};
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
+}
+
+pod!(
+    AllowEntry,
+    BucketKey,
+    Counter,
+    DatapathConfig,
+    DenyEntry,
+    LimitKey,
+    OverLimitEvent,
+    RateRule,
+    SourceState,
+);

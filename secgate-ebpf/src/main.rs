@@ -1,0 +1,69 @@
+//! secgate's XDP program: per-source allow, deny and rate-limit verdicts at the NIC.
+//!
+//! Order: parse → allowlist → denylist (unexpired) → per-source GCRA bucket → verdict. Every
+//! path leaves through [`finish`], which counts the verdict, so none goes uncounted. The logic
+//! mirrors `secgate_common::model`, which the differential test holds it to.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_cxchg is the only 64-bit CAS the bpf target offers")]
+
+mod frame;
+mod limiter;
+mod maps;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use secgate_common::{
+    maps::DatapathConfig,
+    model::{Packet, Parsed, verdict},
+    verdict::{Action, Reason},
+};
+
+use crate::frame::Frame;
+
+#[xdp]
+pub fn secgate(ctx: XdpContext) -> u32 {
+    let frame = Frame::new(&ctx);
+    let Some(cfg) = maps::SG_CONFIG.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let reason = match parse::parse(&frame) {
+        Parsed::NonIp => Reason::NonIp,
+        Parsed::Malformed => Reason::Malformed,
+        Parsed::Ip(pkt) => judge(cfg, &pkt),
+    };
+    finish(cfg, reason, frame.len())
+}
+
+fn judge(cfg: &DatapathConfig, pkt: &Packet) -> Reason {
+    if maps::allowed(pkt) {
+        return Reason::Allow;
+    }
+    // SAFETY: a BPF helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if maps::denied(pkt, now) {
+        return Reason::Deny;
+    }
+    limiter::check(cfg, pkt, now)
+}
+
+/// The single exit: counts the verdict and turns it into an XDP action.
+#[inline(always)]
+fn finish(cfg: &DatapathConfig, reason: Reason, len: u64) -> u32 {
+    maps::count(reason, len);
+    match verdict(cfg, reason).action {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

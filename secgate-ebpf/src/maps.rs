@@ -1,0 +1,73 @@
+//! The program's maps. Names and capacities come from `secgate_common::maps`; the static
+//! names must equal those constants (a test checks every name is present in the object).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+use secgate_common::{
+    maps::{
+        AllowEntry, BucketKey, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry,
+        EVENTS_BYTES, FAMILY_V4, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
+        SourceState,
+    },
+    model::Packet,
+    verdict::{REASON_COUNT, Reason},
+};
+
+#[map]
+pub static SG_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+#[map]
+pub static SG_LIMITS: HashMap<LimitKey, RateRule> = HashMap::with_max_entries(MAX_LIMIT_RULES, 0);
+#[map]
+static SG_ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
+#[map]
+static SG_ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
+#[map]
+static SG_DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
+#[map]
+static SG_DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
+/// Capacity is the default; the daemon sets `max_sources` at load time.
+#[map]
+pub static SG_SOURCES: LruHashMap<BucketKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+#[map]
+static SG_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+#[map]
+pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+pub static SG_EVT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+fn v4(pkt: &Packet) -> Key<[u8; 4]> {
+    Key::new(32, [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
+}
+
+#[inline(always)]
+pub fn allowed(pkt: &Packet) -> bool {
+    if pkt.family == FAMILY_V4 {
+        SG_ALLOW_V4.get(v4(pkt)).is_some()
+    } else {
+        SG_ALLOW_V6.get(Key::new(128, pkt.src)).is_some()
+    }
+}
+
+#[inline(always)]
+pub fn denied(pkt: &Packet, now: u64) -> bool {
+    let entry = if pkt.family == FAMILY_V4 {
+        SG_DENY_V4.get(v4(pkt))
+    } else {
+        SG_DENY_V6.get(Key::new(128, pkt.src))
+    };
+    entry.is_some_and(|e| e.active(now))
+}
+
+#[inline(always)]
+pub fn count(reason: Reason, len: u64) {
+    if let Some(c) = SG_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+}
