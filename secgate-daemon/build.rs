@@ -13,7 +13,10 @@ const TARGET: &str = "bpfel-unknown-none";
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("..").join(EBPF_CRATE).canonicalize()?;
-    let common_dir = manifest_dir.join("..").join("secgate-common").canonicalize()?;
+    let common_dir = manifest_dir
+        .join("..")
+        .join("secgate-common")
+        .canonicalize()?;
     for dir in [&ebpf_dir, &common_dir] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
@@ -21,7 +24,15 @@ fn main() -> anyhow::Result<()> {
     let target_dir = out_dir.join("ebpf-target");
     let rustflags = ["-Ctarget-cpu=v3", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
     let status = Command::new("rustup")
-        .args(["run", "nightly", "cargo", "build", "--release", "--package", EBPF_CRATE])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--package",
+            EBPF_CRATE,
+        ])
         .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir)
@@ -32,7 +43,9 @@ fn main() -> anyhow::Result<()> {
         .status()
         .context("could not run `rustup run nightly cargo`; run `cargo xtask setup`")?;
     if !status.success() {
-        bail!("building the XDP program failed ({status}); run `cargo xtask setup` to install the nightly toolchain, rust-src and bpf-linker");
+        bail!(
+            "building the XDP program failed ({status}); run `cargo xtask setup` to install the nightly toolchain, rust-src and bpf-linker"
+        );
     }
     let built = target_dir.join(TARGET).join("release").join("secgate");
     std::fs::copy(&built, out_dir.join("secgate"))

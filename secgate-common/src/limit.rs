@@ -90,8 +90,15 @@ mod tests {
         for _ in 0..3 {
             tat = rule.admit(tat, now).expect("burst admits three");
         }
-        assert_eq!(rule.admit(tat, now), None, "fourth packet at once is over the limit");
-        assert!(rule.admit(tat, now + 100_000_000).is_some(), "one interval later one more fits");
+        assert_eq!(
+            rule.admit(tat, now),
+            None,
+            "fourth packet at once is over the limit"
+        );
+        assert!(
+            rule.admit(tat, now + 100_000_000).is_some(),
+            "one interval later one more fits"
+        );
     }
 
     #[test]
@@ -128,17 +135,33 @@ pub const fn candidates(proto: u8, dport: u16, syn: bool) -> ([crate::maps::Limi
     let mut n = 0;
     if dport != 0 {
         if syn {
-            keys[n] = LimitKey { port: dport, proto, syn_only: 1 };
+            keys[n] = LimitKey {
+                port: dport,
+                proto,
+                syn_only: 1,
+            };
             n += 1;
         }
-        keys[n] = LimitKey { port: dport, proto, syn_only: 0 };
+        keys[n] = LimitKey {
+            port: dport,
+            proto,
+            syn_only: 0,
+        };
         n += 1;
     }
     if syn {
-        keys[n] = LimitKey { port: 0, proto, syn_only: 1 };
+        keys[n] = LimitKey {
+            port: 0,
+            proto,
+            syn_only: 1,
+        };
         n += 1;
     }
-    keys[n] = LimitKey { port: 0, proto, syn_only: 0 };
+    keys[n] = LimitKey {
+        port: 0,
+        proto,
+        syn_only: 0,
+    };
     n += 1;
     (keys, n)
 }
@@ -151,9 +174,20 @@ mod candidate_tests {
     #[test]
     fn most_specific_first() {
         let (keys, n) = candidates(6, 443, true);
-        let k = |port, syn_only| LimitKey { port, proto: 6, syn_only };
+        let k = |port, syn_only| LimitKey {
+            port,
+            proto: 6,
+            syn_only,
+        };
         assert_eq!(&keys[..n], &[k(443, 1), k(443, 0), k(0, 1), k(0, 0)]);
         let (keys, n) = candidates(1, 0, false);
-        assert_eq!(&keys[..n], &[LimitKey { port: 0, proto: 1, syn_only: 0 }]);
+        assert_eq!(
+            &keys[..n],
+            &[LimitKey {
+                port: 0,
+                proto: 1,
+                syn_only: 0
+            }]
+        );
     }
 }

@@ -11,7 +11,10 @@ pub struct Frame {
 impl Frame {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Frame {
-        Frame { start: ctx.data(), end: ctx.data_end() }
+        Frame {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
     }
 
     #[inline(always)]
@@ -57,6 +60,7 @@ impl Frame {
     #[inline(always)]
     pub fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         // SAFETY: `at` checked all N bytes are inside the packet.
-        self.at(off, N).map(|p| unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+        self.at(off, N)
+            .map(|p| unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
     }
 }

@@ -6,14 +6,19 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_cxchg is the only 64-bit CAS the bpf target offers")]
+#![expect(
+    internal_features,
+    reason = "atomic_cxchg is the only 64-bit CAS the bpf target offers"
+)]
 
 mod frame;
 mod limiter;
 mod maps;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
 use secgate_common::{
     maps::DatapathConfig,
     model::{Packet, Parsed, verdict},

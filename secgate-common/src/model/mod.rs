@@ -37,13 +37,21 @@ pub struct Outcome {
 }
 
 /// Decides one frame at `now_ns`, updating limiter state in `tables`.
-pub fn decide(cfg: &DatapathConfig, tables: &mut impl Tables, frame: &[u8], now_ns: u64) -> Outcome {
+pub fn decide(
+    cfg: &DatapathConfig,
+    tables: &mut impl Tables,
+    frame: &[u8],
+    now_ns: u64,
+) -> Outcome {
     let (reason, event) = match parse(frame) {
         Parsed::NonIp => (Reason::NonIp, None),
         Parsed::Malformed => (Reason::Malformed, None),
         Parsed::Ip(pkt) => judge(cfg, tables, &pkt, now_ns),
     };
-    Outcome { verdict: verdict(cfg, reason), event }
+    Outcome {
+        verdict: verdict(cfg, reason),
+        event,
+    }
 }
 
 /// Turns a reason into an action under the configured mode and flags.
@@ -51,7 +59,10 @@ pub fn verdict(cfg: &DatapathConfig, reason: Reason) -> Verdict {
     let pass = !reason.drops()
         || cfg.mode == MODE_MONITOR
         || (reason == Reason::Malformed && cfg.flags & FLAG_PASS_MALFORMED != 0);
-    Verdict { reason, action: if pass { Action::Pass } else { Action::Drop } }
+    Verdict {
+        reason,
+        action: if pass { Action::Pass } else { Action::Drop },
+    }
 }
 
 fn judge(
@@ -74,7 +85,10 @@ fn judge(
     }
     let key = bucket_key(cfg, pkt, limit);
     let Some(mut state) = tables.source(&key) else {
-        let fresh = SourceState { tat_ns: now_ns + rule.interval_ns, last_event_ns: 0 };
+        let fresh = SourceState {
+            tat_ns: now_ns + rule.interval_ns,
+            last_event_ns: 0,
+        };
         tables.set_source(&key, fresh);
         return (Reason::Pass, None);
     };
@@ -84,7 +98,10 @@ fn judge(
             tables.set_source(&key, state);
             (Reason::Pass, None)
         }
-        None => (Reason::Rate, over_limit_event(cfg, tables, &key, state, now_ns)),
+        None => (
+            Reason::Rate,
+            over_limit_event(cfg, tables, &key, state, now_ns),
+        ),
     }
 }
 
@@ -116,7 +133,12 @@ pub fn bucket_key(cfg: &DatapathConfig, pkt: &Packet, limit: LimitKey) -> Bucket
             addr[i] = pkt.src[i] & cfg.v6_mask[i];
         }
     }
-    BucketKey { addr, family: pkt.family, _pad: [0; 3], limit }
+    BucketKey {
+        addr,
+        family: pkt.family,
+        _pad: [0; 3],
+        limit,
+    }
 }
 
 /// Emits an event when the bucket has been quiet for `event_interval_ns` and this CPU's

@@ -1,0 +1,264 @@
+//! Typed access to the datapath's maps: the only place userspace reads or writes them.
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+use ipnet::IpNet;
+use secgate_common::{
+    maps::{
+        self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey,
+        RateRule, SourceState,
+    },
+    verdict::REASON_COUNT,
+};
+
+/// Why a map operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("the XDP object has no map named {0}; the daemon and program were built apart")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {name} is full ({capacity} entries); remove entries or raise the limit")]
+    Full { name: &'static str, capacity: u32 },
+}
+
+type Result<T> = std::result::Result<T, MapsError>;
+
+/// One LPM trie per address family.
+struct Tries<V: aya::Pod> {
+    v4: LpmTrie<MapData, [u8; 4], V>,
+    v6: LpmTrie<MapData, [u8; 16], V>,
+    names: [&'static str; 2],
+    capacity: u32,
+}
+
+/// Handles on every map the daemon writes or reads.
+pub struct DatapathMaps {
+    config: Array<MapData, DatapathConfig>,
+    limits: HashMap<MapData, LimitKey, RateRule>,
+    allow: Tries<AllowEntry>,
+    deny: Tries<DenyEntry>,
+    sources: HashMap<MapData, BucketKey, SourceState>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+fn take(bpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    bpf.take_map(name).ok_or(MapsError::Missing(name))
+}
+
+fn wrap(name: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+fn convert<T: TryFrom<Map, Error = MapError>>(bpf: &mut Ebpf, name: &'static str) -> Result<T> {
+    T::try_from(take(bpf, name)?).map_err(wrap(name))
+}
+
+/// A write failing with E2BIG/ENOMEM/ENOSPC means the map is at capacity.
+fn is_full(err: &MapError) -> bool {
+    matches!(err, MapError::SyscallError(e)
+        if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)))
+}
+
+impl DatapathMaps {
+    /// Takes the maps out of a loaded object (the program keeps its own references).
+    pub fn take(bpf: &mut Ebpf) -> Result<DatapathMaps> {
+        Ok(DatapathMaps {
+            config: convert(bpf, names::CONFIG)?,
+            limits: convert(bpf, names::LIMITS)?,
+            allow: Tries {
+                v4: convert(bpf, names::ALLOW_V4)?,
+                v6: convert(bpf, names::ALLOW_V6)?,
+                names: [names::ALLOW_V4, names::ALLOW_V6],
+                capacity: names::MAX_ALLOW,
+            },
+            deny: Tries {
+                v4: convert(bpf, names::DENY_V4)?,
+                v6: convert(bpf, names::DENY_V6)?,
+                names: [names::DENY_V4, names::DENY_V6],
+                capacity: names::MAX_DENY,
+            },
+            sources: convert(bpf, names::SOURCES)?,
+            stats: convert(bpf, names::STATS)?,
+        })
+    }
+
+    pub fn config(&self) -> Result<DatapathConfig> {
+        self.config.get(&0, 0).map_err(wrap(names::CONFIG))
+    }
+
+    pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<()> {
+        self.config.set(0, cfg, 0).map_err(wrap(names::CONFIG))
+    }
+
+    pub fn limits(&self) -> Result<Vec<(LimitKey, RateRule)>> {
+        self.limits
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(wrap(names::LIMITS))
+    }
+
+    pub fn set_limit(&mut self, key: LimitKey, rule: RateRule) -> Result<()> {
+        self.limits.insert(key, rule, 0).map_err(|e| {
+            if is_full(&e) {
+                MapsError::Full {
+                    name: names::LIMITS,
+                    capacity: names::MAX_LIMIT_RULES,
+                }
+            } else {
+                wrap(names::LIMITS)(e)
+            }
+        })
+    }
+
+    pub fn remove_limit(&mut self, key: &LimitKey) -> Result<()> {
+        ignore_missing(self.limits.remove(key)).map_err(wrap(names::LIMITS))
+    }
+
+    pub fn allow(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
+        self.allow.list()
+    }
+
+    pub fn set_allow(&mut self, net: IpNet) -> Result<()> {
+        self.allow.insert(net, AllowEntry::default())
+    }
+
+    /// Removes an allow entry; `Ok(false)` if there was none.
+    pub fn remove_allow(&mut self, net: IpNet) -> Result<bool> {
+        self.allow.remove(net)
+    }
+
+    pub fn deny(&self) -> Result<Vec<(IpNet, DenyEntry)>> {
+        self.deny.list()
+    }
+
+    pub fn set_deny(&mut self, net: IpNet, entry: DenyEntry) -> Result<()> {
+        self.deny.insert(net, entry)
+    }
+
+    /// Removes a deny entry; `Ok(false)` if there was none.
+    pub fn remove_deny(&mut self, net: IpNet) -> Result<bool> {
+        self.deny.remove(net)
+    }
+
+    pub fn source(&self, key: &BucketKey) -> Result<Option<SourceState>> {
+        match self.sources.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(wrap(names::SOURCES)(e)),
+        }
+    }
+
+    pub fn set_source(&mut self, key: &BucketKey, state: &SourceState) -> Result<()> {
+        self.sources
+            .insert(key, state, 0)
+            .map_err(wrap(names::SOURCES))
+    }
+
+    /// Number of live limiter buckets (walks the map; for status and metrics, not hot paths).
+    pub fn source_count(&self) -> usize {
+        self.sources.keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn clear_sources(&mut self) -> Result<()> {
+        let keys: Vec<BucketKey> = self.sources.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            ignore_missing(self.sources.remove(&key)).map_err(wrap(names::SOURCES))?;
+        }
+        Ok(())
+    }
+
+    /// Per-reason counters summed over CPUs, indexed by `Reason as usize`.
+    pub fn stats(&self) -> Result<[Counter; REASON_COUNT as usize]> {
+        let mut out = [Counter::default(); REASON_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.stats.get(&(i as u32), 0).map_err(wrap(names::STATS))?;
+            for c in per_cpu.iter() {
+                slot.packets += c.packets;
+                slot.bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn is_not_found(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(e) if is_not_found(&e) => Ok(()),
+        other => other,
+    }
+}
+
+impl<V: aya::Pod> Tries<V> {
+    fn insert(&mut self, net: IpNet, value: V) -> Result<()> {
+        let (res, name) = match net.trunc() {
+            IpNet::V4(n) => {
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                (self.v4.insert(&key, value, 0), self.names[0])
+            }
+            IpNet::V6(n) => {
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                (self.v6.insert(&key, value, 0), self.names[1])
+            }
+        };
+        res.map_err(|e| {
+            if is_full(&e) {
+                MapsError::Full {
+                    name,
+                    capacity: self.capacity,
+                }
+            } else {
+                wrap(name)(e)
+            }
+        })
+    }
+
+    fn remove(&mut self, net: IpNet) -> Result<bool> {
+        let (res, name) = match net.trunc() {
+            IpNet::V4(n) => {
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                (self.v4.remove(&key), self.names[0])
+            }
+            IpNet::V6(n) => {
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                (self.v6.remove(&key), self.names[1])
+            }
+        };
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(wrap(name)(e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<(IpNet, V)>> {
+        let mut out = Vec::new();
+        for item in self.v4.iter() {
+            let (k, v) = item.map_err(wrap(self.names[0]))?;
+            let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8);
+            out.extend(net.ok().map(|n| (n, v)));
+        }
+        for item in self.v6.iter() {
+            let (k, v) = item.map_err(wrap(self.names[1]))?;
+            let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8);
+            out.extend(net.ok().map(|n| (n, v)));
+        }
+        Ok(out)
+    }
+}

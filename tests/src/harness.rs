@@ -1,0 +1,86 @@
+//! The real XDP program, loaded into the kernel and driven with `BPF_PROG_TEST_RUN`.
+
+use aya::{
+    Ebpf,
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+};
+use secgate::maps::DatapathMaps;
+use secgate_common::{maps::Counter, verdict::Reason};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// A freshly loaded program with its own (unpinned) maps.
+pub struct Kernel {
+    bpf: Ebpf,
+    pub maps: DatapathMaps,
+}
+
+impl Kernel {
+    pub fn load() -> Kernel {
+        let mut bpf = Ebpf::load(secgate::EBPF_OBJECT).expect("parse the embedded XDP object");
+        let prog: &mut Xdp = bpf
+            .program_mut("secgate")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        if let Err(e) = prog.load() {
+            if let ProgramError::LoadError { verifier_log, .. } = &e {
+                panic!("verifier rejected the program: {verifier_log}");
+            }
+            panic!("load failed: {e}");
+        }
+        let maps = DatapathMaps::take(&mut bpf).expect("maps");
+        Kernel { bpf, maps }
+    }
+
+    fn prog(&self) -> &Xdp {
+        self.bpf
+            .program("secgate")
+            .expect("program")
+            .try_into()
+            .expect("xdp")
+    }
+
+    /// Runs one frame, returning the XDP action.
+    pub fn run(&self, frame: &[u8]) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        self.prog()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    /// Runs one frame `repeat` times in the kernel, returning the mean cost per run.
+    pub fn cost(&self, frame: &[u8], repeat: u32) -> std::time::Duration {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        self.prog()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .duration
+    }
+
+    pub fn counters(&self) -> [Counter; Reason::ALL.len()] {
+        self.maps.stats().expect("read stats")
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Pins the calling thread to CPU 0 so per-CPU state (counters, event budget) is one slot.
+pub fn pin_to_cpu0() {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).expect("cpu 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
+}

@@ -1,0 +1,519 @@
+//! Table-driven tests of the real XDP program under `BPF_PROG_TEST_RUN`: each crafted frame
+//! has an expected action and exactly one verdict counter that must move.
+
+use std::net::IpAddr;
+
+use secgate_common::{
+    maps::{DatapathConfig, DenyEntry, LimitKey, MODE_MONITOR, RateRule},
+    model::prefix_mask,
+    net::*,
+    verdict::Reason,
+};
+use secgate_tests::{
+    frames::{Ext, L4Spec, Spec, non_ip},
+    harness::{Kernel, XDP_DROP, XDP_PASS, monotonic_ns},
+    privileged,
+};
+
+const RATE_PORT: u16 = 5353;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn v4(l4: L4Spec) -> Spec {
+    Spec::new(ip("198.18.1.10"), l4)
+}
+
+fn v6(l4: L4Spec) -> Spec {
+    Spec::new(ip("fd00:1::10"), l4)
+}
+
+fn udp() -> L4Spec {
+    L4Spec::Udp { dport: 53 }
+}
+
+fn tcp_syn() -> L4Spec {
+    L4Spec::Tcp {
+        dport: 443,
+        flags: TCP_FLAG_SYN,
+    }
+}
+
+fn ext(kind: u8, units: u8) -> Ext {
+    Ext {
+        kind,
+        units,
+        frag_offset: 0,
+    }
+}
+
+fn frag(offset: u16) -> Ext {
+    Ext {
+        kind: IPPROTO_FRAGMENT,
+        units: 0,
+        frag_offset: offset,
+    }
+}
+
+fn with<F: FnOnce(&mut Spec)>(mut spec: Spec, f: F) -> Vec<u8> {
+    f(&mut spec);
+    spec.build()
+}
+
+fn cut(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.truncate(len);
+    frame
+}
+
+fn poke(mut frame: Vec<u8>, at: usize, value: u8) -> Vec<u8> {
+    frame[at] = value;
+    frame
+}
+
+/// Offsets of the first bytes after Ethernet (untagged).
+const L3: usize = ETH_HLEN;
+const L4_V4: usize = L3 + IPV4_MIN_HLEN;
+const L4_V6: usize = L3 + IPV6_HLEN;
+
+fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
+    use Reason::*;
+    let pass = XDP_PASS;
+    let drop = XDP_DROP;
+    let nine_exts: Vec<Ext> = (0..9).map(|_| ext(IPPROTO_DSTOPTS, 0)).collect();
+    vec![
+        ("ipv4 tcp syn", v4(tcp_syn()).build(), pass, Pass),
+        ("ipv4 udp", v4(udp()).build(), pass, Pass),
+        ("ipv4 icmp", v4(L4Spec::Icmp).build(), pass, Pass),
+        ("ipv6 tcp", v6(tcp_syn()).build(), pass, Pass),
+        ("ipv6 udp", v6(udp()).build(), pass, Pass),
+        ("ipv6 icmpv6", v6(L4Spec::Icmp).build(), pass, Pass),
+        (
+            "ipv4 one option word",
+            with(v4(udp()), |s| s.v4_option_words = 1),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv4 max options",
+            with(v4(tcp_syn()), |s| s.v4_option_words = 10),
+            pass,
+            Pass,
+        ),
+        ("ipv4 gre", v4(L4Spec::Other(47)).build(), pass, Pass),
+        (
+            "802.1q ipv4",
+            with(v4(udp()), |s| s.vlans = vec![ETH_P_8021Q]),
+            pass,
+            Pass,
+        ),
+        (
+            "qinq ipv4",
+            with(v4(tcp_syn()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]),
+            pass,
+            Pass,
+        ),
+        (
+            "qinq ipv6",
+            with(v6(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]),
+            pass,
+            Pass,
+        ),
+        (
+            "three vlan tags",
+            with(v4(udp()), |s| {
+                s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q]
+            }),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 hop-by-hop",
+            with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 routing",
+            with(v6(tcp_syn()), |s| s.v6_exts = vec![ext(IPPROTO_ROUTING, 2)]),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 destination opts",
+            with(v6(L4Spec::Icmp), |s| {
+                s.v6_exts = vec![ext(IPPROTO_DSTOPTS, 1)]
+            }),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 authentication header",
+            with(v6(tcp_syn()), |s| s.v6_exts = vec![ext(IPPROTO_AH, 4)]),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 full chain, first fragment",
+            with(v6(udp()), |s| {
+                s.v6_exts = vec![
+                    ext(IPPROTO_HOPOPTS, 0),
+                    ext(IPPROTO_ROUTING, 0),
+                    ext(IPPROTO_DSTOPTS, 0),
+                    frag(0),
+                ]
+            }),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 non-first fragment without l4",
+            cut(with(v6(udp()), |s| s.v6_exts = vec![frag(100)]), L4_V6 + 8),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 no next header",
+            v6(L4Spec::Other(59)).build(),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv4 non-first fragment without l4",
+            cut(with(v4(tcp_syn()), |s| s.v4_frag = 10), L4_V4 + 4),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv4 first fragment with truncated l4",
+            cut(with(v4(tcp_syn()), |s| s.v4_frag = 0x2000), L4_V4 + 10),
+            drop,
+            Malformed,
+        ),
+        ("arp", non_ip(0x0806), pass, NonIp),
+        ("lldp", non_ip(0x88cc), pass, NonIp),
+        (
+            "802.1q arp",
+            {
+                let mut f = non_ip(0x8100);
+                f.splice(14..14, [0, 1, 0x08, 0x06]);
+                f
+            },
+            pass,
+            NonIp,
+        ),
+        (
+            "truncated 802.1q tag",
+            cut(
+                with(v4(udp()), |s| s.vlans = vec![ETH_P_8021Q]),
+                ETH_HLEN + 2,
+            ),
+            drop,
+            Malformed,
+        ),
+        (
+            "truncated second vlan tag",
+            cut(
+                with(v4(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]),
+                ETH_HLEN + 6,
+            ),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 header cut at 19 bytes",
+            cut(v4(udp()).build(), L3 + 19),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 header cut right after ethertype",
+            cut(v4(udp()).build(), L3),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 options cut short",
+            cut(with(v4(udp()), |s| s.v4_option_words = 3), L3 + 24),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 version 5",
+            poke(v4(udp()).build(), L3, 0x55),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 ihl 4",
+            poke(v4(udp()).build(), L3, 0x44),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 total length below header",
+            poke(poke(v4(udp()).build(), L3 + 2, 0), L3 + 3, 12),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 tcp cut at 10 bytes",
+            cut(v4(tcp_syn()).build(), L4_V4 + 10),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 tcp data offset 4",
+            poke(v4(tcp_syn()).build(), L4_V4 + 12, 0x40),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 udp cut at 4 bytes",
+            cut(v4(udp()).build(), L4_V4 + 4),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 icmp cut at 2 bytes",
+            cut(v4(L4Spec::Icmp).build(), L4_V4 + 2),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv4 gre without payload",
+            cut(v4(L4Spec::Other(47)).build(), L4_V4),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 header cut at 39 bytes",
+            cut(v6(udp()).build(), L3 + 39),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 version 4",
+            poke(v6(udp()).build(), L3, 0x45),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 hop-by-hop cut at 4 bytes",
+            cut(
+                with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]),
+                L4_V6 + 4,
+            ),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 routing longer than frame",
+            cut(
+                with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_ROUTING, 4)]),
+                L4_V6 + 16,
+            ),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 fragment header cut",
+            cut(with(v6(udp()), |s| s.v6_exts = vec![frag(0)]), L4_V6 + 6),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 tcp cut after chain",
+            cut(
+                with(v6(tcp_syn()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]),
+                L4_V6 + 8 + 12,
+            ),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 nine extension headers",
+            with(v6(udp()), |s| s.v6_exts = nine_exts),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 chain past 512 bytes",
+            with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_DSTOPTS, 60)]),
+            drop,
+            Malformed,
+        ),
+        (
+            "denied ipv4 /24",
+            Spec::new(ip("198.18.66.9"), udp()).build(),
+            drop,
+            Deny,
+        ),
+        (
+            "denied ipv4 tcp inside vlan",
+            with(Spec::new(ip("198.18.66.200"), tcp_syn()), |s| {
+                s.vlans = vec![ETH_P_8021Q]
+            }),
+            drop,
+            Deny,
+        ),
+        (
+            "denied ipv6 /64",
+            Spec::new(ip("fd00:bad::1234"), L4Spec::Icmp).build(),
+            drop,
+            Deny,
+        ),
+        (
+            "denied ipv6 non-first fragment",
+            cut(
+                with(Spec::new(ip("fd00:bad::77"), udp()), |s| {
+                    s.v6_exts = vec![frag(9)]
+                }),
+                L4_V6 + 8,
+            ),
+            drop,
+            Deny,
+        ),
+        (
+            "allowlist wins over denylist",
+            Spec::new(ip("198.18.66.7"), udp()).build(),
+            pass,
+            Allow,
+        ),
+        (
+            "expired deny entry",
+            Spec::new(ip("198.18.99.1"), udp()).build(),
+            pass,
+            Pass,
+        ),
+    ]
+}
+
+fn setup(kernel: &mut Kernel) {
+    let cfg = DatapathConfig {
+        v4_mask: prefix_mask(32),
+        v6_mask: prefix_mask(64),
+        override_protos: 1 << IPPROTO_UDP,
+        ..Default::default()
+    };
+    kernel.maps.set_config(&cfg).expect("config");
+    let past = monotonic_ns() - 1;
+    kernel
+        .maps
+        .set_deny(
+            "198.18.66.0/24".parse().unwrap(),
+            DenyEntry { expires_ns: 0 },
+        )
+        .unwrap();
+    kernel
+        .maps
+        .set_deny(
+            "fd00:bad::/64".parse().unwrap(),
+            DenyEntry { expires_ns: 0 },
+        )
+        .unwrap();
+    kernel
+        .maps
+        .set_deny(
+            "198.18.99.0/24".parse().unwrap(),
+            DenyEntry { expires_ns: past },
+        )
+        .unwrap();
+    kernel
+        .maps
+        .set_allow("198.18.66.7/32".parse().unwrap())
+        .unwrap();
+    let key = LimitKey {
+        port: RATE_PORT,
+        proto: IPPROTO_UDP,
+        syn_only: 0,
+    };
+    kernel
+        .maps
+        .set_limit(key, RateRule::from_rate(1, 1))
+        .unwrap();
+}
+
+/// Runs `frame` and asserts the action and that exactly `reason`'s counter moved by one.
+fn expect(kernel: &Kernel, name: &str, frame: &[u8], action: u32, reason: Reason) {
+    let before = kernel.counters();
+    let got = kernel.run(frame);
+    let after = kernel.counters();
+    assert_eq!(got, action, "{name}: action");
+    for r in Reason::ALL {
+        let moved = after[r as usize].packets - before[r as usize].packets;
+        let want = u64::from(r == reason);
+        assert_eq!(moved, want, "{name}: counter {} moved by {moved}", r.name());
+        if r == reason {
+            let bytes = after[r as usize].bytes - before[r as usize].bytes;
+            assert_eq!(bytes, frame.len() as u64, "{name}: bytes of {}", r.name());
+        }
+    }
+}
+
+#[test]
+fn crafted_frames() {
+    if !privileged("crafted_frames") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let cases = cases();
+    assert!(cases.len() >= 40, "the table must cover at least 40 frames");
+    for (name, frame, action, reason) in &cases {
+        expect(&kernel, name, frame, *action, *reason);
+    }
+}
+
+#[test]
+fn override_limit_then_rate_drop() {
+    if !privileged("override_limit_then_rate_drop") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let frame = Spec::new(ip("198.18.5.5"), L4Spec::Udp { dport: RATE_PORT }).build();
+    expect(
+        &kernel,
+        "first packet within burst",
+        &frame,
+        XDP_PASS,
+        Reason::Pass,
+    );
+    expect(
+        &kernel,
+        "second packet over 1 pps",
+        &frame,
+        XDP_DROP,
+        Reason::Rate,
+    );
+    let other_port = Spec::new(ip("198.18.5.5"), L4Spec::Udp { dport: 53 }).build();
+    expect(
+        &kernel,
+        "default limit is unlimited",
+        &other_port,
+        XDP_PASS,
+        Reason::Pass,
+    );
+}
+
+#[test]
+fn monitor_mode_passes_but_counts() {
+    if !privileged("monitor_mode_passes_but_counts") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let mut cfg = kernel.maps.config().unwrap();
+    cfg.mode = MODE_MONITOR;
+    kernel.maps.set_config(&cfg).unwrap();
+    let denied = Spec::new(ip("198.18.66.9"), udp()).build();
+    expect(&kernel, "monitored deny", &denied, XDP_PASS, Reason::Deny);
+    expect(
+        &kernel,
+        "monitored malformed",
+        &cut(v4(udp()).build(), L3 + 10),
+        XDP_PASS,
+        Reason::Malformed,
+    );
+}
