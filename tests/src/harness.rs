@@ -67,6 +67,16 @@ impl Kernel {
             .duration
     }
 
+    /// CPU 0's event-budget TAT (tests pin themselves to CPU 0).
+    pub fn event_budget_cpu0(&self) -> u64 {
+        let map = self
+            .bpf
+            .map(secgate_common::maps::EVENT_BUDGET)
+            .expect("budget map");
+        let arr = aya::maps::PerCpuArray::<_, u64>::try_from(map).expect("per-cpu array");
+        arr.get(&0, 0).expect("read budget")[0]
+    }
+
     pub fn counters(&self) -> [Counter; Reason::ALL.len()] {
         self.maps.stats().expect("read stats")
     }

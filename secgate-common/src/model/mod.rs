@@ -106,7 +106,11 @@ fn judge(
 }
 
 /// The first override present among the packet's candidates, else the default limit.
-fn select_rule(cfg: &DatapathConfig, tables: &impl Tables, pkt: &Packet) -> (LimitKey, RateRule) {
+pub fn select_rule(
+    cfg: &DatapathConfig,
+    tables: &impl Tables,
+    pkt: &Packet,
+) -> (LimitKey, RateRule) {
     if let Some(l4) = pkt.l4
         && pkt.proto < 64
         && cfg.override_protos & (1 << pkt.proto) != 0
