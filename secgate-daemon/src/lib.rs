@@ -1,6 +1,7 @@
 //! secgate daemon library: config, datapath loading, map access and the control plane.
 //! `main.rs` is only glue around these.
 
+pub mod config;
 pub mod maps;
 
 /// The XDP object built from `secgate-ebpf` by this crate's build script.

@@ -1,0 +1,203 @@
+//! Configuration: parse the TOML file into its raw shape, then validate it into the
+//! [`Config`] the daemon uses, collecting every problem (with its line) before failing.
+
+mod raw;
+mod unknown;
+mod validate;
+pub mod values;
+
+use std::{path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use secgate_common::{
+    maps::{DatapathConfig, FLAG_PASS_MALFORMED, LimitKey, MODE_ENFORCE, MODE_MONITOR, RateRule},
+    model::prefix_mask,
+};
+
+pub use values::Protocol;
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Whether the datapath drops or only counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Monitor,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "monitor" => Ok(Mode::Monitor),
+            _ => Err(format!("invalid mode {s:?}: expected enforce or monitor")),
+        }
+    }
+
+    pub fn raw(self) -> u32 {
+        match self {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Monitor => MODE_MONITOR,
+        }
+    }
+
+    pub fn from_raw(v: u32) -> Mode {
+        if v == MODE_MONITOR { Mode::Monitor } else { Mode::Enforce }
+    }
+}
+
+/// A rate: packets per second and burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rate {
+    pub pps: u64,
+    pub burst: u64,
+}
+
+impl Rate {
+    pub fn rule(self) -> RateRule {
+        RateRule::from_rate(self.pps, self.burst)
+    }
+}
+
+/// Which packets an override applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Selector {
+    pub protocol: Protocol,
+    /// `None`: any port.
+    pub port: Option<u16>,
+    pub syn_only: bool,
+}
+
+impl Selector {
+    /// The map keys for this selector (ICMP covers two protocol numbers).
+    pub fn keys(self) -> impl Iterator<Item = LimitKey> {
+        self.protocol.numbers().iter().map(move |&proto| LimitKey {
+            port: self.port.unwrap_or(0),
+            proto,
+            syn_only: u8::from(self.syn_only),
+        })
+    }
+
+    pub fn from_key(key: &LimitKey) -> Option<Selector> {
+        Some(Selector {
+            protocol: Protocol::from_number(key.proto)?,
+            port: (key.port != 0).then_some(key.port),
+            syn_only: key.syn_only != 0,
+        })
+    }
+}
+
+/// A per-protocol/port limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Override {
+    #[serde(flatten)]
+    pub selector: Selector,
+    #[serde(flatten)]
+    pub rate: Rate,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatapathSettings {
+    pub interfaces: Vec<String>,
+    pub attach: AttachMode,
+    pub mode: Mode,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub max_sources: u32,
+    pub pass_malformed: bool,
+    pub default_limit: Option<Rate>,
+    pub limits: Vec<Override>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub pin_path: PathBuf,
+    pub event_interval: Duration,
+    pub events_per_sec: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub datapath: DatapathSettings,
+    pub control_socket: PathBuf,
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the problem has a place.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Why a config was rejected: every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&src).map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
+    }
+
+    /// Parses and validates config text, returning every problem found.
+    pub fn parse(src: &str) -> Result<Config, Vec<Problem>> {
+        let by_line = |mut problems: Vec<Problem>| {
+            problems.sort_by_key(|p| p.line);
+            problems
+        };
+        let raw = unknown::deserialize(src).map_err(by_line)?;
+        validate::validate(src, raw).map_err(by_line)
+    }
+}
+
+impl DatapathSettings {
+    /// The `SG_CONFIG` value for these settings and a run-time mode.
+    pub fn datapath_config(&self, mode: Mode, default_limit: Option<Rate>, limits: &[Override]) -> DatapathConfig {
+        let override_protos = limits
+            .iter()
+            .flat_map(|o| o.selector.keys())
+            .fold(0u64, |acc, k| acc | (1 << k.proto));
+        DatapathConfig {
+            mode: mode.raw(),
+            flags: if self.pass_malformed { FLAG_PASS_MALFORMED } else { 0 },
+            v4_mask: prefix_mask(u32::from(self.ipv4_prefix)),
+            _pad: 0,
+            v6_mask: prefix_mask(u32::from(self.ipv6_prefix)),
+            override_protos,
+            default_rule: default_limit.map_or(RateRule::UNLIMITED, Rate::rule),
+            event_interval_ns: self.event_interval.as_nanos() as u64,
+            event_budget: RateRule::from_rate(self.events_per_sec, self.events_per_sec.max(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+use super::*;
+
+const GOOD: &str = r#"
+state_dir = "/var/lib/secgate"
+[datapath]
+interfaces = ["eth0"]
+default_limit = { pps = 1000, burst = 50 }
+allow = ["198.18.0.1"]
+deny = ["203.0.113.0/24", "2001:db8::/32"]
+[[datapath.limits]]
+protocol = "tcp"
+port = 443
+syn_only = true
+pps = 100
+burst = 10
+[control]
+socket = "/run/secgate/control.sock"
+"#;
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let cfg = Config::parse(GOOD).expect("valid");
+    let d = &cfg.datapath;
+    assert_eq!((d.ipv4_prefix, d.ipv6_prefix, d.mode, d.attach), (32, 64, Mode::Enforce, AttachMode::Auto));
+    assert_eq!(d.limits.len(), 1);
+    assert_eq!(d.deny.len(), 2);
+    assert_eq!(d.pin_path, PathBuf::from("/sys/fs/bpf/secgate"));
+    let dc = d.datapath_config(d.mode, d.default_limit, &d.limits);
+    assert_eq!(dc.override_protos, 1 << 6);
+    assert_eq!(dc.default_rule.pps(), 1000);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let bad = r#"
+[datapath]
+interfaces = ["eth0"]
+mode = "block"
+ipv4_prefix = 40
+default_limit = { pps = 0, burst = 5 }
+deny = ["10.0.0.1/8", "not-an-ip"]
+[[datapath.limits]]
+protocol = "sctp"
+port = 70000
+pps = 10
+burst = 1
+"#;
+    let problems = Config::parse(bad).expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let want = [
+        ("line 4", "\"block\""),
+        ("line 5", "ipv4_prefix 40"),
+        ("line 6", "pps 0"),
+        ("line 7", "10.0.0.1/8"),
+        ("line 7", "not-an-ip"),
+        ("line 9", "\"sctp\""),
+        ("line 10", "port 70000"),
+    ];
+    for (line, needle) in want {
+        assert!(
+            text.iter().any(|t| t.starts_with(line) && t.contains(needle)),
+            "missing {line} {needle} in {text:#?}"
+        );
+    }
+    assert_eq!(problems.len(), want.len(), "{text:#?}");
+}
+
+#[test]
+fn unknown_keys_are_all_reported() {
+    let bad = "[datapath]\ninterfaces = [\"eth0\"]\nmodee = \"enforce\"\n[datapath.default_limit]\npps = 1\nburst = 1\nbrust = 2\n[gateway]\nlisten = 1\n";
+    let problems = Config::parse(bad).expect_err("unknown keys");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|t| t.starts_with("line 3") && t.contains("datapath.modee")), "{text:?}");
+    assert!(text.iter().any(|t| t.starts_with("line 7") && t.contains("brust")), "{text:?}");
+    assert!(text.iter().any(|t| t.starts_with("line 8") && t.contains("gateway")), "{text:?}");
+}
+
+#[test]
+fn icmp_port_and_udp_syn_are_rejected() {
+    let bad = "[datapath]\ninterfaces=[\"e\"]\n[[datapath.limits]]\nprotocol=\"icmp\"\nport=1\npps=1\nburst=1\n[[datapath.limits]]\nprotocol=\"udp\"\nsyn_only=true\npps=1\nburst=1\n";
+    let text: Vec<String> = Config::parse(bad).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|t| t.contains("port only applies")), "{text:?}");
+    assert!(text.iter().any(|t| t.contains("syn_only only applies")), "{text:?}");
+}
+
+#[test]
+fn example_config_is_valid() {
+    let src = include_str!("../../../secgate.example.toml");
+    Config::parse(src).unwrap_or_else(|p| panic!("secgate.example.toml: {p:#?}"));
+}
+
+proptest::proptest! {
+    /// Arbitrary text never panics the parser; it is either a config or a list of problems.
+    #[test]
+    fn arbitrary_text_never_panics(s in "\\PC{0,400}") {
+        let _ = Config::parse(&s);
+    }
+
+    /// Mutations of a valid file never panic and, when rejected, always say why.
+    #[test]
+    fn mutated_config_is_handled(pos in 0usize..400, byte in proptest::num::u8::ANY) {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = pos % bytes.len();
+        bytes[at] = byte;
+        if let Ok(s) = String::from_utf8(bytes) {
+            if let Err(problems) = Config::parse(&s) {
+                proptest::prop_assert!(!problems.is_empty());
+            }
+        }
+    }
+}
