@@ -14,6 +14,7 @@ use secgate_common::{
     model::prefix_mask,
 };
 
+pub use validate::{describe, selector_problem};
 pub use values::Protocol;
 
 /// How to attach the XDP program.
@@ -50,7 +51,11 @@ impl Mode {
     }
 
     pub fn from_raw(v: u32) -> Mode {
-        if v == MODE_MONITOR { Mode::Monitor } else { Mode::Enforce }
+        if v == MODE_MONITOR {
+            Mode::Monitor
+        } else {
+            Mode::Enforce
+        }
     }
 }
 
@@ -156,15 +161,23 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&src).map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&src).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
     }
 
     /// Parses and validates config text, returning every problem found.
@@ -180,14 +193,23 @@ impl Config {
 
 impl DatapathSettings {
     /// The `SG_CONFIG` value for these settings and a run-time mode.
-    pub fn datapath_config(&self, mode: Mode, default_limit: Option<Rate>, limits: &[Override]) -> DatapathConfig {
+    pub fn datapath_config(
+        &self,
+        mode: Mode,
+        default_limit: Option<Rate>,
+        limits: &[Override],
+    ) -> DatapathConfig {
         let override_protos = limits
             .iter()
             .flat_map(|o| o.selector.keys())
             .fold(0u64, |acc, k| acc | (1 << k.proto));
         DatapathConfig {
             mode: mode.raw(),
-            flags: if self.pass_malformed { FLAG_PASS_MALFORMED } else { 0 },
+            flags: if self.pass_malformed {
+                FLAG_PASS_MALFORMED
+            } else {
+                0
+            },
             v4_mask: prefix_mask(u32::from(self.ipv4_prefix)),
             _pad: 0,
             v6_mask: prefix_mask(u32::from(self.ipv6_prefix)),

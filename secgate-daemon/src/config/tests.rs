@@ -21,7 +21,10 @@ socket = "/run/secgate/control.sock"
 fn good_config_parses_with_defaults() {
     let cfg = Config::parse(GOOD).expect("valid");
     let d = &cfg.datapath;
-    assert_eq!((d.ipv4_prefix, d.ipv6_prefix, d.mode, d.attach), (32, 64, Mode::Enforce, AttachMode::Auto));
+    assert_eq!(
+        (d.ipv4_prefix, d.ipv6_prefix, d.mode, d.attach),
+        (32, 64, Mode::Enforce, AttachMode::Auto)
+    );
     assert_eq!(d.limits.len(), 1);
     assert_eq!(d.deny.len(), 2);
     assert_eq!(d.pin_path, PathBuf::from("/sys/fs/bpf/secgate"));
@@ -58,7 +61,8 @@ burst = 1
     ];
     for (line, needle) in want {
         assert!(
-            text.iter().any(|t| t.starts_with(line) && t.contains(needle)),
+            text.iter()
+                .any(|t| t.starts_with(line) && t.contains(needle)),
             "missing {line} {needle} in {text:#?}"
         );
     }
@@ -70,17 +74,39 @@ fn unknown_keys_are_all_reported() {
     let bad = "[datapath]\ninterfaces = [\"eth0\"]\nmodee = \"enforce\"\n[datapath.default_limit]\npps = 1\nburst = 1\nbrust = 2\n[gateway]\nlisten = 1\n";
     let problems = Config::parse(bad).expect_err("unknown keys");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    assert!(text.iter().any(|t| t.starts_with("line 3") && t.contains("datapath.modee")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("line 7") && t.contains("brust")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("line 8") && t.contains("gateway")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("line 3") && t.contains("datapath.modee")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("line 7") && t.contains("brust")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("line 8") && t.contains("gateway")),
+        "{text:?}"
+    );
 }
 
 #[test]
 fn icmp_port_and_udp_syn_are_rejected() {
     let bad = "[datapath]\ninterfaces=[\"e\"]\n[[datapath.limits]]\nprotocol=\"icmp\"\nport=1\npps=1\nburst=1\n[[datapath.limits]]\nprotocol=\"udp\"\nsyn_only=true\npps=1\nburst=1\n";
-    let text: Vec<String> = Config::parse(bad).unwrap_err().iter().map(ToString::to_string).collect();
-    assert!(text.iter().any(|t| t.contains("port only applies")), "{text:?}");
-    assert!(text.iter().any(|t| t.contains("syn_only only applies")), "{text:?}");
+    let text: Vec<String> = Config::parse(bad)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        text.iter().any(|t| t.contains("port only applies")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("syn_only only applies")),
+        "{text:?}"
+    );
 }
 
 #[test]

@@ -7,11 +7,18 @@ use super::{Problem, raw::RawConfig};
 
 /// 1-based line of a byte offset.
 pub fn line_of(src: &str, offset: usize) -> usize {
-    src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    src[..offset.min(src.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn problem(src: &str, err: &toml::de::Error) -> Problem {
-    Problem { line: err.span().map(|s| line_of(src, s.start)), message: err.message().trim().to_owned() }
+    Problem {
+        line: err.span().map(|s| line_of(src, s.start)),
+        message: err.message().trim().to_owned(),
+    }
 }
 
 pub fn deserialize(src: &str) -> Result<RawConfig, Vec<Problem>> {
@@ -53,9 +60,9 @@ fn segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
             }
             v
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            segments(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
     }
 }
 
@@ -75,7 +82,11 @@ fn locate_value(value: &DeValue<'_>, segs: &[String]) -> Option<usize> {
         DeValue::Array(a) => {
             let (index, rest) = segs.split_first()?;
             let item = a.iter().nth(index.parse().ok()?)?;
-            if rest.is_empty() { Some(item.span().start) } else { locate_value(item.get_ref(), rest) }
+            if rest.is_empty() {
+                Some(item.span().start)
+            } else {
+                locate_value(item.get_ref(), rest)
+            }
         }
         _ => None,
     }

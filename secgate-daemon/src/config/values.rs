@@ -16,11 +16,14 @@ pub fn cidr(s: &str) -> Result<IpNet, String> {
     if let Ok(addr) = s.parse::<IpAddr>() {
         return Ok(IpNet::from(addr));
     }
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("invalid CIDR {s:?}: expected an address or address/prefix like 198.51.100.0/24"))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("invalid CIDR {s:?}: expected an address or address/prefix like 198.51.100.0/24")
+    })?;
     if net.trunc() != net {
-        return Err(format!("invalid CIDR {s:?}: host bits are set; did you mean {}?", net.trunc()));
+        return Err(format!(
+            "invalid CIDR {s:?}: host bits are set; did you mean {}?",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -113,7 +116,11 @@ mod tests {
     fn cidr_forms() {
         assert_eq!(cidr("198.51.100.7").unwrap().to_string(), "198.51.100.7/32");
         assert_eq!(cidr("fd00::/64").unwrap().to_string(), "fd00::/64");
-        assert!(cidr("10.0.0.1/8").unwrap_err().contains("did you mean 10.0.0.0/8"));
+        assert!(
+            cidr("10.0.0.1/8")
+                .unwrap_err()
+                .contains("did you mean 10.0.0.0/8")
+        );
         assert!(cidr("300.1.1.1").unwrap_err().contains("\"300.1.1.1\""));
         assert!(cidr("1.2.3.0/33").is_err());
     }

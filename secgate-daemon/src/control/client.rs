@@ -1,0 +1,49 @@
+//! The CLI side of the control socket.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use super::proto::{Reply, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the daemon at {path}: {source}; is `secgate run` running, and is --socket (or SECGATE_SOCKET) right?"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an unreadable reply: {0}")]
+    Reply(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one request and returns the reply's data, or the daemon's error.
+pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    let reply: Reply = serde_json::from_str(&reply)?;
+    if reply.ok {
+        Ok(reply.data.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ClientError::Refused(
+            reply.error.unwrap_or_else(|| "request failed".into()),
+        ))
+    }
+}
