@@ -1,1 +1,351 @@
-//! Network-namespace fixtures.
+//! Network-namespace fixtures: a client and a gateway joined by a veth pair, with RAII
+//! teardown that runs even when a test panics. Only 198.18.0.0/15 and fd00::/8 are used.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A named network namespace, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> NetNs {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        sh("ip", &["netns", "add", name]);
+        let ns = NetNs { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS…`
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// A command run inside the namespace (network only: `/sys/fs/bpf` stays the host's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered the namespace. Sockets created there stay in
+    /// the namespace wherever they are used afterwards.
+    pub fn within<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let file = File::open(self.path()).expect("open netns");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Addresses of the two hosts.
+pub mod addr {
+    pub const GW_V4: &str = "198.18.0.1";
+    pub const CLIENT_V4: &str = "198.18.0.2";
+    pub const OTHER_V4: &str = "198.18.0.3";
+    pub const GW_V6: &str = "fd00:18::1";
+    pub const CLIENT_V6: &str = "fd00:18::2";
+    /// In another /64 than `CLIENT_V6`.
+    pub const OTHER_V6: &str = "fd00:19::2";
+    pub const GW_V6_OTHER: &str = "fd00:19::1";
+}
+
+/// client ↔ veth ↔ gateway. The veth has two queues each way so flows spread over CPUs, and
+/// neighbours are static so banning a source never blocks address resolution.
+pub struct Topology {
+    pub client: NetNs,
+    pub gw: NetNs,
+    pub gw_if: String,
+    pub client_if: String,
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Topology {
+        let id = std::process::id() % 100_000;
+        let client = NetNs::new(&format!("sgc-{tag}-{id}"));
+        let gw = NetNs::new(&format!("sgg-{tag}-{id}"));
+        let (client_if, gw_if) = ("sg-c".to_string(), "sg-g".to_string());
+        client.ip(&[
+            "link",
+            "add",
+            &client_if,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &gw_if,
+            "netns",
+            &gw.name,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+        ]);
+        let t = Topology {
+            client,
+            gw,
+            gw_if,
+            client_if,
+        };
+        t.configure();
+        t
+    }
+
+    fn configure(&self) {
+        use addr::*;
+        let (c, g) = (&self.client, &self.gw);
+        for (ns, dev, addrs) in [
+            (
+                c,
+                &self.client_if,
+                [
+                    &format!("{CLIENT_V4}/24"),
+                    &format!("{OTHER_V4}/24"),
+                    &format!("{CLIENT_V6}/64"),
+                    &format!("{OTHER_V6}/64"),
+                ],
+            ),
+            (
+                g,
+                &self.gw_if,
+                [
+                    &format!("{GW_V4}/24"),
+                    &format!("{GW_V4}/24"),
+                    &format!("{GW_V6}/64"),
+                    &format!("{GW_V6_OTHER}/64"),
+                ],
+            ),
+        ] {
+            for a in addrs.iter().collect::<std::collections::BTreeSet<_>>() {
+                let mut args = vec!["addr", "add", a.as_str(), "dev", dev.as_str()];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                ns.ip(&args);
+            }
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        let mac = |ns: &NetNs, dev: &str| -> String {
+            let out = ns.ip(&["-br", "link", "show", dev]);
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(2)
+                .expect("mac")
+                .to_string()
+        };
+        let (cmac, gmac) = (mac(c, &self.client_if), mac(g, &self.gw_if));
+        for a in [GW_V4, GW_V6, GW_V6_OTHER] {
+            c.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &gmac,
+                "dev",
+                &self.client_if,
+                "nud",
+                "permanent",
+            ]);
+        }
+        for a in [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6] {
+            g.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &cmac,
+                "dev",
+                &self.gw_if,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+}
+
+/// Path of the `secgate` binary built next to this test (`cargo xtask test` builds it).
+pub fn secgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SECGATE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("secgate");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p secgate-daemon`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `secgate run` daemon inside the gateway namespace, stopped and detached on drop.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes a config with `datapath_extra` appended to `[datapath]` and starts the daemon.
+    pub fn start(topo: &Topology, tag: &str, datapath_extra: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("secgate-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let socket = dir.join("control.sock");
+        let config = dir.join("secgate.toml");
+        let pin = format!("/sys/fs/bpf/secgate-e2e-{tag}-{}", std::process::id());
+        let toml = format!(
+            "state_dir = \"{}\"\n[datapath]\ninterfaces = [\"{}\"]\npin_path = \"{pin}\"\n{datapath_extra}\n[control]\nsocket = \"{}\"\n",
+            dir.join("state").display(),
+            topo.gw_if,
+            socket.display()
+        );
+        std::fs::write(&config, toml).expect("write config");
+        let log = dir.join("daemon.log");
+        let mut d = Daemon {
+            child: None,
+            config,
+            socket,
+            dir,
+            log,
+        };
+        d.spawn(topo);
+        d
+    }
+
+    fn spawn(&mut self, topo: &Topology) {
+        let log = File::create(&self.log).expect("log file");
+        let child = topo
+            .gw
+            .command(secgate_bin().to_str().expect("utf-8 path"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .stderr(log)
+            .spawn()
+            .expect("spawn secgate run");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "secgate run exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not come up: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `secgate ARGS…` against this daemon; returns (status code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(secgate_bin())
+            .args(args)
+            .env("SECGATE_SOCKET", &self.socket)
+            .output()
+            .expect("run secgate");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    /// Runs a CLI command that must succeed and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 0, "secgate {args:?} failed: {out}{err}");
+        out
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("json output")
+    }
+
+    /// Stops the daemon (SIGTERM) without detaching.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(secgate_bin())
+            .arg("detach")
+            .arg("-c")
+            .arg(&self.config)
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon log kept at {}", self.log.display());
+        }
+    }
+}
