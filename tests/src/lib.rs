@@ -1,6 +1,7 @@
 //! Support for secgate's privileged tests: privilege checks, the XDP program under
 //! `BPF_PROG_TEST_RUN`, a frame builder, model tables and network-namespace fixtures.
 
+pub mod bare;
 pub mod frames;
 pub mod harness;
 pub mod model_tables;

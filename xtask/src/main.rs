@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask setup|build|run|test|bench`: builds secgate's kernel and userspace parts and
+//! installs what they need, so a fresh machine needs nothing by hand.
+
+mod setup;
+mod steps;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, test and run secgate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and system packages (idempotent; seconds when done).
+    Setup,
+    /// Build the XDP object and the daemon.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, and run `secgate` with the given arguments (default: `run -c secgate.example.toml`).
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, lint, and run every test, privileged ones included (needs root).
+    Test {
+        /// Skip `setup` (for repeated local runs).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run the benchmarks and print ratios against baselines measured in the same run.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build { release } => steps::build(release),
+        Cmd::Run { release, args } => {
+            setup::run()?;
+            steps::build(release)?;
+            steps::run(release, &args)
+        }
+        Cmd::Test { no_setup } => {
+            if !no_setup {
+                setup::run()?;
+            }
+            steps::test()
+        }
+        Cmd::Bench => {
+            setup::run()?;
+            steps::bench()
+        }
+    }
+}

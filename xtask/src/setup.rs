@@ -1,0 +1,210 @@
+//! `cargo xtask setup`: everything a fresh machine needs, idempotently. Each step checks
+//! first and only acts when something is missing, so a second run takes seconds.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::steps::run_cmd;
+
+/// Debian packages the tests and the daemon's operators use.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("iputils-ping", "ping"),
+    ("ethtool", "ethtool"),
+    ("util-linux", "nsenter"),
+    ("nftables", "nft"),
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_FEATURE: &str = "llvm-22";
+
+pub fn run() -> Result<()> {
+    packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, tool)| !have(tool))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: system packages present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {missing:?}; run `sudo apt-get update && sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
+    }
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rustup(args: &[&str]) -> Result<String> {
+    let out = Command::new("rustup")
+        .args(args)
+        .output()
+        .context("rustup is not installed; install Rust with rustup")?;
+    if !out.status.success() {
+        bail!(
+            "rustup {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rust_src() -> Result<()> {
+    if !rustup(&["toolchain", "list"])?
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
+        bail!(
+            "the nightly toolchain is missing; install it with `rustup toolchain install nightly`"
+        );
+    }
+    if rustup(&["component", "list", "--toolchain", "nightly", "--installed"])?
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        eprintln!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("installing rust-src for nightly (needed to build core for the bpf target)")
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+/// Builds bpf-linker against the nightly toolchain's own libLLVM (no system LLVM needed).
+/// The binary's rpath points at the prefix made here, so the prefix lives in a cache that
+/// is named after the library and kept.
+fn bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+        return Ok(());
+    }
+    let lib = find_libllvm(&nightly_sysroot()?.join("lib"))?;
+    let soname = lib.file_name().expect("file name").to_owned();
+    let prefix = home()
+        .join(".cache/secgate")
+        .join(soname.to_string_lossy().replace("libLLVM.so.", "llvm-"));
+    let libdir = prefix.join("lib");
+    std::fs::create_dir_all(&libdir).with_context(|| format!("creating {}", libdir.display()))?;
+    for name in [Path::new("libLLVM.so"), Path::new(&soname)] {
+        let link = libdir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    run_cmd(
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                LLVM_FEATURE,
+                "--force",
+            ])
+            .env("LLVM_PREFIX", &prefix)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"),
+    )
+    .context("building bpf-linker; check network access to crates.io")?;
+    if !bpf_linker_ok() {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+fn find_libllvm(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with("libLLVM.so.")
+                    && n.to_string_lossy().contains("-rust-")
+            })
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.*-rust-* in {}; reinstall the nightly toolchain",
+                dir.display()
+            )
+        })
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn bpffs() -> Result<()> {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%t", "/sys/fs/bpf"])
+        .output()?;
+    let magic = i64::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap_or(0);
+    if magic == BPF_FS_MAGIC {
+        eprintln!("setup: bpffs mounted");
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "setup: bpffs not mounted (needs root: `sudo mount -t bpf bpf /sys/fs/bpf`); the daemon mounts it when it starts"
+        );
+        return Ok(());
+    }
+    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
