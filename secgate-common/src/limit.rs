@@ -34,21 +34,15 @@ impl RateRule {
     }
 
     /// Packets per second this rule admits (0 when unlimited).
-    pub const fn pps(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            NS_PER_SEC / self.interval_ns
-        }
+    pub fn pps(&self) -> u64 {
+        NS_PER_SEC.checked_div(self.interval_ns).unwrap_or(0)
     }
 
     /// Burst size this rule admits (0 when unlimited).
-    pub const fn burst(&self) -> u64 {
-        if self.interval_ns == 0 {
-            0
-        } else {
-            self.tolerance_ns / self.interval_ns + 1
-        }
+    pub fn burst(&self) -> u64 {
+        self.tolerance_ns
+            .checked_div(self.interval_ns)
+            .map_or(0, |b| b + 1)
     }
 
     pub const fn is_unlimited(&self) -> bool {

@@ -54,7 +54,7 @@ pub async fn drain(ring: RingBuf<MapData>) {
         guard.clear_ready();
         if last_log.elapsed() >= LOG_EVERY && !pending.is_empty() {
             let mut top: Vec<_> = pending.drain().collect();
-            top.sort_by(|a, b| b.1.cmp(&a.1));
+            top.sort_by_key(|e| std::cmp::Reverse(e.1));
             top.truncate(5);
             info!(sources = ?top, "sources over their rate limit");
             last_log = Instant::now();

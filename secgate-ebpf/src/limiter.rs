@@ -27,16 +27,16 @@ pub fn check(cfg: &DatapathConfig, pkt: &Packet, now: u64) -> Reason {
         return Reason::Pass;
     }
     let key = bucket_key(cfg, pkt, limit);
-    let Some(state) = SG_SOURCES.get_ptr_mut(&key) else {
+    let Some(state) = SG_SOURCES.get_ptr_mut(key) else {
         let fresh = SourceState {
             tat_ns: now + rule.interval_ns,
             last_event_ns: 0,
         };
-        if SG_SOURCES.insert(&key, &fresh, BPF_NOEXIST as u64).is_ok() {
+        if SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
             return Reason::Pass;
         }
         // Another CPU created the bucket first: count against it.
-        return match SG_SOURCES.get_ptr_mut(&key) {
+        return match SG_SOURCES.get_ptr_mut(key) {
             Some(state) => admit(cfg, &key, state, &rule, now),
             None => Reason::Pass,
         };

@@ -517,3 +517,15 @@ fn monitor_mode_passes_but_counts() {
         Reason::Malformed,
     );
 }
+
+#[test]
+fn every_shared_map_name_is_in_the_object() {
+    if !privileged("every_shared_map_name_is_in_the_object") {
+        return;
+    }
+    let bpf = aya::Ebpf::load(secgate::EBPF_OBJECT).expect("object");
+    for name in secgate_common::maps::ALL {
+        assert!(bpf.map(name).is_some(), "secgate_common::maps names {name}, which the program does not define");
+    }
+    assert_eq!(bpf.maps().count(), secgate_common::maps::ALL.len(), "the program defines maps the shared list lacks");
+}

@@ -128,14 +128,13 @@ pub fn select_rule(
 /// The bucket a packet counts against: its source masked to the configured prefix.
 pub fn bucket_key(cfg: &DatapathConfig, pkt: &Packet, limit: LimitKey) -> BucketKey {
     let mut addr = [0u8; 16];
-    if pkt.family == crate::maps::FAMILY_V4 {
-        for i in 0..4 {
-            addr[i] = pkt.src[i] & cfg.v4_mask[i];
-        }
+    let mask: &[u8] = if pkt.family == crate::maps::FAMILY_V4 {
+        &cfg.v4_mask
     } else {
-        for i in 0..16 {
-            addr[i] = pkt.src[i] & cfg.v6_mask[i];
-        }
+        &cfg.v6_mask
+    };
+    for ((a, s), m) in addr.iter_mut().zip(pkt.src).zip(mask) {
+        *a = s & m;
     }
     BucketKey {
         addr,

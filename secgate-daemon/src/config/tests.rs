@@ -128,10 +128,10 @@ proptest::proptest! {
         let mut bytes = GOOD.as_bytes().to_vec();
         let at = pos % bytes.len();
         bytes[at] = byte;
-        if let Ok(s) = String::from_utf8(bytes) {
-            if let Err(problems) = Config::parse(&s) {
-                proptest::prop_assert!(!problems.is_empty());
-            }
+        if let Ok(s) = String::from_utf8(bytes)
+            && let Err(problems) = Config::parse(&s)
+        {
+            proptest::prop_assert!(!problems.is_empty());
         }
     }
 }

@@ -81,7 +81,7 @@ fn locate_value(value: &DeValue<'_>, segs: &[String]) -> Option<usize> {
         DeValue::Table(t) => locate(t, segs),
         DeValue::Array(a) => {
             let (index, rest) = segs.split_first()?;
-            let item = a.iter().nth(index.parse().ok()?)?;
+            let item = a.get(index.parse::<usize>().ok()?)?;
             if rest.is_empty() {
                 Some(item.span().start)
             } else {
