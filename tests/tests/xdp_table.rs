@@ -525,7 +525,57 @@ fn every_shared_map_name_is_in_the_object() {
     }
     let bpf = aya::Ebpf::load(secgate::EBPF_OBJECT).expect("object");
     for name in secgate_common::maps::ALL {
-        assert!(bpf.map(name).is_some(), "secgate_common::maps names {name}, which the program does not define");
+        assert!(
+            bpf.map(name).is_some(),
+            "secgate_common::maps names {name}, which the program does not define"
+        );
     }
-    assert_eq!(bpf.maps().count(), secgate_common::maps::ALL.len(), "the program defines maps the shared list lacks");
+    assert_eq!(
+        bpf.maps().count(),
+        secgate_common::maps::ALL.len(),
+        "the program defines maps the shared list lacks"
+    );
+}
+
+#[test]
+fn full_map_is_a_clear_error() {
+    if !privileged("full_map_is_a_clear_error") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    let rule = RateRule::from_rate(10, 1);
+    for port in 1..=secgate_common::maps::MAX_LIMIT_RULES as u16 {
+        kernel
+            .maps
+            .set_limit(
+                LimitKey {
+                    port,
+                    proto: IPPROTO_UDP,
+                    syn_only: 0,
+                },
+                rule,
+            )
+            .expect("within capacity");
+    }
+    let err = kernel
+        .maps
+        .set_limit(
+            LimitKey {
+                port: 9999,
+                proto: IPPROTO_UDP,
+                syn_only: 0,
+            },
+            rule,
+        )
+        .expect_err("one past capacity");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("SG_LIMITS is full") && msg.contains("256"),
+        "{msg}"
+    );
+    assert_eq!(
+        kernel.maps.limits().unwrap().len(),
+        256,
+        "existing entries are intact"
+    );
 }
