@@ -28,12 +28,21 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate a config file and print every problem in it.
     CheckConfig(ConfigArg),
-    /// Remove the pinned program links (detaching XDP) and maps.
+    /// Remove the pinned program links (detaching XDP), maps and saved state.
     Detach(ConfigArg),
+    /// Commands sent to the running daemon over the control socket.
+    #[command(flatten)]
+    Remote(RemoteCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
     /// Show what the daemon is doing.
     Status(JsonArg),
     /// Packet and byte counters per verdict reason.
-    Stats(JsonArg),
+    Stats(StatsArgs),
+    /// Re-read the config file and apply it (like SIGHUP); an invalid file changes nothing.
+    Reload,
     /// Kernel-level bans (denylist).
     #[command(subcommand)]
     Ban(BanCommand),
@@ -59,6 +68,16 @@ pub struct JsonArg {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Redraw every second: packets per second and drops per reason, and the top sources.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Subcommand)]

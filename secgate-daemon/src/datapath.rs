@@ -84,7 +84,7 @@ pub struct Datapath {
     pub maps: DatapathMaps,
     pub attachments: Vec<Attachment>,
     /// Held so the links stay open while the daemon runs; the pins keep them after it exits.
-    links: Vec<FdLink>,
+    links: Vec<(String, FdLink)>,
     pin_path: PathBuf,
 }
 
@@ -165,11 +165,23 @@ impl Datapath {
             (pinned.into(), how)
         };
         info!(interface = iface, mode = how, "XDP program attached");
-        self.links.push(link);
+        self.links.push((iface.to_string(), link));
         self.attachments.push(Attachment {
             interface: iface.into(),
             mode: how.into(),
         });
+        Ok(())
+    }
+
+    /// Detaches from `iface`: removes its link pin and closes the link.
+    pub fn detach(&mut self, iface: &str) -> Result<()> {
+        let path = links_dir(&self.pin_path).join(iface);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        }
+        self.links.retain(|(i, _)| i != iface);
+        self.attachments.retain(|a| a.interface != iface);
+        info!(interface = iface, "XDP program detached");
         Ok(())
     }
 

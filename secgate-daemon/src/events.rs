@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,6 +12,8 @@ use aya::maps::{MapData, RingBuf};
 use secgate_common::maps::{FAMILY_V4, OverLimitEvent};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
+
+use crate::shared::Shared;
 
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -29,7 +32,7 @@ fn decode(bytes: &[u8]) -> Option<OverLimitEvent> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OverLimitEvent>()) })
 }
 
-pub async fn drain(ring: RingBuf<MapData>) {
+pub async fn drain(ring: RingBuf<MapData>, shared: Arc<Shared>) {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd,
     // which owns the ring buffer, lives.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -48,7 +51,9 @@ pub async fn drain(ring: RingBuf<MapData>) {
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if let Some(ev) = decode(&item) {
-                *pending.entry(source(&ev)).or_default() += 1;
+                let src = source(&ev);
+                *pending.entry(src).or_default() += 1;
+                shared.events().record(src);
             }
         }
         guard.clear_ready();

@@ -1,19 +1,27 @@
 //! `secgate` binary: parses the command line and hands off to the library.
 
-use std::{path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, error::ErrorKind};
 use secgate::{
-    cli::{AllowCommand, BanCommand, Cli, Command, LimitCommand, rate},
+    cli::{AllowCommand, BanCommand, Cli, Command, LimitCommand, RemoteCommand, rate},
     config::{Config, ConfigError},
     control::{DEFAULT_SOCKET, client, proto::Request},
     daemon, datapath, render,
+    state::StateFile,
 };
 use serde::de::DeserializeOwned;
 
 /// Exit status for invalid input (usage errors and invalid configs), as clap uses.
 const EXIT_INVALID: u8 = 2;
+
+/// How a command's reply is printed: (request, print as JSON, human renderer).
+type Call = (
+    Request,
+    bool,
+    fn(serde_json::Value) -> anyhow::Result<String>,
+);
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -45,18 +53,14 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
-    let (req, json, show): (
-        Request,
-        bool,
-        fn(serde_json::Value) -> anyhow::Result<String>,
-    ) = match cli.command {
+    let call = match cli.command {
         Command::Run(arg) => {
             let config = match load_config(&arg.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(daemon::run(config, cli.socket))?;
+            rt.block_on(daemon::run(&arg.config, config, cli.socket))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::CheckConfig(arg) => {
@@ -68,27 +72,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => code,
             });
         }
-        Command::Detach(arg) => {
-            let config = match load_config(&arg.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let detached = datapath::detach(&config.datapath.pin_path)?;
-            println!(
-                "detached from {} interface(s): {}",
-                detached.len(),
-                detached.join(", ")
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Status(a) => (Request::Status {}, a.json, |v| {
+        Command::Detach(arg) => return detach(&arg.config),
+        Command::Remote(RemoteCommand::Stats(a)) if a.watch => return watch(&socket),
+        Command::Remote(remote) => request(remote),
+    };
+    let (req, json, show) = call;
+    let data = client::call(&socket, &req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        println!("{}", show(data)?.trim_end_matches('\n'));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The control request for a command that talks to the daemon.
+fn request(command: RemoteCommand) -> Call {
+    match command {
+        RemoteCommand::Status(a) => (Request::Status {}, a.json, |v| {
             Ok(render::status(&parse(v)?))
         }),
-        Command::Stats(a) => (Request::Stats {}, a.json, |v| Ok(render::stats(&parse(v)?))),
-        Command::Mode { mode } => (Request::Mode { mode: mode.into() }, false, |v| {
+        RemoteCommand::Stats(a) => (Request::Stats {}, a.json, |v| Ok(render::stats(&parse(v)?))),
+        RemoteCommand::Reload => (Request::Reload {}, false, |_| Ok("config reloaded".into())),
+        RemoteCommand::Mode { mode } => (Request::Mode { mode: mode.into() }, false, |v| {
             Ok(format!("mode: {v}"))
         }),
-        Command::Ban(BanCommand::Add { cidr, ttl, reason }) => {
+        RemoteCommand::Ban(BanCommand::Add { cidr, ttl, reason }) => {
             let ttl_secs = ttl.map(|t| t.as_secs_f64());
             (
                 Request::BanAdd {
@@ -100,54 +109,81 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 |v| Ok(render::bans(&[parse(v)?])),
             )
         }
-        Command::Ban(BanCommand::Del { cidr }) => (Request::BanDel { cidr }, false, |v| {
+        RemoteCommand::Ban(BanCommand::Del { cidr }) => (Request::BanDel { cidr }, false, |v| {
             Ok(format!("removed ban {v}"))
         }),
-        Command::Ban(BanCommand::List(a)) => (Request::BanList {}, a.json, |v| {
+        RemoteCommand::Ban(BanCommand::List(a)) => (Request::BanList {}, a.json, |v| {
             Ok(render::bans(&parse::<Vec<_>>(v)?))
         }),
-        Command::Allow(AllowCommand::Add { cidr }) => (Request::AllowAdd { cidr }, false, |v| {
-            Ok(format!("allowed {v}"))
-        }),
-        Command::Allow(AllowCommand::Del { cidr }) => (Request::AllowDel { cidr }, false, |v| {
-            Ok(format!("removed allow entry {v}"))
-        }),
-        Command::Allow(AllowCommand::List(a)) => (Request::AllowList {}, a.json, |v| {
+        RemoteCommand::Allow(AllowCommand::Add { cidr }) => {
+            (Request::AllowAdd { cidr }, false, |v| {
+                Ok(format!("allowed {v}"))
+            })
+        }
+        RemoteCommand::Allow(AllowCommand::Del { cidr }) => {
+            (Request::AllowDel { cidr }, false, |v| {
+                Ok(format!("removed allow entry {v}"))
+            })
+        }
+        RemoteCommand::Allow(AllowCommand::List(a)) => (Request::AllowList {}, a.json, |v| {
             Ok(render::nets(&parse::<Vec<_>>(v)?))
         }),
-        Command::Limit(LimitCommand::Show(a)) => (Request::LimitShow {}, a.json, |v| {
+        RemoteCommand::Limit(LimitCommand::Show(a)) => (Request::LimitShow {}, a.json, |v| {
             Ok(render::limits(&parse(v)?))
         }),
-        Command::Limit(LimitCommand::Set {
+        RemoteCommand::Limit(LimitCommand::Set {
             pps,
             burst,
             selector,
         }) => {
             let selector = selector.selector().unwrap_or_else(|e| usage_error(&e));
-            (
-                Request::LimitSet {
-                    selector,
-                    rate: rate(pps, burst),
-                },
-                false,
-                |v| Ok(render::limits(&parse(v)?)),
-            )
+            let req = Request::LimitSet {
+                selector,
+                rate: rate(pps, burst),
+            };
+            (req, false, |v| Ok(render::limits(&parse(v)?)))
         }
-        Command::Limit(LimitCommand::Del { selector }) => {
+        RemoteCommand::Limit(LimitCommand::Del { selector }) => {
             let selector = selector.selector().unwrap_or_else(|e| usage_error(&e));
             (Request::LimitDel { selector }, false, |v| {
                 Ok(render::limits(&parse(v)?))
             })
         }
+    }
+}
+
+/// Removes links, pins and the state file: the host is left as before secgate.
+fn detach(config: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
     };
-    let data = client::call(&socket, &req)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
-    } else {
-        print!("{}", show(data)?.trim_end_matches('\n'));
-        println!();
+    let detached = datapath::detach(&config.datapath.pin_path)?;
+    let state = StateFile::new(&config.state_dir);
+    let removed = state.remove()?;
+    println!(
+        "detached from {} interface(s): {}",
+        detached.len(),
+        detached.join(", ")
+    );
+    if removed {
+        println!("removed {}", state.path().display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stats --watch`: redraws rates and top sources every second until interrupted.
+fn watch(socket: &Path) -> anyhow::Result<ExitCode> {
+    let mut previous = None;
+    loop {
+        let now = std::time::Instant::now();
+        let reply = parse(client::call(socket, &Request::Stats {})?)?;
+        let frame = render::watch(previous.as_ref(), &reply);
+        print!("\x1b[2J\x1b[H{frame}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        previous = Some((now, reply));
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn parse<T: DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {

@@ -1,25 +1,39 @@
-//! The running policy: config plus run-time changes, written through to the maps.
+//! The running policy: the config plus run-time changes, kept in the maps and in the state
+//! file.
 //!
-//! Each change is checked first and then written with a single map update (or an order in
-//! which every intermediate state is valid), so a failure never leaves a change half-applied.
+//! A run-time change is saved to the state file first and then written to the maps; if the
+//! maps refuse it, the previous state is restored in both, so a change is never left
+//! half-applied. At start and on reload the maps are reconciled with config + state: missing
+//! entries are written, stale ones removed.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, SystemTime},
+};
 
 use ipnet::IpNet;
-use secgate_common::{maps::DenyEntry, verdict::Reason};
+use secgate_common::{
+    maps::{DenyEntry, LimitKey, RateRule},
+    verdict::Reason,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::{deadline, monotonic_ns},
     config::{DatapathSettings, Mode, Override, Rate, Selector},
-    datapath::{Attachment, Datapath},
+    datapath::{Attachment, Datapath, DatapathError},
     maps::MapsError,
+    state::{Runtime, StateError, StateFile, StoredBan, unix_ms},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -51,7 +65,7 @@ pub struct Traffic {
 pub struct StatsView {
     pub mode: Mode,
     /// Counters per verdict reason (`pass`, `non_ip`, `allow`, `deny`, `rate`, `malformed`).
-    pub reasons: std::collections::BTreeMap<String, Traffic>,
+    pub reasons: BTreeMap<String, Traffic>,
     /// Packets actually dropped (zero in monitor mode).
     pub dropped: Traffic,
 }
@@ -71,51 +85,151 @@ pub struct StatusView {
 pub struct Policy {
     pub datapath: Datapath,
     settings: DatapathSettings,
-    mode: Mode,
-    default_limit: Option<Rate>,
-    limits: Vec<Override>,
-    reasons: HashMap<IpNet, String>,
+    runtime: Runtime,
+    state: StateFile,
     started: std::time::Instant,
 }
 
 impl Policy {
-    /// Writes the configured policy into the maps. Entries already in pinned maps (dynamic
-    /// bans from an earlier run) are kept.
-    pub fn start(datapath: Datapath, settings: DatapathSettings) -> Result<Policy> {
+    /// Restores the saved run-time state and reconciles the maps with config + state. A
+    /// corrupt state file is not fatal: it is moved aside and returned as a warning.
+    pub fn start(
+        datapath: Datapath,
+        settings: DatapathSettings,
+        state: StateFile,
+    ) -> Result<(Policy, Option<StateError>)> {
+        let (runtime, warning) = state.load();
         let mut p = Policy {
             datapath,
-            mode: settings.mode,
-            default_limit: settings.default_limit,
-            limits: settings.limits.clone(),
             settings,
-            reasons: HashMap::new(),
+            runtime,
+            state,
             started: std::time::Instant::now(),
         };
-        let maps = &mut p.datapath.maps;
-        for (key, _) in maps.limits()? {
-            maps.remove_limit(&key)?;
-        }
-        for o in &p.limits {
-            for key in o.selector.keys() {
-                maps.set_limit(key, o.rate.rule())?;
-            }
-        }
-        for net in &p.settings.allow {
-            maps.set_allow(*net)?;
-        }
-        for net in &p.settings.deny {
-            maps.set_deny(*net, DenyEntry { expires_ns: 0 })?;
-            p.reasons.insert(*net, "config".into());
-        }
-        p.write_config()?;
-        Ok(p)
+        p.reconcile()?;
+        Ok((p, warning))
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.runtime.mode.unwrap_or(self.settings.mode)
+    }
+
+    pub fn limits(&self) -> LimitsView {
+        self.runtime.limits.clone().unwrap_or_else(|| LimitsView {
+            default: self.settings.default_limit,
+            overrides: self.settings.limits.clone(),
+        })
+    }
+
+    pub fn settings(&self) -> &DatapathSettings {
+        &self.settings
     }
 
     fn write_config(&mut self) -> Result<()> {
+        let limits = self.limits();
         let cfg = self
             .settings
-            .datapath_config(self.mode, self.default_limit, &self.limits);
+            .datapath_config(self.mode(), limits.default, &limits.overrides);
         Ok(self.datapath.maps.set_config(&cfg)?)
+    }
+
+    fn reconcile(&mut self) -> Result<()> {
+        self.reconcile_limits()?;
+        self.reconcile_allow()?;
+        self.reconcile_deny()
+    }
+
+    /// New overrides first, then the config that routes lookups to them, then removal of
+    /// stale ones: every intermediate state is a valid policy.
+    fn reconcile_limits(&mut self) -> Result<()> {
+        let want: HashMap<LimitKey, RateRule> = self
+            .limits()
+            .overrides
+            .iter()
+            .flat_map(|o| o.selector.keys().map(move |k| (k, o.rate.rule())))
+            .collect();
+        for (key, rule) in &want {
+            self.datapath.maps.set_limit(*key, *rule)?;
+        }
+        self.write_config()?;
+        for (key, _) in self.datapath.maps.limits()? {
+            if !want.contains_key(&key) {
+                self.datapath.maps.remove_limit(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile_allow(&mut self) -> Result<()> {
+        let want: BTreeSet<IpNet> = self
+            .settings
+            .allow
+            .iter()
+            .chain(&self.runtime.allow)
+            .copied()
+            .collect();
+        for net in &want {
+            self.datapath.maps.set_allow(*net)?;
+        }
+        for (net, _) in self.datapath.maps.allow()? {
+            if !want.contains(&net) {
+                self.datapath.maps.remove_allow(net)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile_deny(&mut self) -> Result<()> {
+        let now = SystemTime::now();
+        self.runtime.bans.retain(|_, b| !b.expired(now));
+        let mut want: BTreeMap<IpNet, DenyEntry> = self
+            .runtime
+            .bans
+            .iter()
+            .map(|(net, b)| {
+                (
+                    *net,
+                    DenyEntry {
+                        expires_ns: b.remaining(now).map_or(0, deadline),
+                    },
+                )
+            })
+            .collect();
+        for net in &self.settings.deny {
+            want.insert(*net, DenyEntry { expires_ns: 0 });
+        }
+        for (net, entry) in &want {
+            self.datapath.maps.set_deny(*net, *entry)?;
+        }
+        for (net, _) in self.datapath.maps.deny()? {
+            if !want.contains_key(&net) {
+                self.datapath.maps.remove_deny(net)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves an edited run-time state, then applies it; restores the old one on failure.
+    fn commit<T>(
+        &mut self,
+        edit: impl FnOnce(&mut Runtime),
+        apply: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let before = self.runtime.clone();
+        edit(&mut self.runtime);
+        if let Err(e) = self.state.save(&self.runtime) {
+            self.runtime = before;
+            return Err(e.into());
+        }
+        apply(self).inspect_err(|_| {
+            self.runtime = before;
+            let _ = self.state.save(&self.runtime);
+            let _ = self.reconcile();
+        })
+    }
+
+    fn is_config_deny(&self, net: &IpNet) -> bool {
+        self.settings.deny.contains(net)
     }
 
     pub fn ban_add(
@@ -124,12 +238,25 @@ impl Policy {
         ttl: Option<Duration>,
         reason: Option<String>,
     ) -> Result<BanView> {
-        let expires_ns = ttl.map_or(0, deadline);
-        self.datapath
-            .maps
-            .set_deny(cidr, DenyEntry { expires_ns })?;
+        if self.is_config_deny(&cidr) {
+            return Err(PolicyError::Invalid(format!(
+                "{cidr} is already denied permanently by the config"
+            )));
+        }
         let reason = reason.unwrap_or_else(|| "manual".into());
-        self.reasons.insert(cidr, reason.clone());
+        let stored = StoredBan {
+            expires_unix_ms: ttl.map(|t| unix_ms(SystemTime::now() + t)),
+            reason: reason.clone(),
+        };
+        let entry = DenyEntry {
+            expires_ns: ttl.map_or(0, deadline),
+        };
+        self.commit(
+            |r| {
+                r.bans.insert(cidr, stored);
+            },
+            |p| Ok(p.datapath.maps.set_deny(cidr, entry)?),
+        )?;
         Ok(BanView {
             cidr,
             expires_in_secs: ttl.map(|t| t.as_secs_f64()),
@@ -138,8 +265,20 @@ impl Policy {
     }
 
     pub fn ban_del(&mut self, cidr: IpNet) -> Result<bool> {
-        self.reasons.remove(&cidr);
-        Ok(self.datapath.maps.remove_deny(cidr)?)
+        if self.is_config_deny(&cidr) {
+            return Err(PolicyError::Invalid(format!(
+                "{cidr} is denied by the config; remove it from datapath.deny and run `secgate reload`"
+            )));
+        }
+        if !self.runtime.bans.contains_key(&cidr) {
+            return Ok(self.datapath.maps.remove_deny(cidr)?);
+        }
+        self.commit(
+            |r| {
+                r.bans.remove(&cidr);
+            },
+            |p| Ok(p.datapath.maps.remove_deny(cidr)?),
+        )
     }
 
     /// Active bans (expired ones no longer drop and are left out).
@@ -154,11 +293,11 @@ impl Policy {
             .map(|(cidr, e)| BanView {
                 cidr,
                 expires_in_secs: (e.expires_ns != 0).then(|| (e.expires_ns - now) as f64 / 1e9),
-                reason: self
-                    .reasons
-                    .get(&cidr)
-                    .cloned()
-                    .unwrap_or_else(|| "restored".into()),
+                reason: match self.runtime.bans.get(&cidr) {
+                    Some(b) => b.reason.clone(),
+                    None if self.is_config_deny(&cidr) => "config".into(),
+                    None => "unknown".into(),
+                },
             })
             .collect();
         out.sort_by_key(|b| b.cidr);
@@ -176,18 +315,44 @@ impl Policy {
             .filter(|(_, e)| !e.active(now))
             .map(|(n, _)| n)
             .collect();
-        for net in &expired {
-            self.ban_del(*net)?;
+        if expired.is_empty() {
+            return Ok(0);
         }
-        Ok(expired.len())
+        self.commit(
+            |r| r.bans.retain(|n, _| !expired.contains(n)),
+            |p| {
+                for net in &expired {
+                    p.datapath.maps.remove_deny(*net)?;
+                }
+                Ok(expired.len())
+            },
+        )
     }
 
     pub fn allow_add(&mut self, cidr: IpNet) -> Result<()> {
-        Ok(self.datapath.maps.set_allow(cidr)?)
+        self.commit(
+            |r| {
+                r.allow.insert(cidr);
+            },
+            |p| Ok(p.datapath.maps.set_allow(cidr)?),
+        )
     }
 
     pub fn allow_del(&mut self, cidr: IpNet) -> Result<bool> {
-        Ok(self.datapath.maps.remove_allow(cidr)?)
+        if self.settings.allow.contains(&cidr) {
+            return Err(PolicyError::Invalid(format!(
+                "{cidr} is allowed by the config; remove it from datapath.allow and run `secgate reload`"
+            )));
+        }
+        if !self.runtime.allow.contains(&cidr) {
+            return Ok(false);
+        }
+        self.commit(
+            |r| {
+                r.allow.remove(&cidr);
+            },
+            |p| Ok(p.datapath.maps.remove_allow(cidr)?),
+        )
     }
 
     pub fn allow(&self) -> Result<Vec<IpNet>> {
@@ -202,57 +367,109 @@ impl Policy {
         Ok(out)
     }
 
-    pub fn limits(&self) -> LimitsView {
-        LimitsView {
-            default: self.default_limit,
-            overrides: self.limits.clone(),
-        }
-    }
-
     /// Sets the default limit (`selector == None`) or an override.
     pub fn set_limit(&mut self, selector: Option<Selector>, rate: Rate) -> Result<()> {
-        let Some(selector) = selector else {
-            self.default_limit = Some(rate);
-            return self.write_config();
-        };
-        if let Some(problem) = crate::config::selector_problem(&selector) {
-            return Err(PolicyError::Invalid(problem));
+        let mut limits = self.limits();
+        match selector {
+            None => limits.default = Some(rate),
+            Some(selector) => {
+                if let Some(problem) = crate::config::selector_problem(&selector) {
+                    return Err(PolicyError::Invalid(problem));
+                }
+                limits.overrides.retain(|o| o.selector != selector);
+                limits.overrides.push(Override { selector, rate });
+            }
         }
-        for key in selector.keys() {
-            self.datapath.maps.set_limit(key, rate.rule())?;
-        }
-        self.limits.retain(|o| o.selector != selector);
-        self.limits.push(Override { selector, rate });
-        self.write_config()
+        self.commit(|r| r.limits = Some(limits), Policy::reconcile_limits)
     }
 
     /// Removes the default limit or an override; `Ok(false)` if it was not set.
     pub fn del_limit(&mut self, selector: Option<Selector>) -> Result<bool> {
-        let Some(selector) = selector else {
-            let had = self.default_limit.take().is_some();
-            self.write_config()?;
-            return Ok(had);
+        let mut limits = self.limits();
+        let found = match selector {
+            None => limits.default.take().is_some(),
+            Some(selector) => {
+                let before = limits.overrides.len();
+                limits.overrides.retain(|o| o.selector != selector);
+                before != limits.overrides.len()
+            }
         };
-        let before = self.limits.len();
-        self.limits.retain(|o| o.selector != selector);
-        if before == self.limits.len() {
-            return Ok(false);
+        if found {
+            self.commit(|r| r.limits = Some(limits), Policy::reconcile_limits)?;
         }
-        self.write_config()?;
-        for key in selector.keys() {
-            self.datapath.maps.remove_limit(&key)?;
-        }
-        Ok(true)
+        Ok(found)
     }
 
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
-        self.mode = mode;
-        self.write_config()
+        self.commit(|r| r.mode = Some(mode), Policy::write_config)
+    }
+
+    /// Applies a new config: limits, allow, deny, mode and interfaces follow it (run-time
+    /// mode and limit changes give way to the file); dynamic bans and allows stay.
+    pub fn reload(&mut self, new: DatapathSettings) -> Result<()> {
+        let old = &self.settings;
+        let mut refused = Vec::new();
+        if new.pin_path != old.pin_path {
+            refused.push("datapath.pin_path");
+        }
+        if new.max_sources != old.max_sources {
+            refused.push("datapath.max_sources");
+        }
+        if !refused.is_empty() {
+            return Err(PolicyError::Invalid(format!(
+                "{} cannot change on reload; restart the daemon to apply {}",
+                refused.join(" and "),
+                if refused.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        let previous = std::mem::replace(&mut self.settings, new);
+        let applied = self.commit(
+            |r| {
+                r.mode = None;
+                r.limits = None;
+            },
+            |p| {
+                p.reconcile()?;
+                p.sync_interfaces()
+            },
+        );
+        if applied.is_err() {
+            self.settings = previous;
+            let _ = self.reconcile();
+            let _ = self.sync_interfaces();
+        }
+        applied
+    }
+
+    fn sync_interfaces(&mut self) -> Result<()> {
+        let want: Vec<String> = self.settings.interfaces.clone();
+        for iface in &want {
+            if !self
+                .datapath
+                .attachments
+                .iter()
+                .any(|a| &a.interface == iface)
+            {
+                self.datapath.attach(iface, self.settings.attach)?;
+            }
+        }
+        let gone: Vec<String> = self
+            .datapath
+            .attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .filter(|i| !want.contains(i))
+            .collect();
+        for iface in gone {
+            self.datapath.detach(&iface)?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> Result<StatsView> {
         let counters = self.datapath.maps.stats()?;
-        let mut reasons = std::collections::BTreeMap::new();
+        let mode = self.mode();
+        let mut reasons = BTreeMap::new();
         let mut dropped = Traffic::default();
         for r in Reason::ALL {
             let c = counters[r as usize];
@@ -264,7 +481,7 @@ impl Policy {
                 },
             );
             let drops = r.drops()
-                && self.mode == Mode::Enforce
+                && mode == Mode::Enforce
                 && !(r == Reason::Malformed && self.settings.pass_malformed);
             if drops {
                 dropped.packets += c.packets;
@@ -272,7 +489,7 @@ impl Policy {
             }
         }
         Ok(StatsView {
-            mode: self.mode,
+            mode,
             reasons,
             dropped,
         })
@@ -280,12 +497,12 @@ impl Policy {
 
     pub fn status(&self) -> Result<StatusView> {
         Ok(StatusView {
-            mode: self.mode,
+            mode: self.mode(),
             attachments: self.datapath.attachments.clone(),
             pin_path: self.datapath.pin_path().display().to_string(),
             bans: self.bans()?.len(),
             allow: self.allow()?.len(),
-            overrides: self.limits.len(),
+            overrides: self.limits().overrides.len(),
             sources: self.datapath.maps.source_count(),
             uptime_secs: self.started.elapsed().as_secs(),
         })

@@ -6,6 +6,7 @@ use ipnet::IpNet;
 
 use crate::{
     config::describe,
+    control::proto::StatsReply,
     policy::{BanView, LimitsView, StatsView, StatusView},
 };
 
@@ -68,6 +69,40 @@ pub fn limits(l: &LimitsView) -> String {
             o.rate.pps,
             o.rate.burst
         );
+    }
+    out
+}
+
+/// One `stats --watch` frame: per-reason packets per second since the previous frame, and the
+/// sources with the most over-limit events.
+pub fn watch(previous: Option<&(std::time::Instant, StatsReply)>, now: &StatsReply) -> String {
+    let mut out = format!(
+        "secgate  mode: {:?}\n\n{:<10} {:>12} {:>14}\n",
+        now.stats.mode, "reason", "pps", "packets"
+    );
+    let secs = previous.map(|(t, _)| t.elapsed().as_secs_f64().max(1e-3));
+    for (reason, t) in &now.stats.reasons {
+        let pps = match (previous, secs) {
+            (Some((_, prev)), Some(secs)) => {
+                let before = prev.stats.reasons.get(reason).map_or(0, |p| p.packets);
+                format!("{:.0}", t.packets.saturating_sub(before) as f64 / secs)
+            }
+            _ => "-".into(),
+        };
+        let _ = writeln!(out, "{reason:<10} {pps:>12} {:>14}", t.packets);
+    }
+    let _ = writeln!(
+        out,
+        "{:<10} {:>12} {:>14}",
+        "dropped", "", now.stats.dropped.packets
+    );
+    let _ = writeln!(
+        out,
+        "\ntop sources over their limit (events: {})",
+        now.events_total
+    );
+    for s in &now.top_sources {
+        let _ = writeln!(out, "  {:<40} {:>8}", s.source.to_string(), s.events);
     }
     out
 }

@@ -132,6 +132,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub datapath: DatapathSettings,
     pub control_socket: PathBuf,
+    /// `None` when metrics are disabled.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub audit_log: PathBuf,
 }
 
 /// One problem in a config file.

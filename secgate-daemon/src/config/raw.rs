@@ -15,6 +15,10 @@ pub struct RawConfig {
     pub datapath: RawDatapath,
     #[serde(default)]
     pub control: RawControl,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub audit: RawAudit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,4 +81,18 @@ pub struct RawOverride {
 pub struct RawControl {
     /// Control socket path. Default `/run/secgate/control.sock`.
     pub socket: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMetrics {
+    /// Address of the Prometheus text endpoint (`/metrics`). Default `127.0.0.1:9477`.
+    pub listen: Option<S<String>>,
+    /// Serve metrics at all. Default true.
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAudit {
+    /// JSON-lines audit log of every control change. Default `/var/log/secgate/audit.log`.
+    pub path: Option<S<String>>,
 }

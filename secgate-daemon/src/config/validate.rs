@@ -16,6 +16,8 @@ const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/secgate";
 const DEFAULT_SOCKET: &str = "/run/secgate/control.sock";
 const DEFAULT_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_EVENTS_PER_SEC: u64 = 1000;
+const DEFAULT_METRICS: &str = "127.0.0.1:9477";
+const DEFAULT_AUDIT_LOG: &str = "/var/log/secgate/audit.log";
 
 /// Collects problems while validating.
 struct Check<'a> {
@@ -54,9 +56,12 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
     };
     let state_dir = path(&raw.state_dir, DEFAULT_STATE_DIR);
     let control_socket = path(&raw.control.socket, DEFAULT_SOCKET);
+    let audit_log = path(&raw.audit.path, DEFAULT_AUDIT_LOG);
+    let metrics_listen = metrics(&mut c, &raw.metrics);
     for (p, at) in [
         (&state_dir, &raw.state_dir),
         (&control_socket, &raw.control.socket),
+        (&audit_log, &raw.audit.path),
     ] {
         if let Some(at) = at
             && !p.is_absolute()
@@ -72,9 +77,28 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
             state_dir,
             datapath,
             control_socket,
+            metrics_listen: metrics_listen.flatten(),
+            audit_log,
         }),
         _ => Err(c.problems),
     }
+}
+
+/// `Some(None)`: disabled; `None`: invalid (recorded).
+fn metrics(c: &mut Check<'_>, m: &super::raw::RawMetrics) -> Option<Option<std::net::SocketAddr>> {
+    if m.enabled == Some(false) {
+        return Some(None);
+    }
+    let Some(listen) = &m.listen else {
+        return Some(DEFAULT_METRICS.parse().ok());
+    };
+    let parsed = listen.get_ref().parse().map_err(|_| {
+        format!(
+            "invalid metrics listen address {:?}: expected IP:PORT like 127.0.0.1:9477",
+            listen.get_ref()
+        )
+    });
+    c.take(listen, parsed).map(Some)
 }
 
 fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {

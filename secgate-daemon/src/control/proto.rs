@@ -41,6 +41,52 @@ pub enum Request {
     Mode {
         mode: Mode,
     },
+    /// Re-read and apply the config file.
+    Reload {},
+}
+
+impl Request {
+    /// The request's name as it appears on the wire (`ban_add`, …).
+    pub fn action(&self) -> &'static str {
+        match self {
+            Request::Status {} => "status",
+            Request::Stats {} => "stats",
+            Request::BanAdd { .. } => "ban_add",
+            Request::BanDel { .. } => "ban_del",
+            Request::BanList {} => "ban_list",
+            Request::AllowAdd { .. } => "allow_add",
+            Request::AllowDel { .. } => "allow_del",
+            Request::AllowList {} => "allow_list",
+            Request::LimitShow {} => "limit_show",
+            Request::LimitSet { .. } => "limit_set",
+            Request::LimitDel { .. } => "limit_del",
+            Request::Mode { .. } => "mode",
+            Request::Reload {} => "reload",
+        }
+    }
+
+    /// Whether the request changes policy (and so goes to the audit log).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Request::Status {}
+                | Request::Stats {}
+                | Request::BanList {}
+                | Request::AllowList {}
+                | Request::LimitShow {}
+        )
+    }
+}
+
+/// Reply data of `stats`: the datapath counters plus what only the daemon knows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatsReply {
+    #[serde(flatten)]
+    pub stats: crate::policy::StatsView,
+    /// Over-limit events received since the daemon started.
+    pub events_total: u64,
+    /// Sources with the most over-limit events.
+    pub top_sources: Vec<crate::shared::SourceEvents>,
 }
 
 /// `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`.

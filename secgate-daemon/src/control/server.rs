@@ -1,12 +1,8 @@
 //! The daemon side of the control socket: root only (mode 0600 and a peer-credential check),
-//! bounded reads, one request per connection, and a reply for every failure.
+//! bounded reads, one request per connection, a reply for every failure, and an audit entry
+//! for every change.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -14,10 +10,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::proto::{MAX_REQUEST_BYTES, Reply, Request};
-use crate::policy::Policy;
+use super::proto::{MAX_REQUEST_BYTES, Reply, Request, StatsReply};
+use crate::shared::Shared;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const TOP_SOURCES: usize = 10;
 
 /// Binds the socket, replacing a stale one, with permissions only root can use.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -41,40 +38,48 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves requests until the listener fails.
-pub async fn serve(listener: UnixListener, policy: Arc<Mutex<Policy>>, path: PathBuf) {
-    info!(socket = %path.display(), "control socket ready");
+/// Serves requests until the process exits.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    info!("control socket ready");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let policy = policy.clone();
-                tokio::spawn(async move { connection(stream, policy).await });
+                let shared = shared.clone();
+                tokio::spawn(async move { connection(stream, shared).await });
             }
             Err(e) => warn!(error = %e, "control socket accept failed"),
         }
     }
 }
 
-async fn connection(stream: UnixStream, policy: Arc<Mutex<Policy>>) {
+async fn connection(stream: UnixStream, shared: Arc<Shared>) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (read, mut write) = stream.into_split();
-    let reply = if uid != Some(0) {
-        warn!(uid = ?uid, "control request from non-root caller refused");
-        Reply::error(
-            "permission denied: the secgate control socket only serves root; run the command with sudo",
-        )
-    } else {
-        match read_request(read).await {
+    let reply = match uid {
+        Some(0) => match read_request(read).await {
             Ok(line) => match Request::decode(&line) {
                 Ok(req) => {
-                    let policy = policy.clone();
-                    tokio::task::spawn_blocking(move || super::server::handle(&policy, req))
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || handle(&shared, req, 0))
                         .await
                         .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")))
                 }
-                Err(e) => Reply::error(e.to_string()),
+                Err(e) => {
+                    shared.count_action("invalid", false);
+                    Reply::error(e.to_string())
+                }
             },
             Err(msg) => Reply::error(msg),
+        },
+        other => {
+            let uid = other.unwrap_or(u32::MAX);
+            warn!(uid, "control request from non-root caller refused");
+            let msg = "permission denied: the secgate control socket only serves root; run the command with sudo";
+            shared
+                .audit
+                .record(uid, "connect", &serde_json::Value::Null, Err(msg));
+            shared.count_action("refused", false);
+            Reply::error(msg)
         }
     };
     let mut line = serde_json::to_vec(&reply).unwrap_or_else(|_| br#"{"ok":false}"#.to_vec());
@@ -99,15 +104,33 @@ async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Vec<u8>, 
     Ok(line)
 }
 
-/// Runs one request against the policy.
-pub fn handle(policy: &Mutex<Policy>, req: Request) -> Reply {
-    let mut p = match policy.lock() {
-        Ok(p) => p,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let result = match req {
+/// Runs one request, audits it if it changes policy, and counts it.
+pub fn handle(shared: &Shared, req: Request, uid: u32) -> Reply {
+    let reply = dispatch(shared, &req);
+    if req.is_change() {
+        shared.audit.record(
+            uid,
+            req.action(),
+            &req,
+            reply.error.as_deref().map_or(Ok(()), Err),
+        );
+    }
+    shared.count_action(req.action(), reply.ok);
+    reply
+}
+
+fn dispatch(shared: &Shared, req: &Request) -> Reply {
+    let mut p = shared.policy();
+    let result = match req.clone() {
         Request::Status {} => p.status().map(Reply::data),
-        Request::Stats {} => p.stats().map(Reply::data),
+        Request::Stats {} => p.stats().map(|stats| {
+            let events = shared.events();
+            Reply::data(StatsReply {
+                stats,
+                events_total: events.total,
+                top_sources: events.top(TOP_SOURCES),
+            })
+        }),
         Request::BanAdd {
             cidr,
             ttl_secs,
@@ -134,6 +157,10 @@ pub fn handle(policy: &Mutex<Policy>, req: Request) -> Reply {
             }
         }),
         Request::Mode { mode } => p.set_mode(mode).map(|()| Reply::data(mode)),
+        Request::Reload {} => Ok(match shared.reload(&mut p) {
+            Ok(()) => Reply::data("reloaded"),
+            Err(e) => Reply::error(format!("reload rejected, the running policy stays: {e}")),
+        }),
     };
     result.unwrap_or_else(|e| Reply::error(e.to_string()))
 }
