@@ -227,10 +227,13 @@ pub fn secgate_bin() -> PathBuf {
 /// A `secgate run` daemon inside the gateway namespace, stopped and detached on drop.
 pub struct Daemon {
     child: Option<std::process::Child>,
+    gw: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub dir: PathBuf,
     pub log: PathBuf,
+    pub pin_path: PathBuf,
+    pub audit: PathBuf,
 }
 
 impl Daemon {
@@ -239,33 +242,48 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("secgate-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("tmp dir");
-        let socket = dir.join("control.sock");
-        let config = dir.join("secgate.toml");
-        let pin = format!("/sys/fs/bpf/secgate-e2e-{tag}-{}", std::process::id());
-        let toml = format!(
-            "state_dir = \"{}\"\n[datapath]\ninterfaces = [\"{}\"]\npin_path = \"{pin}\"\n{datapath_extra}\n[control]\nsocket = \"{}\"\n",
-            dir.join("state").display(),
-            topo.gw_if,
-            socket.display()
-        );
-        std::fs::write(&config, toml).expect("write config");
-        let log = dir.join("daemon.log");
         let mut d = Daemon {
             child: None,
-            config,
-            socket,
+            gw: topo.gw.path(),
+            config: dir.join("secgate.toml"),
+            socket: dir.join("control.sock"),
+            log: dir.join("daemon.log"),
+            audit: dir.join("audit.log"),
+            pin_path: PathBuf::from(format!(
+                "/sys/fs/bpf/secgate-e2e-{tag}-{}",
+                std::process::id()
+            )),
             dir,
-            log,
         };
-        d.spawn(topo);
+        d.write_config(&topo.gw_if, datapath_extra);
+        d.spawn();
         d
     }
 
-    fn spawn(&mut self, topo: &Topology) {
-        let log = File::create(&self.log).expect("log file");
-        let child = topo
-            .gw
-            .command(secgate_bin().to_str().expect("utf-8 path"))
+    /// Rewrites the config file (the daemon sees it on reload or restart).
+    pub fn write_config(&self, interface: &str, datapath_extra: &str) {
+        let toml = format!(
+            "state_dir = \"{}\"\n[datapath]\ninterfaces = [\"{interface}\"]\npin_path = \"{}\"\n{datapath_extra}\n\
+             [control]\nsocket = \"{}\"\n[audit]\npath = \"{}\"\n",
+            self.dir.join("state").display(),
+            self.pin_path.display(),
+            self.socket.display(),
+            self.audit.display(),
+        );
+        std::fs::write(&self.config, toml).expect("write config");
+    }
+
+    /// Starts `secgate run` and waits until its control socket answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.gw.display()))
+            .arg("--")
+            .arg(secgate_bin())
             .args(["run", "-c"])
             .arg(&self.config)
             .stderr(log)
@@ -279,18 +297,37 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "secgate run exited with {status}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
+                panic!("secgate run exited with {status}: {}", self.log_text());
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "daemon did not come up: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                self.log_text()
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal daemon");
+    }
+
+    /// SIGKILL, as a crash would: no cleanup runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
     }
 
     /// Runs `secgate ARGS…` against this daemon; returns (status code, stdout, stderr).
@@ -318,25 +355,11 @@ impl Daemon {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).expect("json output")
     }
-
-    /// Stops the daemon (SIGTERM) without detaching.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill9();
         let _ = Command::new(secgate_bin())
             .arg("detach")
             .arg("-c")

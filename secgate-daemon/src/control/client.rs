@@ -28,16 +28,30 @@ pub enum ClientError {
 
 /// Sends one request and returns the reply's data, or the daemon's error.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return ClientError::Refused(format!(
+                "permission denied on {}: the control socket only serves root; run the command with sudo",
+                socket.display()
+            ));
+        }
+        ClientError::Connect { path: socket.display().to_string(), source }
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // The daemon may answer (a refusal) and close before reading the request, so a failed
+    // write is only reported if no reply follows it.
+    let written = stream.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    if reply.is_empty() {
+        written?;
+        read?;
+        return Err(ClientError::Refused(
+            "the daemon closed the connection without a reply".into(),
+        ));
+    }
     let reply: Reply = serde_json::from_str(&reply)?;
     if reply.ok {
         Ok(reply.data.unwrap_or(serde_json::Value::Null))

@@ -1,0 +1,419 @@
+//! End to end: the daemon's life cycle. Crashes and restarts lose nothing, a reboot restores
+//! run-time state, reload applies valid configs and rejects invalid ones, the control plane
+//! admits only root and survives garbage, and metrics match the traffic.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
+use secgate_tests::{
+    netns::{Daemon, Topology, addr::*},
+    privileged,
+    traffic::*,
+};
+
+const UDP_PORT: u16 = 9200;
+const RATE_PORT: u16 = 9201;
+
+fn counter(stats: &serde_json::Value, reason: &str) -> u64 {
+    stats["reasons"][reason]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {reason} in {stats}"))
+}
+
+#[test]
+fn kill9_under_flood_keeps_bans_and_counters() {
+    if !privileged("kill9_under_flood_keeps_bans_and_counters") {
+        return;
+    }
+    let topo = Topology::new("k9");
+    let mut daemon = Daemon::start(&topo, "k9", "");
+    daemon.ok(&["ban", "add", CLIENT_V4, "--reason", "flood"]);
+    let rx = udp_receiver(&topo.gw, UDP_PORT);
+    let before = daemon.json(&["stats", "--json"]);
+    let socks = udp_senders(&topo.client, CLIENT_V4, 4);
+    let dst = sa(GW_V4, UDP_PORT);
+    let (sent, _) = std::thread::scope(|s| {
+        let flood = s.spawn(|| udp_paced(&socks, dst, 5000, Duration::from_secs(4)));
+        std::thread::sleep(Duration::from_secs(1));
+        daemon.kill9();
+        std::thread::sleep(Duration::from_millis(700));
+        daemon.spawn();
+        flood.join().expect("flood")
+    });
+    let received = drain(&rx);
+    let after = daemon.json(&["stats", "--json"]);
+    assert_eq!(
+        received, 0,
+        "no packet from the banned source reached the gateway across the crash"
+    );
+    assert_eq!(
+        counter(&after, "deny") - counter(&before, "deny"),
+        sent,
+        "every flood packet was counted, before, during and after the restart"
+    );
+    let bans = daemon.json(&["ban", "list", "--json"]);
+    assert_eq!(bans[0]["cidr"], format!("{CLIENT_V4}/32"), "{bans}");
+    assert_eq!(
+        bans[0]["reason"], "flood",
+        "the ban keeps its reason: {bans}"
+    );
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(
+        status["attachments"][0]["mode"], "adopted",
+        "the new daemon swapped into the pinned link: {status}"
+    );
+}
+
+#[test]
+fn simulated_reboot_restores_every_runtime_change() {
+    if !privileged("simulated_reboot_restores_every_runtime_change") {
+        return;
+    }
+    let topo = Topology::new("boot");
+    let mut daemon = Daemon::start(&topo, "boot", "");
+    daemon.ok(&[
+        "ban",
+        "add",
+        CLIENT_V4,
+        "--ttl",
+        "1h",
+        "--reason",
+        "auth failures",
+    ]);
+    daemon.ok(&["ban", "add", "fd00:18::/64"]);
+    daemon.ok(&["allow", "add", "198.18.0.77"]);
+    daemon.ok(&[
+        "limit",
+        "set",
+        "--pps",
+        "300",
+        "--burst",
+        "30",
+        "--proto",
+        "tcp",
+        "--port",
+        "443",
+        "--syn-only",
+    ]);
+    daemon.ok(&["limit", "set", "--pps", "5000", "--burst", "500"]);
+    daemon.ok(&["mode", "monitor"]);
+    let bans = daemon.json(&["ban", "list", "--json"]);
+    let limits = daemon.json(&["limit", "show", "--json"]);
+    let allow = daemon.json(&["allow", "list", "--json"]);
+
+    daemon.kill9();
+    std::fs::remove_dir_all(&daemon.pin_path)
+        .expect("remove pins: the kernel forgets everything at reboot");
+    daemon.spawn();
+
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["mode"], "monitor", "{status}");
+    assert_ne!(
+        status["attachments"][0]["mode"], "adopted",
+        "pins were gone, so the program was attached afresh"
+    );
+    assert_eq!(daemon.json(&["limit", "show", "--json"]), limits);
+    assert_eq!(daemon.json(&["allow", "list", "--json"]), allow);
+    let restored = daemon.json(&["ban", "list", "--json"]);
+    assert_eq!(restored.as_array().unwrap().len(), 2, "{restored}");
+    assert_eq!(restored[0]["reason"], bans[0]["reason"]);
+    let left = restored[0]["expires_in_secs"].as_f64().expect("ttl kept");
+    assert!(
+        (3500.0..=3600.0).contains(&left),
+        "about an hour left, got {left}"
+    );
+    assert_eq!(
+        restored[1]["expires_in_secs"],
+        serde_json::Value::Null,
+        "permanent stays permanent"
+    );
+
+    daemon.ok(&["mode", "enforce"]);
+    let rx = udp_receiver(&topo.gw, UDP_PORT);
+    udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 10, 1);
+    udp_send(&topo.client, CLIENT_V6, sa(GW_V6, UDP_PORT), 10, 1);
+    udp_send(&topo.client, OTHER_V4, sa(GW_V4, UDP_PORT), 10, 1);
+    assert_eq!(
+        drain(&rx),
+        10,
+        "restored bans drop again; the other source passes"
+    );
+}
+
+#[test]
+fn reload_rejects_invalid_config_and_applies_valid_one() {
+    if !privileged("reload_rejects_invalid_config_and_applies_valid_one") {
+        return;
+    }
+    let topo = Topology::new("rld");
+    let daemon = Daemon::start(&topo, "rld", &format!("deny = [\"{CLIENT_V4}\"]"));
+    let rx = udp_receiver(&topo.gw, UDP_PORT);
+    let reaches = |src: &str| {
+        udp_send(&topo.client, src, sa(GW_V4, UDP_PORT), 5, 1);
+        drain(&rx) == 5
+    };
+    assert!(
+        !reaches(CLIENT_V4) && reaches(OTHER_V4),
+        "config deny enforced"
+    );
+
+    daemon.write_config(
+        &topo.gw_if,
+        "deny = [\"198.18.0.2/33\"]\nmode = \"block\"\n",
+    );
+    let (code, _, err) = daemon.cli(&["reload"]);
+    assert_ne!(code, 0, "an invalid config must be rejected");
+    assert!(
+        err.contains("198.18.0.2/33") && err.contains("\"block\""),
+        "every problem is listed: {err}"
+    );
+    assert!(
+        !reaches(CLIENT_V4) && reaches(OTHER_V4),
+        "the old policy still holds after a rejected reload"
+    );
+
+    let extra = format!(
+        "[[datapath.limits]]\nprotocol = \"udp\"\nport = {RATE_PORT}\npps = 10\nburst = 20\n"
+    );
+    daemon.write_config(&topo.gw_if, &extra);
+    daemon.ok(&["reload"]);
+    assert!(reaches(CLIENT_V4), "the deny entry left with the config");
+    let limited = udp_receiver(&topo.gw, RATE_PORT);
+    udp_send(&topo.client, OTHER_V4, sa(GW_V4, RATE_PORT), 200, 2);
+    let got = drain(&limited);
+    assert!(
+        (20..=22).contains(&got),
+        "the new limit holds the next packets to its burst of 20, got {got}"
+    );
+
+    daemon.write_config(&topo.gw_if, "mode = \"monitor\"\n");
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while daemon.json(&["status", "--json"])["mode"] != "monitor" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn control_plane_admits_only_root_and_survives_garbage() {
+    if !privileged("control_plane_admits_only_root_and_survives_garbage") {
+        return;
+    }
+    let topo = Topology::new("ctl");
+    let daemon = Daemon::start(&topo, "ctl", "");
+    let mode = std::fs::metadata(&daemon.socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(secgate_tests::netns::secgate_bin())
+            .args(args)
+            .env("SECGATE_SOCKET", &daemon.socket)
+            .output()
+            .expect("setpriv (util-linux)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Let the unprivileged user traverse to the socket, so the socket's own mode decides.
+    std::fs::set_permissions(
+        &daemon.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (code, err) = as_nobody(&["ban", "add", "198.18.9.9"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("permission denied") && err.contains("root"),
+        "{err}"
+    );
+    // With the file mode opened up, the peer-credential check still refuses.
+    std::fs::set_permissions(
+        &daemon.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let (code, err) = as_nobody(&["ban", "add", "198.18.9.9"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("only serves root"), "{err}");
+    std::fs::set_permissions(
+        &daemon.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(
+        daemon.json(&["ban", "list", "--json"]),
+        serde_json::json!([]),
+        "nothing was applied"
+    );
+
+    let ask = |payload: &[u8]| -> serde_json::Value {
+        let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(payload);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("a reply");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
+    };
+    let garbage: Vec<&[u8]> = vec![
+        b"\xff\xfe\x00garbage\n",
+        b"{\"cmd\":\"ban_add\",\"cidr\":\"nope\"}\n",
+        b"{\n",
+        b"[]\n",
+        b"\n",
+    ];
+    for g in garbage {
+        let reply = ask(g);
+        assert_eq!(reply["ok"], false, "{g:?} → {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{reply}"
+        );
+    }
+    let reply = ask(&vec![b'a'; 200 * 1024]);
+    assert!(
+        reply["error"].as_str().unwrap().contains("exceeds"),
+        "{reply}"
+    );
+    daemon.ok(&["status"]);
+
+    daemon.ok(&["ban", "add", "198.18.9.9", "--reason", "audit me"]);
+    let mut audit = String::new();
+    std::fs::File::open(&daemon.audit)
+        .unwrap()
+        .read_to_string(&mut audit)
+        .unwrap();
+    let entries: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["uid"] == 65534 && e["ok"] == false),
+        "refusals are audited: {audit}"
+    );
+    let ban = entries
+        .iter()
+        .find(|e| e["action"] == "ban_add" && e["ok"] == true)
+        .expect("ban audited");
+    assert_eq!(ban["uid"], 0);
+    assert_eq!(ban["request"]["reason"], "audit me");
+    assert!(
+        ban["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{ban}"
+    );
+}
+
+/// GET /metrics from inside the gateway namespace.
+fn scrape(topo: &Topology) -> prometheus_parse::Scrape {
+    let body = topo.gw.within(|| {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    });
+    let (head, body) = body.split_once("\r\n\r\n").expect("http response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("text/plain; version=0.0.4"),
+        "{head}"
+    );
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format")
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no {name} {label:?} in scrape"));
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn metrics_scrape_matches_traffic() {
+    if !privileged("metrics_scrape_matches_traffic") {
+        return;
+    }
+    let topo = Topology::new("met");
+    let daemon = Daemon::start(&topo, "met", "");
+    daemon.ok(&["ban", "add", CLIENT_V4]);
+    let before = scrape(&topo);
+    let rx = udp_receiver(&topo.gw, UDP_PORT);
+    udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 41, 2);
+    udp_send(&topo.client, OTHER_V4, sa(GW_V4, UDP_PORT), 17, 2);
+    assert_eq!(drain(&rx), 17);
+    let after = scrape(&topo);
+    let delta = |name, label| sample(&after, name, label) - sample(&before, name, label);
+    assert_eq!(
+        delta("secgate_datapath_packets_total", Some(("reason", "deny"))),
+        41.0
+    );
+    assert_eq!(
+        delta("secgate_datapath_bytes_total", Some(("reason", "deny"))),
+        41.0 * (14 + 20 + 8 + UDP_PAYLOAD) as f64
+    );
+    let pass = delta("secgate_datapath_packets_total", Some(("reason", "pass")));
+    assert!((17.0..=21.0).contains(&pass), "pass moved by {pass}");
+    assert_eq!(delta("secgate_datapath_dropped_packets_total", None), 41.0);
+    assert_eq!(sample(&after, "secgate_bans_active", None), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "secgate_control_actions_total",
+            Some(("action", "ban_add"))
+        ),
+        1.0
+    );
+    assert_eq!(sample(&after, "secgate_interfaces_attached", None), 1.0);
+}
+
+#[test]
+fn stats_watch_redraws_every_second() {
+    if !privileged("stats_watch_redraws_every_second") {
+        return;
+    }
+    let topo = Topology::new("wat");
+    let daemon = Daemon::start(&topo, "wat", "default_limit = { pps = 5, burst = 1 }");
+    udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 50, 1);
+    let mut child = std::process::Command::new(secgate_tests::netns::secgate_bin())
+        .args(["stats", "--watch"])
+        .env("SECGATE_SOCKET", &daemon.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("stats --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.matches("\x1b[2J").count();
+    assert!(
+        (2..=4).contains(&frames),
+        "expected a redraw per second, got {frames}: {text}"
+    );
+    assert!(text.contains("pps") && text.contains("rate"), "{text}");
+    assert!(
+        text.contains(CLIENT_V4),
+        "the over-limit source is among the top sources: {text}"
+    );
+}
