@@ -136,6 +136,32 @@ impl Topology {
         t
     }
 
+    /// Adds another veth pair (no addresses) between the two namespaces; returns the
+    /// gateway-side name.
+    pub fn add_link(&self, client_if: &str, gw_if: &str) -> String {
+        self.client.ip(&[
+            "link",
+            "add",
+            client_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            gw_if,
+            "netns",
+            &self.gw.name,
+        ]);
+        self.client.ip(&["link", "set", client_if, "up"]);
+        self.gw.ip(&["link", "set", gw_if, "up"]);
+        gw_if.to_string()
+    }
+
+    /// Whether an XDP program is attached to `dev` in the gateway namespace.
+    pub fn gw_has_xdp(&self, dev: &str) -> bool {
+        let out = self.gw.ip(&["link", "show", dev]);
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+
     fn configure(&self) {
         use addr::*;
         let (c, g) = (&self.client, &self.gw);
@@ -262,8 +288,17 @@ impl Daemon {
 
     /// Rewrites the config file (the daemon sees it on reload or restart).
     pub fn write_config(&self, interface: &str, datapath_extra: &str) {
+        self.write_config_for(&[interface], datapath_extra);
+    }
+
+    pub fn write_config_for(&self, interfaces: &[&str], datapath_extra: &str) {
+        let interfaces = interfaces
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let toml = format!(
-            "state_dir = \"{}\"\n[datapath]\ninterfaces = [\"{interface}\"]\npin_path = \"{}\"\n{datapath_extra}\n\
+            "state_dir = \"{}\"\n[datapath]\ninterfaces = [{interfaces}]\npin_path = \"{}\"\n{datapath_extra}\n\
              [control]\nsocket = \"{}\"\n[audit]\npath = \"{}\"\n",
             self.dir.join("state").display(),
             self.pin_path.display(),

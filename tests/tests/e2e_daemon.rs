@@ -417,3 +417,72 @@ fn stats_watch_redraws_every_second() {
         "the over-limit source is among the top sources: {text}"
     );
 }
+
+#[test]
+fn reload_attaches_and_detaches_interfaces() {
+    if !privileged("reload_attaches_and_detaches_interfaces") {
+        return;
+    }
+    let topo = Topology::new("ifs");
+    let daemon = Daemon::start(&topo, "ifs", "");
+    let second = topo.add_link("sg-c2", "sg-g2");
+    assert!(topo.gw_has_xdp(&topo.gw_if) && !topo.gw_has_xdp(&second));
+    daemon.write_config_for(&[&topo.gw_if, &second], "");
+    daemon.ok(&["reload"]);
+    assert!(
+        topo.gw_has_xdp(&topo.gw_if) && topo.gw_has_xdp(&second),
+        "added interface attached"
+    );
+    daemon.write_config_for(&[&second], "");
+    daemon.ok(&["reload"]);
+    assert!(!topo.gw_has_xdp(&topo.gw_if), "removed interface detached");
+    assert!(topo.gw_has_xdp(&second));
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(
+        status["attachments"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+}
+
+#[test]
+fn corrupt_state_is_moved_aside_and_detach_cleans_up() {
+    if !privileged("corrupt_state_is_moved_aside_and_detach_cleans_up") {
+        return;
+    }
+    let topo = Topology::new("cor");
+    let mut daemon = Daemon::start(&topo, "cor", "");
+    daemon.ok(&["ban", "add", CLIENT_V4]);
+    daemon.kill9();
+    let state = daemon.dir.join("state").join("state.json");
+    std::fs::write(&state, b"{\"version\":1,\"bans\":{\"198.18").unwrap();
+    std::fs::remove_dir_all(&daemon.pin_path).unwrap();
+    daemon.spawn();
+    assert!(
+        daemon.log_text().contains("corrupt"),
+        "the operator is told: {}",
+        daemon.log_text()
+    );
+    let moved = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+    assert!(moved, "the corrupt file is kept aside");
+    assert_eq!(
+        daemon.json(&["ban", "list", "--json"]),
+        serde_json::json!([]),
+        "started from the config alone"
+    );
+
+    daemon.ok(&["ban", "add", OTHER_V4]);
+    assert!(state.exists());
+    daemon.kill9();
+    let (code, out, err) = daemon.cli(&["detach", "-c", daemon.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !topo.gw_has_xdp(&topo.gw_if),
+        "detach removes the XDP program"
+    );
+    assert!(!daemon.pin_path.exists(), "detach removes the pins");
+    assert!(!state.exists(), "detach removes the state file");
+}
