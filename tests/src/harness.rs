@@ -82,11 +82,7 @@ impl Kernel {
     }
 }
 
-/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
+pub use secgate::clock::monotonic_ns;
 
 /// Pins the calling thread to CPU 0 so per-CPU state (counters, event budget) is one slot.
 pub fn pin_to_cpu0() {

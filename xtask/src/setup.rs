@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::steps::run_cmd;
+use crate::steps::{nightly_cargo, run_cmd};
 
 /// Debian packages the tests and the daemon's operators use.
 const PACKAGES: &[(&str, &str)] = &[
@@ -143,25 +143,15 @@ fn bpf_linker() -> Result<()> {
             .with_context(|| format!("linking {}", link.display()))?;
     }
     run_cmd(
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-            ])
+        nightly_cargo()
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
             .args([
                 "--no-default-features",
                 "--features",
                 LLVM_FEATURE,
                 "--force",
             ])
-            .env("LLVM_PREFIX", &prefix)
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO"),
+            .env("LLVM_PREFIX", &prefix),
     )
     .context("building bpf-linker; check network access to crates.io")?;
     if !bpf_linker_ok() {

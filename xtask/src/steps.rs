@@ -28,6 +28,15 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `cargo` of the nightly toolchain (the bpf target needs it), whatever invoked xtask.
+pub fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    cmd
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -68,11 +77,8 @@ pub fn test() -> Result<()> {
         "warnings",
     ]))?;
     run_cmd(
-        Command::new("rustup")
+        nightly_cargo()
             .args([
-                "run",
-                "nightly",
-                "cargo",
                 "clippy",
                 "-p",
                 "secgate-ebpf",
@@ -80,9 +86,7 @@ pub fn test() -> Result<()> {
                 "bpfel-unknown-none",
             ])
             .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
-            .env("CARGO_TARGET_DIR", root().join("target").join("bpf-clippy"))
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO"),
+            .env("CARGO_TARGET_DIR", root().join("target").join("bpf-clippy")),
     )?;
     run_cmd(cargo().args([
         "test",
