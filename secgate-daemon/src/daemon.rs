@@ -34,12 +34,9 @@ pub async fn run(
     if let Some(w) = warning {
         error!("{w}");
     }
-    for iface in &settings.interfaces {
-        policy
-            .datapath
-            .attach(iface, settings.attach)
-            .with_context(|| format!("attaching to {iface}"))?;
-    }
+    policy
+        .sync_interfaces()
+        .context("attaching the XDP program")?;
     let audit = Audit::open(&config.audit_log)
         .with_context(|| format!("opening the audit log {}", config.audit_log.display()))?;
     let shared = Arc::new(Shared {

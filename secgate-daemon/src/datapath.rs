@@ -66,6 +66,15 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(
+        "pinned map {path} has key/value sizes {found:?}, this build needs {want:?}: it was left by another secgate version; remove {dir} and start again (the state file restores dynamic bans)"
+    )]
+    StalePin {
+        path: PathBuf,
+        dir: PathBuf,
+        found: (u32, u32),
+        want: (u32, u32),
+    },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -116,6 +125,7 @@ impl Datapath {
             .iter()
             .map(|n| (*n, maps_dir(&pin_path).join(n)))
             .collect();
+        check_pins(&pin_path, settings.max_sources)?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -185,6 +195,18 @@ impl Datapath {
         Ok(())
     }
 
+    /// Interfaces with a pinned link, whether or not this process attached them.
+    pub fn pinned_interfaces(&self) -> Vec<String> {
+        std::fs::read_dir(links_dir(&self.pin_path))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The over-limit event ring buffer.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.bpf
@@ -195,6 +217,37 @@ impl Datapath {
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
     }
+}
+
+/// Refuses pinned maps whose layout differs from this build's; warns when the limiter map
+/// keeps a capacity other than `max_sources` (it is reused, so the change waits for new pins).
+fn check_pins(pin_path: &Path, max_sources: u32) -> Result<()> {
+    for name in names::ALL {
+        let path = maps_dir(pin_path).join(name);
+        let (Ok(info), Some(want)) = (
+            aya::maps::MapInfo::from_pin(&path),
+            crate::maps::layout(name),
+        ) else {
+            continue;
+        };
+        let found = (info.key_size(), info.value_size());
+        if found != want {
+            return Err(DatapathError::StalePin {
+                path,
+                dir: maps_dir(pin_path),
+                found,
+                want,
+            });
+        }
+        if name == names::SOURCES && info.max_entries() != max_sources {
+            warn!(
+                pinned = info.max_entries(),
+                configured = max_sources,
+                "the pinned limiter map keeps its capacity; remove the pins to apply max_sources"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn program(bpf: &mut Ebpf) -> &mut Xdp {

@@ -32,6 +32,27 @@ pub enum MapsError {
 
 type Result<T> = std::result::Result<T, MapsError>;
 
+/// Key and value sizes of each map as this build defines them, to recognise pinned maps left
+/// by a build with another layout before the program is loaded against them.
+pub fn layout(name: &str) -> Option<(u32, u32)> {
+    use std::mem::size_of;
+    let size = |k: usize, v: usize| Some((k as u32, v as u32));
+    let lpm = |data: usize| size_of::<u32>() + data;
+    match name {
+        names::CONFIG => size(size_of::<u32>(), size_of::<DatapathConfig>()),
+        names::LIMITS => size(size_of::<LimitKey>(), size_of::<RateRule>()),
+        names::ALLOW_V4 => size(lpm(4), size_of::<AllowEntry>()),
+        names::ALLOW_V6 => size(lpm(16), size_of::<AllowEntry>()),
+        names::DENY_V4 => size(lpm(4), size_of::<DenyEntry>()),
+        names::DENY_V6 => size(lpm(16), size_of::<DenyEntry>()),
+        names::SOURCES => size(size_of::<BucketKey>(), size_of::<SourceState>()),
+        names::STATS => size(size_of::<u32>(), size_of::<Counter>()),
+        names::EVENTS => size(0, 0),
+        names::EVENT_BUDGET => size(size_of::<u32>(), size_of::<u64>()),
+        _ => None,
+    }
+}
+
 /// One LPM trie per address family.
 struct Tries<V: aya::Pod> {
     v4: LpmTrie<MapData, [u8; 4], V>,

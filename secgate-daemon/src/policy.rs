@@ -441,8 +441,10 @@ impl Policy {
         applied
     }
 
-    fn sync_interfaces(&mut self) -> Result<()> {
-        let want: Vec<String> = self.settings.interfaces.clone();
+    /// Attaches to every configured interface not attached yet, and detaches from the rest,
+    /// including links pinned by an earlier run for interfaces no longer configured.
+    pub fn sync_interfaces(&mut self) -> Result<()> {
+        let want = self.settings.interfaces.clone();
         for iface in &want {
             if !self
                 .datapath
@@ -453,11 +455,12 @@ impl Policy {
                 self.datapath.attach(iface, self.settings.attach)?;
             }
         }
-        let gone: Vec<String> = self
+        let gone: BTreeSet<String> = self
             .datapath
             .attachments
             .iter()
             .map(|a| a.interface.clone())
+            .chain(self.datapath.pinned_interfaces())
             .filter(|i| !want.contains(i))
             .collect();
         for iface in gone {

@@ -443,6 +443,44 @@ fn reload_attaches_and_detaches_interfaces() {
         Some(1),
         "{status}"
     );
+
+    daemon.write_config_for(&[&second, "sg-missing"], "");
+    let (code, _, err) = daemon.cli(&["reload"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sg-missing"),
+        "the failing interface is named: {err}"
+    );
+    assert!(
+        topo.gw_has_xdp(&second),
+        "a failed reload keeps the running attachments"
+    );
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(
+        status["attachments"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+}
+
+#[test]
+fn restart_detaches_interfaces_dropped_from_the_config() {
+    if !privileged("restart_detaches_interfaces_dropped_from_the_config") {
+        return;
+    }
+    let topo = Topology::new("drp");
+    let second = topo.add_link("sg-c2", "sg-g2");
+    let mut daemon = Daemon::start(&topo, "drp", "");
+    daemon.write_config_for(&[&topo.gw_if, &second], "");
+    daemon.ok(&["reload"]);
+    daemon.kill9();
+    daemon.write_config_for(&[&second], "");
+    daemon.spawn();
+    assert!(
+        !topo.gw_has_xdp(&topo.gw_if),
+        "the stale pinned link was removed at start"
+    );
+    assert!(topo.gw_has_xdp(&second));
 }
 
 #[test]

@@ -530,6 +530,15 @@ fn every_shared_map_name_is_in_the_object() {
             "secgate_common::maps names {name}, which the program does not define"
         );
     }
+    for (name, map) in bpf.maps() {
+        let info = map_info(map);
+        let want = secgate::maps::layout(name).expect("layout known");
+        assert_eq!(
+            (info.key_size(), info.value_size()),
+            want,
+            "layout of {name}"
+        );
+    }
     assert_eq!(
         bpf.maps().count(),
         secgate_common::maps::ALL.len(),
@@ -578,4 +587,18 @@ fn full_map_is_a_clear_error() {
         256,
         "existing entries are intact"
     );
+}
+
+fn map_info(map: &aya::maps::Map) -> aya::maps::MapInfo {
+    use aya::maps::Map;
+    let data = match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::LpmTrie(m)
+        | Map::PerCpuArray(m)
+        | Map::RingBuf(m) => m,
+        other => panic!("unexpected map kind {other:?}"),
+    };
+    data.info().expect("map info")
 }
