@@ -14,18 +14,22 @@ use secgate_common::{
     verdict::Reason,
 };
 
-use crate::maps::{SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_SOURCES};
+use crate::{
+    clock::Clock,
+    maps::{SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_SOURCES},
+};
 
 /// CAS attempts before a contended packet is let through: bounded for the verifier, and
 /// more attempts than CPUs that can realistically collide on one bucket at once.
 const CAS_ATTEMPTS: u32 = 8;
 
 #[inline(always)]
-pub fn check(cfg: &DatapathConfig, pkt: &Packet, now: u64) -> Reason {
+pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
     let (limit, rule) = select_rule(cfg, pkt);
     if rule.is_unlimited() {
         return Reason::Pass;
     }
+    let now = clock.now();
     let key = bucket_key(cfg, pkt, limit);
     let Some(state) = SG_SOURCES.get_ptr_mut(key) else {
         let fresh = SourceState {

@@ -11,21 +11,20 @@
     reason = "atomic_cxchg is the only 64-bit CAS the bpf target offers"
 )]
 
+mod clock;
 mod frame;
 mod limiter;
 mod maps;
 mod parse;
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use secgate_common::{
     maps::DatapathConfig,
     model::{Packet, Parsed, verdict},
     verdict::{Action, Reason},
 };
 
-use crate::frame::Frame;
+use crate::{clock::Clock, frame::Frame};
 
 #[xdp]
 pub fn secgate(ctx: XdpContext) -> u32 {
@@ -45,12 +44,11 @@ fn judge(cfg: &DatapathConfig, pkt: &Packet) -> Reason {
     if maps::allowed(pkt) {
         return Reason::Allow;
     }
-    // SAFETY: a BPF helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if maps::denied(pkt, now) {
+    let mut clock = Clock::default();
+    if maps::denied(pkt, &mut clock) {
         return Reason::Deny;
     }
-    limiter::check(cfg, pkt, now)
+    limiter::check(cfg, pkt, &mut clock)
 }
 
 /// The single exit: counts the verdict and turns it into an XDP action.

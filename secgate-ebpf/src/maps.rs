@@ -1,6 +1,7 @@
 //! The program's maps. Names and capacities come from `secgate_common::maps`; the static
 //! names must equal those constants (a test checks every name is present in the object).
 
+use crate::clock::Clock;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -51,14 +52,16 @@ pub fn allowed(pkt: &Packet) -> bool {
     }
 }
 
+/// Whether the longest denylist prefix covering the source is in force; the clock is read
+/// only for entries that expire.
 #[inline(always)]
-pub fn denied(pkt: &Packet, now: u64) -> bool {
+pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
     let entry = if pkt.family == FAMILY_V4 {
         SG_DENY_V4.get(v4(pkt))
     } else {
         SG_DENY_V6.get(Key::new(128, pkt.src))
     };
-    entry.is_some_and(|e| e.active(now))
+    entry.is_some_and(|e| e.expires_ns == 0 || e.active(clock.now()))
 }
 
 #[inline(always)]

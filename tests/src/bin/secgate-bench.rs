@@ -36,6 +36,9 @@ fn main() {
         v4_mask: prefix_mask(32),
         v6_mask: prefix_mask(64),
         default_rule: RateRule::from_rate(1_000_000_000, 1 << 24),
+        // The daemon's defaults: one event per source per second, 1000 per second per CPU.
+        event_interval_ns: 1_000_000_000,
+        event_budget: RateRule::from_rate(1000, 1000),
         ..Default::default()
     };
     kernel.maps.set_config(&cfg).expect("config");
