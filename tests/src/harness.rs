@@ -34,6 +34,29 @@ impl Kernel {
         Kernel { bpf, maps }
     }
 
+    /// Attaches the program natively to `iface` of the calling thread's namespace; the link
+    /// lives as long as this `Kernel` or until [`Kernel::detach`].
+    pub fn attach(&mut self, iface: &str) -> aya::programs::xdp::XdpLinkId {
+        let prog: &mut Xdp = self
+            .bpf
+            .program_mut("secgate")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        prog.attach(iface, aya::programs::XdpMode::Driver)
+            .expect("attach XDP")
+    }
+
+    pub fn detach(&mut self, link: aya::programs::xdp::XdpLinkId) {
+        let prog: &mut Xdp = self
+            .bpf
+            .program_mut("secgate")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        prog.detach(link).expect("detach XDP");
+    }
+
     fn prog(&self) -> &Xdp {
         self.bpf
             .program("secgate")

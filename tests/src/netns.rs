@@ -47,6 +47,16 @@ impl NetNs {
         sh("ip", &all)
     }
 
+    /// The MAC address of `dev`, as `ip` prints it.
+    pub fn mac(&self, dev: &str) -> String {
+        let out = self.ip(&["-br", "link", "show", dev]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .expect("mac")
+            .to_string()
+    }
+
     /// A command run inside the namespace (network only: `/sys/fs/bpf` stays the host's).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
@@ -196,15 +206,8 @@ impl Topology {
             }
             ns.ip(&["link", "set", dev, "up"]);
         }
-        let mac = |ns: &NetNs, dev: &str| -> String {
-            let out = ns.ip(&["-br", "link", "show", dev]);
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .nth(2)
-                .expect("mac")
-                .to_string()
-        };
-        let (cmac, gmac) = (mac(c, &self.client_if), mac(g, &self.gw_if));
+
+        let (cmac, gmac) = (c.mac(&self.client_if), g.mac(&self.gw_if));
         for a in [GW_V4, GW_V6, GW_V6_OTHER] {
             c.ip(&[
                 "neigh",

@@ -1,16 +1,16 @@
-//! Datapath benchmark: per-packet cost of the secgate XDP program on each verdict path,
-//! against a bare `XDP_DROP` program measured in the same run, interleaved round by round so
-//! machine noise hits both alike. Printed as ratios; nothing here asserts a timing.
+//! Per-packet cost of the secgate XDP program on each verdict path under
+//! `BPF_PROG_TEST_RUN`, against a bare `XDP_DROP` program.
 
 use std::net::IpAddr;
 
+use crate::median;
 use secgate_common::{
     maps::{DatapathConfig, DenyEntry, RateRule},
     model::prefix_mask,
     net::TCP_FLAG_SYN,
 };
 use secgate_tests::{
-    bare::BareDrop,
+    bare::{RawXdp, XDP_DROP},
     frames::{L4Spec, Spec},
     harness::{Kernel, pin_to_cpu0},
 };
@@ -18,19 +18,10 @@ use secgate_tests::{
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 9;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn main() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the benchmark loads BPF programs: run it as root"
-    );
+pub fn run() {
     pin_to_cpu0();
     let mut kernel = Kernel::load();
-    let bare = BareDrop::load();
+    let bare = RawXdp::load(XDP_DROP);
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
     let cfg = DatapathConfig {
         v4_mask: prefix_mask(32),
