@@ -13,10 +13,7 @@ const TARGET: &str = "bpfel-unknown-none";
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("..").join(EBPF_CRATE).canonicalize()?;
-    let common_dir = manifest_dir
-        .join("..")
-        .join("secgate-common")
-        .canonicalize()?;
+    let common_dir = manifest_dir.join("..").join("secgate-common").canonicalize()?;
     for dir in [&ebpf_dir, &common_dir] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
@@ -24,15 +21,7 @@ fn main() -> anyhow::Result<()> {
     let target_dir = out_dir.join("ebpf-target");
     let rustflags = ["-Ctarget-cpu=v3", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
     let status = Command::new("rustup")
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--release",
-            "--package",
-            EBPF_CRATE,
-        ])
+        .args(["run", "nightly", "cargo", "build", "--release", "--package", EBPF_CRATE])
         .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .current_dir(&ebpf_dir)

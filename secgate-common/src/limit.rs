@@ -14,10 +14,7 @@ pub const MAX_BURST: u64 = 1 << 24;
 
 impl RateRule {
     /// No limit.
-    pub const UNLIMITED: RateRule = RateRule {
-        interval_ns: 0,
-        tolerance_ns: 0,
-    };
+    pub const UNLIMITED: RateRule = RateRule { interval_ns: 0, tolerance_ns: 0 };
 
     /// `pps` packets per second with bursts of up to `burst` packets.
     ///
@@ -27,10 +24,7 @@ impl RateRule {
         let pps = clamp(pps, 1, MAX_PPS);
         let burst = clamp(burst, 1, MAX_BURST);
         let interval_ns = NS_PER_SEC / pps;
-        RateRule {
-            interval_ns,
-            tolerance_ns: interval_ns * (burst - 1),
-        }
+        RateRule { interval_ns, tolerance_ns: interval_ns * (burst - 1) }
     }
 
     /// Packets per second this rule admits (0 when unlimited).
@@ -40,9 +34,7 @@ impl RateRule {
 
     /// Burst size this rule admits (0 when unlimited).
     pub fn burst(&self) -> u64 {
-        self.tolerance_ns
-            .checked_div(self.interval_ns)
-            .map_or(0, |b| b + 1)
+        self.tolerance_ns.checked_div(self.interval_ns).map_or(0, |b| b + 1)
     }
 
     pub const fn is_unlimited(&self) -> bool {
@@ -54,11 +46,7 @@ impl RateRule {
     #[inline(always)]
     pub const fn admit(&self, tat_ns: u64, now_ns: u64) -> Option<u64> {
         let tat = if tat_ns > now_ns { tat_ns } else { now_ns };
-        if tat - now_ns > self.tolerance_ns {
-            None
-        } else {
-            Some(tat + self.interval_ns)
-        }
+        if tat - now_ns > self.tolerance_ns { None } else { Some(tat + self.interval_ns) }
     }
 }
 
@@ -84,15 +72,8 @@ mod tests {
         for _ in 0..3 {
             tat = rule.admit(tat, now).expect("burst admits three");
         }
-        assert_eq!(
-            rule.admit(tat, now),
-            None,
-            "fourth packet at once is over the limit"
-        );
-        assert!(
-            rule.admit(tat, now + 100_000_000).is_some(),
-            "one interval later one more fits"
-        );
+        assert_eq!(rule.admit(tat, now), None, "fourth packet at once is over the limit");
+        assert!(rule.admit(tat, now + 100_000_000).is_some(), "one interval later one more fits");
     }
 
     #[test]
@@ -129,33 +110,17 @@ pub const fn candidates(proto: u8, dport: u16, syn: bool) -> ([crate::maps::Limi
     let mut n = 0;
     if dport != 0 {
         if syn {
-            keys[n] = LimitKey {
-                port: dport,
-                proto,
-                syn_only: 1,
-            };
+            keys[n] = LimitKey { port: dport, proto, syn_only: 1 };
             n += 1;
         }
-        keys[n] = LimitKey {
-            port: dport,
-            proto,
-            syn_only: 0,
-        };
+        keys[n] = LimitKey { port: dport, proto, syn_only: 0 };
         n += 1;
     }
     if syn {
-        keys[n] = LimitKey {
-            port: 0,
-            proto,
-            syn_only: 1,
-        };
+        keys[n] = LimitKey { port: 0, proto, syn_only: 1 };
         n += 1;
     }
-    keys[n] = LimitKey {
-        port: 0,
-        proto,
-        syn_only: 0,
-    };
+    keys[n] = LimitKey { port: 0, proto, syn_only: 0 };
     n += 1;
     (keys, n)
 }
@@ -168,20 +133,9 @@ mod candidate_tests {
     #[test]
     fn most_specific_first() {
         let (keys, n) = candidates(6, 443, true);
-        let k = |port, syn_only| LimitKey {
-            port,
-            proto: 6,
-            syn_only,
-        };
+        let k = |port, syn_only| LimitKey { port, proto: 6, syn_only };
         assert_eq!(&keys[..n], &[k(443, 1), k(443, 0), k(0, 1), k(0, 0)]);
         let (keys, n) = candidates(1, 0, false);
-        assert_eq!(
-            &keys[..n],
-            &[LimitKey {
-                port: 0,
-                proto: 1,
-                syn_only: 0
-            }]
-        );
+        assert_eq!(&keys[..n], &[LimitKey { port: 0, proto: 1, syn_only: 0 }]);
     }
 }

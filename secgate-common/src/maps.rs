@@ -23,18 +23,8 @@ pub const EVENTS: &str = "SG_EVENTS";
 pub const EVENT_BUDGET: &str = "SG_EVT_BUDGET";
 
 /// Every map the program defines; the daemon pins exactly these.
-pub const ALL: [&str; 10] = [
-    CONFIG,
-    LIMITS,
-    ALLOW_V4,
-    ALLOW_V6,
-    DENY_V4,
-    DENY_V6,
-    SOURCES,
-    STATS,
-    EVENTS,
-    EVENT_BUDGET,
-];
+pub const ALL: [&str; 10] =
+    [CONFIG, LIMITS, ALLOW_V4, ALLOW_V6, DENY_V4, DENY_V6, SOURCES, STATS, EVENTS, EVENT_BUDGET];
 
 /// Override rules: protocol × port × SYN-only combinations an operator can configure.
 pub const MAX_LIMIT_RULES: u32 = 256;
@@ -108,11 +98,7 @@ pub struct LimitKey {
 }
 
 impl LimitKey {
-    pub const DEFAULT: LimitKey = LimitKey {
-        port: 0,
-        proto: 0,
-        syn_only: 0,
-    };
+    pub const DEFAULT: LimitKey = LimitKey { port: 0, proto: 0, syn_only: 0 };
 }
 
 /// Key of a per-source limiter bucket: the masked source plus the limit it is counted against.

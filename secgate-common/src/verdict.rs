@@ -23,14 +23,8 @@ pub const REASON_COUNT: u32 = 6;
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; REASON_COUNT as usize] = [
-        Reason::Pass,
-        Reason::NonIp,
-        Reason::Allow,
-        Reason::Deny,
-        Reason::Rate,
-        Reason::Malformed,
-    ];
+    pub const ALL: [Reason; REASON_COUNT as usize] =
+        [Reason::Pass, Reason::NonIp, Reason::Allow, Reason::Deny, Reason::Rate, Reason::Malformed];
 
     /// Stable lower-case name used in stats output and metrics labels.
     pub const fn name(self) -> &'static str {

@@ -35,15 +35,8 @@ impl Audit {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(Audit {
-            path: path.to_owned(),
-            file: Mutex::new(file),
-        })
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        Ok(Audit { path: path.to_owned(), file: Mutex::new(file) })
     }
 
     /// Appends one entry. A failing audit write is logged loudly but does not undo the change

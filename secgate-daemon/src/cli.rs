@@ -183,11 +183,7 @@ impl SelectorArgs {
             ProtoArg::Udp => Protocol::Udp,
             ProtoArg::Icmp => Protocol::Icmp,
         };
-        let selector = Selector {
-            protocol,
-            port: self.port,
-            syn_only: self.syn_only,
-        };
+        let selector = Selector { protocol, port: self.port, syn_only: self.syn_only };
         match crate::config::selector_problem(&selector) {
             Some(problem) => Err(problem),
             None => Ok(Some(selector)),
@@ -200,9 +196,7 @@ pub fn rate(pps: u64, burst: u64) -> Rate {
 }
 
 fn int(s: &str) -> Result<i64, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number"))
+    s.trim().parse().map_err(|_| format!("{s:?} is not a whole number"))
 }
 
 fn pps_arg(s: &str) -> Result<u64, String> {
@@ -232,14 +226,8 @@ mod tests {
     fn bad_values_are_usage_errors_naming_the_value() {
         for (args, needle) in [
             (vec!["secgate", "ban", "add", "10.0.0.1/40"], "10.0.0.1/40"),
-            (
-                vec!["secgate", "ban", "add", "10.0.0.0/8", "--ttl", "forever"],
-                "forever",
-            ),
-            (
-                vec!["secgate", "limit", "set", "--pps", "0", "--burst", "1"],
-                "pps 0",
-            ),
+            (vec!["secgate", "ban", "add", "10.0.0.0/8", "--ttl", "forever"], "forever"),
+            (vec!["secgate", "limit", "set", "--pps", "0", "--burst", "1"], "pps 0"),
             (
                 vec![
                     "secgate", "limit", "set", "--pps", "5", "--burst", "1", "--proto", "tcp",

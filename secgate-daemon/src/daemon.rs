@@ -34,9 +34,7 @@ pub async fn run(
     if let Some(w) = warning {
         error!("{w}");
     }
-    policy
-        .sync_interfaces()
-        .context("attaching the XDP program")?;
+    policy.sync_interfaces().context("attaching the XDP program")?;
     let audit = Audit::open(&config.audit_log)
         .with_context(|| format!("opening the audit log {}", config.audit_log.display()))?;
     let shared = Arc::new(Shared {

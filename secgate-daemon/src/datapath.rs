@@ -41,11 +41,7 @@ pub enum DatapathError {
     #[error("mounting bpffs at {path}: {source}")]
     Mount { path: PathBuf, source: nix::Error },
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("loading the XDP object: {0}; is the kernel BPF-capable and are you root?")]
     Load(#[from] EbpfError),
     #[error("the kernel rejected the XDP program: {0}")]
@@ -53,28 +49,15 @@ pub enum DatapathError {
     #[error("interface {iface}: {source}")]
     Attach { iface: String, source: ProgramError },
     #[error("interface {iface}: pinned link {path}: {source}")]
-    Link {
-        iface: String,
-        path: PathBuf,
-        source: LinkError,
-    },
+    Link { iface: String, path: PathBuf, source: LinkError },
     #[error("interface {iface}: pinning link at {path}: {source}")]
-    Pin {
-        iface: String,
-        path: PathBuf,
-        source: aya::pin::PinError,
-    },
+    Pin { iface: String, path: PathBuf, source: aya::pin::PinError },
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error(
         "pinned map {path} has key/value sizes {found:?}, this build needs {want:?}: it was left by another secgate version; remove {dir} and start again (the state file restores dynamic bans)"
     )]
-    StalePin {
-        path: PathBuf,
-        dir: PathBuf,
-        found: (u32, u32),
-        want: (u32, u32),
-    },
+    StalePin { path: PathBuf, dir: PathBuf, found: (u32, u32), want: (u32, u32) },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -98,11 +81,7 @@ pub struct Datapath {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
-    move |source| DatapathError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| DatapathError::Io { what, path: path.to_owned(), source }
 }
 
 fn maps_dir(pin_path: &Path) -> PathBuf {
@@ -121,10 +100,8 @@ impl Datapath {
         for dir in [maps_dir(&pin_path), links_dir(&pin_path)] {
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
-        let map_paths: Vec<(&str, PathBuf)> = names::ALL
-            .iter()
-            .map(|n| (*n, maps_dir(&pin_path).join(n)))
-            .collect();
+        let map_paths: Vec<(&str, PathBuf)> =
+            names::ALL.iter().map(|n| (*n, maps_dir(&pin_path).join(n))).collect();
         check_pins(&pin_path, settings.max_sources)?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
@@ -134,36 +111,21 @@ impl Datapath {
         let mut bpf = loader.load(EBPF_OBJECT)?;
         program(&mut bpf).load()?;
         let maps = DatapathMaps::take(&mut bpf)?;
-        Ok(Datapath {
-            bpf,
-            maps,
-            attachments: Vec::new(),
-            links: Vec::new(),
-            pin_path,
-        })
+        Ok(Datapath { bpf, maps, attachments: Vec::new(), links: Vec::new(), pin_path })
     }
 
     /// Attaches to `iface`, or swaps this program into its pinned link if one exists.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         let path = links_dir(&self.pin_path).join(iface);
-        let link_err = |source| DatapathError::Link {
-            iface: iface.into(),
-            path: path.clone(),
-            source,
-        };
+        let link_err =
+            |source| DatapathError::Link { iface: iface.into(), path: path.clone(), source };
         let prog = program(&mut self.bpf);
         let (link, how) = if path.exists() {
             let pinned: FdLink = PinnedLink::from_pin(&path).map_err(link_err)?.into();
             let id = prog
                 .attach_to_link(XdpLink::try_from(pinned).map_err(link_err)?)
-                .map_err(|source| DatapathError::Attach {
-                    iface: iface.into(),
-                    source,
-                })?;
-            (
-                FdLink::try_from(prog.take_link(id)?).map_err(link_err)?,
-                "adopted",
-            )
+                .map_err(|source| DatapathError::Attach { iface: iface.into(), source })?;
+            (FdLink::try_from(prog.take_link(id)?).map_err(link_err)?, "adopted")
         } else {
             let (id, how) = attach_fresh(prog, iface, mode)?;
             let link = FdLink::try_from(prog.take_link(id)?).map_err(link_err)?;
@@ -176,10 +138,7 @@ impl Datapath {
         };
         info!(interface = iface, mode = how, "XDP program attached");
         self.links.push((iface.to_string(), link));
-        self.attachments.push(Attachment {
-            interface: iface.into(),
-            mode: how.into(),
-        });
+        self.attachments.push(Attachment { interface: iface.into(), mode: how.into() });
         Ok(())
     }
 
@@ -199,19 +158,14 @@ impl Datapath {
     pub fn pinned_interfaces(&self) -> Vec<String> {
         std::fs::read_dir(links_dir(&self.pin_path))
             .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
+                entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
             })
             .unwrap_or_default()
     }
 
     /// The over-limit event ring buffer.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.bpf
-            .take_map(names::EVENTS)
-            .and_then(|m| RingBuf::try_from(m).ok())
+        self.bpf.take_map(names::EVENTS).and_then(|m| RingBuf::try_from(m).ok())
     }
 
     pub fn pin_path(&self) -> &Path {
@@ -224,20 +178,14 @@ impl Datapath {
 fn check_pins(pin_path: &Path, max_sources: u32) -> Result<()> {
     for name in names::ALL {
         let path = maps_dir(pin_path).join(name);
-        let (Ok(info), Some(want)) = (
-            aya::maps::MapInfo::from_pin(&path),
-            crate::maps::layout(name),
-        ) else {
+        let (Ok(info), Some(want)) =
+            (aya::maps::MapInfo::from_pin(&path), crate::maps::layout(name))
+        else {
             continue;
         };
         let found = (info.key_size(), info.value_size());
         if found != want {
-            return Err(DatapathError::StalePin {
-                path,
-                dir: maps_dir(pin_path),
-                found,
-                want,
-            });
+            return Err(DatapathError::StalePin { path, dir: maps_dir(pin_path), found, want });
         }
         if name == names::SOURCES && info.max_entries() != max_sources {
             warn!(
@@ -261,26 +209,17 @@ fn attach_fresh(
     iface: &str,
     mode: AttachMode,
 ) -> Result<(aya::programs::xdp::XdpLinkId, &'static str)> {
-    let err = |source| DatapathError::Attach {
-        iface: iface.into(),
-        source,
-    };
+    let err = |source| DatapathError::Attach { iface: iface.into(), source };
     match mode {
-        AttachMode::Native => prog
-            .attach(iface, XdpMode::Driver)
-            .map(|id| (id, "native"))
-            .map_err(err),
-        AttachMode::Skb => prog
-            .attach(iface, XdpMode::Skb)
-            .map(|id| (id, "skb"))
-            .map_err(err),
+        AttachMode::Native => {
+            prog.attach(iface, XdpMode::Driver).map(|id| (id, "native")).map_err(err)
+        }
+        AttachMode::Skb => prog.attach(iface, XdpMode::Skb).map(|id| (id, "skb")).map_err(err),
         AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => Ok((id, "native")),
             Err(e) => {
                 warn!(interface = iface, error = %e, "native XDP unavailable; falling back to skb (generic) mode, which is slower");
-                prog.attach(iface, XdpMode::Skb)
-                    .map(|id| (id, "skb"))
-                    .map_err(err)
+                prog.attach(iface, XdpMode::Skb).map(|id| (id, "skb")).map_err(err)
             }
         },
     }
@@ -307,16 +246,11 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|source| DatapathError::Mount {
-            path: standard.into(),
-            source,
-        })?;
+        .map_err(|source| DatapathError::Mount { path: standard.into(), source })?;
         info!(path = DEFAULT_BPFFS, "mounted bpffs");
         return Ok(());
     }
-    Err(DatapathError::NotBpffs {
-        path: pin_path.into(),
-    })
+    Err(DatapathError::NotBpffs { path: pin_path.into() })
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -17,11 +17,7 @@ use serde::de::DeserializeOwned;
 const EXIT_INVALID: u8 = 2;
 
 /// How a command's reply is printed: (request, print as JSON, human renderer).
-type Call = (
-    Request,
-    bool,
-    fn(serde_json::Value) -> anyhow::Result<String>,
-);
+type Call = (Request, bool, fn(serde_json::Value) -> anyhow::Result<String>);
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -89,65 +85,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The control request for a command that talks to the daemon.
 fn request(command: RemoteCommand) -> Call {
     match command {
-        RemoteCommand::Status(a) => (Request::Status {}, a.json, |v| {
-            Ok(render::status(&parse(v)?))
-        }),
+        RemoteCommand::Status(a) => {
+            (Request::Status {}, a.json, |v| Ok(render::status(&parse(v)?)))
+        }
         RemoteCommand::Stats(a) => (Request::Stats {}, a.json, |v| Ok(render::stats(&parse(v)?))),
         RemoteCommand::Reload => (Request::Reload {}, false, |_| Ok("config reloaded".into())),
-        RemoteCommand::Mode { mode } => (Request::Mode { mode: mode.into() }, false, |v| {
-            Ok(format!("mode: {v}"))
-        }),
+        RemoteCommand::Mode { mode } => {
+            (Request::Mode { mode: mode.into() }, false, |v| Ok(format!("mode: {v}")))
+        }
         RemoteCommand::Ban(BanCommand::Add { cidr, ttl, reason }) => {
             let ttl_secs = ttl.map(|t| t.as_secs_f64());
-            (
-                Request::BanAdd {
-                    cidr,
-                    ttl_secs,
-                    reason,
-                },
-                false,
-                |v| Ok(render::bans(&[parse(v)?])),
-            )
+            (Request::BanAdd { cidr, ttl_secs, reason }, false, |v| Ok(render::bans(&[parse(v)?])))
         }
-        RemoteCommand::Ban(BanCommand::Del { cidr }) => (Request::BanDel { cidr }, false, |v| {
-            Ok(format!("removed ban {v}"))
-        }),
-        RemoteCommand::Ban(BanCommand::List(a)) => (Request::BanList {}, a.json, |v| {
-            Ok(render::bans(&parse::<Vec<_>>(v)?))
-        }),
+        RemoteCommand::Ban(BanCommand::Del { cidr }) => {
+            (Request::BanDel { cidr }, false, |v| Ok(format!("removed ban {v}")))
+        }
+        RemoteCommand::Ban(BanCommand::List(a)) => {
+            (Request::BanList {}, a.json, |v| Ok(render::bans(&parse::<Vec<_>>(v)?)))
+        }
         RemoteCommand::Allow(AllowCommand::Add { cidr }) => {
-            (Request::AllowAdd { cidr }, false, |v| {
-                Ok(format!("allowed {v}"))
-            })
+            (Request::AllowAdd { cidr }, false, |v| Ok(format!("allowed {v}")))
         }
         RemoteCommand::Allow(AllowCommand::Del { cidr }) => {
-            (Request::AllowDel { cidr }, false, |v| {
-                Ok(format!("removed allow entry {v}"))
-            })
+            (Request::AllowDel { cidr }, false, |v| Ok(format!("removed allow entry {v}")))
         }
-        RemoteCommand::Allow(AllowCommand::List(a)) => (Request::AllowList {}, a.json, |v| {
-            Ok(render::nets(&parse::<Vec<_>>(v)?))
-        }),
-        RemoteCommand::Limit(LimitCommand::Show(a)) => (Request::LimitShow {}, a.json, |v| {
-            Ok(render::limits(&parse(v)?))
-        }),
-        RemoteCommand::Limit(LimitCommand::Set {
-            pps,
-            burst,
-            selector,
-        }) => {
+        RemoteCommand::Allow(AllowCommand::List(a)) => {
+            (Request::AllowList {}, a.json, |v| Ok(render::nets(&parse::<Vec<_>>(v)?)))
+        }
+        RemoteCommand::Limit(LimitCommand::Show(a)) => {
+            (Request::LimitShow {}, a.json, |v| Ok(render::limits(&parse(v)?)))
+        }
+        RemoteCommand::Limit(LimitCommand::Set { pps, burst, selector }) => {
             let selector = selector.selector().unwrap_or_else(|e| usage_error(&e));
-            let req = Request::LimitSet {
-                selector,
-                rate: rate(pps, burst),
-            };
+            let req = Request::LimitSet { selector, rate: rate(pps, burst) };
             (req, false, |v| Ok(render::limits(&parse(v)?)))
         }
         RemoteCommand::Limit(LimitCommand::Del { selector }) => {
             let selector = selector.selector().unwrap_or_else(|e| usage_error(&e));
-            (Request::LimitDel { selector }, false, |v| {
-                Ok(render::limits(&parse(v)?))
-            })
+            (Request::LimitDel { selector }, false, |v| Ok(render::limits(&parse(v)?)))
         }
     }
 }
@@ -161,11 +136,7 @@ fn detach(config: &Path) -> anyhow::Result<ExitCode> {
     let detached = datapath::detach(&config.datapath.pin_path)?;
     let state = StateFile::new(&config.state_dir);
     let removed = state.remove()?;
-    println!(
-        "detached from {} interface(s): {}",
-        detached.len(),
-        detached.join(", ")
-    );
+    println!("detached from {} interface(s): {}", detached.len(), detached.join(", "));
     if removed {
         println!("removed {}", state.path().display());
     }
@@ -191,7 +162,5 @@ fn parse<T: DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {
 }
 
 fn usage_error(msg: &str) -> ! {
-    Cli::command()
-        .error(ErrorKind::ArgumentConflict, msg)
-        .exit()
+    Cli::command().error(ErrorKind::ArgumentConflict, msg).exit()
 }

@@ -121,19 +121,13 @@ impl DatapathMaps {
     }
 
     pub fn limits(&self) -> Result<Vec<(LimitKey, RateRule)>> {
-        self.limits
-            .iter()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(wrap(names::LIMITS))
+        self.limits.iter().collect::<std::result::Result<_, _>>().map_err(wrap(names::LIMITS))
     }
 
     pub fn set_limit(&mut self, key: LimitKey, rule: RateRule) -> Result<()> {
         self.limits.insert(key, rule, 0).map_err(|e| {
             if is_full(&e) {
-                MapsError::Full {
-                    name: names::LIMITS,
-                    capacity: names::MAX_LIMIT_RULES,
-                }
+                MapsError::Full { name: names::LIMITS, capacity: names::MAX_LIMIT_RULES }
             } else {
                 wrap(names::LIMITS)(e)
             }
@@ -179,9 +173,7 @@ impl DatapathMaps {
     }
 
     pub fn set_source(&mut self, key: &BucketKey, state: &SourceState) -> Result<()> {
-        self.sources
-            .insert(key, state, 0)
-            .map_err(wrap(names::SOURCES))
+        self.sources.insert(key, state, 0).map_err(wrap(names::SOURCES))
     }
 
     /// Number of live limiter buckets (walks the map; for status and metrics, not hot paths).
@@ -240,10 +232,7 @@ impl<V: aya::Pod> Tries<V> {
         };
         res.map_err(|e| {
             if is_full(&e) {
-                MapsError::Full {
-                    name,
-                    capacity: self.capacity,
-                }
+                MapsError::Full { name, capacity: self.capacity }
             } else {
                 wrap(name)(e)
             }

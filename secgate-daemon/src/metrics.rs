@@ -54,11 +54,7 @@ impl Collector for DaemonCollector {
         };
         if let Some(stats) = stats {
             let by = |f: fn(&crate::policy::Traffic) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
-                stats
-                    .reasons
-                    .iter()
-                    .map(|(r, t)| (vec![("reason", r.clone())], f(t)))
-                    .collect()
+                stats.reasons.iter().map(|(r, t)| (vec![("reason", r.clone())], f(t))).collect()
             };
             counter(
                 &mut enc,
@@ -86,18 +82,8 @@ impl Collector for DaemonCollector {
             )?;
         }
         if let Some(s) = status {
-            gauge(
-                &mut enc,
-                "secgate_bans_active",
-                "Active denylist entries",
-                s.bans as i64,
-            )?;
-            gauge(
-                &mut enc,
-                "secgate_allow_entries",
-                "Allowlist entries",
-                s.allow as i64,
-            )?;
+            gauge(&mut enc, "secgate_bans_active", "Active denylist entries", s.bans as i64)?;
+            gauge(&mut enc, "secgate_allow_entries", "Allowlist entries", s.allow as i64)?;
             gauge(
                 &mut enc,
                 "secgate_limit_overrides",
@@ -128,13 +114,7 @@ impl Collector for DaemonCollector {
             .actions()
             .into_iter()
             .map(|((action, ok), n)| {
-                (
-                    vec![
-                        ("action", action),
-                        ("outcome", if ok { "ok" } else { "error" }.into()),
-                    ],
-                    n,
-                )
+                (vec![("action", action), ("outcome", if ok { "ok" } else { "error" }.into())], n)
             })
             .collect();
         counter(
@@ -167,9 +147,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()>
                 let registry = registry.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -184,17 +162,11 @@ fn respond(req: &Request<hyper::body::Incoming>, registry: &Registry) -> Respons
             .expect("static response")
     };
     if req.method() != Method::GET || req.uri().path() != "/metrics" {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found; metrics are at GET /metrics\n",
-        );
+        return plain(StatusCode::NOT_FOUND, "not found; metrics are at GET /metrics\n");
     }
     let mut body = String::new();
     if prometheus_client::encoding::prometheus_text::encode(&mut body, registry).is_err() {
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding metrics failed\n",
-        );
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n");
     }
     Response::builder()
         .header("content-type", CONTENT_TYPE)

@@ -99,13 +99,8 @@ impl Policy {
         state: StateFile,
     ) -> Result<(Policy, Option<StateError>)> {
         let (runtime, warning) = state.load();
-        let mut p = Policy {
-            datapath,
-            settings,
-            runtime,
-            state,
-            started: std::time::Instant::now(),
-        };
+        let mut p =
+            Policy { datapath, settings, runtime, state, started: std::time::Instant::now() };
         p.reconcile()?;
         Ok((p, warning))
     }
@@ -127,9 +122,7 @@ impl Policy {
 
     fn write_config(&mut self) -> Result<()> {
         let limits = self.limits();
-        let cfg = self
-            .settings
-            .datapath_config(self.mode(), limits.default, &limits.overrides);
+        let cfg = self.settings.datapath_config(self.mode(), limits.default, &limits.overrides);
         Ok(self.datapath.maps.set_config(&cfg)?)
     }
 
@@ -161,13 +154,8 @@ impl Policy {
     }
 
     fn reconcile_allow(&mut self) -> Result<()> {
-        let want: BTreeSet<IpNet> = self
-            .settings
-            .allow
-            .iter()
-            .chain(&self.runtime.allow)
-            .copied()
-            .collect();
+        let want: BTreeSet<IpNet> =
+            self.settings.allow.iter().chain(&self.runtime.allow).copied().collect();
         for net in &want {
             self.datapath.maps.set_allow(*net)?;
         }
@@ -186,14 +174,7 @@ impl Policy {
             .runtime
             .bans
             .iter()
-            .map(|(net, b)| {
-                (
-                    *net,
-                    DenyEntry {
-                        expires_ns: b.remaining(now).map_or(0, deadline),
-                    },
-                )
-            })
+            .map(|(net, b)| (*net, DenyEntry { expires_ns: b.remaining(now).map_or(0, deadline) }))
             .collect();
         for net in &self.settings.deny {
             want.insert(*net, DenyEntry { expires_ns: 0 });
@@ -248,20 +229,14 @@ impl Policy {
             expires_unix_ms: ttl.map(|t| unix_ms(SystemTime::now() + t)),
             reason: reason.clone(),
         };
-        let entry = DenyEntry {
-            expires_ns: ttl.map_or(0, deadline),
-        };
+        let entry = DenyEntry { expires_ns: ttl.map_or(0, deadline) };
         self.commit(
             |r| {
                 r.bans.insert(cidr, stored);
             },
             |p| Ok(p.datapath.maps.set_deny(cidr, entry)?),
         )?;
-        Ok(BanView {
-            cidr,
-            expires_in_secs: ttl.map(|t| t.as_secs_f64()),
-            reason,
-        })
+        Ok(BanView { cidr, expires_in_secs: ttl.map(|t| t.as_secs_f64()), reason })
     }
 
     pub fn ban_del(&mut self, cidr: IpNet) -> Result<bool> {
@@ -356,13 +331,7 @@ impl Policy {
     }
 
     pub fn allow(&self) -> Result<Vec<IpNet>> {
-        let mut out: Vec<IpNet> = self
-            .datapath
-            .maps
-            .allow()?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let mut out: Vec<IpNet> = self.datapath.maps.allow()?.into_iter().map(|(n, _)| n).collect();
         out.sort();
         Ok(out)
     }
@@ -446,12 +415,7 @@ impl Policy {
     pub fn sync_interfaces(&mut self) -> Result<()> {
         let want = self.settings.interfaces.clone();
         for iface in &want {
-            if !self
-                .datapath
-                .attachments
-                .iter()
-                .any(|a| &a.interface == iface)
-            {
+            if !self.datapath.attachments.iter().any(|a| &a.interface == iface) {
                 self.datapath.attach(iface, self.settings.attach)?;
             }
         }
@@ -476,13 +440,7 @@ impl Policy {
         let mut dropped = Traffic::default();
         for r in Reason::ALL {
             let c = counters[r as usize];
-            reasons.insert(
-                r.name().to_string(),
-                Traffic {
-                    packets: c.packets,
-                    bytes: c.bytes,
-                },
-            );
+            reasons.insert(r.name().to_string(), Traffic { packets: c.packets, bytes: c.bytes });
             let drops = r.drops()
                 && mode == Mode::Enforce
                 && !(r == Reason::Malformed && self.settings.pass_malformed);
@@ -491,11 +449,7 @@ impl Policy {
                 dropped.bytes += c.bytes;
             }
         }
-        Ok(StatsView {
-            mode,
-            reasons,
-            dropped,
-        })
+        Ok(StatsView { mode, reasons, dropped })
     }
 
     pub fn status(&self) -> Result<StatusView> {

@@ -26,27 +26,19 @@ pub fn status(s: &StatusView) -> String {
 }
 
 pub fn stats(s: &StatsView) -> String {
-    let mut out = format!(
-        "mode: {:?}\n{:<10} {:>14} {:>16}\n",
-        s.mode, "reason", "packets", "bytes"
-    );
+    let mut out =
+        format!("mode: {:?}\n{:<10} {:>14} {:>16}\n", s.mode, "reason", "packets", "bytes");
     for (reason, t) in &s.reasons {
         let _ = writeln!(out, "{reason:<10} {:>14} {:>16}", t.packets, t.bytes);
     }
-    let _ = writeln!(
-        out,
-        "{:<10} {:>14} {:>16}",
-        "dropped", s.dropped.packets, s.dropped.bytes
-    );
+    let _ = writeln!(out, "{:<10} {:>14} {:>16}", "dropped", s.dropped.packets, s.dropped.bytes);
     out
 }
 
 pub fn bans(bans: &[BanView]) -> String {
     let mut out = format!("{:<44} {:>12}  {}\n", "cidr", "expires in", "reason");
     for b in bans {
-        let left = b
-            .expires_in_secs
-            .map_or("never".to_string(), |s| format!("{s:.1}s"));
+        let left = b.expires_in_secs.map_or("never".to_string(), |s| format!("{s:.1}s"));
         let _ = writeln!(out, "{:<44} {left:>12}  {}", b.cidr.to_string(), b.reason);
     }
     out
@@ -62,13 +54,8 @@ pub fn limits(l: &LimitsView) -> String {
         None => "default: unlimited\n".to_string(),
     };
     for o in &l.overrides {
-        let _ = writeln!(
-            out,
-            "{}: {} pps, burst {}",
-            describe(&o.selector),
-            o.rate.pps,
-            o.rate.burst
-        );
+        let _ =
+            writeln!(out, "{}: {} pps, burst {}", describe(&o.selector), o.rate.pps, o.rate.burst);
     }
     out
 }
@@ -91,16 +78,8 @@ pub fn watch(previous: Option<&(std::time::Instant, StatsReply)>, now: &StatsRep
         };
         let _ = writeln!(out, "{reason:<10} {pps:>12} {:>14}", t.packets);
     }
-    let _ = writeln!(
-        out,
-        "{:<10} {:>12} {:>14}",
-        "dropped", "", now.stats.dropped.packets
-    );
-    let _ = writeln!(
-        out,
-        "\ntop sources over their limit (events: {})",
-        now.events_total
-    );
+    let _ = writeln!(out, "{:<10} {:>12} {:>14}", "dropped", "", now.stats.dropped.packets);
+    let _ = writeln!(out, "\ntop sources over their limit (events: {})", now.events_total);
     for s in &now.top_sources {
         let _ = writeln!(out, "  {:<40} {:>8}", s.source.to_string(), s.events);
     }

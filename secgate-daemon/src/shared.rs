@@ -26,11 +26,7 @@ impl EventCounts {
         self.total += 1;
         *self.by_source.entry(source).or_default() += 1;
         if self.by_source.len() > MAX_TRACKED_SOURCES {
-            let least = self
-                .by_source
-                .iter()
-                .min_by_key(|(_, n)| **n)
-                .map(|(ip, _)| *ip);
+            let least = self.by_source.iter().min_by_key(|(_, n)| **n).map(|(ip, _)| *ip);
             if let Some(ip) = least {
                 self.by_source.remove(&ip);
             }
@@ -41,10 +37,7 @@ impl EventCounts {
         let mut all: Vec<SourceEvents> = self
             .by_source
             .iter()
-            .map(|(source, events)| SourceEvents {
-                source: *source,
-                events: *events,
-            })
+            .map(|(source, events)| SourceEvents { source: *source, events: *events })
             .collect();
         all.sort_by(|a, b| b.events.cmp(&a.events).then(a.source.cmp(&b.source)));
         all.truncate(n);
@@ -81,9 +74,7 @@ impl Shared {
     }
 
     pub fn count_action(&self, action: &str, ok: bool) {
-        *lock(&self.actions)
-            .entry((action.to_string(), ok))
-            .or_default() += 1;
+        *lock(&self.actions).entry((action.to_string(), ok)).or_default() += 1;
     }
 
     pub fn actions(&self) -> BTreeMap<(String, bool), u64> {

@@ -45,9 +45,7 @@ impl StoredBan {
     /// Time left at `now`; `Some(ZERO)` once expired, `None` for a permanent ban.
     pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
         self.expires_unix_ms.map(|ms| {
-            (UNIX_EPOCH + Duration::from_millis(ms))
-                .duration_since(now)
-                .unwrap_or_default()
+            (UNIX_EPOCH + Duration::from_millis(ms)).duration_since(now).unwrap_or_default()
         })
     }
 
@@ -63,19 +61,11 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(
         "state file {path} is corrupt ({reason}); moved it to {moved_to} and started from the config alone"
     )]
-    Corrupt {
-        path: PathBuf,
-        reason: String,
-        moved_to: PathBuf,
-    },
+    Corrupt { path: PathBuf, reason: String, moved_to: PathBuf },
 }
 
 /// The state file in `state_dir`.
@@ -86,9 +76,7 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn new(dir: &Path) -> StateFile {
-        StateFile {
-            dir: dir.to_owned(),
-        }
+        StateFile { dir: dir.to_owned() }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -107,11 +95,7 @@ impl StateFile {
             Err(source) => {
                 return (
                     Runtime::default(),
-                    Some(StateError::Io {
-                        what: "reading",
-                        path,
-                        source,
-                    }),
+                    Some(StateError::Io { what: "reading", path, source }),
                 );
             }
         };
@@ -127,21 +111,11 @@ impl StateFile {
 
     fn move_aside(&self, reason: String) -> StateError {
         let path = self.path();
-        let moved_to = self
-            .dir
-            .join(format!("{FILE}.corrupt-{}", unix_ms(SystemTime::now())));
+        let moved_to = self.dir.join(format!("{FILE}.corrupt-{}", unix_ms(SystemTime::now())));
         if let Err(source) = fs::rename(&path, &moved_to) {
-            return StateError::Io {
-                what: "moving aside corrupt",
-                path,
-                source,
-            };
+            return StateError::Io { what: "moving aside corrupt", path, source };
         }
-        StateError::Corrupt {
-            path,
-            reason,
-            moved_to,
-        }
+        StateError::Corrupt { path, reason, moved_to }
     }
 
     /// Writes `runtime` atomically.
@@ -152,19 +126,14 @@ impl StateFile {
         };
         fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let mut data = serde_json::to_vec_pretty(&Runtime {
-            version: VERSION,
-            ..runtime.clone()
-        })
-        .expect("state serializes");
+        let mut data = serde_json::to_vec_pretty(&Runtime { version: VERSION, ..runtime.clone() })
+            .expect("state serializes");
         data.push(b'\n');
         let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
         f.write_all(&data).map_err(io("writing", &tmp))?;
         f.sync_all().map_err(io("syncing", &tmp))?;
         fs::rename(&tmp, self.path()).map_err(io("replacing", &self.path()))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", &self.dir))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("syncing", &self.dir))
     }
 
     /// Removes the state file (for `secgate detach`).
@@ -172,11 +141,7 @@ impl StateFile {
         match fs::remove_file(self.path()) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StateError::Io {
-                what: "removing",
-                path: self.path(),
-                source,
-            }),
+            Err(source) => Err(StateError::Io { what: "removing", path: self.path(), source }),
         }
     }
 }
@@ -186,10 +151,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Runtime {
-        let mut r = Runtime {
-            mode: Some(Mode::Monitor),
-            ..Default::default()
-        };
+        let mut r = Runtime { mode: Some(Mode::Monitor), ..Default::default() };
         r.bans.insert(
             "198.18.0.0/24".parse().unwrap(),
             StoredBan {
@@ -205,22 +167,12 @@ mod tests {
     fn save_then_load_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path());
-        assert_eq!(
-            state.load().0,
-            Runtime::default(),
-            "no file is an empty state"
-        );
+        assert_eq!(state.load().0, Runtime::default(), "no file is an empty state");
         let r = sample();
         state.save(&r).unwrap();
         let (loaded, err) = state.load();
         assert!(err.is_none());
-        assert_eq!(
-            loaded,
-            Runtime {
-                version: VERSION,
-                ..r
-            }
-        );
+        assert_eq!(loaded, Runtime { version: VERSION, ..r });
         assert!(!dir.path().join("state.json.tmp").exists());
     }
 
@@ -232,10 +184,7 @@ mod tests {
         let (loaded, err) = state.load();
         assert_eq!(loaded, Runtime::default());
         let msg = err.expect("reported").to_string();
-        assert!(
-            msg.contains("corrupt") && msg.contains("moved it to"),
-            "{msg}"
-        );
+        assert!(msg.contains("corrupt") && msg.contains("moved it to"), "{msg}");
         assert!(!state.path().exists());
         let kept = fs::read_dir(dir.path())
             .unwrap()
@@ -247,20 +196,10 @@ mod tests {
     #[test]
     fn expiry_is_wall_clock() {
         let now = SystemTime::now();
-        let ban = StoredBan {
-            expires_unix_ms: Some(unix_ms(now) + 5_000),
-            reason: String::new(),
-        };
+        let ban = StoredBan { expires_unix_ms: Some(unix_ms(now) + 5_000), reason: String::new() };
         assert!(!ban.expired(now));
         assert!(ban.expired(now + Duration::from_secs(6)));
-        assert_eq!(
-            StoredBan {
-                expires_unix_ms: None,
-                reason: String::new()
-            }
-            .remaining(now),
-            None
-        );
+        assert_eq!(StoredBan { expires_unix_ms: None, reason: String::new() }.remaining(now), None);
     }
 
     proptest::proptest! {

@@ -11,10 +11,7 @@ pub struct Frame {
 impl Frame {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Frame {
-        Frame {
-            start: ctx.data(),
-            end: ctx.data_end(),
-        }
+        Frame { start: ctx.data(), end: ctx.data_end() }
     }
 
     #[inline(always)]
@@ -53,14 +50,12 @@ impl Frame {
     #[inline(always)]
     pub fn be16(&self, off: usize) -> Option<u16> {
         // SAFETY: `at` checked both bytes are inside the packet; packet reads may be unaligned.
-        self.at(off, 2)
-            .map(|p| u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) }))
+        self.at(off, 2).map(|p| u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) }))
     }
 
     #[inline(always)]
     pub fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         // SAFETY: `at` checked all N bytes are inside the packet.
-        self.at(off, N)
-            .map(|p| unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+        self.at(off, N).map(|p| unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
     }
 }

@@ -32,10 +32,7 @@ pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
     let now = clock.now();
     let key = bucket_key(cfg, pkt, limit);
     let Some(state) = SG_SOURCES.get_ptr_mut(key) else {
-        let fresh = SourceState {
-            tat_ns: now + rule.interval_ns,
-            last_event_ns: 0,
-        };
+        let fresh = SourceState { tat_ns: now + rule.interval_ns, last_event_ns: 0 };
         if SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
             return Reason::Pass;
         }

@@ -6,10 +6,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![expect(
-    internal_features,
-    reason = "atomic_cxchg is the only 64-bit CAS the bpf target offers"
-)]
+#![expect(internal_features, reason = "atomic_cxchg is the only 64-bit CAS the bpf target offers")]
 
 mod clock;
 mod frame;

@@ -53,17 +53,8 @@ fn ipv4(frame: &Frame, off: usize) -> Option<Packet> {
     src[2] = v4[2];
     src[3] = v4[3];
     let proto = frame.u8(off + 9)?;
-    let l4 = if frame.be16(off + 6)? & 0x1fff == 0 {
-        l4(frame, off + hlen, proto)?
-    } else {
-        None
-    };
-    Some(Packet {
-        family: FAMILY_V4,
-        src,
-        proto,
-        l4,
-    })
+    let l4 = if frame.be16(off + 6)? & 0x1fff == 0 { l4(frame, off + hlen, proto)? } else { None };
+    Some(Packet { family: FAMILY_V4, src, proto, l4 })
 }
 
 #[inline(always)]
@@ -85,23 +76,13 @@ fn ipv6(frame: &Frame, off: usize) -> Option<Packet> {
                 frame.need(off, 8)?;
                 if frame.be16(off + 2)? >> 3 != 0 {
                     let proto = frame.u8(off)?;
-                    return Some(Packet {
-                        family: FAMILY_V6,
-                        src,
-                        proto,
-                        l4: None,
-                    });
+                    return Some(Packet { family: FAMILY_V6, src, proto, l4: None });
                 }
                 8
             }
             proto => {
                 let l4 = l4(frame, off, proto)?;
-                return Some(Packet {
-                    family: FAMILY_V6,
-                    src,
-                    proto,
-                    l4,
-                });
+                return Some(Packet { family: FAMILY_V6, src, proto, l4 });
             }
         };
         frame.need(off, 8)?;
@@ -123,24 +104,15 @@ fn l4(frame: &Frame, off: usize, proto: u8) -> Option<Option<L4>> {
             }
             let flags = frame.u8(off + 13)?;
             let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            Some(Some(L4 {
-                dport: frame.be16(off + 2)?,
-                syn,
-            }))
+            Some(Some(L4 { dport: frame.be16(off + 2)?, syn }))
         }
         IPPROTO_UDP => {
             frame.need(off, UDP_HLEN)?;
-            Some(Some(L4 {
-                dport: frame.be16(off + 2)?,
-                syn: false,
-            }))
+            Some(Some(L4 { dport: frame.be16(off + 2)?, syn: false }))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             frame.need(off, ICMP_MIN_HLEN)?;
-            Some(Some(L4 {
-                dport: 0,
-                syn: false,
-            }))
+            Some(Some(L4 { dport: 0, syn: false }))
         }
         _ => Some(None),
     }

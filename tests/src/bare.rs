@@ -45,11 +45,7 @@ impl Attr {
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-padded bpf_attr of the size passed.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, size_of::<Attr>()) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
 }
 
 pub struct RawXdp {
@@ -68,9 +64,7 @@ impl RawXdp {
         attr.put_u64(16, license.as_ptr() as u64);
         let fd = bpf(BPF_PROG_LOAD, &mut attr).expect("load a two-instruction XDP program");
         // SAFETY: the kernel returned a new program fd that nothing else owns.
-        RawXdp {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        }
+        RawXdp { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } }
     }
 
     /// Runs `frame` `repeat` times; returns (XDP action, mean ns per run).

@@ -134,12 +134,7 @@ impl Spec {
 
     fn ipv6(&self, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
         let mut chain = Vec::new();
-        let kinds: Vec<u8> = self
-            .v6_exts
-            .iter()
-            .map(|e| e.kind)
-            .chain([self.proto()])
-            .collect();
+        let kinds: Vec<u8> = self.v6_exts.iter().map(|e| e.kind).chain([self.proto()]).collect();
         for (i, ext) in self.v6_exts.iter().enumerate() {
             let next = kinds[i + 1];
             let len = match ext.kind {
@@ -149,11 +144,7 @@ impl Spec {
             };
             let mut h = vec![0u8; len];
             h[0] = next;
-            h[1] = if ext.kind == IPPROTO_FRAGMENT {
-                0
-            } else {
-                ext.units
-            };
+            h[1] = if ext.kind == IPPROTO_FRAGMENT { 0 } else { ext.units };
             if ext.kind == IPPROTO_FRAGMENT {
                 h[2..4].copy_from_slice(&(ext.frag_offset << 3).to_be_bytes());
             }

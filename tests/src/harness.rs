@@ -19,11 +19,7 @@ pub struct Kernel {
 impl Kernel {
     pub fn load() -> Kernel {
         let mut bpf = Ebpf::load(secgate::EBPF_OBJECT).expect("parse the embedded XDP object");
-        let prog: &mut Xdp = bpf
-            .program_mut("secgate")
-            .expect("program")
-            .try_into()
-            .expect("xdp");
+        let prog: &mut Xdp = bpf.program_mut("secgate").expect("program").try_into().expect("xdp");
         if let Err(e) = prog.load() {
             if let ProgramError::LoadError { verifier_log, .. } = &e {
                 panic!("verifier rejected the program: {verifier_log}");
@@ -37,65 +33,36 @@ impl Kernel {
     /// Attaches the program natively to `iface` of the calling thread's namespace; the link
     /// lives as long as this `Kernel` or until [`Kernel::detach`].
     pub fn attach(&mut self, iface: &str) -> aya::programs::xdp::XdpLinkId {
-        let prog: &mut Xdp = self
-            .bpf
-            .program_mut("secgate")
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        prog.attach(iface, aya::programs::XdpMode::Driver)
-            .expect("attach XDP")
+        self.prog_mut().attach(iface, aya::programs::XdpMode::Driver).expect("attach XDP")
     }
 
     pub fn detach(&mut self, link: aya::programs::xdp::XdpLinkId) {
-        let prog: &mut Xdp = self
-            .bpf
-            .program_mut("secgate")
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        prog.detach(link).expect("detach XDP");
+        self.prog_mut().detach(link).expect("detach XDP");
+    }
+
+    fn prog_mut(&mut self) -> &mut Xdp {
+        self.bpf.program_mut("secgate").expect("program").try_into().expect("xdp")
     }
 
     fn prog(&self) -> &Xdp {
-        self.bpf
-            .program("secgate")
-            .expect("program")
-            .try_into()
-            .expect("xdp")
+        self.bpf.program("secgate").expect("program").try_into().expect("xdp")
     }
 
     /// Runs one frame, returning the XDP action.
     pub fn run(&self, frame: &[u8]) -> u32 {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        self.prog()
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+        self.prog().test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
     }
 
     /// Runs one frame `repeat` times in the kernel, returning the mean cost per run.
     pub fn cost(&self, frame: &[u8], repeat: u32) -> std::time::Duration {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        };
-        self.prog()
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN")
-            .duration
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+        self.prog().test_run(opts).expect("BPF_PROG_TEST_RUN").duration
     }
 
     /// CPU 0's event-budget TAT (tests pin themselves to CPU 0).
     pub fn event_budget_cpu0(&self) -> u64 {
-        let map = self
-            .bpf
-            .map(secgate_common::maps::EVENT_BUDGET)
-            .expect("budget map");
+        let map = self.bpf.map(secgate_common::maps::EVENT_BUDGET).expect("budget map");
         let arr = aya::maps::PerCpuArray::<_, u64>::try_from(map).expect("per-cpu array");
         arr.get(&0, 0).expect("read budget")[0]
     }

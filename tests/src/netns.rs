@@ -9,10 +9,7 @@ use std::{
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -50,19 +47,13 @@ impl NetNs {
     /// The MAC address of `dev`, as `ip` prints it.
     pub fn mac(&self, dev: &str) -> String {
         let out = self.ip(&["-br", "link", "show", dev]);
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(2)
-            .expect("mac")
-            .to_string()
+        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(2).expect("mac").to_string()
     }
 
     /// A command run inside the namespace (network only: `/sys/fs/bpf` stays the host's).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .arg(program);
+        cmd.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
         cmd
     }
 
@@ -83,9 +74,7 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -136,12 +125,7 @@ impl Topology {
             "numrxqueues",
             "2",
         ]);
-        let t = Topology {
-            client,
-            gw,
-            gw_if,
-            client_if,
-        };
+        let t = Topology { client, gw, gw_if, client_if };
         t.configure();
         t
     }
@@ -222,17 +206,7 @@ impl Topology {
             ]);
         }
         for a in [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6] {
-            g.ip(&[
-                "neigh",
-                "replace",
-                a,
-                "lladdr",
-                &cmac,
-                "dev",
-                &self.gw_if,
-                "nud",
-                "permanent",
-            ]);
+            g.ip(&["neigh", "replace", a, "lladdr", &cmac, "dev", &self.gw_if, "nud", "permanent"]);
         }
     }
 }
@@ -295,11 +269,8 @@ impl Daemon {
     }
 
     pub fn write_config_for(&self, interfaces: &[&str], datapath_extra: &str) {
-        let interfaces = interfaces
-            .iter()
-            .map(|i| format!("\"{i}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let interfaces =
+            interfaces.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
         let toml = format!(
             "state_dir = \"{}\"\n[datapath]\ninterfaces = [{interfaces}]\npin_path = \"{}\"\n{datapath_extra}\n\
              [control]\nsocket = \"{}\"\n[audit]\npath = \"{}\"\n",
@@ -330,11 +301,7 @@ impl Daemon {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("secgate run exited with {status}: {}", self.log_text());
             }
             assert!(
@@ -376,11 +343,7 @@ impl Daemon {
             .output()
             .expect("run secgate");
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (
-            out.status.code().unwrap_or(-1),
-            text(&out.stdout),
-            text(&out.stderr),
-        )
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
     }
 
     /// Runs a CLI command that must succeed and returns its stdout.
@@ -398,11 +361,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        let _ = Command::new(secgate_bin())
-            .arg("detach")
-            .arg("-c")
-            .arg(&self.config)
-            .output();
+        let _ = Command::new(secgate_bin()).arg("detach").arg("-c").arg(&self.config).output();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {

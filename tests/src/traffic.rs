@@ -24,8 +24,7 @@ pub fn udp_receiver(ns: &NetNs, port: u16) -> UdpSocket {
         s.set_recv_buffer_size(8 << 20).expect("rcvbuf");
         s.bind(&sa("::", port).into()).expect("bind receiver");
         let s: UdpSocket = s.into();
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("timeout");
+        s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
         s
     })
 }
@@ -42,11 +41,7 @@ pub fn drain(sock: &UdpSocket) -> u64 {
 
 /// UDP sockets in `ns` bound to `src`, one per flow (distinct source ports).
 pub fn udp_senders(ns: &NetNs, src: &str, flows: usize) -> Vec<UdpSocket> {
-    ns.within(|| {
-        (0..flows)
-            .map(|_| UdpSocket::bind(sa(src, 0)).expect("bind sender"))
-            .collect()
-    })
+    ns.within(|| (0..flows).map(|_| UdpSocket::bind(sa(src, 0)).expect("bind sender")).collect())
 }
 
 /// Sends `count` datagrams from `src` to `dst`, spread round-robin over `flows` flows.
@@ -74,10 +69,7 @@ pub fn udp_paced(
     while start.elapsed() < duration {
         for _ in 0..per_tick {
             // ENOBUFS under load is the sender's problem, not the datapath's: retry later.
-            if socks[sent as usize % socks.len()]
-                .send_to(&payload, dst)
-                .is_ok()
-            {
+            if socks[sent as usize % socks.len()].send_to(&payload, dst).is_ok() {
                 sent += 1;
             }
         }
@@ -104,11 +96,7 @@ pub fn tcp_listener(ns: &NetNs, port: u16) -> std::net::TcpListener {
 /// Whether a TCP connection from `src` to `dst` completes within `timeout`.
 pub fn tcp_connects(ns: &NetNs, src: &str, dst: SocketAddr, timeout: Duration) -> bool {
     ns.within(|| {
-        let domain = if dst.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
+        let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
         let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).expect("socket");
         s.bind(&sa(src, 0).into()).expect("bind source");
         s.connect_timeout(&dst.into(), timeout).is_ok()

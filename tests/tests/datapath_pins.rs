@@ -22,24 +22,11 @@ fn stale_pinned_map_is_refused_with_advice() {
     let maps = pins.0.join("maps");
     std::fs::create_dir_all(&maps).expect("bpffs (cargo xtask setup mounts it)");
     let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
-    wrong
-        .pin(maps.join(secgate_common::maps::CONFIG))
-        .expect("pin it");
-    let toml = format!(
-        "[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n",
-        pins.0.display()
-    );
+    wrong.pin(maps.join(secgate_common::maps::CONFIG)).expect("pin it");
+    let toml = format!("[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n", pins.0.display());
     let config = Config::parse(&toml).expect("valid config");
-    let err = Datapath::open(&config.datapath)
-        .err()
-        .expect("a stale pin must be refused")
-        .to_string();
-    assert!(
-        err.contains("SG_CONFIG") && err.contains("another secgate version"),
-        "{err}"
-    );
-    assert!(
-        err.contains(&maps.display().to_string()),
-        "the message names what to remove: {err}"
-    );
+    let err =
+        Datapath::open(&config.datapath).err().expect("a stale pin must be refused").to_string();
+    assert!(err.contains("SG_CONFIG") && err.contains("another secgate version"), "{err}");
+    assert!(err.contains(&maps.display().to_string()), "the message names what to remove: {err}");
 }

@@ -18,9 +18,7 @@ const UDP_PORT: u16 = 9200;
 const RATE_PORT: u16 = 9201;
 
 fn counter(stats: &serde_json::Value, reason: &str) -> u64 {
-    stats["reasons"][reason]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {reason} in {stats}"))
+    stats["reasons"][reason]["packets"].as_u64().unwrap_or_else(|| panic!("no {reason} in {stats}"))
 }
 
 #[test]
@@ -56,10 +54,7 @@ fn kill9_under_flood_keeps_bans_and_counters() {
     );
     let bans = daemon.json(&["ban", "list", "--json"]);
     assert_eq!(bans[0]["cidr"], format!("{CLIENT_V4}/32"), "{bans}");
-    assert_eq!(
-        bans[0]["reason"], "flood",
-        "the ban keeps its reason: {bans}"
-    );
+    assert_eq!(bans[0]["reason"], "flood", "the ban keeps its reason: {bans}");
     let status = daemon.json(&["status", "--json"]);
     assert_eq!(
         status["attachments"][0]["mode"], "adopted",
@@ -74,15 +69,7 @@ fn simulated_reboot_restores_every_runtime_change() {
     }
     let topo = Topology::new("boot");
     let mut daemon = Daemon::start(&topo, "boot", "");
-    daemon.ok(&[
-        "ban",
-        "add",
-        CLIENT_V4,
-        "--ttl",
-        "1h",
-        "--reason",
-        "auth failures",
-    ]);
+    daemon.ok(&["ban", "add", CLIENT_V4, "--ttl", "1h", "--reason", "auth failures"]);
     daemon.ok(&["ban", "add", "fd00:18::/64"]);
     daemon.ok(&["allow", "add", "198.18.0.77"]);
     daemon.ok(&[
@@ -121,10 +108,7 @@ fn simulated_reboot_restores_every_runtime_change() {
     assert_eq!(restored.as_array().unwrap().len(), 2, "{restored}");
     assert_eq!(restored[0]["reason"], bans[0]["reason"]);
     let left = restored[0]["expires_in_secs"].as_f64().expect("ttl kept");
-    assert!(
-        (3500.0..=3600.0).contains(&left),
-        "about an hour left, got {left}"
-    );
+    assert!((3500.0..=3600.0).contains(&left), "about an hour left, got {left}");
     assert_eq!(
         restored[1]["expires_in_secs"],
         serde_json::Value::Null,
@@ -136,11 +120,7 @@ fn simulated_reboot_restores_every_runtime_change() {
     udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 10, 1);
     udp_send(&topo.client, CLIENT_V6, sa(GW_V6, UDP_PORT), 10, 1);
     udp_send(&topo.client, OTHER_V4, sa(GW_V4, UDP_PORT), 10, 1);
-    assert_eq!(
-        drain(&rx),
-        10,
-        "restored bans drop again; the other source passes"
-    );
+    assert_eq!(drain(&rx), 10, "restored bans drop again; the other source passes");
 }
 
 #[test]
@@ -155,15 +135,9 @@ fn reload_rejects_invalid_config_and_applies_valid_one() {
         udp_send(&topo.client, src, sa(GW_V4, UDP_PORT), 5, 1);
         drain(&rx) == 5
     };
-    assert!(
-        !reaches(CLIENT_V4) && reaches(OTHER_V4),
-        "config deny enforced"
-    );
+    assert!(!reaches(CLIENT_V4) && reaches(OTHER_V4), "config deny enforced");
 
-    daemon.write_config(
-        &topo.gw_if,
-        "deny = [\"198.18.0.2/33\"]\nmode = \"block\"\n",
-    );
+    daemon.write_config(&topo.gw_if, "deny = [\"198.18.0.2/33\"]\nmode = \"block\"\n");
     let (code, _, err) = daemon.cli(&["reload"]);
     assert_ne!(code, 0, "an invalid config must be rejected");
     assert!(
@@ -221,37 +195,22 @@ fn control_plane_admits_only_root_and_survives_garbage() {
             .env("SECGATE_SOCKET", &daemon.socket)
             .output()
             .expect("setpriv (util-linux)");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     // Let the unprivileged user traverse to the socket, so the socket's own mode decides.
-    std::fs::set_permissions(
-        &daemon.dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&daemon.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
     let (code, err) = as_nobody(&["ban", "add", "198.18.9.9"]);
     assert_ne!(code, Some(0));
-    assert!(
-        err.contains("permission denied") && err.contains("root"),
-        "{err}"
-    );
+    assert!(err.contains("permission denied") && err.contains("root"), "{err}");
     // With the file mode opened up, the peer-credential check still refuses.
-    std::fs::set_permissions(
-        &daemon.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    std::fs::set_permissions(&daemon.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .unwrap();
     let (code, err) = as_nobody(&["ban", "add", "198.18.9.9"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("only serves root"), "{err}");
-    std::fs::set_permissions(
-        &daemon.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&daemon.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     assert_eq!(
         daemon.json(&["ban", "list", "--json"]),
         serde_json::json!([]),
@@ -277,44 +236,26 @@ fn control_plane_admits_only_root_and_survives_garbage() {
     for g in garbage {
         let reply = ask(g);
         assert_eq!(reply["ok"], false, "{g:?} → {reply}");
-        assert!(
-            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{reply}"
-        );
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "{reply}");
     }
     let reply = ask(&vec![b'a'; 200 * 1024]);
-    assert!(
-        reply["error"].as_str().unwrap().contains("exceeds"),
-        "{reply}"
-    );
+    assert!(reply["error"].as_str().unwrap().contains("exceeds"), "{reply}");
     daemon.ok(&["status"]);
 
     daemon.ok(&["ban", "add", "198.18.9.9", "--reason", "audit me"]);
     let mut audit = String::new();
-    std::fs::File::open(&daemon.audit)
-        .unwrap()
-        .read_to_string(&mut audit)
-        .unwrap();
-    let entries: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    std::fs::File::open(&daemon.audit).unwrap().read_to_string(&mut audit).unwrap();
+    let entries: Vec<serde_json::Value> =
+        audit.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert!(
-        entries
-            .iter()
-            .any(|e| e["uid"] == 65534 && e["ok"] == false),
+        entries.iter().any(|e| e["uid"] == 65534 && e["ok"] == false),
         "refusals are audited: {audit}"
     );
-    let ban = entries
-        .iter()
-        .find(|e| e["action"] == "ban_add" && e["ok"] == true)
-        .expect("ban audited");
+    let ban =
+        entries.iter().find(|e| e["action"] == "ban_add" && e["ok"] == true).expect("ban audited");
     assert_eq!(ban["uid"], 0);
     assert_eq!(ban["request"]["reason"], "audit me");
-    assert!(
-        ban["time"].as_str().is_some_and(|t| t.ends_with('Z')),
-        "{ban}"
-    );
+    assert!(ban["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{ban}");
 }
 
 /// GET /metrics from inside the gateway namespace.
@@ -365,10 +306,7 @@ fn metrics_scrape_matches_traffic() {
     assert_eq!(drain(&rx), 17);
     let after = scrape(&topo);
     let delta = |name, label| sample(&after, name, label) - sample(&before, name, label);
-    assert_eq!(
-        delta("secgate_datapath_packets_total", Some(("reason", "deny"))),
-        41.0
-    );
+    assert_eq!(delta("secgate_datapath_packets_total", Some(("reason", "deny"))), 41.0);
     assert_eq!(
         delta("secgate_datapath_bytes_total", Some(("reason", "deny"))),
         41.0 * (14 + 20 + 8 + UDP_PAYLOAD) as f64
@@ -377,14 +315,7 @@ fn metrics_scrape_matches_traffic() {
     assert!((17.0..=21.0).contains(&pass), "pass moved by {pass}");
     assert_eq!(delta("secgate_datapath_dropped_packets_total", None), 41.0);
     assert_eq!(sample(&after, "secgate_bans_active", None), 1.0);
-    assert_eq!(
-        sample(
-            &after,
-            "secgate_control_actions_total",
-            Some(("action", "ban_add"))
-        ),
-        1.0
-    );
+    assert_eq!(sample(&after, "secgate_control_actions_total", Some(("action", "ban_add"))), 1.0);
     assert_eq!(sample(&after, "secgate_interfaces_attached", None), 1.0);
 }
 
@@ -407,15 +338,9 @@ fn stats_watch_redraws_every_second() {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let frames = text.matches("\x1b[2J").count();
-    assert!(
-        (2..=4).contains(&frames),
-        "expected a redraw per second, got {frames}: {text}"
-    );
+    assert!((2..=4).contains(&frames), "expected a redraw per second, got {frames}: {text}");
     assert!(text.contains("pps") && text.contains("rate"), "{text}");
-    assert!(
-        text.contains(CLIENT_V4),
-        "the over-limit source is among the top sources: {text}"
-    );
+    assert!(text.contains(CLIENT_V4), "the over-limit source is among the top sources: {text}");
 }
 
 #[test]
@@ -429,38 +354,21 @@ fn reload_attaches_and_detaches_interfaces() {
     assert!(topo.gw_has_xdp(&topo.gw_if) && !topo.gw_has_xdp(&second));
     daemon.write_config_for(&[&topo.gw_if, &second], "");
     daemon.ok(&["reload"]);
-    assert!(
-        topo.gw_has_xdp(&topo.gw_if) && topo.gw_has_xdp(&second),
-        "added interface attached"
-    );
+    assert!(topo.gw_has_xdp(&topo.gw_if) && topo.gw_has_xdp(&second), "added interface attached");
     daemon.write_config_for(&[&second], "");
     daemon.ok(&["reload"]);
     assert!(!topo.gw_has_xdp(&topo.gw_if), "removed interface detached");
     assert!(topo.gw_has_xdp(&second));
     let status = daemon.json(&["status", "--json"]);
-    assert_eq!(
-        status["attachments"].as_array().map(Vec::len),
-        Some(1),
-        "{status}"
-    );
+    assert_eq!(status["attachments"].as_array().map(Vec::len), Some(1), "{status}");
 
     daemon.write_config_for(&[&second, "sg-missing"], "");
     let (code, _, err) = daemon.cli(&["reload"]);
     assert_ne!(code, 0);
-    assert!(
-        err.contains("sg-missing"),
-        "the failing interface is named: {err}"
-    );
-    assert!(
-        topo.gw_has_xdp(&second),
-        "a failed reload keeps the running attachments"
-    );
+    assert!(err.contains("sg-missing"), "the failing interface is named: {err}");
+    assert!(topo.gw_has_xdp(&second), "a failed reload keeps the running attachments");
     let status = daemon.json(&["status", "--json"]);
-    assert_eq!(
-        status["attachments"].as_array().map(Vec::len),
-        Some(1),
-        "{status}"
-    );
+    assert_eq!(status["attachments"].as_array().map(Vec::len), Some(1), "{status}");
 }
 
 #[test]
@@ -476,10 +384,7 @@ fn restart_detaches_interfaces_dropped_from_the_config() {
     daemon.kill9();
     daemon.write_config_for(&[&second], "");
     daemon.spawn();
-    assert!(
-        !topo.gw_has_xdp(&topo.gw_if),
-        "the stale pinned link was removed at start"
-    );
+    assert!(!topo.gw_has_xdp(&topo.gw_if), "the stale pinned link was removed at start");
     assert!(topo.gw_has_xdp(&second));
 }
 
@@ -496,11 +401,7 @@ fn corrupt_state_is_moved_aside_and_detach_cleans_up() {
     std::fs::write(&state, b"{\"version\":1,\"bans\":{\"198.18").unwrap();
     std::fs::remove_dir_all(&daemon.pin_path).unwrap();
     daemon.spawn();
-    assert!(
-        daemon.log_text().contains("corrupt"),
-        "the operator is told: {}",
-        daemon.log_text()
-    );
+    assert!(daemon.log_text().contains("corrupt"), "the operator is told: {}", daemon.log_text());
     let moved = std::fs::read_dir(state.parent().unwrap())
         .unwrap()
         .flatten()
@@ -517,10 +418,26 @@ fn corrupt_state_is_moved_aside_and_detach_cleans_up() {
     daemon.kill9();
     let (code, out, err) = daemon.cli(&["detach", "-c", daemon.config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        !topo.gw_has_xdp(&topo.gw_if),
-        "detach removes the XDP program"
-    );
+    assert!(!topo.gw_has_xdp(&topo.gw_if), "detach removes the XDP program");
     assert!(!daemon.pin_path.exists(), "detach removes the pins");
     assert!(!state.exists(), "detach removes the state file");
+}
+
+#[test]
+fn auto_attach_falls_back_to_skb_mode_with_a_warning() {
+    if !privileged("auto_attach_falls_back_to_skb_mode_with_a_warning") {
+        return;
+    }
+    let topo = Topology::new("skb");
+    // An ifb device has no native XDP support, so `attach = "auto"` must fall back.
+    topo.gw.ip(&["link", "add", "sg-ifb", "type", "ifb"]);
+    topo.gw.ip(&["link", "set", "sg-ifb", "up"]);
+    let daemon = Daemon::start(&topo, "skb", "");
+    daemon.write_config_for(&["sg-ifb"], "attach = \"auto\"\n");
+    daemon.ok(&["reload"]);
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["attachments"][0]["interface"], "sg-ifb", "{status}");
+    assert_eq!(status["attachments"][0]["mode"], "skb", "{status}");
+    assert!(daemon.log_text().contains("falling back to skb"), "{}", daemon.log_text());
+    assert!(topo.gw_has_xdp("sg-ifb"));
 }

@@ -21,10 +21,7 @@ fn reaches(topo: &Topology, src: &str, dst: &str) -> bool {
     let udp = drain(&rx) == 5;
     let tcp = tcp_connects(&topo.client, src, sa(dst, TCP_PORT), SHORT);
     let icmp = ping(&topo.client, src, dst);
-    assert!(
-        udp == tcp && tcp == icmp,
-        "{src} → {dst}: udp {udp}, tcp {tcp}, icmp {icmp} disagree"
-    );
+    assert!(udp == tcp && tcp == icmp, "{src} → {dst}: udp {udp}, tcp {tcp}, icmp {icmp} disagree");
     udp
 }
 
@@ -45,56 +42,28 @@ fn bans_drop_all_protocols_lift_and_expire() {
     for src in [CLIENT_V4, OTHER_V4] {
         assert!(reaches(&topo, src, GW_V4), "{src} before any ban");
     }
-    assert!(
-        reaches(&topo, CLIENT_V6, GW_V6),
-        "{CLIENT_V6} before any ban"
-    );
+    assert!(reaches(&topo, CLIENT_V6, GW_V6), "{CLIENT_V6} before any ban");
 
     daemon.ok(&["ban", "add", &format!("{CLIENT_V4}/32"), "--reason", "e2e"]);
     daemon.ok(&["ban", "add", "fd00:18::/64"]);
-    assert!(
-        !reaches(&topo, CLIENT_V4, GW_V4),
-        "banned /32 must be dropped"
-    );
-    assert!(
-        !reaches(&topo, CLIENT_V6, GW_V6),
-        "banned /64 must be dropped"
-    );
-    assert!(
-        reaches(&topo, OTHER_V4, GW_V4),
-        "another IPv4 source still passes"
-    );
-    assert!(
-        reaches(&topo, OTHER_V6, GW_V6_OTHER),
-        "a source in another /64 still passes"
-    );
+    assert!(!reaches(&topo, CLIENT_V4, GW_V4), "banned /32 must be dropped");
+    assert!(!reaches(&topo, CLIENT_V6, GW_V6), "banned /64 must be dropped");
+    assert!(reaches(&topo, OTHER_V4, GW_V4), "another IPv4 source still passes");
+    assert!(reaches(&topo, OTHER_V6, GW_V6_OTHER), "a source in another /64 still passes");
     let bans = daemon.json(&["ban", "list", "--json"]);
     assert_eq!(bans.as_array().map(Vec::len), Some(2), "{bans}");
 
     daemon.ok(&["ban", "del", CLIENT_V4]);
     daemon.ok(&["ban", "del", "fd00:18::/64"]);
-    assert!(
-        reaches(&topo, CLIENT_V4, GW_V4),
-        "ban del restores IPv4 traffic"
-    );
-    assert!(
-        reaches(&topo, CLIENT_V6, GW_V6),
-        "ban del restores IPv6 traffic"
-    );
+    assert!(reaches(&topo, CLIENT_V4, GW_V4), "ban del restores IPv4 traffic");
+    assert!(reaches(&topo, CLIENT_V6, GW_V6), "ban del restores IPv6 traffic");
 
     daemon.ok(&["ban", "add", CLIENT_V4, "--ttl", "2s"]);
     assert!(!reaches(&topo, CLIENT_V4, GW_V4), "ttl ban drops at once");
     std::thread::sleep(Duration::from_millis(2300));
-    assert!(
-        reaches(&topo, CLIENT_V4, GW_V4),
-        "ttl ban expires by itself"
-    );
+    assert!(reaches(&topo, CLIENT_V4, GW_V4), "ttl ban expires by itself");
     let bans = daemon.json(&["ban", "list", "--json"]);
-    assert_eq!(
-        bans,
-        serde_json::json!([]),
-        "expired ban is gone from the list"
-    );
+    assert_eq!(bans, serde_json::json!([]), "expired ban is gone from the list");
 }
 
 #[test]
@@ -111,35 +80,21 @@ fn bad_input_is_rejected_and_changes_nothing() {
         (vec!["ban", "add", "198.18.0.1/8"], "198.18.0.1/8"),
         (vec!["ban", "add", "198.18.0.9", "--ttl", "5x"], "5x"),
         (vec!["ban", "del", "not-an-ip"], "not-an-ip"),
+        (vec!["limit", "set", "--pps", "100", "--burst", "0"], "burst 0"),
         (
-            vec!["limit", "set", "--pps", "100", "--burst", "0"],
-            "burst 0",
-        ),
-        (
-            vec![
-                "limit", "set", "--pps", "100", "--burst", "5", "--proto", "udp", "--port", "0",
-            ],
+            vec!["limit", "set", "--pps", "100", "--burst", "5", "--proto", "udp", "--port", "0"],
             "port 0",
         ),
         (
-            vec![
-                "limit", "set", "--pps", "100", "--burst", "5", "--proto", "icmp", "--port", "80",
-            ],
+            vec!["limit", "set", "--pps", "100", "--burst", "5", "--proto", "icmp", "--port", "80"],
             "port only applies",
         ),
     ] {
         let (code, out, err) = daemon.cli(&args);
         assert_eq!(code, 2, "{args:?} must exit 2: {out}{err}");
-        assert!(
-            err.contains(needle),
-            "{args:?}: message must name {needle:?}: {err}"
-        );
+        assert!(err.contains(needle), "{args:?}: message must name {needle:?}: {err}");
     }
-    assert_eq!(
-        daemon.ok(&["ban", "list", "--json"]),
-        before,
-        "rejected input changed nothing"
-    );
+    assert_eq!(daemon.ok(&["ban", "list", "--json"]), before, "rejected input changed nothing");
 
     let bad = daemon.dir.join("bad.toml");
     std::fs::write(
@@ -149,14 +104,8 @@ fn bad_input_is_rejected_and_changes_nothing() {
     .unwrap();
     let (code, _, err) = daemon.cli(&["check-config", "-c", bad.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("line 3") && err.contains("ipv6_prefix 129"),
-        "{err}"
-    );
-    assert!(
-        err.contains("line 4") && err.contains("1.2.3.4/40"),
-        "{err}"
-    );
+    assert!(err.contains("line 3") && err.contains("ipv6_prefix 129"), "{err}");
+    assert!(err.contains("line 4") && err.contains("1.2.3.4/40"), "{err}");
 }
 
 #[test]
@@ -170,30 +119,15 @@ fn stats_json_matches_traffic_sent() {
     daemon.ok(&["ban", "add", CLIENT_V4]);
     let before = daemon.json(&["stats", "--json"]);
     let (banned, clean) = (37u64, 23u64);
-    udp_send(
-        &topo.client,
-        CLIENT_V4,
-        sa(GW_V4, UDP_PORT),
-        banned as usize,
-        3,
-    );
-    udp_send(
-        &topo.client,
-        OTHER_V4,
-        sa(GW_V4, UDP_PORT),
-        clean as usize,
-        3,
-    );
+    udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), banned as usize, 3);
+    udp_send(&topo.client, OTHER_V4, sa(GW_V4, UDP_PORT), clean as usize, 3);
     let received = drain(&rx);
     let after = daemon.json(&["stats", "--json"]);
     let delta = |reason: &str, field: &str| {
         counter(&after, reason, field) - counter(&before, reason, field)
     };
     let frame = (14 + 20 + 8 + UDP_PAYLOAD) as u64;
-    assert_eq!(
-        received, clean,
-        "clean datagrams all arrive, banned ones none"
-    );
+    assert_eq!(received, clean, "clean datagrams all arrive, banned ones none");
     assert_eq!(delta("deny", "packets"), banned, "{after}");
     assert_eq!(delta("deny", "bytes"), banned * frame, "{after}");
     assert_eq!(delta("rate", "packets"), 0, "{after}");
@@ -269,10 +203,7 @@ fn rate_limit_holds_a_multi_flow_source_to_its_rate() {
                 s.spawn(move || udp_paced(&socks, dst, per_thread, duration))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("sender"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("sender")).collect()
     });
     let received = drain(&rx);
     let sent: u64 = results.iter().map(|r| r.0).sum();

@@ -31,33 +31,17 @@ use secgate_tests::{
 const FRAMES_PER_SCENARIO: usize = 500;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn pool(rng: &mut StdRng) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for _ in 0..6 {
         let net = rng.random_range(0..4u8);
-        out.push(IpAddr::V4(Ipv4Addr::new(
-            198,
-            18 + net % 2,
-            net,
-            rng.random_range(1..6),
-        )));
+        out.push(IpAddr::V4(Ipv4Addr::new(198, 18 + net % 2, net, rng.random_range(1..6))));
         let word = rng.random_range(0..3u16);
-        let v6 = Ipv6Addr::new(
-            0xfd00,
-            word,
-            0,
-            0,
-            0,
-            0,
-            rng.random_range(0..3),
-            rng.random_range(1..4),
-        );
+        let v6 =
+            Ipv6Addr::new(0xfd00, word, 0, 0, 0, 0, rng.random_range(0..3), rng.random_range(1..4));
         out.push(IpAddr::V6(v6));
     }
     out
@@ -71,20 +55,10 @@ fn random_rule(rng: &mut StdRng) -> RateRule {
 }
 
 fn random_limit_key(rng: &mut StdRng) -> LimitKey {
-    let proto = *[IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6]
-        .choose(rng)
-        .unwrap();
-    let port = if has_ports(proto) {
-        *[0u16, 53, 80, 443].choose(rng).unwrap()
-    } else {
-        0
-    };
+    let proto = *[IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6].choose(rng).unwrap();
+    let port = if has_ports(proto) { *[0u16, 53, 80, 443].choose(rng).unwrap() } else { 0 };
     let syn_only = u8::from(proto == IPPROTO_TCP && rng.random_bool(0.5));
-    LimitKey {
-        port,
-        proto,
-        syn_only,
-    }
+    LimitKey { port, proto, syn_only }
 }
 
 fn prefix_of(addr: IpAddr, len: u8) -> IpNet {
@@ -109,16 +83,8 @@ fn scenario(
     }
     kernel.maps.clear_sources().unwrap();
     let mut cfg = DatapathConfig {
-        mode: if rng.random_bool(0.1) {
-            MODE_MONITOR
-        } else {
-            0
-        },
-        flags: if rng.random_bool(0.2) {
-            FLAG_PASS_MALFORMED
-        } else {
-            0
-        },
+        mode: if rng.random_bool(0.1) { MODE_MONITOR } else { 0 },
+        flags: if rng.random_bool(0.2) { FLAG_PASS_MALFORMED } else { 0 },
         v4_mask: model::prefix_mask(*[32, 24, 16].choose(rng).unwrap()),
         v6_mask: model::prefix_mask(*[64, 48, 128].choose(rng).unwrap()),
         default_rule: random_rule(rng),
@@ -176,18 +142,11 @@ fn random_spec(rng: &mut StdRng, sources: &[IpAddr]) -> Spec {
     let l4 = match rng.random_range(0..10) {
         0..=3 => L4Spec::Tcp {
             dport: *[53u16, 80, 443, 8080].choose(rng).unwrap(),
-            flags: *[
-                TCP_FLAG_SYN,
-                TCP_FLAG_ACK,
-                TCP_FLAG_SYN | TCP_FLAG_ACK,
-                0x01,
-            ]
-            .choose(rng)
-            .unwrap(),
+            flags: *[TCP_FLAG_SYN, TCP_FLAG_ACK, TCP_FLAG_SYN | TCP_FLAG_ACK, 0x01]
+                .choose(rng)
+                .unwrap(),
         },
-        4..=6 => L4Spec::Udp {
-            dport: *[53u16, 443, 123].choose(rng).unwrap(),
-        },
+        4..=6 => L4Spec::Udp { dport: *[53u16, 443, 123].choose(rng).unwrap() },
         7..=8 => L4Spec::Icmp,
         _ => L4Spec::Other(*[47u8, 50, 59, 132].choose(rng).unwrap()),
     };
@@ -198,24 +157,15 @@ fn random_spec(rng: &mut StdRng, sources: &[IpAddr]) -> Spec {
         .collect();
     spec.payload = rng.random_range(0..64);
     if src.is_ipv4() {
-        spec.v4_option_words = if rng.random_bool(0.2) {
-            rng.random_range(1..=10)
-        } else {
-            0
-        };
+        spec.v4_option_words = if rng.random_bool(0.2) { rng.random_range(1..=10) } else { 0 };
         spec.v4_frag = match rng.random_range(0..10) {
             0 => 0x2000,
             1 => rng.random_range(1..0x1fff),
             _ => 0,
         };
     } else if rng.random_bool(0.4) {
-        let kinds = [
-            IPPROTO_HOPOPTS,
-            IPPROTO_ROUTING,
-            IPPROTO_DSTOPTS,
-            IPPROTO_FRAGMENT,
-            IPPROTO_AH,
-        ];
+        let kinds =
+            [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH];
         spec.v6_exts = (0..rng.random_range(1..10))
             .map(|_| {
                 let kind = *kinds.choose(rng).unwrap();
@@ -224,11 +174,7 @@ fn random_spec(rng: &mut StdRng, sources: &[IpAddr]) -> Spec {
                 } else {
                     0
                 };
-                Ext {
-                    kind,
-                    units: rng.random_range(0..4),
-                    frag_offset,
-                }
+                Ext { kind, units: rng.random_range(0..4), frag_offset }
             })
             .collect();
     }
@@ -261,9 +207,7 @@ fn bucket(
         return None;
     };
     if tables.allowed(pkt.family, &pkt.src)
-        || tables
-            .denied(pkt.family, &pkt.src)
-            .is_some_and(|e| e.active(now))
+        || tables.denied(pkt.family, &pkt.src).is_some_and(|e| e.active(now))
     {
         return None;
     }
@@ -279,11 +223,7 @@ fn moved_reason(
         .into_iter()
         .filter(|r| after[*r as usize].packets != before[*r as usize].packets)
         .collect();
-    assert_eq!(
-        moved.len(),
-        1,
-        "exactly one counter moves per packet, got {moved:?}"
-    );
+    assert_eq!(moved.len(), 1, "exactly one counter moves per packet, got {moved:?}");
     moved[0]
 }
 
@@ -322,11 +262,7 @@ fn kernel_matches_model() {
                 model::decide(&cfg, &mut m1, &frame, t1),
             );
             let to_xdp = |a: Action| {
-                if a == Action::Pass {
-                    XDP_PASS
-                } else {
-                    XDP_DROP
-                }
+                if a == Action::Pass { XDP_PASS } else { XDP_DROP }
             };
             let ctx = || format!("seed {seed}, frame #{frames} {frame:02x?}, cfg {cfg:?}");
             if o0.verdict != o1.verdict {
@@ -375,18 +311,9 @@ fn kernel_matches_model() {
         ambiguous * 1000 <= frames,
         "too many clock-boundary frames ({ambiguous}) for a meaningful comparison"
     );
-    for r in [
-        Reason::Pass,
-        Reason::Rate,
-        Reason::Deny,
-        Reason::Allow,
-        Reason::Malformed,
-        Reason::NonIp,
-    ] {
-        assert!(
-            reasons[r as usize] > 0,
-            "the generator never produced a {} verdict",
-            r.name()
-        );
+    for r in
+        [Reason::Pass, Reason::Rate, Reason::Deny, Reason::Allow, Reason::Malformed, Reason::NonIp]
+    {
+        assert!(reasons[r as usize] > 0, "the generator never produced a {} verdict", r.name());
     }
 }

@@ -34,26 +34,15 @@ fn udp() -> L4Spec {
 }
 
 fn tcp_syn() -> L4Spec {
-    L4Spec::Tcp {
-        dport: 443,
-        flags: TCP_FLAG_SYN,
-    }
+    L4Spec::Tcp { dport: 443, flags: TCP_FLAG_SYN }
 }
 
 fn ext(kind: u8, units: u8) -> Ext {
-    Ext {
-        kind,
-        units,
-        frag_offset: 0,
-    }
+    Ext { kind, units, frag_offset: 0 }
 }
 
 fn frag(offset: u16) -> Ext {
-    Ext {
-        kind: IPPROTO_FRAGMENT,
-        units: 0,
-        frag_offset: offset,
-    }
+    Ext { kind: IPPROTO_FRAGMENT, units: 0, frag_offset: offset }
 }
 
 fn with<F: FnOnce(&mut Spec)>(mut spec: Spec, f: F) -> Vec<u8> {
@@ -88,42 +77,20 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
         ("ipv6 tcp", v6(tcp_syn()).build(), pass, Pass),
         ("ipv6 udp", v6(udp()).build(), pass, Pass),
         ("ipv6 icmpv6", v6(L4Spec::Icmp).build(), pass, Pass),
-        (
-            "ipv4 one option word",
-            with(v4(udp()), |s| s.v4_option_words = 1),
-            pass,
-            Pass,
-        ),
-        (
-            "ipv4 max options",
-            with(v4(tcp_syn()), |s| s.v4_option_words = 10),
-            pass,
-            Pass,
-        ),
+        ("ipv4 one option word", with(v4(udp()), |s| s.v4_option_words = 1), pass, Pass),
+        ("ipv4 max options", with(v4(tcp_syn()), |s| s.v4_option_words = 10), pass, Pass),
         ("ipv4 gre", v4(L4Spec::Other(47)).build(), pass, Pass),
-        (
-            "802.1q ipv4",
-            with(v4(udp()), |s| s.vlans = vec![ETH_P_8021Q]),
-            pass,
-            Pass,
-        ),
+        ("802.1q ipv4", with(v4(udp()), |s| s.vlans = vec![ETH_P_8021Q]), pass, Pass),
         (
             "qinq ipv4",
             with(v4(tcp_syn()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]),
             pass,
             Pass,
         ),
-        (
-            "qinq ipv6",
-            with(v6(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]),
-            pass,
-            Pass,
-        ),
+        ("qinq ipv6", with(v6(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]), pass, Pass),
         (
             "three vlan tags",
-            with(v4(udp()), |s| {
-                s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q]
-            }),
+            with(v4(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q]),
             drop,
             Malformed,
         ),
@@ -141,9 +108,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
         ),
         (
             "ipv6 destination opts",
-            with(v6(L4Spec::Icmp), |s| {
-                s.v6_exts = vec![ext(IPPROTO_DSTOPTS, 1)]
-            }),
+            with(v6(L4Spec::Icmp), |s| s.v6_exts = vec![ext(IPPROTO_DSTOPTS, 1)]),
             pass,
             Pass,
         ),
@@ -172,12 +137,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
             pass,
             Pass,
         ),
-        (
-            "ipv6 no next header",
-            v6(L4Spec::Other(59)).build(),
-            pass,
-            Pass,
-        ),
+        ("ipv6 no next header", v6(L4Spec::Other(59)).build(), pass, Pass),
         (
             "ipv4 non-first fragment without l4",
             cut(with(v4(tcp_syn()), |s| s.v4_frag = 10), L4_V4 + 4),
@@ -204,115 +164,48 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
         ),
         (
             "truncated 802.1q tag",
-            cut(
-                with(v4(udp()), |s| s.vlans = vec![ETH_P_8021Q]),
-                ETH_HLEN + 2,
-            ),
+            cut(with(v4(udp()), |s| s.vlans = vec![ETH_P_8021Q]), ETH_HLEN + 2),
             drop,
             Malformed,
         ),
         (
             "truncated second vlan tag",
-            cut(
-                with(v4(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]),
-                ETH_HLEN + 6,
-            ),
+            cut(with(v4(udp()), |s| s.vlans = vec![ETH_P_8021AD, ETH_P_8021Q]), ETH_HLEN + 6),
             drop,
             Malformed,
         ),
-        (
-            "ipv4 header cut at 19 bytes",
-            cut(v4(udp()).build(), L3 + 19),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv4 header cut right after ethertype",
-            cut(v4(udp()).build(), L3),
-            drop,
-            Malformed,
-        ),
+        ("ipv4 header cut at 19 bytes", cut(v4(udp()).build(), L3 + 19), drop, Malformed),
+        ("ipv4 header cut right after ethertype", cut(v4(udp()).build(), L3), drop, Malformed),
         (
             "ipv4 options cut short",
             cut(with(v4(udp()), |s| s.v4_option_words = 3), L3 + 24),
             drop,
             Malformed,
         ),
-        (
-            "ipv4 version 5",
-            poke(v4(udp()).build(), L3, 0x55),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv4 ihl 4",
-            poke(v4(udp()).build(), L3, 0x44),
-            drop,
-            Malformed,
-        ),
+        ("ipv4 version 5", poke(v4(udp()).build(), L3, 0x55), drop, Malformed),
+        ("ipv4 ihl 4", poke(v4(udp()).build(), L3, 0x44), drop, Malformed),
         (
             "ipv4 total length below header",
             poke(poke(v4(udp()).build(), L3 + 2, 0), L3 + 3, 12),
             drop,
             Malformed,
         ),
-        (
-            "ipv4 tcp cut at 10 bytes",
-            cut(v4(tcp_syn()).build(), L4_V4 + 10),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv4 tcp data offset 4",
-            poke(v4(tcp_syn()).build(), L4_V4 + 12, 0x40),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv4 udp cut at 4 bytes",
-            cut(v4(udp()).build(), L4_V4 + 4),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv4 icmp cut at 2 bytes",
-            cut(v4(L4Spec::Icmp).build(), L4_V4 + 2),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv4 gre without payload",
-            cut(v4(L4Spec::Other(47)).build(), L4_V4),
-            pass,
-            Pass,
-        ),
-        (
-            "ipv6 header cut at 39 bytes",
-            cut(v6(udp()).build(), L3 + 39),
-            drop,
-            Malformed,
-        ),
-        (
-            "ipv6 version 4",
-            poke(v6(udp()).build(), L3, 0x45),
-            drop,
-            Malformed,
-        ),
+        ("ipv4 tcp cut at 10 bytes", cut(v4(tcp_syn()).build(), L4_V4 + 10), drop, Malformed),
+        ("ipv4 tcp data offset 4", poke(v4(tcp_syn()).build(), L4_V4 + 12, 0x40), drop, Malformed),
+        ("ipv4 udp cut at 4 bytes", cut(v4(udp()).build(), L4_V4 + 4), drop, Malformed),
+        ("ipv4 icmp cut at 2 bytes", cut(v4(L4Spec::Icmp).build(), L4_V4 + 2), drop, Malformed),
+        ("ipv4 gre without payload", cut(v4(L4Spec::Other(47)).build(), L4_V4), pass, Pass),
+        ("ipv6 header cut at 39 bytes", cut(v6(udp()).build(), L3 + 39), drop, Malformed),
+        ("ipv6 version 4", poke(v6(udp()).build(), L3, 0x45), drop, Malformed),
         (
             "ipv6 hop-by-hop cut at 4 bytes",
-            cut(
-                with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]),
-                L4_V6 + 4,
-            ),
+            cut(with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]), L4_V6 + 4),
             drop,
             Malformed,
         ),
         (
             "ipv6 routing longer than frame",
-            cut(
-                with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_ROUTING, 4)]),
-                L4_V6 + 16,
-            ),
+            cut(with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_ROUTING, 4)]), L4_V6 + 16),
             drop,
             Malformed,
         ),
@@ -324,10 +217,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
         ),
         (
             "ipv6 tcp cut after chain",
-            cut(
-                with(v6(tcp_syn()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]),
-                L4_V6 + 8 + 12,
-            ),
+            cut(with(v6(tcp_syn()), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 0)]), L4_V6 + 8 + 12),
             drop,
             Malformed,
         ),
@@ -343,49 +233,25 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
             drop,
             Malformed,
         ),
-        (
-            "denied ipv4 /24",
-            Spec::new(ip("198.18.66.9"), udp()).build(),
-            drop,
-            Deny,
-        ),
+        ("denied ipv4 /24", Spec::new(ip("198.18.66.9"), udp()).build(), drop, Deny),
         (
             "denied ipv4 tcp inside vlan",
-            with(Spec::new(ip("198.18.66.200"), tcp_syn()), |s| {
-                s.vlans = vec![ETH_P_8021Q]
-            }),
+            with(Spec::new(ip("198.18.66.200"), tcp_syn()), |s| s.vlans = vec![ETH_P_8021Q]),
             drop,
             Deny,
         ),
-        (
-            "denied ipv6 /64",
-            Spec::new(ip("fd00:bad::1234"), L4Spec::Icmp).build(),
-            drop,
-            Deny,
-        ),
+        ("denied ipv6 /64", Spec::new(ip("fd00:bad::1234"), L4Spec::Icmp).build(), drop, Deny),
         (
             "denied ipv6 non-first fragment",
             cut(
-                with(Spec::new(ip("fd00:bad::77"), udp()), |s| {
-                    s.v6_exts = vec![frag(9)]
-                }),
+                with(Spec::new(ip("fd00:bad::77"), udp()), |s| s.v6_exts = vec![frag(9)]),
                 L4_V6 + 8,
             ),
             drop,
             Deny,
         ),
-        (
-            "allowlist wins over denylist",
-            Spec::new(ip("198.18.66.7"), udp()).build(),
-            pass,
-            Allow,
-        ),
-        (
-            "expired deny entry",
-            Spec::new(ip("198.18.99.1"), udp()).build(),
-            pass,
-            Pass,
-        ),
+        ("allowlist wins over denylist", Spec::new(ip("198.18.66.7"), udp()).build(), pass, Allow),
+        ("expired deny entry", Spec::new(ip("198.18.99.1"), udp()).build(), pass, Pass),
     ]
 }
 
@@ -398,40 +264,15 @@ fn setup(kernel: &mut Kernel) {
     };
     kernel.maps.set_config(&cfg).expect("config");
     let past = monotonic_ns() - 1;
+    kernel.maps.set_deny("198.18.66.0/24".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
+    kernel.maps.set_deny("fd00:bad::/64".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
     kernel
         .maps
-        .set_deny(
-            "198.18.66.0/24".parse().unwrap(),
-            DenyEntry { expires_ns: 0 },
-        )
+        .set_deny("198.18.99.0/24".parse().unwrap(), DenyEntry { expires_ns: past })
         .unwrap();
-    kernel
-        .maps
-        .set_deny(
-            "fd00:bad::/64".parse().unwrap(),
-            DenyEntry { expires_ns: 0 },
-        )
-        .unwrap();
-    kernel
-        .maps
-        .set_deny(
-            "198.18.99.0/24".parse().unwrap(),
-            DenyEntry { expires_ns: past },
-        )
-        .unwrap();
-    kernel
-        .maps
-        .set_allow("198.18.66.7/32".parse().unwrap())
-        .unwrap();
-    let key = LimitKey {
-        port: RATE_PORT,
-        proto: IPPROTO_UDP,
-        syn_only: 0,
-    };
-    kernel
-        .maps
-        .set_limit(key, RateRule::from_rate(1, 1))
-        .unwrap();
+    kernel.maps.set_allow("198.18.66.7/32".parse().unwrap()).unwrap();
+    let key = LimitKey { port: RATE_PORT, proto: IPPROTO_UDP, syn_only: 0 };
+    kernel.maps.set_limit(key, RateRule::from_rate(1, 1)).unwrap();
 }
 
 /// Runs `frame` and asserts the action and that exactly `reason`'s counter moved by one.
@@ -473,28 +314,10 @@ fn override_limit_then_rate_drop() {
     let mut kernel = Kernel::load();
     setup(&mut kernel);
     let frame = Spec::new(ip("198.18.5.5"), L4Spec::Udp { dport: RATE_PORT }).build();
-    expect(
-        &kernel,
-        "first packet within burst",
-        &frame,
-        XDP_PASS,
-        Reason::Pass,
-    );
-    expect(
-        &kernel,
-        "second packet over 1 pps",
-        &frame,
-        XDP_DROP,
-        Reason::Rate,
-    );
+    expect(&kernel, "first packet within burst", &frame, XDP_PASS, Reason::Pass);
+    expect(&kernel, "second packet over 1 pps", &frame, XDP_DROP, Reason::Rate);
     let other_port = Spec::new(ip("198.18.5.5"), L4Spec::Udp { dport: 53 }).build();
-    expect(
-        &kernel,
-        "default limit is unlimited",
-        &other_port,
-        XDP_PASS,
-        Reason::Pass,
-    );
+    expect(&kernel, "default limit is unlimited", &other_port, XDP_PASS, Reason::Pass);
 }
 
 #[test]
@@ -533,11 +356,7 @@ fn every_shared_map_name_is_in_the_object() {
     for (name, map) in bpf.maps() {
         let info = map_info(map);
         let want = secgate::maps::layout(name).expect("layout known");
-        assert_eq!(
-            (info.key_size(), info.value_size()),
-            want,
-            "layout of {name}"
-        );
+        assert_eq!((info.key_size(), info.value_size()), want, "layout of {name}");
     }
     assert_eq!(
         bpf.maps().count(),
@@ -556,37 +375,16 @@ fn full_map_is_a_clear_error() {
     for port in 1..=secgate_common::maps::MAX_LIMIT_RULES as u16 {
         kernel
             .maps
-            .set_limit(
-                LimitKey {
-                    port,
-                    proto: IPPROTO_UDP,
-                    syn_only: 0,
-                },
-                rule,
-            )
+            .set_limit(LimitKey { port, proto: IPPROTO_UDP, syn_only: 0 }, rule)
             .expect("within capacity");
     }
     let err = kernel
         .maps
-        .set_limit(
-            LimitKey {
-                port: 9999,
-                proto: IPPROTO_UDP,
-                syn_only: 0,
-            },
-            rule,
-        )
+        .set_limit(LimitKey { port: 9999, proto: IPPROTO_UDP, syn_only: 0 }, rule)
         .expect_err("one past capacity");
     let msg = err.to_string();
-    assert!(
-        msg.contains("SG_LIMITS is full") && msg.contains("256"),
-        "{msg}"
-    );
-    assert_eq!(
-        kernel.maps.limits().unwrap().len(),
-        256,
-        "existing entries are intact"
-    );
+    assert!(msg.contains("SG_LIMITS is full") && msg.contains("256"), "{msg}");
+    assert_eq!(kernel.maps.limits().unwrap().len(), 256, "existing entries are intact");
 }
 
 fn map_info(map: &aya::maps::Map) -> aya::maps::MapInfo {

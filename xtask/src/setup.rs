@@ -43,11 +43,8 @@ fn have(tool: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, tool)| !have(tool))
-        .map(|(p, _)| *p)
-        .collect();
+    let missing: Vec<&str> =
+        PACKAGES.iter().filter(|(_, tool)| !have(tool)).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         eprintln!("setup: system packages present");
         return Ok(());
@@ -73,19 +70,13 @@ fn rustup(args: &[&str]) -> Result<String> {
         .output()
         .context("rustup is not installed; install Rust with rustup")?;
     if !out.status.success() {
-        bail!(
-            "rustup {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("rustup {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn rust_src() -> Result<()> {
-    if !rustup(&["toolchain", "list"])?
-        .lines()
-        .any(|l| l.starts_with("nightly"))
-    {
+    if !rustup(&["toolchain", "list"])?.lines().any(|l| l.starts_with("nightly")) {
         bail!(
             "the nightly toolchain is missing; install it with `rustup toolchain install nightly`"
         );
@@ -102,9 +93,8 @@ fn rust_src() -> Result<()> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    let out = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .output()?;
+    let out =
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()?;
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
@@ -113,12 +103,9 @@ fn home() -> PathBuf {
 }
 
 fn bpf_linker_ok() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-        })
+    Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    })
 }
 
 /// Builds bpf-linker against the nightly toolchain's own libLLVM (no system LLVM needed).
@@ -145,12 +132,7 @@ fn bpf_linker() -> Result<()> {
     run_cmd(
         nightly_cargo()
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args([
-                "--no-default-features",
-                "--features",
-                LLVM_FEATURE,
-                "--force",
-            ])
+            .args(["--no-default-features", "--features", LLVM_FEATURE, "--force"])
             .env("LLVM_PREFIX", &prefix),
     )
     .context("building bpf-linker; check network access to crates.io")?;
@@ -172,19 +154,14 @@ fn find_libllvm(dir: &Path) -> Result<PathBuf> {
             })
         })
         .with_context(|| {
-            format!(
-                "no libLLVM.so.*-rust-* in {}; reinstall the nightly toolchain",
-                dir.display()
-            )
+            format!("no libLLVM.so.*-rust-* in {}; reinstall the nightly toolchain", dir.display())
         })
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 fn bpffs() -> Result<()> {
-    let out = Command::new("stat")
-        .args(["-f", "-c", "%t", "/sys/fs/bpf"])
-        .output()?;
+    let out = Command::new("stat").args(["-f", "-c", "%t", "/sys/fs/bpf"]).output()?;
     let magic = i64::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap_or(0);
     if magic == BPF_FS_MAGIC {
         eprintln!("setup: bpffs mounted");

@@ -8,20 +8,15 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 /// Runs a command in the workspace root, failing with the command line if it fails.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");
     eprintln!("+ {line}");
-    let status = cmd
-        .current_dir(root())
-        .status()
-        .with_context(|| format!("could not start {line}"))?;
+    let status =
+        cmd.current_dir(root()).status().with_context(|| format!("could not start {line}"))?;
     if !status.success() {
         bail!("{line} failed ({status})");
     }
@@ -31,9 +26,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 /// `cargo` of the nightly toolchain (the bpf target needs it), whatever invoked xtask.
 pub fn nightly_cargo() -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo"])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO");
+    cmd.args(["run", "nightly", "cargo"]).env_remove("RUSTUP_TOOLCHAIN").env_remove("CARGO");
     cmd
 }
 
@@ -51,15 +44,9 @@ pub fn build(release: bool) -> Result<()> {
 }
 
 pub fn run(release: bool, args: &[String]) -> Result<()> {
-    let bin = root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("secgate");
-    let default = [
-        "run".to_string(),
-        "-c".into(),
-        root().join("secgate.example.toml").display().to_string(),
-    ];
+    let bin = root().join("target").join(if release { "release" } else { "debug" }).join("secgate");
+    let default =
+        ["run".to_string(), "-c".into(), root().join("secgate.example.toml").display().to_string()];
     let args = if args.is_empty() { &default[..] } else { args };
     run_cmd(Command::new(bin).args(args))
 }
@@ -78,13 +65,7 @@ pub fn test() -> Result<()> {
     ]))?;
     run_cmd(
         nightly_cargo()
-            .args([
-                "clippy",
-                "-p",
-                "secgate-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-            ])
+            .args(["clippy", "-p", "secgate-ebpf", "--target", "bpfel-unknown-none"])
             .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
             .env("CARGO_TARGET_DIR", root().join("target").join("bpf-clippy")),
     )?;
@@ -102,12 +83,5 @@ pub fn test() -> Result<()> {
 }
 
 pub fn bench() -> Result<()> {
-    run_cmd(cargo().args([
-        "run",
-        "--release",
-        "-p",
-        "secgate-tests",
-        "--bin",
-        "secgate-bench",
-    ]))
+    run_cmd(cargo().args(["run", "--release", "-p", "secgate-tests", "--bin", "secgate-bench"]))
 }

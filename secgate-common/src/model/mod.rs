@@ -48,10 +48,7 @@ pub fn decide(
         Parsed::Malformed => (Reason::Malformed, None),
         Parsed::Ip(pkt) => judge(cfg, tables, &pkt, now_ns),
     };
-    Outcome {
-        verdict: verdict(cfg, reason),
-        event,
-    }
+    Outcome { verdict: verdict(cfg, reason), event }
 }
 
 /// Turns a reason into an action under the configured mode and flags.
@@ -59,10 +56,7 @@ pub fn verdict(cfg: &DatapathConfig, reason: Reason) -> Verdict {
     let pass = !reason.drops()
         || cfg.mode == MODE_MONITOR
         || (reason == Reason::Malformed && cfg.flags & FLAG_PASS_MALFORMED != 0);
-    Verdict {
-        reason,
-        action: if pass { Action::Pass } else { Action::Drop },
-    }
+    Verdict { reason, action: if pass { Action::Pass } else { Action::Drop } }
 }
 
 fn judge(
@@ -85,10 +79,7 @@ fn judge(
     }
     let key = bucket_key(cfg, pkt, limit);
     let Some(mut state) = tables.source(&key) else {
-        let fresh = SourceState {
-            tat_ns: now_ns + rule.interval_ns,
-            last_event_ns: 0,
-        };
+        let fresh = SourceState { tat_ns: now_ns + rule.interval_ns, last_event_ns: 0 };
         tables.set_source(&key, fresh);
         return (Reason::Pass, None);
     };
@@ -98,10 +89,7 @@ fn judge(
             tables.set_source(&key, state);
             (Reason::Pass, None)
         }
-        None => (
-            Reason::Rate,
-            over_limit_event(cfg, tables, &key, state, now_ns),
-        ),
+        None => (Reason::Rate, over_limit_event(cfg, tables, &key, state, now_ns)),
     }
 }
 
@@ -128,20 +116,12 @@ pub fn select_rule(
 /// The bucket a packet counts against: its source masked to the configured prefix.
 pub fn bucket_key(cfg: &DatapathConfig, pkt: &Packet, limit: LimitKey) -> BucketKey {
     let mut addr = [0u8; 16];
-    let mask: &[u8] = if pkt.family == crate::maps::FAMILY_V4 {
-        &cfg.v4_mask
-    } else {
-        &cfg.v6_mask
-    };
+    let mask: &[u8] =
+        if pkt.family == crate::maps::FAMILY_V4 { &cfg.v4_mask } else { &cfg.v6_mask };
     for ((a, s), m) in addr.iter_mut().zip(pkt.src).zip(mask) {
         *a = s & m;
     }
-    BucketKey {
-        addr,
-        family: pkt.family,
-        _pad: [0; 3],
-        limit,
-    }
+    BucketKey { addr, family: pkt.family, _pad: [0; 3], limit }
 }
 
 /// Emits an event when the bucket has been quiet for `event_interval_ns` and this CPU's

@@ -80,17 +80,8 @@ fn ipv4(frame: &[u8], off: usize) -> Option<Packet> {
     src[..4].copy_from_slice(&frame[off + 12..off + 16]);
     let proto = frame[off + 9];
     let first_fragment = be16(frame, off + 6)? & 0x1fff == 0;
-    let l4 = if first_fragment {
-        l4(frame, off + hlen, proto)?
-    } else {
-        None
-    };
-    Some(Packet {
-        family: FAMILY_V4,
-        src,
-        proto,
-        l4,
-    })
+    let l4 = if first_fragment { l4(frame, off + hlen, proto)? } else { None };
+    Some(Packet { family: FAMILY_V4, src, proto, l4 })
 }
 
 fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
@@ -116,23 +107,13 @@ fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
                 need(frame, off, 8)?;
                 if be16(frame, off + 2)? >> 3 != 0 {
                     let proto = frame[off];
-                    return Some(Packet {
-                        family: FAMILY_V6,
-                        src,
-                        proto,
-                        l4: None,
-                    });
+                    return Some(Packet { family: FAMILY_V6, src, proto, l4: None });
                 }
                 8
             }
             proto => {
                 let l4 = l4(frame, off, proto)?;
-                return Some(Packet {
-                    family: FAMILY_V6,
-                    src,
-                    proto,
-                    l4,
-                });
+                return Some(Packet { family: FAMILY_V6, src, proto, l4 });
             }
         };
         need(frame, off, hlen)?;
@@ -152,24 +133,15 @@ fn l4(frame: &[u8], off: usize, proto: u8) -> Option<Option<L4>> {
             }
             let flags = frame[off + 13];
             let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            Some(Some(L4 {
-                dport: be16(frame, off + 2)?,
-                syn,
-            }))
+            Some(Some(L4 { dport: be16(frame, off + 2)?, syn }))
         }
         IPPROTO_UDP => {
             need(frame, off, UDP_HLEN)?;
-            Some(Some(L4 {
-                dport: be16(frame, off + 2)?,
-                syn: false,
-            }))
+            Some(Some(L4 { dport: be16(frame, off + 2)?, syn: false }))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             need(frame, off, ICMP_MIN_HLEN)?;
-            Some(Some(L4 {
-                dport: 0,
-                syn: false,
-            }))
+            Some(Some(L4 { dport: 0, syn: false }))
         }
         _ => Some(None),
     }

@@ -51,11 +51,7 @@ impl Mode {
     }
 
     pub fn from_raw(v: u32) -> Mode {
-        if v == MODE_MONITOR {
-            Mode::Monitor
-        } else {
-            Mode::Enforce
-        }
+        if v == MODE_MONITOR { Mode::Monitor } else { Mode::Enforce }
     }
 }
 
@@ -164,23 +160,16 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&src).map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&src)
+            .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
     }
 
     /// Parses and validates config text, returning every problem found.
@@ -202,17 +191,11 @@ impl DatapathSettings {
         default_limit: Option<Rate>,
         limits: &[Override],
     ) -> DatapathConfig {
-        let override_protos = limits
-            .iter()
-            .flat_map(|o| o.selector.keys())
-            .fold(0u64, |acc, k| acc | (1 << k.proto));
+        let override_protos =
+            limits.iter().flat_map(|o| o.selector.keys()).fold(0u64, |acc, k| acc | (1 << k.proto));
         DatapathConfig {
             mode: mode.raw(),
-            flags: if self.pass_malformed {
-                FLAG_PASS_MALFORMED
-            } else {
-                0
-            },
+            flags: if self.pass_malformed { FLAG_PASS_MALFORMED } else { 0 },
             v4_mask: prefix_mask(u32::from(self.ipv4_prefix)),
             _pad: 0,
             v6_mask: prefix_mask(u32::from(self.ipv6_prefix)),

@@ -61,8 +61,7 @@ burst = 1
     ];
     for (line, needle) in want {
         assert!(
-            text.iter()
-                .any(|t| t.starts_with(line) && t.contains(needle)),
+            text.iter().any(|t| t.starts_with(line) && t.contains(needle)),
             "missing {line} {needle} in {text:#?}"
         );
     }
@@ -75,38 +74,20 @@ fn unknown_keys_are_all_reported() {
     let problems = Config::parse(bad).expect_err("unknown keys");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
-        text.iter()
-            .any(|t| t.starts_with("line 3") && t.contains("datapath.modee")),
+        text.iter().any(|t| t.starts_with("line 3") && t.contains("datapath.modee")),
         "{text:?}"
     );
-    assert!(
-        text.iter()
-            .any(|t| t.starts_with("line 7") && t.contains("brust")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter()
-            .any(|t| t.starts_with("line 8") && t.contains("gateway")),
-        "{text:?}"
-    );
+    assert!(text.iter().any(|t| t.starts_with("line 7") && t.contains("brust")), "{text:?}");
+    assert!(text.iter().any(|t| t.starts_with("line 8") && t.contains("gateway")), "{text:?}");
 }
 
 #[test]
 fn icmp_port_and_udp_syn_are_rejected() {
     let bad = "[datapath]\ninterfaces=[\"e\"]\n[[datapath.limits]]\nprotocol=\"icmp\"\nport=1\npps=1\nburst=1\n[[datapath.limits]]\nprotocol=\"udp\"\nsyn_only=true\npps=1\nburst=1\n";
-    let text: Vec<String> = Config::parse(bad)
-        .unwrap_err()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert!(
-        text.iter().any(|t| t.contains("port only applies")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter().any(|t| t.contains("syn_only only applies")),
-        "{text:?}"
-    );
+    let text: Vec<String> =
+        Config::parse(bad).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|t| t.contains("port only applies")), "{text:?}");
+    assert!(text.iter().any(|t| t.contains("syn_only only applies")), "{text:?}");
 }
 
 #[test]

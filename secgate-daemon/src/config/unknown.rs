@@ -7,11 +7,7 @@ use super::{Problem, raw::RawConfig};
 
 /// 1-based line of a byte offset.
 pub fn line_of(src: &str, offset: usize) -> usize {
-    src[..offset.min(src.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+    src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
 fn problem(src: &str, err: &toml::de::Error) -> Problem {

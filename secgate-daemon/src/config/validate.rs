@@ -29,27 +29,18 @@ impl Check<'_> {
     /// The value of `r`, or records its error at `span`'s line.
     fn take<T, U>(&mut self, at: &Spanned<U>, r: Result<T, String>) -> Option<T> {
         r.map_err(|message| {
-            self.problems.push(Problem {
-                line: Some(line_of(self.src, at.span().start)),
-                message,
-            })
+            self.problems.push(Problem { line: Some(line_of(self.src, at.span().start)), message })
         })
         .ok()
     }
 
     fn say<U>(&mut self, at: &Spanned<U>, message: String) {
-        self.problems.push(Problem {
-            line: Some(line_of(self.src, at.span().start)),
-            message,
-        });
+        self.problems.push(Problem { line: Some(line_of(self.src, at.span().start)), message });
     }
 }
 
 pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
-    let mut c = Check {
-        src,
-        problems: Vec::new(),
-    };
+    let mut c = Check { src, problems: Vec::new() };
     let datapath = datapath(&mut c, &raw.datapath);
     let path = |s: &Option<Spanned<String>>, default: &str| {
         PathBuf::from(s.as_ref().map_or(default, |s| s.get_ref().as_str()))
@@ -66,10 +57,7 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
         if let Some(at) = at
             && !p.is_absolute()
         {
-            c.say(
-                at,
-                format!("path {:?} must be absolute", p.display().to_string()),
-            );
+            c.say(at, format!("path {:?} must be absolute", p.display().to_string()));
         }
     }
     match datapath {
@@ -102,17 +90,10 @@ fn metrics(c: &mut Check<'_>, m: &super::raw::RawMetrics) -> Option<Option<std::
 }
 
 fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
-    let interfaces: Vec<String> = d
-        .interfaces
-        .get_ref()
-        .iter()
-        .map(|i| i.get_ref().clone())
-        .collect();
+    let interfaces: Vec<String> =
+        d.interfaces.get_ref().iter().map(|i| i.get_ref().clone()).collect();
     if interfaces.is_empty() {
-        c.say(
-            &d.interfaces,
-            "datapath.interfaces is empty: name at least one interface".into(),
-        );
+        c.say(&d.interfaces, "datapath.interfaces is empty: name at least one interface".into());
     }
     for i in d.interfaces.get_ref() {
         let name = i.get_ref();
@@ -125,23 +106,16 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
             "auto" => Ok(AttachMode::Auto),
             "native" => Ok(AttachMode::Native),
             "skb" => Ok(AttachMode::Skb),
-            other => Err(format!(
-                "invalid attach mode {other:?}: expected auto, native or skb"
-            )),
+            other => Err(format!("invalid attach mode {other:?}: expected auto, native or skb")),
         };
         c.take(a, r)
     });
-    let mode = d
-        .mode
-        .as_ref()
-        .map_or(Some(Mode::Enforce), |m| c.take(m, Mode::parse(m.get_ref())));
+    let mode = d.mode.as_ref().map_or(Some(Mode::Enforce), |m| c.take(m, Mode::parse(m.get_ref())));
     let pass_malformed = d.malformed.as_ref().map_or(Some(false), |m| {
         let r = match m.get_ref().as_str() {
             "drop" => Ok(false),
             "pass" => Ok(true),
-            other => Err(format!(
-                "invalid malformed policy {other:?}: expected drop or pass"
-            )),
+            other => Err(format!("invalid malformed policy {other:?}: expected drop or pass")),
         };
         c.take(m, r)
     });
@@ -149,38 +123,24 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
                v: &Option<Spanned<i64>>,
                default: i64,
                f: &dyn Fn(i64) -> Result<u64, String>| {
-        v.as_ref()
-            .map_or(f(default).ok(), |v| c.take(v, f(*v.get_ref())))
+        v.as_ref().map_or(f(default).ok(), |v| c.take(v, f(*v.get_ref())))
     };
-    let ipv4_prefix = int(c, &d.ipv4_prefix, 32, &|v| {
-        values::prefix("ipv4_prefix", v, 32).map(u64::from)
-    });
-    let ipv6_prefix = int(c, &d.ipv6_prefix, 64, &|v| {
-        values::prefix("ipv6_prefix", v, 128).map(u64::from)
-    });
-    let max_sources = int(
-        c,
-        &d.max_sources,
-        i64::from(secgate_common::maps::DEFAULT_MAX_SOURCES),
-        &|v| {
+    let ipv4_prefix =
+        int(c, &d.ipv4_prefix, 32, &|v| values::prefix("ipv4_prefix", v, 32).map(u64::from));
+    let ipv6_prefix =
+        int(c, &d.ipv6_prefix, 64, &|v| values::prefix("ipv6_prefix", v, 128).map(u64::from));
+    let max_sources =
+        int(c, &d.max_sources, i64::from(secgate_common::maps::DEFAULT_MAX_SOURCES), &|v| {
             u64::try_from(v)
                 .ok()
                 .filter(|v| (1024..=1 << 26).contains(v))
                 .ok_or_else(|| format!("max_sources {v} is out of range 1024–67108864"))
-        },
-    );
-    let events_per_sec = int(
-        c,
-        &d.events_per_sec,
-        DEFAULT_EVENTS_PER_SEC as i64,
-        &values::pps,
-    );
+        });
+    let events_per_sec = int(c, &d.events_per_sec, DEFAULT_EVENTS_PER_SEC as i64, &values::pps);
     let event_interval = d
         .event_interval
         .as_ref()
-        .map_or(Some(DEFAULT_EVENT_INTERVAL), |v| {
-            c.take(v, values::duration(v.get_ref()))
-        });
+        .map_or(Some(DEFAULT_EVENT_INTERVAL), |v| c.take(v, values::duration(v.get_ref())));
     let default_limit = match &d.default_limit {
         None => Some(None),
         Some(r) => rate(c, r.get_ref()).map(Some),
@@ -188,21 +148,12 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
     let limits = overrides(c, &d.limits);
     let allow = cidrs(c, &d.allow);
     let deny = cidrs(c, &d.deny);
-    let pin_path = PathBuf::from(
-        d.pin_path
-            .as_ref()
-            .map_or(DEFAULT_PIN_PATH, |p| p.get_ref().as_str()),
-    );
+    let pin_path =
+        PathBuf::from(d.pin_path.as_ref().map_or(DEFAULT_PIN_PATH, |p| p.get_ref().as_str()));
     if let Some(p) = &d.pin_path
         && !pin_path.is_absolute()
     {
-        c.say(
-            p,
-            format!(
-                "pin_path {:?} must be an absolute path on a bpffs",
-                p.get_ref()
-            ),
-        );
+        c.say(p, format!("pin_path {:?} must be an absolute path on a bpffs", p.get_ref()));
     }
     Some(DatapathSettings {
         interfaces,
@@ -225,10 +176,7 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
 fn rate(c: &mut Check<'_>, r: &RawRate) -> Option<Rate> {
     let pps = c.take(&r.pps, values::pps(*r.pps.get_ref()));
     let burst = c.take(&r.burst, values::burst(*r.burst.get_ref()));
-    Some(Rate {
-        pps: pps?,
-        burst: burst?,
-    })
+    Some(Rate { pps: pps?, burst: burst? })
 }
 
 fn overrides(c: &mut Check<'_>, raw: &[Spanned<RawOverride>]) -> Option<Vec<Override>> {
@@ -255,19 +203,9 @@ fn one_override(c: &mut Check<'_>, o: &Spanned<RawOverride>) -> Option<Override>
         None => Some(None),
         Some(p) => c.take(p, values::port(*p.get_ref())).map(Some),
     };
-    let rate = rate(
-        c,
-        &RawRate {
-            pps: r.pps.clone(),
-            burst: r.burst.clone(),
-        },
-    );
+    let rate = rate(c, &RawRate { pps: r.pps.clone(), burst: r.burst.clone() });
     let (protocol, port, rate) = (protocol?, port?, rate?);
-    let selector = Selector {
-        protocol,
-        port,
-        syn_only: r.syn_only,
-    };
+    let selector = Selector { protocol, port, syn_only: r.syn_only };
     let problem = selector_problem(&selector);
     c.take(o, problem.map_or(Ok(()), Err))?;
     Some(Override { selector, rate })
@@ -285,17 +223,12 @@ pub fn selector_problem(s: &Selector) -> Option<String> {
 }
 
 pub fn describe(s: &Selector) -> String {
-    let port = s
-        .port
-        .map_or("any port".to_string(), |p| format!("port {p}"));
+    let port = s.port.map_or("any port".to_string(), |p| format!("port {p}"));
     let syn = if s.syn_only { " (SYN only)" } else { "" };
     format!("{} {port}{syn}", s.protocol.name())
 }
 
 fn cidrs(c: &mut Check<'_>, raw: &[Spanned<String>]) -> Option<Vec<ipnet::IpNet>> {
-    let parsed: Vec<_> = raw
-        .iter()
-        .map(|s| c.take(s, values::cidr(s.get_ref())))
-        .collect();
+    let parsed: Vec<_> = raw.iter().map(|s| c.take(s, values::cidr(s.get_ref()))).collect();
     parsed.into_iter().collect()
 }

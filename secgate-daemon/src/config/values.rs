@@ -116,11 +116,7 @@ mod tests {
     fn cidr_forms() {
         assert_eq!(cidr("198.51.100.7").unwrap().to_string(), "198.51.100.7/32");
         assert_eq!(cidr("fd00::/64").unwrap().to_string(), "fd00::/64");
-        assert!(
-            cidr("10.0.0.1/8")
-                .unwrap_err()
-                .contains("did you mean 10.0.0.0/8")
-        );
+        assert!(cidr("10.0.0.1/8").unwrap_err().contains("did you mean 10.0.0.0/8"));
         assert!(cidr("300.1.1.1").unwrap_err().contains("\"300.1.1.1\""));
         assert!(cidr("1.2.3.0/33").is_err());
     }

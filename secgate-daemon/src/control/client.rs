@@ -14,10 +14,7 @@ pub enum ClientError {
     #[error(
         "cannot reach the daemon at {path}: {source}; is `secgate run` running, and is --socket (or SECGATE_SOCKET) right?"
     )]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("talking to the daemon: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon sent an unreadable reply: {0}")]
@@ -56,8 +53,6 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientErr
     if reply.ok {
         Ok(reply.data.unwrap_or(serde_json::Value::Null))
     } else {
-        Err(ClientError::Refused(
-            reply.error.unwrap_or_else(|| "request failed".into()),
-        ))
+        Err(ClientError::Refused(reply.error.unwrap_or_else(|| "request failed".into())))
     }
 }

@@ -102,21 +102,13 @@ pub struct Reply {
 impl Reply {
     pub fn data(value: impl Serialize) -> Reply {
         match serde_json::to_value(value) {
-            Ok(v) => Reply {
-                ok: true,
-                data: Some(v),
-                error: None,
-            },
+            Ok(v) => Reply { ok: true, data: Some(v), error: None },
             Err(e) => Reply::error(format!("encoding reply: {e}")),
         }
     }
 
     pub fn error(msg: impl Into<String>) -> Reply {
-        Reply {
-            ok: false,
-            data: None,
-            error: Some(msg.into()),
-        }
+        Reply { ok: false, data: None, error: Some(msg.into()) }
     }
 }
 
@@ -153,20 +145,17 @@ impl Request {
         | Request::AllowDel { cidr } = self
             && cidr.trunc() != *cidr
         {
-            return bad(format!(
-                "CIDR {cidr} has host bits set; did you mean {}?",
-                cidr.trunc()
-            ));
+            return bad(format!("CIDR {cidr} has host bits set; did you mean {}?", cidr.trunc()));
         }
         match self {
-            Request::BanAdd {
-                ttl_secs: Some(t), ..
-            } if !(t.is_finite() && *t > 0.0 && *t < 1e10) => {
+            Request::BanAdd { ttl_secs: Some(t), .. }
+                if !(t.is_finite() && *t > 0.0 && *t < 1e10) =>
+            {
                 bad(format!("ttl_secs {t} must be a positive number of seconds"))
             }
-            Request::BanAdd {
-                reason: Some(r), ..
-            } if r.len() > 256 => bad("reason is longer than 256 bytes".into()),
+            Request::BanAdd { reason: Some(r), .. } if r.len() > 256 => {
+                bad("reason is longer than 256 bytes".into())
+            }
             Request::LimitSet { rate, .. } => crate::config::values::pps(rate.pps as i64)
                 .and_then(|_| crate::config::values::burst(rate.burst as i64))
                 .map(|_| ())
@@ -193,15 +182,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_requests_with_reasons() {
-        assert_eq!(
-            Request::decode(&vec![b' '; MAX_REQUEST_BYTES + 1]),
-            Err(DecodeError::TooLarge)
-        );
+        assert_eq!(Request::decode(&vec![b' '; MAX_REQUEST_BYTES + 1]), Err(DecodeError::TooLarge));
         assert_eq!(Request::decode(&[0xff, 0xfe]), Err(DecodeError::NotUtf8));
-        assert!(matches!(
-            Request::decode(br#"{"cmd":"nuke"}"#),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(Request::decode(br#"{"cmd":"nuke"}"#), Err(DecodeError::Malformed(_))));
         assert!(matches!(
             Request::decode(br#"{"cmd":"ban_add","cidr":"1.2.3.4/40"}"#),
             Err(DecodeError::Malformed(_))
@@ -218,10 +201,7 @@ mod tests {
             Request::decode(br#"{"cmd":"allow_add","cidr":"10.0.0.1/8"}"#),
             Err(DecodeError::Malformed(_))
         ));
-        assert_eq!(
-            Request::decode(br#"{"cmd":"status"}"#),
-            Ok(Request::Status {})
-        );
+        assert_eq!(Request::decode(br#"{"cmd":"status"}"#), Ok(Request::Status {}));
     }
 
     proptest::proptest! {

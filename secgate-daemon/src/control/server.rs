@@ -25,10 +25,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!(
-                    "{} is in use: is another secgate daemon running?",
-                    path.display()
-                ),
+                format!("{} is in use: is another secgate daemon running?", path.display()),
             ));
         }
         std::fs::remove_file(path)?;
@@ -75,9 +72,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
             let uid = other.unwrap_or(u32::MAX);
             warn!(uid, "control request from non-root caller refused");
             let msg = "permission denied: the secgate control socket only serves root; run the command with sudo";
-            shared
-                .audit
-                .record(uid, "connect", &serde_json::Value::Null, Err(msg));
+            shared.audit.record(uid, "connect", &serde_json::Value::Null, Err(msg));
             shared.count_action("refused", false);
             Reply::error(msg)
         }
@@ -108,12 +103,7 @@ async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Vec<u8>, 
 pub fn handle(shared: &Shared, req: Request, uid: u32) -> Reply {
     let reply = dispatch(shared, &req);
     if req.is_change() {
-        shared.audit.record(
-            uid,
-            req.action(),
-            &req,
-            reply.error.as_deref().map_or(Ok(()), Err),
-        );
+        shared.audit.record(uid, req.action(), &req, reply.error.as_deref().map_or(Ok(()), Err));
     }
     shared.count_action(req.action(), reply.ok);
     reply
@@ -131,30 +121,22 @@ fn dispatch(shared: &Shared, req: &Request) -> Reply {
                 top_sources: events.top(TOP_SOURCES),
             })
         }),
-        Request::BanAdd {
-            cidr,
-            ttl_secs,
-            reason,
-        } => p
-            .ban_add(cidr, ttl_secs.map(Duration::from_secs_f64), reason)
-            .map(Reply::data),
+        Request::BanAdd { cidr, ttl_secs, reason } => {
+            p.ban_add(cidr, ttl_secs.map(Duration::from_secs_f64), reason).map(Reply::data)
+        }
         Request::BanDel { cidr } => p.ban_del(cidr).map(|found| removed(found, "ban", &cidr)),
         Request::BanList {} => p.bans().map(Reply::data),
         Request::AllowAdd { cidr } => p.allow_add(cidr).map(|()| Reply::data(cidr)),
-        Request::AllowDel { cidr } => p
-            .allow_del(cidr)
-            .map(|found| removed(found, "allow entry", &cidr)),
+        Request::AllowDel { cidr } => {
+            p.allow_del(cidr).map(|found| removed(found, "allow entry", &cidr))
+        }
         Request::AllowList {} => p.allow().map(Reply::data),
         Request::LimitShow {} => Ok(Reply::data(p.limits())),
-        Request::LimitSet { selector, rate } => p
-            .set_limit(selector, rate)
-            .map(|()| Reply::data(p.limits())),
+        Request::LimitSet { selector, rate } => {
+            p.set_limit(selector, rate).map(|()| Reply::data(p.limits()))
+        }
         Request::LimitDel { selector } => p.del_limit(selector).map(|found| {
-            if found {
-                Reply::data(p.limits())
-            } else {
-                Reply::error("no such limit")
-            }
+            if found { Reply::data(p.limits()) } else { Reply::error("no such limit") }
         }),
         Request::Mode { mode } => p.set_mode(mode).map(|()| Reply::data(mode)),
         Request::Reload {} => Ok(match shared.reload(&mut p) {
@@ -166,9 +148,5 @@ fn dispatch(shared: &Shared, req: &Request) -> Reply {
 }
 
 fn removed(found: bool, what: &str, cidr: &ipnet::IpNet) -> Reply {
-    if found {
-        Reply::data(cidr)
-    } else {
-        Reply::error(format!("no {what} for {cidr}"))
-    }
+    if found { Reply::data(cidr) } else { Reply::error(format!("no {what} for {cidr}")) }
 }

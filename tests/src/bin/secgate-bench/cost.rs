@@ -33,42 +33,21 @@ pub fn run() {
         ..Default::default()
     };
     kernel.maps.set_config(&cfg).expect("config");
-    kernel
-        .maps
-        .set_deny(
-            "198.18.66.0/24".parse().unwrap(),
-            DenyEntry { expires_ns: 0 },
-        )
-        .unwrap();
-    let syn = L4Spec::Tcp {
-        dport: 443,
-        flags: TCP_FLAG_SYN,
-    };
+    kernel.maps.set_deny("198.18.66.0/24".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
+    let syn = L4Spec::Tcp { dport: 443, flags: TCP_FLAG_SYN };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "ipv4 syn, within limit (CAS)",
-            Spec::new(ip("198.18.1.1"), syn.clone()).build(),
-        ),
+        ("ipv4 syn, within limit (CAS)", Spec::new(ip("198.18.1.1"), syn.clone()).build()),
         (
             "ipv6 udp, within limit (CAS)",
             Spec::new(ip("fd00:1::1"), L4Spec::Udp { dport: 53 }).build(),
         ),
-        (
-            "ipv4 denied /24",
-            Spec::new(ip("198.18.66.6"), syn.clone()).build(),
-        ),
-        (
-            "malformed ipv4",
-            Spec::new(ip("198.18.1.1"), syn).build()[..30].to_vec(),
-        ),
+        ("ipv4 denied /24", Spec::new(ip("198.18.66.6"), syn.clone()).build()),
+        ("malformed ipv4", Spec::new(ip("198.18.1.1"), syn).build()[..30].to_vec()),
     ];
     println!(
         "datapath per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, medians)"
     );
-    println!(
-        "{:<32} {:>10} {:>10} {:>8}",
-        "case", "secgate ns", "bare ns", "ratio"
-    );
+    println!("{:<32} {:>10} {:>10} {:>8}", "case", "secgate ns", "bare ns", "ratio");
     for (name, frame) in &cases {
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
@@ -89,9 +68,5 @@ pub fn run() {
         base.push(f64::from(bare.run(&frame, REPEAT).1));
     }
     let (o, b) = (median(ours), median(base));
-    println!(
-        "{:<32} {o:>10.1} {b:>10.1} {:>8.2}",
-        "ipv4 udp, over limit (drop)",
-        o / b
-    );
+    println!("{:<32} {o:>10.1} {b:>10.1} {:>8.2}", "ipv4 udp, over limit (drop)", o / b);
 }

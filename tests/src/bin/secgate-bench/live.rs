@@ -35,13 +35,8 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 5] = [
-        Case::BareDrop,
-        Case::SecgateDeny,
-        Case::SecgateRate,
-        Case::NftDeny,
-        Case::NftRate,
-    ];
+    const ALL: [Case; 5] =
+        [Case::BareDrop, Case::SecgateDeny, Case::SecgateRate, Case::NftDeny, Case::NftRate];
 
     fn name(self) -> &'static str {
         match self {
@@ -81,10 +76,7 @@ fn nft(ns: &NetNs, script: &str) {
         .expect("nft (cargo xtask setup installs nftables)");
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes())
         .expect("nft script");
-    assert!(
-        child.wait().expect("nft").success(),
-        "nft rejected:\n{script}"
-    );
+    assert!(child.wait().expect("nft").success(), "nft rejected:\n{script}");
 }
 
 fn nft_rules(dev: &str, rule: &str) -> String {
@@ -115,15 +107,10 @@ impl Bench {
             PathBuf::from(format!("/sys/fs/bpf/secgate-bench-drop-{id}")),
             PathBuf::from(format!("/sys/fs/bpf/secgate-bench-pass-{id}")),
         );
-        pins[0]
-            .pin(&drop_pin)
-            .expect("pin (is bpffs mounted? cargo xtask setup mounts it)");
+        pins[0].pin(&drop_pin).expect("pin (is bpffs mounted? cargo xtask setup mounts it)");
         pins[1].pin(&pass_pin).expect("pin");
         let mut kernel = Kernel::load();
-        kernel
-            .maps
-            .set_config(&Self::config(RateRule::UNLIMITED))
-            .expect("config");
+        kernel.maps.set_config(&Self::config(RateRule::UNLIMITED)).expect("config");
         Bench {
             topo,
             kernel,
@@ -158,11 +145,7 @@ impl Bench {
             .args(args)
             .output();
         let out = out.expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip xdp {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ip xdp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Sets the receiver up for `case`, measures, and tears it down; returns packets/s.
@@ -185,10 +168,7 @@ impl Bench {
             }
             Case::SecgateDeny | Case::SecgateRate => {
                 if case == Case::SecgateDeny {
-                    self.kernel
-                        .maps
-                        .set_deny(ban(), DenyEntry { expires_ns: 0 })
-                        .expect("ban");
+                    self.kernel.maps.set_deny(ban(), DenyEntry { expires_ns: 0 }).expect("ban");
                 } else {
                     self.kernel
                         .maps
@@ -204,9 +184,7 @@ impl Bench {
         let (generator, frame, ifindex) = (&self.generator, &self.frame, self.gen_ifindex);
         let elapsed = self.topo.client.within(move || {
             let start = Instant::now();
-            generator
-                .run_live(frame, FRAMES, ifindex)
-                .expect("live-frame generator");
+            generator.run_live(frame, FRAMES, ifindex).expect("live-frame generator");
             start.elapsed()
         });
         match case {
@@ -219,10 +197,7 @@ impl Bench {
                 self.check_drops(case, &counters_before);
                 self.kernel.detach(link.expect("attached"));
                 let _ = self.kernel.maps.remove_deny(ban());
-                self.kernel
-                    .maps
-                    .set_config(&Self::config(RateRule::UNLIMITED))
-                    .expect("config");
+                self.kernel.maps.set_config(&Self::config(RateRule::UNLIMITED)).expect("config");
             }
         }
         let processed = self.xdp_packets() - before;
@@ -238,11 +213,7 @@ impl Bench {
 
     /// The frames were dropped for the reason the case is about, not passed up the stack.
     fn check_drops(&self, case: Case, before: &[secgate_common::maps::Counter]) {
-        let reason = if case == Case::SecgateDeny {
-            Reason::Deny
-        } else {
-            Reason::Rate
-        };
+        let reason = if case == Case::SecgateDeny { Reason::Deny } else { Reason::Rate };
         let dropped =
             self.kernel.counters()[reason as usize].packets - before[reason as usize].packets;
         assert!(
@@ -266,9 +237,7 @@ impl Bench {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
-                l.trim()
-                    .strip_prefix("rx_queue_")
-                    .and_then(|l| l.split_once("_xdp_packets: "))
+                l.trim().strip_prefix("rx_queue_").and_then(|l| l.split_once("_xdp_packets: "))
             })
             .map(|(_, n)| n.trim().parse::<u64>().expect("counter"))
             .sum()
@@ -290,11 +259,6 @@ pub fn run() {
     let base = median(results[0].clone());
     for (i, case) in Case::ALL.into_iter().enumerate() {
         let pps = median(results[i].clone());
-        println!(
-            "{:<38} {:>12.2} {:>14.2}",
-            case.name(),
-            pps / 1e6,
-            pps / base
-        );
+        println!("{:<38} {:>12.2} {:>14.2}", case.name(), pps / 1e6, pps / base);
     }
 }
