@@ -85,6 +85,8 @@ pub mod addr {
     pub const OTHER_V4: &str = "198.18.0.3";
     pub const GW_V6: &str = "fd00:18::1";
     pub const CLIENT_V6: &str = "fd00:18::2";
+    /// In the same /64 as `CLIENT_V6`.
+    pub const CLIENT_V6_SAME_64: &str = "fd00:18::3";
     /// In another /64 than `CLIENT_V6`.
     pub const OTHER_V6: &str = "fd00:19::2";
     pub const GW_V6_OTHER: &str = "fd00:19::1";
@@ -159,30 +161,14 @@ impl Topology {
     fn configure(&self) {
         use addr::*;
         let (c, g) = (&self.client, &self.gw);
+        let client_addrs = [CLIENT_V4, OTHER_V4, CLIENT_V6, CLIENT_V6_SAME_64, OTHER_V6];
         for (ns, dev, addrs) in [
-            (
-                c,
-                &self.client_if,
-                [
-                    &format!("{CLIENT_V4}/24"),
-                    &format!("{OTHER_V4}/24"),
-                    &format!("{CLIENT_V6}/64"),
-                    &format!("{OTHER_V6}/64"),
-                ],
-            ),
-            (
-                g,
-                &self.gw_if,
-                [
-                    &format!("{GW_V4}/24"),
-                    &format!("{GW_V4}/24"),
-                    &format!("{GW_V6}/64"),
-                    &format!("{GW_V6_OTHER}/64"),
-                ],
-            ),
+            (c, &self.client_if, &client_addrs[..]),
+            (g, &self.gw_if, &[GW_V4, GW_V6, GW_V6_OTHER][..]),
         ] {
-            for a in addrs.iter().collect::<std::collections::BTreeSet<_>>() {
-                let mut args = vec!["addr", "add", a.as_str(), "dev", dev.as_str()];
+            for a in addrs {
+                let with_len = if a.contains(':') { format!("{a}/64") } else { format!("{a}/24") };
+                let mut args = vec!["addr", "add", with_len.as_str(), "dev", dev.as_str()];
                 if a.contains(':') {
                     args.push("nodad");
                 }
@@ -190,7 +176,6 @@ impl Topology {
             }
             ns.ip(&["link", "set", dev, "up"]);
         }
-
         let (cmac, gmac) = (c.mac(&self.client_if), g.mac(&self.gw_if));
         for a in [GW_V4, GW_V6, GW_V6_OTHER] {
             c.ip(&[
@@ -205,7 +190,7 @@ impl Topology {
                 "permanent",
             ]);
         }
-        for a in [CLIENT_V4, OTHER_V4, CLIENT_V6, OTHER_V6] {
+        for a in client_addrs {
             g.ip(&["neigh", "replace", a, "lladdr", &cmac, "dev", &self.gw_if, "nud", "permanent"]);
         }
     }

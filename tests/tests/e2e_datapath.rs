@@ -244,3 +244,31 @@ fn rate_limit_holds_a_multi_flow_source_to_its_rate() {
         "every datagram sent is either passed or counted as a rate drop"
     );
 }
+
+#[test]
+fn ipv6_sources_in_one_64_share_a_limit() {
+    if !privileged("ipv6_sources_in_one_64_share_a_limit") {
+        return;
+    }
+    let topo = Topology::new("v6");
+    let daemon = Daemon::start(&topo, "v6", "");
+    daemon.ok(&[
+        "limit",
+        "set",
+        "--pps",
+        "1",
+        "--burst",
+        "10",
+        "--proto",
+        "udp",
+        "--port",
+        &UDP_PORT.to_string(),
+    ]);
+    let rx = udp_receiver(&topo.gw, UDP_PORT);
+    udp_send(&topo.client, CLIENT_V6, sa(GW_V6, UDP_PORT), 10, 1);
+    assert_eq!(drain(&rx), 10, "the burst passes");
+    udp_send(&topo.client, CLIENT_V6_SAME_64, sa(GW_V6, UDP_PORT), 10, 1);
+    assert_eq!(drain(&rx), 0, "another address in the same /64 draws on the same bucket");
+    udp_send(&topo.client, OTHER_V6, sa(GW_V6_OTHER, UDP_PORT), 10, 1);
+    assert_eq!(drain(&rx), 10, "a source in another /64 has its own bucket");
+}
