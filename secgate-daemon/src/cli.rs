@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::config::{Mode, Protocol, Rate, Selector, values};
@@ -15,7 +15,7 @@ use crate::config::{Mode, Protocol, Rate, Selector, values};
     about = "XDP security gateway: per-source allow, deny and rate limits at the NIC"
 )]
 pub struct Cli {
-    /// Control socket of the running daemon [default: the config's, else /run/secgate/control.sock].
+    /// Control socket [default: /run/secgate/control.sock; `run` uses the config's [control] socket].
     #[arg(long, global = true, env = "SECGATE_SOCKET")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -53,7 +53,7 @@ pub enum RemoteCommand {
     #[command(subcommand)]
     Limit(LimitCommand),
     /// Switch between dropping (enforce) and only counting (monitor).
-    Mode { mode: ModeArg },
+    Mode { mode: Mode },
 }
 
 #[derive(Debug, Args)]
@@ -141,7 +141,7 @@ pub enum LimitCommand {
 pub struct SelectorArgs {
     /// Protocol the override applies to.
     #[arg(long)]
-    pub proto: Option<ProtoArg>,
+    pub proto: Option<Protocol>,
     /// Destination port (tcp and udp only).
     #[arg(long, requires = "proto", value_parser = port_arg)]
     pub port: Option<u16>,
@@ -150,39 +150,10 @@ pub struct SelectorArgs {
     pub syn_only: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ProtoArg {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    Enforce,
-    Monitor,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Mode {
-        match m {
-            ModeArg::Enforce => Mode::Enforce,
-            ModeArg::Monitor => Mode::Monitor,
-        }
-    }
-}
-
 impl SelectorArgs {
     /// The selector, or `None` for the default limit; an impossible combination is an error.
     pub fn selector(&self) -> Result<Option<Selector>, String> {
-        let Some(proto) = self.proto else {
-            return Ok(None);
-        };
-        let protocol = match proto {
-            ProtoArg::Tcp => Protocol::Tcp,
-            ProtoArg::Udp => Protocol::Udp,
-            ProtoArg::Icmp => Protocol::Icmp,
-        };
+        let Some(protocol) = self.proto else { return Ok(None) };
         let selector = Selector { protocol, port: self.port, syn_only: self.syn_only };
         match crate::config::selector_problem(&selector) {
             Some(problem) => Err(problem),

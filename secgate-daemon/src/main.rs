@@ -91,7 +91,7 @@ fn request(command: RemoteCommand) -> Call {
         RemoteCommand::Stats(a) => (Request::Stats {}, a.json, |v| Ok(render::stats(&parse(v)?))),
         RemoteCommand::Reload => (Request::Reload {}, false, |_| Ok("config reloaded".into())),
         RemoteCommand::Mode { mode } => {
-            (Request::Mode { mode: mode.into() }, false, |v| Ok(format!("mode: {v}")))
+            (Request::Mode { mode }, false, |v| Ok(format!("mode: {v}")))
         }
         RemoteCommand::Ban(BanCommand::Add { cidr, ttl, reason }) => {
             let ttl_secs = ttl.map(|t| t.as_secs_f64());

@@ -62,7 +62,9 @@ fn range(name: &str, v: i64, lo: u64, hi: u64) -> Result<u64, String> {
 }
 
 /// A protocol an override can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
