@@ -166,3 +166,33 @@ pub const fn prefix_mask<const N: usize>(prefix: u32) -> [u8; N] {
     }
     mask
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec;
+
+    use super::*;
+
+    proptest::proptest! {
+        /// Any byte string parses to a verdict without panicking; ones shorter than an
+        /// Ethernet header are malformed.
+        #[test]
+        fn parse_never_panics(frame in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let parsed = parse(&frame);
+            if frame.len() < crate::net::ETH_HLEN {
+                proptest::prop_assert_eq!(parsed, Parsed::Malformed);
+            }
+        }
+
+        /// Frames with an IP ethertype right after the MAC addresses never parse as non-IP.
+        #[test]
+        fn ip_ethertypes_are_judged(body in proptest::collection::vec(proptest::num::u8::ANY, 0..200), v6 in proptest::bool::ANY) {
+            let mut frame = vec![0u8; 12];
+            let ethertype = if v6 { crate::net::ETH_P_IPV6 } else { crate::net::ETH_P_IPV4 };
+            frame.extend_from_slice(&ethertype.to_be_bytes());
+            frame.extend_from_slice(&body);
+            proptest::prop_assert_ne!(parse(&frame), Parsed::NonIp);
+        }
+    }
+}
