@@ -15,8 +15,14 @@ pub const DENY_V4: &str = "SG_DENY_V4";
 pub const DENY_V6: &str = "SG_DENY_V6";
 /// Name of the `LruHashMap<BucketKey, SourceState>` of per-source limiter state.
 pub const SOURCES: &str = "SG_SOURCES";
-/// Name of the `PerCpuArray<Counter>` indexed by [`crate::verdict::Reason`].
+/// Name of the `PerCpuArray<Counter>`: one slot per [`crate::verdict::Reason`], then
+/// [`STATS_DROPPED`].
 pub const STATS: &str = "SG_STATS";
+/// `SG_STATS` slot of packets actually dropped. The reason slots count would-be drops in
+/// monitor mode too, so drops cannot be derived from them and the current mode.
+pub const STATS_DROPPED: u32 = crate::verdict::REASON_COUNT;
+/// Number of `SG_STATS` slots.
+pub const STATS_SLOTS: u32 = STATS_DROPPED + 1;
 /// Name of the ring buffer of [`OverLimitEvent`]s.
 pub const EVENTS: &str = "SG_EVENTS";
 /// Name of the `PerCpuArray<u64>` holding each CPU's event-budget GCRA state.
@@ -139,9 +145,14 @@ pub struct DenyEntry {
 }
 
 impl DenyEntry {
+    /// A permanent entry drops without the clock being read.
+    pub const fn permanent(&self) -> bool {
+        self.expires_ns == 0
+    }
+
     /// Whether the entry still drops at `now_ns`.
     pub const fn active(&self, now_ns: u64) -> bool {
-        self.expires_ns == 0 || now_ns < self.expires_ns
+        self.permanent() || now_ns < self.expires_ns
     }
 }
 

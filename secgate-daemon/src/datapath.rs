@@ -55,9 +55,9 @@ pub enum DatapathError {
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error(
-        "pinned map {path} has key/value sizes {found:?}, this build needs {want:?}: it was left by another secgate version; remove {dir} and start again (the state file restores dynamic bans)"
+        "pinned map {path} has key size, value size and capacity {found:?}, this build needs {want:?}: it was left by another secgate version; remove {dir} and start again (the state file restores dynamic bans)"
     )]
-    StalePin { path: PathBuf, dir: PathBuf, found: (u32, u32), want: (u32, u32) },
+    StalePin { path: PathBuf, dir: PathBuf, found: (u32, u32, u32), want: (u32, u32, u32) },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -74,9 +74,8 @@ pub struct Attachment {
 pub struct Datapath {
     bpf: Ebpf,
     pub maps: DatapathMaps,
-    pub attachments: Vec<Attachment>,
-    /// Held so the links stay open while the daemon runs; the pins keep them after it exits.
-    links: Vec<(String, FdLink)>,
+    /// Each link is held so it stays open while the daemon runs; its pin keeps it after.
+    links: Vec<(Attachment, FdLink)>,
     pin_path: PathBuf,
 }
 
@@ -100,18 +99,16 @@ impl Datapath {
         for dir in [maps_dir(&pin_path), links_dir(&pin_path)] {
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
-        let map_paths: Vec<(&str, PathBuf)> =
-            names::ALL.iter().map(|n| (*n, maps_dir(&pin_path).join(n))).collect();
         check_pins(&pin_path, settings.max_sources)?;
         let mut loader = EbpfLoader::new();
-        for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
+        for name in names::ALL {
+            loader.map_pin_path(name, maps_dir(&pin_path).join(name));
         }
         loader.map_max_entries(names::SOURCES, settings.max_sources);
         let mut bpf = loader.load(EBPF_OBJECT)?;
         program(&mut bpf).load()?;
         let maps = DatapathMaps::take(&mut bpf)?;
-        Ok(Datapath { bpf, maps, attachments: Vec::new(), links: Vec::new(), pin_path })
+        Ok(Datapath { bpf, maps, links: Vec::new(), pin_path })
     }
 
     /// Attaches to `iface`, or swaps this program into its pinned link if one exists.
@@ -137,8 +134,7 @@ impl Datapath {
             (pinned.into(), how)
         };
         info!(interface = iface, mode = how, "XDP program attached");
-        self.links.push((iface.to_string(), link));
-        self.attachments.push(Attachment { interface: iface.into(), mode: how.into() });
+        self.links.push((Attachment { interface: iface.into(), mode: how.into() }, link));
         Ok(())
     }
 
@@ -148,19 +144,19 @@ impl Datapath {
         if path.exists() {
             std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
         }
-        self.links.retain(|(i, _)| i != iface);
-        self.attachments.retain(|a| a.interface != iface);
+        self.links.retain(|(a, _)| a.interface != iface);
         info!(interface = iface, "XDP program detached");
         Ok(())
     }
 
+    /// The interfaces this process attached to, and how.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.links.iter().map(|(a, _)| a.clone()).collect()
+    }
+
     /// Interfaces with a pinned link, whether or not this process attached them.
     pub fn pinned_interfaces(&self) -> Vec<String> {
-        std::fs::read_dir(links_dir(&self.pin_path))
-            .map(|entries| {
-                entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
-            })
-            .unwrap_or_default()
+        pinned_interfaces(&self.pin_path)
     }
 
     /// The over-limit event ring buffer.
@@ -178,18 +174,19 @@ impl Datapath {
 fn check_pins(pin_path: &Path, max_sources: u32) -> Result<()> {
     for name in names::ALL {
         let path = maps_dir(pin_path).join(name);
-        let (Ok(info), Some(want)) =
+        let (Ok(info), Some((key, value, capacity))) =
             (aya::maps::MapInfo::from_pin(&path), crate::maps::layout(name))
         else {
             continue;
         };
-        let found = (info.key_size(), info.value_size());
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        let want = (key, value, capacity.unwrap_or(found.2));
         if found != want {
             return Err(DatapathError::StalePin { path, dir: maps_dir(pin_path), found, want });
         }
-        if name == names::SOURCES && info.max_entries() != max_sources {
+        if name == names::SOURCES && found.2 != max_sources {
             warn!(
-                pinned = info.max_entries(),
+                pinned = found.2,
                 configured = max_sources,
                 "the pinned limiter map keeps its capacity; remove the pins to apply max_sources"
             );
@@ -257,17 +254,18 @@ fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
+fn pinned_interfaces(pin_path: &Path) -> Vec<String> {
+    std::fs::read_dir(links_dir(pin_path))
+        .map(|entries| {
+            entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes every pin under `pin_path`: links (which detaches the program) and maps.
 pub fn detach(pin_path: &Path) -> Result<Vec<String>> {
-    let mut detached = Vec::new();
-    let links = links_dir(pin_path);
-    if let Ok(entries) = std::fs::read_dir(&links) {
-        for entry in entries.flatten() {
-            std::fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
-            detached.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    for dir in [links, maps_dir(pin_path)] {
+    let detached = pinned_interfaces(pin_path);
+    for dir in [links_dir(pin_path), maps_dir(pin_path)] {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
         }

@@ -7,12 +7,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use secgate_common::{
-    maps::{
-        self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey,
-        RateRule, SourceState,
-    },
-    verdict::REASON_COUNT,
+use secgate_common::maps::{
+    self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, RateRule,
+    SourceState,
 };
 
 /// Why a map operation failed.
@@ -32,23 +29,27 @@ pub enum MapsError {
 
 type Result<T> = std::result::Result<T, MapsError>;
 
-/// Key and value sizes of each map as this build defines them, to recognise pinned maps left
-/// by a build with another layout before the program is loaded against them.
-pub fn layout(name: &str) -> Option<(u32, u32)> {
+/// Key size, value size and, where fixed, capacity of each map as this build defines them,
+/// to recognise pinned maps left by a build with another layout before the program is
+/// loaded against them. `SG_SOURCES` has no fixed capacity: `max_sources` sets it.
+pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
     use std::mem::size_of;
-    let size = |k: usize, v: usize| Some((k as u32, v as u32));
+    let map = |k: usize, v: usize, cap: Option<u32>| Some((k as u32, v as u32, cap));
     let lpm = |data: usize| size_of::<u32>() + data;
+    let index = size_of::<u32>();
     match name {
-        names::CONFIG => size(size_of::<u32>(), size_of::<DatapathConfig>()),
-        names::LIMITS => size(size_of::<LimitKey>(), size_of::<RateRule>()),
-        names::ALLOW_V4 => size(lpm(4), size_of::<AllowEntry>()),
-        names::ALLOW_V6 => size(lpm(16), size_of::<AllowEntry>()),
-        names::DENY_V4 => size(lpm(4), size_of::<DenyEntry>()),
-        names::DENY_V6 => size(lpm(16), size_of::<DenyEntry>()),
-        names::SOURCES => size(size_of::<BucketKey>(), size_of::<SourceState>()),
-        names::STATS => size(size_of::<u32>(), size_of::<Counter>()),
-        names::EVENTS => size(0, 0),
-        names::EVENT_BUDGET => size(size_of::<u32>(), size_of::<u64>()),
+        names::CONFIG => map(index, size_of::<DatapathConfig>(), Some(1)),
+        names::LIMITS => {
+            map(size_of::<LimitKey>(), size_of::<RateRule>(), Some(names::MAX_LIMIT_RULES))
+        }
+        names::ALLOW_V4 => map(lpm(4), size_of::<AllowEntry>(), Some(names::MAX_ALLOW)),
+        names::ALLOW_V6 => map(lpm(16), size_of::<AllowEntry>(), Some(names::MAX_ALLOW)),
+        names::DENY_V4 => map(lpm(4), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
+        names::DENY_V6 => map(lpm(16), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
+        names::SOURCES => map(size_of::<BucketKey>(), size_of::<SourceState>(), None),
+        names::STATS => map(index, size_of::<Counter>(), Some(names::STATS_SLOTS)),
+        names::EVENTS => map(0, 0, Some(names::EVENTS_BYTES)),
+        names::EVENT_BUDGET => map(index, size_of::<u64>(), Some(1)),
         _ => None,
     }
 }
@@ -189,9 +190,9 @@ impl DatapathMaps {
         Ok(())
     }
 
-    /// Per-reason counters summed over CPUs, indexed by `Reason as usize`.
-    pub fn stats(&self) -> Result<[Counter; REASON_COUNT as usize]> {
-        let mut out = [Counter::default(); REASON_COUNT as usize];
+    /// `SG_STATS` summed over CPUs: indexed by `Reason as usize`, then `STATS_DROPPED`.
+    pub fn stats(&self) -> Result<[Counter; names::STATS_SLOTS as usize]> {
+        let mut out = [Counter::default(); names::STATS_SLOTS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             let per_cpu = self.stats.get(&(i as u32), 0).map_err(wrap(names::STATS))?;
             for c in per_cpu.iter() {

@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::IpNet;
 use secgate_common::{
-    maps::{DenyEntry, LimitKey, RateRule},
+    maps::{Counter, DenyEntry, LimitKey, RateRule, STATS_DROPPED},
     verdict::Reason,
 };
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,7 @@ pub struct StatsView {
     pub mode: Mode,
     /// Counters per verdict reason (`pass`, `non_ip`, `allow`, `deny`, `rate`, `malformed`).
     pub reasons: BTreeMap<String, Traffic>,
-    /// Packets actually dropped (zero in monitor mode).
+    /// Packets actually dropped (none while in monitor mode).
     pub dropped: Traffic,
 }
 
@@ -114,10 +114,6 @@ impl Policy {
             default: self.settings.default_limit,
             overrides: self.settings.limits.clone(),
         })
-    }
-
-    pub fn settings(&self) -> &DatapathSettings {
-        &self.settings
     }
 
     fn write_config(&mut self) -> Result<()> {
@@ -279,8 +275,14 @@ impl Policy {
         Ok(out)
     }
 
-    /// Removes bans whose expiry has passed; returns how many.
+    /// Removes bans whose expiry has passed; returns how many. The in-memory state says
+    /// cheaply whether any dynamic ban is due (config bans never expire), so the deny maps
+    /// are only walked then; the kernel's own expiry decides what goes.
     pub fn sweep(&mut self) -> Result<usize> {
+        let wall = SystemTime::now();
+        if !self.runtime.bans.values().any(|b| b.expired(wall)) {
+            return Ok(0);
+        }
         let now = monotonic_ns();
         let expired: Vec<IpNet> = self
             .datapath
@@ -415,15 +417,15 @@ impl Policy {
     pub fn sync_interfaces(&mut self) -> Result<()> {
         let want = self.settings.interfaces.clone();
         for iface in &want {
-            if !self.datapath.attachments.iter().any(|a| &a.interface == iface) {
+            if !self.datapath.attachments().iter().any(|a| &a.interface == iface) {
                 self.datapath.attach(iface, self.settings.attach)?;
             }
         }
         let gone: BTreeSet<String> = self
             .datapath
-            .attachments
-            .iter()
-            .map(|a| a.interface.clone())
+            .attachments()
+            .into_iter()
+            .map(|a| a.interface)
             .chain(self.datapath.pinned_interfaces())
             .filter(|i| !want.contains(i))
             .collect();
@@ -435,27 +437,19 @@ impl Policy {
 
     pub fn stats(&self) -> Result<StatsView> {
         let counters = self.datapath.maps.stats()?;
-        let mode = self.mode();
-        let mut reasons = BTreeMap::new();
-        let mut dropped = Traffic::default();
-        for r in Reason::ALL {
-            let c = counters[r as usize];
-            reasons.insert(r.name().to_string(), Traffic { packets: c.packets, bytes: c.bytes });
-            let drops = r.drops()
-                && mode == Mode::Enforce
-                && !(r == Reason::Malformed && self.settings.pass_malformed);
-            if drops {
-                dropped.packets += c.packets;
-                dropped.bytes += c.bytes;
-            }
-        }
-        Ok(StatsView { mode, reasons, dropped })
+        let traffic = |c: Counter| Traffic { packets: c.packets, bytes: c.bytes };
+        let reasons = Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), traffic(counters[*r as usize])))
+            .collect();
+        let dropped = traffic(counters[STATS_DROPPED as usize]);
+        Ok(StatsView { mode: self.mode(), reasons, dropped })
     }
 
     pub fn status(&self) -> Result<StatusView> {
         Ok(StatusView {
             mode: self.mode(),
-            attachments: self.datapath.attachments.clone(),
+            attachments: self.datapath.attachments(),
             pin_path: self.datapath.pin_path().display().to_string(),
             bans: self.bans()?.len(),
             allow: self.allow()?.len(),

@@ -26,11 +26,18 @@ impl EventCounts {
         self.total += 1;
         *self.by_source.entry(source).or_default() += 1;
         if self.by_source.len() > MAX_TRACKED_SOURCES {
-            let least = self.by_source.iter().min_by_key(|(_, n)| **n).map(|(ip, _)| *ip);
-            if let Some(ip) = least {
-                self.by_source.remove(&ip);
-            }
+            self.forget_least_active();
         }
+    }
+
+    /// Keeps the more active half, so a flood of new sources costs amortised O(1) per event
+    /// rather than a scan of every tracked source per event.
+    fn forget_least_active(&mut self) {
+        let mut counts: Vec<u64> = self.by_source.values().copied().collect();
+        let middle = counts.len() / 2;
+        let (_, threshold, _) = counts.select_nth_unstable(middle);
+        let threshold = *threshold;
+        self.by_source.retain(|_, n| *n > threshold);
     }
 
     pub fn top(&self, n: usize) -> Vec<SourceEvents> {
@@ -86,5 +93,25 @@ impl Shared {
     pub fn reload(&self, policy: &mut Policy) -> Result<(), String> {
         let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
         policy.reload(config.datapath).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracking_stays_bounded_and_keeps_the_most_active() {
+        let mut counts = EventCounts::default();
+        let heavy: IpAddr = "198.19.0.1".parse().unwrap();
+        for i in 0..20_000u32 {
+            counts.record(IpAddr::from((0xc612_0000u32 | i).to_be_bytes()));
+            if i % 10 == 0 {
+                counts.record(heavy);
+            }
+        }
+        assert!(counts.by_source.len() <= MAX_TRACKED_SOURCES);
+        assert_eq!(counts.total, 22_000);
+        assert_eq!(counts.top(1), vec![SourceEvents { source: heavy, events: 2_000 }]);
     }
 }

@@ -16,7 +16,7 @@ mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use secgate_common::{
-    maps::DatapathConfig,
+    maps::{DatapathConfig, STATS_DROPPED},
     model::{Packet, Parsed, verdict},
     verdict::{Action, Reason},
 };
@@ -51,10 +51,13 @@ fn judge(cfg: &DatapathConfig, pkt: &Packet) -> Reason {
 /// The single exit: counts the verdict and turns it into an XDP action.
 #[inline(always)]
 fn finish(cfg: &DatapathConfig, reason: Reason, len: u64) -> u32 {
-    maps::count(reason, len);
+    maps::count(reason as u32, len);
     match verdict(cfg, reason).action {
         Action::Pass => xdp_action::XDP_PASS,
-        Action::Drop => xdp_action::XDP_DROP,
+        Action::Drop => {
+            maps::count(STATS_DROPPED, len);
+            xdp_action::XDP_DROP
+        }
     }
 }
 

@@ -10,10 +10,9 @@ use secgate_common::{
     maps::{
         AllowEntry, BucketKey, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry,
         EVENTS_BYTES, FAMILY_V4, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
-        SourceState,
+        STATS_SLOTS, SourceState,
     },
     model::Packet,
-    verdict::{REASON_COUNT, Reason},
 };
 
 #[map]
@@ -33,7 +32,7 @@ static SG_DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_
 pub static SG_SOURCES: LruHashMap<BucketKey, SourceState> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 #[map]
-static SG_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+static SG_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 #[map]
 pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
@@ -61,12 +60,13 @@ pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
     } else {
         SG_DENY_V6.get(Key::new(128, pkt.src))
     };
-    entry.is_some_and(|e| e.expires_ns == 0 || e.active(clock.now()))
+    entry.is_some_and(|e| e.permanent() || e.active(clock.now()))
 }
 
 #[inline(always)]
-pub fn count(reason: Reason, len: u64) {
-    if let Some(c) = SG_STATS.get_ptr_mut(reason as u32) {
+/// Counts a packet of `len` bytes in `SG_STATS` slot `slot`.
+pub fn count(slot: u32, len: u64) {
+    if let Some(c) = SG_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*c).packets += 1;

@@ -5,10 +5,9 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use secgate::maps::DatapathMaps;
-use secgate_common::{maps::Counter, verdict::Reason};
+use secgate_common::maps::{Counter, STATS_SLOTS};
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub use crate::bare::{XDP_DROP, XDP_PASS};
 
 /// A freshly loaded program with its own (unpinned) maps.
 pub struct Kernel {
@@ -67,7 +66,8 @@ impl Kernel {
         arr.get(&0, 0).expect("read budget")[0]
     }
 
-    pub fn counters(&self) -> [Counter; Reason::ALL.len()] {
+    /// `SG_STATS`: indexed by `Reason as usize`, then `STATS_DROPPED`.
+    pub fn counters(&self) -> [Counter; STATS_SLOTS as usize] {
         self.maps.stats().expect("read stats")
     }
 }

@@ -168,6 +168,11 @@ fn monitor_mode_passes_everything_but_counts() {
     daemon.ok(&["mode", "enforce"]);
     udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 30, 2);
     assert_eq!(drain(&rx), 0, "enforce mode drops again without reloading");
+    // Regression: `dropped` was derived from the reason counters and the current mode, so
+    // switching back to enforce counted the monitor-era would-be drops as dropped.
+    let enforced = daemon.json(&["stats", "--json"]);
+    let dropped = |s: &serde_json::Value| s["dropped"]["packets"].as_u64().expect("dropped");
+    assert_eq!(dropped(&enforced) - dropped(&before), 30, "only packets really dropped count");
 }
 
 #[test]

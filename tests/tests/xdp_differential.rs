@@ -17,7 +17,7 @@ use secgate_common::{
         DatapathConfig, DenyEntry, FLAG_PASS_MALFORMED, LimitKey, MODE_MONITOR, RateRule,
         SourceState,
     },
-    model::{self, Parsed, Tables},
+    model::{self, Tables},
     net::*,
     verdict::{Action, Reason},
 };
@@ -196,25 +196,6 @@ fn random_frame(rng: &mut StdRng, sources: &[IpAddr]) -> Vec<u8> {
     frame
 }
 
-/// The limiter bucket `frame` touches in the model, if it reaches the limiter.
-fn bucket(
-    cfg: &DatapathConfig,
-    tables: &ModelTables,
-    frame: &[u8],
-    now: u64,
-) -> Option<secgate_common::maps::BucketKey> {
-    let Parsed::Ip(pkt) = model::parse(frame) else {
-        return None;
-    };
-    if tables.allowed(pkt.family, &pkt.src)
-        || tables.denied(pkt.family, &pkt.src).is_some_and(|e| e.active(now))
-    {
-        return None;
-    }
-    let (limit, rule) = model::select_rule(cfg, tables, &pkt);
-    (!rule.is_unlimited()).then(|| model::bucket_key(cfg, &pkt, limit))
-}
-
 fn moved_reason(
     before: &[secgate_common::maps::Counter],
     after: &[secgate_common::maps::Counter],
@@ -277,9 +258,7 @@ fn kernel_matches_model() {
                 o1.verdict,
                 ctx()
             );
-            if let Some(key) =
-                bucket(&cfg, &tables, &frame, t0).or_else(|| bucket(&cfg, &tables, &frame, t1))
-            {
+            if let Some(key) = o0.bucket.or(o1.bucket) {
                 limited += 1;
                 let k = kernel.maps.source(&key).unwrap();
                 let (s0, s1) = (m0.source(&key), m1.source(&key));

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use secgate_common::{
-    maps::{DatapathConfig, DenyEntry, LimitKey, MODE_MONITOR, RateRule},
+    maps::{DatapathConfig, DenyEntry, LimitKey, MODE_MONITOR, RateRule, STATS_DROPPED},
     model::prefix_mask,
     net::*,
     verdict::Reason,
@@ -275,12 +275,18 @@ fn setup(kernel: &mut Kernel) {
     kernel.maps.set_limit(key, RateRule::from_rate(1, 1)).unwrap();
 }
 
-/// Runs `frame` and asserts the action and that exactly `reason`'s counter moved by one.
+/// Runs `frame` and asserts the action, that exactly `reason`'s counter moved by one, and
+/// that the dropped counter moved exactly when the frame was dropped.
 fn expect(kernel: &Kernel, name: &str, frame: &[u8], action: u32, reason: Reason) {
     let before = kernel.counters();
     let got = kernel.run(frame);
     let after = kernel.counters();
     assert_eq!(got, action, "{name}: action");
+    let dropped = STATS_DROPPED as usize;
+    let dropped_moved = after[dropped].packets - before[dropped].packets;
+    assert_eq!(dropped_moved, u64::from(action == XDP_DROP), "{name}: dropped counter");
+    let dropped_bytes = after[dropped].bytes - before[dropped].bytes;
+    assert_eq!(dropped_bytes, dropped_moved * frame.len() as u64, "{name}: dropped bytes");
     for r in Reason::ALL {
         let moved = after[r as usize].packets - before[r as usize].packets;
         let want = u64::from(r == reason);
@@ -355,8 +361,9 @@ fn every_shared_map_name_is_in_the_object() {
     }
     for (name, map) in bpf.maps() {
         let info = map_info(map);
-        let want = secgate::maps::layout(name).expect("layout known");
-        assert_eq!((info.key_size(), info.value_size()), want, "layout of {name}");
+        let (key, value, capacity) = secgate::maps::layout(name).expect("layout known");
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        assert_eq!(found, (key, value, capacity.unwrap_or(found.2)), "layout of {name}");
     }
     assert_eq!(
         bpf.maps().count(),

@@ -29,10 +29,12 @@ pub trait Tables {
     fn event_budget(&mut self) -> &mut u64;
 }
 
-/// Verdict plus the event the packet raised, if any.
+/// Verdict plus the limiter bucket the packet was counted against and the event it raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub verdict: Verdict,
+    /// Set when the packet reached a limited bucket (whether it passed or not).
+    pub bucket: Option<BucketKey>,
     pub event: Option<OverLimitEvent>,
 }
 
@@ -43,12 +45,12 @@ pub fn decide(
     frame: &[u8],
     now_ns: u64,
 ) -> Outcome {
-    let (reason, event) = match parse(frame) {
-        Parsed::NonIp => (Reason::NonIp, None),
-        Parsed::Malformed => (Reason::Malformed, None),
+    let (reason, bucket, event) = match parse(frame) {
+        Parsed::NonIp => (Reason::NonIp, None, None),
+        Parsed::Malformed => (Reason::Malformed, None, None),
         Parsed::Ip(pkt) => judge(cfg, tables, &pkt, now_ns),
     };
-    Outcome { verdict: verdict(cfg, reason), event }
+    Outcome { verdict: verdict(cfg, reason), bucket, event }
 }
 
 /// Turns a reason into an action under the configured mode and flags.
@@ -64,41 +66,49 @@ fn judge(
     tables: &mut impl Tables,
     pkt: &Packet,
     now_ns: u64,
-) -> (Reason, Option<OverLimitEvent>) {
+) -> (Reason, Option<BucketKey>, Option<OverLimitEvent>) {
     if tables.allowed(pkt.family, &pkt.src) {
-        return (Reason::Allow, None);
+        return (Reason::Allow, None, None);
     }
     if let Some(entry) = tables.denied(pkt.family, &pkt.src)
         && entry.active(now_ns)
     {
-        return (Reason::Deny, None);
+        return (Reason::Deny, None, None);
     }
     let (limit, rule) = select_rule(cfg, tables, pkt);
     if rule.is_unlimited() {
-        return (Reason::Pass, None);
+        return (Reason::Pass, None, None);
     }
     let key = bucket_key(cfg, pkt, limit);
-    let Some(mut state) = tables.source(&key) else {
+    let (reason, event) = limit_bucket(cfg, tables, &key, &rule, now_ns);
+    (reason, Some(key), event)
+}
+
+/// One GCRA step on `key`'s bucket, creating it on first sight.
+fn limit_bucket(
+    cfg: &DatapathConfig,
+    tables: &mut impl Tables,
+    key: &BucketKey,
+    rule: &RateRule,
+    now_ns: u64,
+) -> (Reason, Option<OverLimitEvent>) {
+    let Some(mut state) = tables.source(key) else {
         let fresh = SourceState { tat_ns: now_ns + rule.interval_ns, last_event_ns: 0 };
-        tables.set_source(&key, fresh);
+        tables.set_source(key, fresh);
         return (Reason::Pass, None);
     };
     match rule.admit(state.tat_ns, now_ns) {
         Some(tat) => {
             state.tat_ns = tat;
-            tables.set_source(&key, state);
+            tables.set_source(key, state);
             (Reason::Pass, None)
         }
-        None => (Reason::Rate, over_limit_event(cfg, tables, &key, state, now_ns)),
+        None => (Reason::Rate, over_limit_event(cfg, tables, key, state, now_ns)),
     }
 }
 
 /// The first override present among the packet's candidates, else the default limit.
-pub fn select_rule(
-    cfg: &DatapathConfig,
-    tables: &impl Tables,
-    pkt: &Packet,
-) -> (LimitKey, RateRule) {
+fn select_rule(cfg: &DatapathConfig, tables: &impl Tables, pkt: &Packet) -> (LimitKey, RateRule) {
     if let Some(l4) = pkt.l4
         && pkt.proto < 64
         && cfg.override_protos & (1 << pkt.proto) != 0
