@@ -48,6 +48,20 @@ impl RateRule {
         let tat = if tat_ns > now_ns { tat_ns } else { now_ns };
         if tat - now_ns > self.tolerance_ns { None } else { Some(tat + self.interval_ns) }
     }
+
+    /// The TAT as this rule sees it at `now_ns`. Under one rule the TAT never runs further
+    /// ahead than `now + tolerance + interval`; one further ahead was left by an earlier, more
+    /// generous rule (say a burst of thousands) and would hold the source back until it came
+    /// due, minutes after the operator changed the rule. Bringing it back to that horizon
+    /// judges the source as one that has just spent its whole burst under the current rule,
+    /// so a changed rate or burst binds from the next packet. It never admits a packet by
+    /// itself, so a CPU whose clock read precedes another CPU's update cannot slip one
+    /// through; and it is monotonic in `now`, like GCRA itself.
+    #[inline(always)]
+    pub const fn rebase(&self, tat_ns: u64, now_ns: u64) -> u64 {
+        let horizon = now_ns.saturating_add(self.tolerance_ns).saturating_add(self.interval_ns);
+        if tat_ns > horizon { horizon } else { tat_ns }
+    }
 }
 
 const fn clamp(v: u64, lo: u64, hi: u64) -> u64 {
@@ -83,7 +97,67 @@ mod tests {
         assert!(RateRule::UNLIMITED.is_unlimited());
     }
 
+    #[test]
+    fn a_changed_rule_binds_on_the_next_packet() {
+        // Regression: a source that spent a generous burst under the old rule (TAT far ahead)
+        // was held back until that TAT came due, minutes after the operator raised its rate.
+        let old = RateRule::from_rate(1, 1000);
+        let mut now = 1_000_000_000;
+        let mut tat = 0;
+        for _ in 0..1000 {
+            tat = old.admit(tat, now).expect("within the old burst");
+        }
+        assert!(tat > now + 900 * 1_000_000_000, "the old rule left the TAT far ahead");
+        let new = RateRule::from_rate(1000, 10);
+        let tat = new.rebase(tat, now);
+        assert_eq!(new.admit(tat, now), None, "judged as a source that has spent its new burst");
+        now += new.interval_ns;
+        assert!(new.admit(new.rebase(tat, now), now).is_some(), "one new interval later it passes");
+    }
+
     proptest::proptest! {
+        /// After any rule change, a sender waits at most one interval of the new rule from its
+        /// first packet, and then gets no more than the new rule's burst at once.
+        #[test]
+        fn new_rule_applies_from_the_next_interval(
+            old_pps in 1u64..10_000, old_burst in 1u64..5000,
+            pps in 1u64..100_000, burst in 1u64..1000, warmup in 0usize..6000,
+        ) {
+            let (old, new) = (RateRule::from_rate(old_pps, old_burst), RateRule::from_rate(pps, burst));
+            let start = 5_000_000_000u64;
+            let mut tat = 0u64;
+            for _ in 0..warmup {
+                if let Some(t) = old.admit(tat, start) { tat = t; }
+            }
+            // The first packet after the change, and if it is over the new limit (its rebased
+            // TAT is kept), a retry one new interval later.
+            let base = new.rebase(tat, start);
+            let retry = start + new.interval_ns;
+            let (now, admitted) = match new.admit(base, start) {
+                Some(t) => (start, Some(t)),
+                None => (retry, new.admit(new.rebase(base, retry), retry)),
+            };
+            proptest::prop_assert!(admitted.is_some(), "held back past one new interval");
+            let mut tat = admitted.unwrap();
+            let mut passed = 1u64;
+            for i in 1..=2 * burst {
+                if let Some(t) = new.admit(new.rebase(tat, now + i), now + i) { tat = t; passed += 1; }
+            }
+            proptest::prop_assert!(passed <= burst + 1, "passed {passed} > burst {burst} + 1");
+        }
+
+        /// Under one rule, rebasing never moves the TAT, whatever the traffic.
+        #[test]
+        fn rebase_is_a_no_op_under_one_rule(pps in 1u64..100_000, burst in 1u64..1000, gaps in proptest::collection::vec(0u64..2_000_000, 1..500)) {
+            let rule = RateRule::from_rate(pps, burst);
+            let (mut now, mut tat) = (5_000_000_000u64, 0u64);
+            for gap in gaps {
+                now += gap;
+                proptest::prop_assert_eq!(rule.rebase(tat, now), tat);
+                if let Some(t) = rule.admit(tat, now) { tat = t; }
+            }
+        }
+
         /// Over any window, a saturating sender gets at most `rate * window + burst` through.
         #[test]
         fn never_exceeds_rate_plus_burst(pps in 1u64..100_000, burst in 1u64..1000, gaps in proptest::collection::vec(0u64..2_000_000, 1..2000)) {

@@ -16,13 +16,17 @@ pub const DENY_V6: &str = "SG_DENY_V6";
 /// Name of the `LruHashMap<BucketKey, SourceState>` of per-source limiter state.
 pub const SOURCES: &str = "SG_SOURCES";
 /// Name of the `PerCpuArray<Counter>`: one slot per [`crate::verdict::Reason`], then
-/// [`STATS_DROPPED`].
+/// [`STATS_DROPPED`] and [`STATS_NEW_BUCKETS`].
 pub const STATS: &str = "SG_STATS";
 /// `SG_STATS` slot of packets actually dropped. The reason slots count would-be drops in
 /// monitor mode too, so drops cannot be derived from them and the current mode.
 pub const STATS_DROPPED: u32 = crate::verdict::REASON_COUNT;
+/// `SG_STATS` slot of packets that created a limiter bucket (`packets` only; `bytes` stays
+/// 0). Counting inserts lets the daemon report how many sources it tracks without walking
+/// the LRU map, which costs a syscall per entry and may never end while entries churn.
+pub const STATS_NEW_BUCKETS: u32 = STATS_DROPPED + 1;
 /// Number of `SG_STATS` slots.
-pub const STATS_SLOTS: u32 = STATS_DROPPED + 1;
+pub const STATS_SLOTS: u32 = STATS_NEW_BUCKETS + 1;
 /// Name of the ring buffer of [`OverLimitEvent`]s.
 pub const EVENTS: &str = "SG_EVENTS";
 /// Name of the `PerCpuArray<u64>` holding each CPU's event-budget GCRA state.
@@ -50,6 +54,9 @@ pub const MODE_MONITOR: u32 = 1;
 
 /// `DatapathConfig::flags`: pass (but count) malformed packets instead of dropping them.
 pub const FLAG_PASS_MALFORMED: u32 = 1;
+/// `DatapathConfig::flags`: drop non-first IP fragments (reason `fragment`) instead of
+/// limiting them with `fragment_rule`.
+pub const FLAG_DROP_FRAGMENTS: u32 = 2;
 
 /// Address family tags used in keys and events.
 pub const FAMILY_V4: u8 = 4;
@@ -88,6 +95,10 @@ pub struct DatapathConfig {
     pub event_interval_ns: u64,
     /// Per-CPU budget for over-limit events, so a flood of sources cannot flood the daemon.
     pub event_budget: RateRule,
+    /// Limit for non-first fragments, counted in their own bucket per source: they carry no
+    /// ports, so no port override can match them, and without a bucket of their own a
+    /// fragment flood would pass wherever only overrides are set.
+    pub fragment_rule: RateRule,
 }
 
 /// Which limit applies: protocol, destination port (0 = any) and SYN-only.
@@ -105,6 +116,10 @@ pub struct LimitKey {
 
 impl LimitKey {
     pub const DEFAULT: LimitKey = LimitKey { port: 0, proto: 0, syn_only: 0 };
+    /// The bucket of non-first fragments. Overrides only name TCP, UDP and ICMP, so the
+    /// fragment header's protocol number cannot collide with one.
+    pub const FRAGMENTS: LimitKey =
+        LimitKey { port: 0, proto: crate::net::IPPROTO_FRAGMENT, syn_only: 0 };
 }
 
 /// Key of a per-source limiter bucket: the masked source plus the limit it is counted against.
@@ -137,6 +152,10 @@ pub struct AllowEntry {
 }
 
 /// Value of a denylist entry.
+///
+/// The kernel reads only the longest prefix that matches a source, so the daemon writes each
+/// entry with the expiry of the longest-lasting ban among itself and every prefix covering it
+/// ([`DenyEntry::outlasting`]): a short ban inside a longer one never hides the longer one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyEntry {
@@ -153,6 +172,17 @@ impl DenyEntry {
     /// Whether the entry still drops at `now_ns`.
     pub const fn active(&self, now_ns: u64) -> bool {
         self.permanent() || now_ns < self.expires_ns
+    }
+
+    /// Whichever of the two drops for longer (a permanent entry outlasts any other).
+    pub const fn outlasting(self, other: DenyEntry) -> DenyEntry {
+        if self.permanent() || other.permanent() {
+            DenyEntry { expires_ns: 0 }
+        } else if self.expires_ns >= other.expires_ns {
+            self
+        } else {
+            other
+        }
     }
 }
 

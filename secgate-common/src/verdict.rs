@@ -16,15 +16,28 @@ pub enum Reason {
     Rate = 4,
     /// Truncated or malformed Ethernet/VLAN/IP/L4 header.
     Malformed = 5,
+    /// Non-first IP fragment, dropped because `fragment_limit = "drop"`.
+    Fragment = 6,
+    /// Let through because other CPUs kept winning the race for the source's bucket: not a
+    /// plain pass, so an operator can see when contention (not the limit) decided.
+    Contended = 7,
 }
 
 /// Number of [`Reason`]s, i.e. entries in the `STATS` map.
-pub const REASON_COUNT: u32 = 6;
+pub const REASON_COUNT: u32 = 8;
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; REASON_COUNT as usize] =
-        [Reason::Pass, Reason::NonIp, Reason::Allow, Reason::Deny, Reason::Rate, Reason::Malformed];
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Pass,
+        Reason::NonIp,
+        Reason::Allow,
+        Reason::Deny,
+        Reason::Rate,
+        Reason::Malformed,
+        Reason::Fragment,
+        Reason::Contended,
+    ];
 
     /// Stable lower-case name used in stats output and metrics labels.
     pub const fn name(self) -> &'static str {
@@ -35,12 +48,14 @@ impl Reason {
             Reason::Deny => "deny",
             Reason::Rate => "rate",
             Reason::Malformed => "malformed",
+            Reason::Fragment => "fragment",
+            Reason::Contended => "contended",
         }
     }
 
     /// Whether enforce mode drops a packet for this reason.
     pub const fn drops(self) -> bool {
-        matches!(self, Reason::Deny | Reason::Rate | Reason::Malformed)
+        matches!(self, Reason::Deny | Reason::Rate | Reason::Malformed | Reason::Fragment)
     }
 }
 

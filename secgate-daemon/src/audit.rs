@@ -1,5 +1,6 @@
-//! The audit trail of control changes: one JSON object per line, appended, with the caller's
-//! uid and the time. Written by a serializer, never by string concatenation.
+//! The audit trail of policy changes: one JSON object per line, appended, with the caller
+//! (an operator's uid, the config, the escalation rule…) and the time. Written by a
+//! serializer, never by string concatenation.
 
 use std::{
     fs::{File, OpenOptions},
@@ -19,9 +20,10 @@ pub struct Audit {
 }
 
 #[derive(Serialize)]
-struct Entry<'a, R: Serialize> {
+struct Entry<'a, C: Serialize, R: Serialize> {
     time: String,
-    uid: u32,
+    #[serde(flatten)]
+    caller: &'a C,
     action: &'a str,
     request: &'a R,
     ok: bool,
@@ -39,18 +41,18 @@ impl Audit {
         Ok(Audit { path: path.to_owned(), file: Mutex::new(file) })
     }
 
-    /// Appends one entry. A failing audit write is logged loudly but does not undo the change
-    /// it records: the change has already happened.
-    pub fn record<R: Serialize>(
+    /// Appends one entry; `caller` is flattened into it. A failing audit write is logged
+    /// loudly but does not undo the change it records: the change has already happened.
+    pub fn record(
         &self,
-        uid: u32,
+        caller: &impl Serialize,
         action: &str,
-        request: &R,
+        request: &impl Serialize,
         result: Result<(), &str>,
     ) {
         let entry = Entry {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            uid,
+            caller,
             action,
             request,
             ok: result.is_ok(),

@@ -1,7 +1,10 @@
-//! secgate daemon library: config, datapath loading, map access, policy and the control
-//! plane. `main.rs` is only glue around these.
+//! secgate daemon library: config, datapath loading, map access, the policy and the one
+//! service layer that changes it, and the control plane. `main.rs` is only glue.
+//!
+//! Data flows one way: config → daemon → service → policy → maps → XDP.
 
 pub mod audit;
+pub mod bans;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -9,12 +12,15 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod link_watch;
+pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod policy;
 pub mod render;
-pub mod shared;
+pub mod service;
 pub mod state;
+pub mod views;
 
 /// The XDP object built from `secgate-ebpf` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/secgate"));

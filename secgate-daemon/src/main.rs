@@ -8,7 +8,9 @@ use secgate::{
     cli::{AllowCommand, BanCommand, Cli, Command, LimitCommand, RemoteCommand, rate},
     config::{Config, ConfigError},
     control::{DEFAULT_SOCKET, client, proto::Request},
-    daemon, datapath, render,
+    daemon, datapath,
+    lock::InstanceLock,
+    render,
     state::StateFile,
 };
 use serde::de::DeserializeOwned;
@@ -127,13 +129,21 @@ fn request(command: RemoteCommand) -> Call {
     }
 }
 
-/// Removes links, pins and the state file: the host is left as before secgate.
+/// Removes links, pins and the state file: the host is left as before secgate. Refused while
+/// a daemon holds the instance lock.
 fn detach(config: &Path) -> anyhow::Result<ExitCode> {
     let config = match load_config(config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let detached = datapath::detach(&config.datapath.pin_path)?;
+    let pin_path = &config.datapath.pin_path;
+    if !pin_path.exists() && !StateFile::new(&config.state_dir).path().exists() {
+        println!("nothing to detach: {} does not exist", pin_path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lock = InstanceLock::acquire(pin_path, &config.state_dir)
+        .context("refusing to detach: stop the daemon first (`systemctl stop secgate`)")?;
+    let detached = datapath::detach(pin_path, &lock)?;
     let state = StateFile::new(&config.state_dir);
     let removed = state.remove()?;
     println!("detached from {} interface(s): {}", detached.len(), detached.join(", "));

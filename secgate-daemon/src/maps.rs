@@ -12,6 +12,8 @@ use secgate_common::maps::{
     SourceState,
 };
 
+use crate::bans::Write;
+
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -69,6 +71,8 @@ pub struct DatapathMaps {
     allow: Tries<AllowEntry>,
     deny: Tries<DenyEntry>,
     sources: HashMap<MapData, BucketKey, SourceState>,
+    /// `SG_SOURCES`'s capacity as loaded (a reused pin keeps its own).
+    sources_capacity: u32,
     stats: PerCpuArray<MapData, Counter>,
 }
 
@@ -93,6 +97,8 @@ fn is_full(err: &MapError) -> bool {
 impl DatapathMaps {
     /// Takes the maps out of a loaded object (the program keeps its own references).
     pub fn take(bpf: &mut Ebpf) -> Result<DatapathMaps> {
+        let sources: HashMap<MapData, BucketKey, SourceState> = convert(bpf, names::SOURCES)?;
+        let sources_capacity = sources_info(&sources).map_err(wrap(names::SOURCES))?.max_entries();
         Ok(DatapathMaps {
             config: convert(bpf, names::CONFIG)?,
             limits: convert(bpf, names::LIMITS)?,
@@ -108,7 +114,8 @@ impl DatapathMaps {
                 names: [names::DENY_V4, names::DENY_V6],
                 capacity: names::MAX_DENY,
             },
-            sources: convert(bpf, names::SOURCES)?,
+            sources,
+            sources_capacity,
             stats: convert(bpf, names::STATS)?,
         })
     }
@@ -165,6 +172,19 @@ impl DatapathMaps {
         self.deny.remove(net)
     }
 
+    /// Applies the deny-trie writes of a [`crate::bans::Bans`] change, in order.
+    pub fn write_deny(&mut self, writes: &[Write]) -> Result<()> {
+        for w in writes {
+            match *w {
+                Write::Set(net, entry) => self.set_deny(net, entry)?,
+                Write::Remove(net) => {
+                    self.remove_deny(net)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn source(&self, key: &BucketKey) -> Result<Option<SourceState>> {
         match self.sources.get(key, 0) {
             Ok(v) => Ok(Some(v)),
@@ -173,15 +193,13 @@ impl DatapathMaps {
         }
     }
 
-    pub fn set_source(&mut self, key: &BucketKey, state: &SourceState) -> Result<()> {
-        self.sources.insert(key, state, 0).map_err(wrap(names::SOURCES))
+    pub fn sources_capacity(&self) -> u32 {
+        self.sources_capacity
     }
 
-    /// Number of live limiter buckets (walks the map; for status and metrics, not hot paths).
-    pub fn source_count(&self) -> usize {
-        self.sources.keys().filter(|k| k.is_ok()).count()
-    }
-
+    /// Empties the limiter map. Walks it, which may never end while packets churn the LRU:
+    /// for tests that drive the program themselves, never for the daemon.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn clear_sources(&mut self) -> Result<()> {
         let keys: Vec<BucketKey> = self.sources.keys().filter_map(|k| k.ok()).collect();
         for key in keys {
@@ -202,6 +220,12 @@ impl DatapathMaps {
         }
         Ok(out)
     }
+}
+
+fn sources_info(
+    map: &HashMap<MapData, BucketKey, SourceState>,
+) -> std::result::Result<aya::maps::MapInfo, MapError> {
+    aya::maps::IterableMap::map(map).info()
 }
 
 fn is_not_found(err: &MapError) -> bool {

@@ -1,5 +1,6 @@
-//! Prometheus text metrics on a local admin listener. Values are read from the maps and the
-//! shared counters at scrape time by a collector, so a scrape always shows the live state.
+//! Prometheus text metrics on a local admin listener. Values are read through the service at
+//! scrape time by a collector, so a scrape always shows the live state; no value walks a
+//! map, so a scrape costs the same with one source or a million.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -16,11 +17,11 @@ use prometheus_client::{
 };
 use tracing::{info, warn};
 
-use crate::shared::Shared;
+use crate::service::Service;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-struct DaemonCollector(Arc<Shared>);
+struct DaemonCollector(Arc<Service>);
 
 impl std::fmt::Debug for DaemonCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,13 +48,9 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std
 
 impl Collector for DaemonCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let shared = &self.0;
-        let (stats, status) = {
-            let p = shared.policy();
-            (p.stats().ok(), p.status().ok())
-        };
-        if let Some(stats) = stats {
-            let by = |f: fn(&crate::policy::Traffic) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
+        let service = &self.0;
+        if let Ok(stats) = service.stats() {
+            let by = |f: fn(&crate::views::Traffic) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
                 stats.reasons.iter().map(|(r, t)| (vec![("reason", r.clone())], f(t))).collect()
             };
             counter(
@@ -81,7 +78,7 @@ impl Collector for DaemonCollector {
                 i64::from(stats.mode == crate::config::Mode::Monitor),
             )?;
         }
-        if let Some(s) = status {
+        if let Ok(s) = service.status() {
             gauge(&mut enc, "secgate_bans_active", "Active denylist entries", s.bans as i64)?;
             gauge(&mut enc, "secgate_allow_entries", "Allowlist entries", s.allow as i64)?;
             gauge(
@@ -93,24 +90,78 @@ impl Collector for DaemonCollector {
             gauge(
                 &mut enc,
                 "secgate_sources_tracked",
-                "Limiter buckets in use (SG_SOURCES occupancy)",
+                "Limiter buckets in use (buckets created, capped at the map's capacity)",
                 s.sources as i64,
             )?;
+            counter(
+                &mut enc,
+                "secgate_source_buckets_created",
+                "Limiter buckets the XDP program created (new sources seen)",
+                &[(vec![], s.buckets_created)],
+            )?;
+            let attached = s.attachments.iter().filter(|a| a.state == "attached").count();
             gauge(
                 &mut enc,
                 "secgate_interfaces_attached",
-                "Interfaces with the XDP program attached",
-                s.attachments.len() as i64,
+                "Configured interfaces with the XDP program attached",
+                attached as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "secgate_interfaces_waiting",
+                "Configured interfaces that do not exist (yet)",
+                (s.attachments.len() - attached) as i64,
             )?;
         }
-        let events = shared.events().total;
+        let journal = service.journal_stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        counter(
+            &mut enc,
+            "secgate_state_commits",
+            "State-file writes (each one fsync'd; concurrent changes share one)",
+            &[(vec![], load(&journal.commits))],
+        )?;
+        counter(
+            &mut enc,
+            "secgate_state_committed_changes",
+            "Policy changes carried by those writes",
+            &[(vec![], load(&journal.committed_changes))],
+        )?;
+        counter(
+            &mut enc,
+            "secgate_state_commit_failures",
+            "State-file writes that failed (the changes stayed in force)",
+            &[(vec![], load(&journal.failures))],
+        )?;
+        let changes: Vec<(Vec<(&str, String)>, u64)> = service
+            .changes()
+            .into_iter()
+            .map(|((action, caller, ok), n)| {
+                let outcome = if ok { "ok" } else { "error" };
+                (
+                    vec![
+                        ("action", action.into()),
+                        ("caller", caller.into()),
+                        ("outcome", outcome.into()),
+                    ],
+                    n,
+                )
+            })
+            .collect();
+        counter(
+            &mut enc,
+            "secgate_policy_changes",
+            "Policy changes through the service layer, by action, caller and outcome",
+            &changes,
+        )?;
+        let events = service.events().total;
         counter(
             &mut enc,
             "secgate_overlimit_events",
             "Over-limit events received from the datapath",
             &[(vec![], events)],
         )?;
-        let actions: Vec<(Vec<(&str, String)>, u64)> = shared
+        let actions: Vec<(Vec<(&str, String)>, u64)> = service
             .actions()
             .into_iter()
             .map(|((action, ok), n)| {
@@ -127,9 +178,9 @@ impl Collector for DaemonCollector {
 }
 
 /// Serves `GET /metrics` on `addr` until the process exits.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(DaemonCollector(shared)));
+    registry.register_collector(Box::new(DaemonCollector(service)));
     let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(%addr, "metrics endpoint ready");

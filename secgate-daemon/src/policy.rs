@@ -1,37 +1,38 @@
-//! The running policy: the config plus run-time changes, kept in the maps and in the state
-//! file.
+//! The running policy: the config plus run-time changes, held in memory and projected onto
+//! the maps. Memory is the truth; the maps are written from it and never walked on a hot
+//! path, so `status`, `ban list` and the sweeper cost nothing per tracked source or ban.
 //!
-//! A run-time change is saved to the state file first and then written to the maps; if the
-//! maps refuse it, the previous state is restored in both, so a change is never left
-//! half-applied. At start and on reload the maps are reconciled with config + state: missing
-//! entries are written, stale ones removed.
+//! Only [`crate::service::Service`] holds a `Policy`: it serialises changes, persists them
+//! and audits them. At start the maps are reconciled with config + saved state (missing
+//! entries written, stale ones removed); when there was no usable state file, entries the
+//! pinned maps hold beyond the config are adopted rather than deleted.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    time::{Duration, SystemTime},
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 use secgate_common::{
-    maps::{Counter, DenyEntry, LimitKey, RateRule, STATS_DROPPED},
+    maps::{Counter, LimitKey, MAX_DENY, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS},
     verdict::Reason,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
-    clock::{deadline, monotonic_ns},
+    bans::{Ban, Bans},
+    clock::{Anchor, Clock, after},
     config::{DatapathSettings, Mode, Override, Rate, Selector},
-    datapath::{Attachment, Datapath, DatapathError},
+    datapath::{Datapath, DatapathError},
     maps::MapsError,
-    state::{Runtime, StateError, StateFile, StoredBan, unix_ms},
+    state::{Loaded, Runtime, StoredBan},
+    views::{BanView, LimitsView, StatsView, StatusView, Traffic},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(transparent)]
     Maps(#[from] MapsError),
-    #[error(transparent)]
-    State(#[from] StateError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error("{0}")]
@@ -40,80 +41,151 @@ pub enum PolicyError {
 
 type Result<T> = std::result::Result<T, PolicyError>;
 
-/// A ban as `ban list` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct BanView {
-    pub cidr: IpNet,
-    /// Seconds until the ban lapses; `None` for a permanent ban.
-    pub expires_in_secs: Option<f64>,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LimitsView {
-    pub default: Option<Rate>,
-    pub overrides: Vec<Override>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StatsView {
-    pub mode: Mode,
-    /// Counters per verdict reason (`pass`, `non_ip`, `allow`, `deny`, `rate`, `malformed`).
-    pub reasons: BTreeMap<String, Traffic>,
-    /// Packets actually dropped (none while in monitor mode).
-    pub dropped: Traffic,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StatusView {
-    pub mode: Mode,
-    pub attachments: Vec<Attachment>,
-    pub pin_path: String,
-    pub bans: usize,
-    pub allow: usize,
-    pub overrides: usize,
-    pub sources: usize,
-    pub uptime_secs: u64,
-}
-
 pub struct Policy {
-    pub datapath: Datapath,
+    datapath: Datapath,
     settings: DatapathSettings,
-    runtime: Runtime,
-    state: StateFile,
-    started: std::time::Instant,
+    bans: Bans,
+    /// Allow entries added at run time (the config's are in `settings`).
+    allow: BTreeSet<IpNet>,
+    /// Set by `secgate mode`; `None` follows the config.
+    mode: Option<Mode>,
+    /// Set by `secgate limit`; `None` follows the config.
+    limits: Option<LimitsView>,
+    clock: Arc<dyn Clock>,
+    anchor: Anchor,
+    started: Instant,
+    /// A map write failed midway: the next sweep rewrites the deny tries from memory.
+    deny_stale: bool,
 }
 
 impl Policy {
-    /// Restores the saved run-time state and reconciles the maps with config + state. A
-    /// corrupt state file is not fatal: it is moved aside and returned as a warning.
+    /// Restores the saved run-time state and reconciles the maps with config + state.
+    /// Returns warnings for the log (state that was discarded, entries adopted).
     pub fn start(
         datapath: Datapath,
         settings: DatapathSettings,
-        state: StateFile,
-    ) -> Result<(Policy, Option<StateError>)> {
-        let (runtime, warning) = state.load();
-        let mut p =
-            Policy { datapath, settings, runtime, state, started: std::time::Instant::now() };
+        loaded: Loaded,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Policy, Vec<String>)> {
+        let anchor = Anchor::take(clock.as_ref());
+        let mut p = Policy {
+            datapath,
+            settings,
+            bans: Bans::default(),
+            allow: BTreeSet::new(),
+            mode: None,
+            limits: None,
+            clock,
+            anchor,
+            started: Instant::now(),
+            deny_stale: false,
+        };
+        let mut warnings = Vec::new();
+        match loaded {
+            Loaded::Saved(runtime) => p.restore(runtime),
+            Loaded::Missing => warnings.extend(p.adopt("there was no state file")?),
+            Loaded::Discarded(err) => {
+                warnings.push(err.to_string());
+                warnings.extend(p.adopt("the state file was unusable")?);
+            }
+        }
+        warnings.extend(p.settings.warnings());
+        p.bans.set_config(&p.settings.deny.iter().copied().collect());
         p.reconcile()?;
-        Ok((p, warning))
+        Ok((p, warnings))
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.monotonic_ns()
+    }
+
+    /// Takes saved state. Expiries from this boot are used as saved; from another boot they
+    /// are converted from wall time, once, here.
+    fn restore(&mut self, r: Runtime) {
+        let same_boot = r.boot_id.is_some() && r.boot_id == self.anchor.boot_id;
+        let now = self.now();
+        for (net, b) in r.bans {
+            let expires_ns = match (b.expires_mono_ns, b.expires_unix_ms) {
+                (Some(mono), _) if same_boot => Some(mono),
+                (_, Some(ms)) => Some(self.anchor.to_monotonic_ns(ms)),
+                (_, None) => None,
+            };
+            if expires_ns.is_none_or(|e| e > now) {
+                self.bans.ban(net, Ban { expires_ns, reason: b.reason });
+            }
+        }
+        self.allow = r.allow;
+        self.mode = r.mode;
+        self.limits = r.limits;
+    }
+
+    /// Without a usable state file, bans and allow entries the pinned maps hold beyond the
+    /// config are kept as dynamic ones: an unreadable file must not lift a ban.
+    fn adopt(&mut self, why: &str) -> Result<Vec<String>> {
+        if !self.datapath.reused() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let mut adopted = 0;
+        for (net, entry) in self.datapath.maps.deny()? {
+            if self.settings.deny.contains(&net) || !entry.active(now) {
+                continue;
+            }
+            let expires_ns = (!entry.permanent()).then_some(entry.expires_ns);
+            let reason = format!("adopted from the pinned maps ({why})");
+            self.bans.ban(net, Ban { expires_ns, reason });
+            adopted += 1;
+        }
+        for (net, _) in self.datapath.maps.allow()? {
+            if !self.settings.allow.contains(&net) && self.allow.insert(net) {
+                adopted += 1;
+            }
+        }
+        Ok((adopted > 0)
+            .then(|| {
+                format!("{why}: kept {adopted} ban(s) and allow entries from the pinned maps as dynamic ones; check them with `secgate ban list` and `secgate allow list`")
+            })
+            .into_iter()
+            .collect())
+    }
+
+    /// The run-time state to save, expiries converted with the start anchor.
+    pub fn runtime(&self) -> Runtime {
+        let bans = self
+            .bans
+            .dynamics()
+            .map(|(net, b)| {
+                let stored = StoredBan {
+                    expires_unix_ms: b.expires_ns.map(|e| self.anchor.to_unix_ms(e)),
+                    expires_mono_ns: b.expires_ns,
+                    reason: b.reason.clone(),
+                };
+                (*net, stored)
+            })
+            .collect();
+        Runtime {
+            version: 0,
+            boot_id: self.anchor.boot_id.clone(),
+            mode: self.mode,
+            limits: self.limits.clone(),
+            bans,
+            allow: self.allow.clone(),
+        }
     }
 
     pub fn mode(&self) -> Mode {
-        self.runtime.mode.unwrap_or(self.settings.mode)
+        self.mode.unwrap_or(self.settings.mode)
     }
 
     pub fn limits(&self) -> LimitsView {
-        self.runtime.limits.clone().unwrap_or_else(|| LimitsView {
+        self.limits.clone().unwrap_or_else(|| LimitsView {
             default: self.settings.default_limit,
             overrides: self.settings.limits.clone(),
         })
+    }
+
+    pub fn settings(&self) -> &DatapathSettings {
+        &self.settings
     }
 
     fn write_config(&mut self) -> Result<()> {
@@ -151,7 +223,7 @@ impl Policy {
 
     fn reconcile_allow(&mut self) -> Result<()> {
         let want: BTreeSet<IpNet> =
-            self.settings.allow.iter().chain(&self.runtime.allow).copied().collect();
+            self.settings.allow.iter().chain(&self.allow).copied().collect();
         for net in &want {
             self.datapath.maps.set_allow(*net)?;
         }
@@ -163,18 +235,10 @@ impl Policy {
         Ok(())
     }
 
+    /// Writes every deny entry from memory and removes the ones memory does not hold (one
+    /// walk of the tries: at start, and after a failed write).
     fn reconcile_deny(&mut self) -> Result<()> {
-        let now = SystemTime::now();
-        self.runtime.bans.retain(|_, b| !b.expired(now));
-        let mut want: BTreeMap<IpNet, DenyEntry> = self
-            .runtime
-            .bans
-            .iter()
-            .map(|(net, b)| (*net, DenyEntry { expires_ns: b.remaining(now).map_or(0, deadline) }))
-            .collect();
-        for net in &self.settings.deny {
-            want.insert(*net, DenyEntry { expires_ns: 0 });
-        }
+        let want = self.bans.projection();
         for (net, entry) in &want {
             self.datapath.maps.set_deny(*net, *entry)?;
         }
@@ -183,136 +247,66 @@ impl Policy {
                 self.datapath.maps.remove_deny(net)?;
             }
         }
+        self.deny_stale = false;
         Ok(())
     }
 
-    /// Saves an edited run-time state, then applies it; restores the old one on failure.
-    fn commit<T>(
-        &mut self,
-        edit: impl FnOnce(&mut Runtime),
-        apply: impl FnOnce(&mut Self) -> Result<T>,
-    ) -> Result<T> {
-        let before = self.runtime.clone();
-        edit(&mut self.runtime);
-        if let Err(e) = self.state.save(&self.runtime) {
-            self.runtime = before;
-            return Err(e.into());
-        }
-        apply(self).inspect_err(|_| {
-            self.runtime = before;
-            let _ = self.state.save(&self.runtime);
-            let _ = self.reconcile();
-        })
-    }
-
-    fn is_config_deny(&self, net: &IpNet) -> bool {
-        self.settings.deny.contains(net)
+    fn write_deny(&mut self, writes: &[crate::bans::Write]) -> Result<()> {
+        self.datapath.maps.write_deny(writes).inspect_err(|_| self.deny_stale = true)?;
+        Ok(())
     }
 
     pub fn ban_add(
         &mut self,
         cidr: IpNet,
         ttl: Option<Duration>,
-        reason: Option<String>,
+        reason: String,
     ) -> Result<BanView> {
-        if self.is_config_deny(&cidr) {
+        if self.bans.is_config(&cidr) {
             return Err(PolicyError::Invalid(format!(
                 "{cidr} is already denied permanently by the config"
             )));
         }
-        let reason = reason.unwrap_or_else(|| "manual".into());
-        let stored = StoredBan {
-            expires_unix_ms: ttl.map(|t| unix_ms(SystemTime::now() + t)),
-            reason: reason.clone(),
-        };
-        let entry = DenyEntry { expires_ns: ttl.map_or(0, deadline) };
-        self.commit(
-            |r| {
-                r.bans.insert(cidr, stored);
-            },
-            |p| Ok(p.datapath.maps.set_deny(cidr, entry)?),
-        )?;
+        if !self.bans.contains(&cidr) && self.bans.count_family(&cidr) >= MAX_DENY as usize {
+            return Err(MapsError::Full { name: deny_map(&cidr), capacity: MAX_DENY }.into());
+        }
+        let expires_ns = ttl.map(|t| after(self.now(), t));
+        let writes = self.bans.ban(cidr, Ban { expires_ns, reason: reason.clone() });
+        self.write_deny(&writes)?;
         Ok(BanView { cidr, expires_in_secs: ttl.map(|t| t.as_secs_f64()), reason })
     }
 
     pub fn ban_del(&mut self, cidr: IpNet) -> Result<bool> {
-        if self.is_config_deny(&cidr) {
+        if self.bans.is_config(&cidr) {
             return Err(PolicyError::Invalid(format!(
                 "{cidr} is denied by the config; remove it from datapath.deny and run `secgate reload`"
             )));
         }
-        if !self.runtime.bans.contains_key(&cidr) {
-            return Ok(self.datapath.maps.remove_deny(cidr)?);
-        }
-        self.commit(
-            |r| {
-                r.bans.remove(&cidr);
-            },
-            |p| Ok(p.datapath.maps.remove_deny(cidr)?),
-        )
+        let Some((_, writes)) = self.bans.lift(cidr) else { return Ok(false) };
+        self.write_deny(&writes)?;
+        Ok(true)
     }
 
-    /// Active bans (expired ones no longer drop and are left out).
-    pub fn bans(&self) -> Result<Vec<BanView>> {
-        let now = monotonic_ns();
-        let mut out: Vec<BanView> = self
-            .datapath
-            .maps
-            .deny()?
-            .into_iter()
-            .filter(|(_, e)| e.active(now))
-            .map(|(cidr, e)| BanView {
-                cidr,
-                expires_in_secs: (e.expires_ns != 0).then(|| (e.expires_ns - now) as f64 / 1e9),
-                reason: match self.runtime.bans.get(&cidr) {
-                    Some(b) => b.reason.clone(),
-                    None if self.is_config_deny(&cidr) => "config".into(),
-                    None => "unknown".into(),
-                },
-            })
-            .collect();
-        out.sort_by_key(|b| b.cidr);
-        Ok(out)
+    /// Bans in force, each with its own time left.
+    pub fn bans(&self) -> Vec<BanView> {
+        self.bans.list(self.now())
     }
 
-    /// Removes bans whose expiry has passed; returns how many. The in-memory state says
-    /// cheaply whether any dynamic ban is due (config bans never expire), so the deny maps
-    /// are only walked then; the kernel's own expiry decides what goes.
+    /// Lifts the dynamic bans that are due (on the kernel's clock); returns how many. Costs
+    /// nothing while none is due; rewrites the deny tries if an earlier write failed.
     pub fn sweep(&mut self) -> Result<usize> {
-        let wall = SystemTime::now();
-        if !self.runtime.bans.values().any(|b| b.expired(wall)) {
-            return Ok(0);
+        if self.deny_stale {
+            self.reconcile_deny()?;
         }
-        let now = monotonic_ns();
-        let expired: Vec<IpNet> = self
-            .datapath
-            .maps
-            .deny()?
-            .into_iter()
-            .filter(|(_, e)| !e.active(now))
-            .map(|(n, _)| n)
-            .collect();
-        if expired.is_empty() {
-            return Ok(0);
-        }
-        self.commit(
-            |r| r.bans.retain(|n, _| !expired.contains(n)),
-            |p| {
-                for net in &expired {
-                    p.datapath.maps.remove_deny(*net)?;
-                }
-                Ok(expired.len())
-            },
-        )
+        let (lifted, writes) = self.bans.expire(self.now());
+        self.write_deny(&writes)?;
+        Ok(lifted.len())
     }
 
     pub fn allow_add(&mut self, cidr: IpNet) -> Result<()> {
-        self.commit(
-            |r| {
-                r.allow.insert(cidr);
-            },
-            |p| Ok(p.datapath.maps.set_allow(cidr)?),
-        )
+        self.datapath.maps.set_allow(cidr)?;
+        self.allow.insert(cidr);
+        Ok(())
     }
 
     pub fn allow_del(&mut self, cidr: IpNet) -> Result<bool> {
@@ -321,21 +315,23 @@ impl Policy {
                 "{cidr} is allowed by the config; remove it from datapath.allow and run `secgate reload`"
             )));
         }
-        if !self.runtime.allow.contains(&cidr) {
+        if !self.allow.contains(&cidr) {
             return Ok(false);
         }
-        self.commit(
-            |r| {
-                r.allow.remove(&cidr);
-            },
-            |p| Ok(p.datapath.maps.remove_allow(cidr)?),
-        )
+        self.datapath.maps.remove_allow(cidr)?;
+        self.allow.remove(&cidr);
+        Ok(true)
     }
 
-    pub fn allow(&self) -> Result<Vec<IpNet>> {
-        let mut out: Vec<IpNet> = self.datapath.maps.allow()?.into_iter().map(|(n, _)| n).collect();
-        out.sort();
-        Ok(out)
+    pub fn allow(&self) -> Vec<IpNet> {
+        self.settings
+            .allow
+            .iter()
+            .chain(&self.allow)
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     /// Sets the default limit (`selector == None`) or an override.
@@ -351,7 +347,7 @@ impl Policy {
                 limits.overrides.push(Override { selector, rate });
             }
         }
-        self.commit(|r| r.limits = Some(limits), Policy::reconcile_limits)
+        self.change_limits(limits)
     }
 
     /// Removes the default limit or an override; `Ok(false)` if it was not set.
@@ -366,17 +362,27 @@ impl Policy {
             }
         };
         if found {
-            self.commit(|r| r.limits = Some(limits), Policy::reconcile_limits)?;
+            self.change_limits(limits)?;
         }
         Ok(found)
     }
 
+    fn change_limits(&mut self, limits: LimitsView) -> Result<()> {
+        let previous = self.limits.replace(limits);
+        self.reconcile_limits().inspect_err(|_| {
+            self.limits = previous;
+            let _ = self.reconcile_limits();
+        })
+    }
+
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
-        self.commit(|r| r.mode = Some(mode), Policy::write_config)
+        let previous = self.mode.replace(mode);
+        self.write_config().inspect_err(|_| self.mode = previous)
     }
 
     /// Applies a new config: limits, allow, deny, mode and interfaces follow it (run-time
-    /// mode and limit changes give way to the file); dynamic bans and allows stay.
+    /// mode and limit changes give way to the file); dynamic bans and allows stay. On any
+    /// failure the previous policy is restored in memory and in the maps.
     pub fn reload(&mut self, new: DatapathSettings) -> Result<()> {
         let old = &self.settings;
         let mut refused = Vec::new();
@@ -393,46 +399,32 @@ impl Policy {
                 if refused.len() == 1 { "it" } else { "them" }
             )));
         }
-        let previous = std::mem::replace(&mut self.settings, new);
-        let applied = self.commit(
-            |r| {
-                r.mode = None;
-                r.limits = None;
-            },
-            |p| {
-                p.reconcile()?;
-                p.sync_interfaces()
-            },
-        );
-        if applied.is_err() {
-            self.settings = previous;
-            let _ = self.reconcile();
-            let _ = self.sync_interfaces();
+        let saved = (self.settings.clone(), self.bans.clone(), self.mode, self.limits.clone());
+        self.settings = new;
+        self.mode = None;
+        self.limits = None;
+        let writes = self.bans.set_config(&self.settings.deny.iter().copied().collect());
+        let applied = self
+            .write_deny(&writes)
+            .and_then(|()| self.reconcile_limits())
+            .and_then(|()| self.reconcile_allow())
+            .and_then(|()| self.sync_interfaces());
+        match &applied {
+            Ok(()) => self.settings.warnings().iter().for_each(|w| tracing::warn!("{w}")),
+            Err(_) => {
+                (self.settings, self.bans, self.mode, self.limits) = saved;
+                let _ = self.reconcile();
+                let _ = self.sync_interfaces();
+            }
         }
         applied
     }
 
-    /// Attaches to every configured interface not attached yet, and detaches from the rest,
-    /// including links pinned by an earlier run for interfaces no longer configured.
+    /// Brings the XDP links in line with the configured interfaces and the interfaces that
+    /// exist now (called at start, on reload, on link events and every second).
     pub fn sync_interfaces(&mut self) -> Result<()> {
         let want = self.settings.interfaces.clone();
-        for iface in &want {
-            if !self.datapath.attachments().iter().any(|a| &a.interface == iface) {
-                self.datapath.attach(iface, self.settings.attach)?;
-            }
-        }
-        let gone: BTreeSet<String> = self
-            .datapath
-            .attachments()
-            .into_iter()
-            .map(|a| a.interface)
-            .chain(self.datapath.pinned_interfaces())
-            .filter(|i| !want.contains(i))
-            .collect();
-        for iface in gone {
-            self.datapath.detach(&iface)?;
-        }
-        Ok(())
+        Ok(self.datapath.sync_links(&want, self.settings.attach)?)
     }
 
     pub fn stats(&self) -> Result<StatsView> {
@@ -446,16 +438,33 @@ impl Policy {
         Ok(StatsView { mode: self.mode(), reasons, dropped })
     }
 
+    /// A fixed number of syscalls whatever the number of sources or bans: sources are
+    /// counted from the bucket-insert counter, never by walking the LRU map.
     pub fn status(&self) -> Result<StatusView> {
+        let created = self.datapath.maps.stats()?[STATS_NEW_BUCKETS as usize].packets;
         Ok(StatusView {
             mode: self.mode(),
-            attachments: self.datapath.attachments(),
+            attachments: self.datapath.links().attachments(),
             pin_path: self.datapath.pin_path().display().to_string(),
-            bans: self.bans()?.len(),
-            allow: self.allow()?.len(),
+            bans: self.bans.len(),
+            allow: self.allow().len(),
             overrides: self.limits().overrides.len(),
-            sources: self.datapath.maps.source_count(),
+            sources: created.min(u64::from(self.datapath.maps.sources_capacity())),
+            buckets_created: created,
             uptime_secs: self.started.elapsed().as_secs(),
         })
+    }
+
+    /// The loaded datapath, for tests that run frames through the program.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
+    }
+}
+
+fn deny_map(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => secgate_common::maps::DENY_V4,
+        IpNet::V6(_) => secgate_common::maps::DENY_V6,
     }
 }

@@ -7,20 +7,21 @@ use ipnet::IpNet;
 use crate::{
     config::describe,
     control::proto::StatsReply,
-    policy::{BanView, LimitsView, StatsView, StatusView},
+    views::{BanView, LimitsView, StatsView, StatusView},
 };
 
 pub fn status(s: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "mode:       {:?}", s.mode);
     for a in &s.attachments {
-        let _ = writeln!(out, "interface:  {} ({})", a.interface, a.mode);
+        let how = if a.state == "attached" { a.mode.as_str() } else { "waiting for it to appear" };
+        let _ = writeln!(out, "interface:  {} ({how})", a.interface);
     }
     let _ = writeln!(out, "pins:       {}", s.pin_path);
     let _ = writeln!(out, "bans:       {}", s.bans);
     let _ = writeln!(out, "allow:      {}", s.allow);
     let _ = writeln!(out, "overrides:  {}", s.overrides);
-    let _ = writeln!(out, "sources:    {}", s.sources);
+    let _ = writeln!(out, "sources:    {} ({} buckets created)", s.sources, s.buckets_created);
     let _ = writeln!(out, "uptime:     {}s", s.uptime_secs);
     out
 }

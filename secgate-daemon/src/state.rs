@@ -1,30 +1,37 @@
 //! Run-time changes that must survive restarts and reboots: dynamic bans (with expiry and
 //! reason), dynamic allow entries, and mode/limit changes made with the CLI.
 //!
-//! Written atomically (temp file, fsync, rename, fsync of the directory) after every change,
-//! so a crash leaves either the old or the new file, never a torn one. Expiries are stored as
-//! wall-clock times because the monotonic clock restarts at boot.
+//! Written atomically through a unique temporary file (write, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old or the new file, never a torn one, and two
+//! writers can never interleave in one temporary file. Expiries are stored as wall-clock
+//! times, because the monotonic clock restarts at boot, and also as monotonic times with
+//! the boot they belong to, which a restart within the same boot uses exactly.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::{self, File},
     io::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Mode, policy::LimitsView};
+use crate::{clock::unix_ms, config::Mode, views::LimitsView};
 
 const FILE: &str = "state.json";
-const VERSION: u32 = 1;
+/// Version 2 added `boot_id` and `expires_mono_ns`; version 1 files load as they are.
+const VERSION: u32 = 2;
+const READABLE: [u32; 2] = [1, 2];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     pub version: u32,
+    /// The boot the monotonic expiries belong to.
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// Set by `secgate mode`; `None` follows the config.
     pub mode: Option<Mode>,
     /// Set by `secgate limit set|del`; `None` follows the config.
@@ -38,34 +45,30 @@ pub struct Runtime {
 pub struct StoredBan {
     /// Unix time in ms when the ban lapses; `None`: permanent.
     pub expires_unix_ms: Option<u64>,
+    /// The same instant on the monotonic clock of boot `Runtime::boot_id`.
+    #[serde(default)]
+    pub expires_mono_ns: Option<u64>,
     pub reason: String,
-}
-
-impl StoredBan {
-    /// Time left at `now`; `Some(ZERO)` once expired, `None` for a permanent ban.
-    pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
-        self.expires_unix_ms.map(|ms| {
-            (UNIX_EPOCH + Duration::from_millis(ms)).duration_since(now).unwrap_or_default()
-        })
-    }
-
-    pub fn expired(&self, now: SystemTime) -> bool {
-        self.remaining(now).is_some_and(|d| d.is_zero())
-    }
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(
-        "state file {path} is corrupt ({reason}); moved it to {moved_to} and started from the config alone"
+        "{what} {path}: {source}; fix the file's permissions or the disk and start again (the XDP program keeps enforcing through its pinned links meanwhile)"
     )]
-    Corrupt { path: PathBuf, reason: String, moved_to: PathBuf },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is unusable ({reason}); moved it to {moved_to}")]
+    Discarded { path: PathBuf, reason: String, moved_to: PathBuf },
+}
+
+/// What [`StateFile::load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No state file: a first start, or one after `secgate detach`.
+    Missing,
+    Saved(Runtime),
+    /// Corrupt or of an unknown version; moved aside for inspection.
+    Discarded(StateError),
 }
 
 /// The state file in `state_dir`.
@@ -79,60 +82,64 @@ impl StateFile {
         StateFile { dir: dir.to_owned() }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)
     }
 
-    /// Loads the saved state. A missing file is an empty state; a corrupt one is moved aside
-    /// (so it can be inspected) and reported, and the daemon goes on with an empty state.
-    pub fn load(&self) -> (Runtime, Option<StateError>) {
+    /// Loads the saved state. A corrupt file or one of an unknown version is moved aside and
+    /// reported. A file that cannot be read is an error, never an empty state: going on
+    /// would overwrite it with one at the next change.
+    pub fn load(&self) -> Result<Loaded, StateError> {
         let path = self.path();
         let text = match fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return (Runtime::default(), None);
-            }
-            Err(source) => {
-                return (
-                    Runtime::default(),
-                    Some(StateError::Io { what: "reading", path, source }),
-                );
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(source) => return Err(StateError::Io { what: "reading", path, source }),
         };
-        match serde_json::from_slice::<Runtime>(&text) {
-            Ok(r) if r.version == VERSION => (r, None),
-            Ok(r) => (
-                Runtime::default(),
-                Some(self.move_aside(format!("unknown version {}", r.version))),
-            ),
-            Err(e) => (Runtime::default(), Some(self.move_aside(e.to_string()))),
-        }
-    }
-
-    fn move_aside(&self, reason: String) -> StateError {
-        let path = self.path();
+        let reason = match serde_json::from_slice::<Runtime>(&text) {
+            Ok(r) if READABLE.contains(&r.version) => return Ok(Loaded::Saved(r)),
+            Ok(r) => format!("unknown version {}", r.version),
+            Err(e) => e.to_string(),
+        };
         let moved_to = self.dir.join(format!("{FILE}.corrupt-{}", unix_ms(SystemTime::now())));
-        if let Err(source) = fs::rename(&path, &moved_to) {
-            return StateError::Io { what: "moving aside corrupt", path, source };
-        }
-        StateError::Corrupt { path, reason, moved_to }
+        fs::rename(&path, &moved_to).map_err(|source| StateError::Io {
+            what: "moving aside unusable",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Loaded::Discarded(StateError::Discarded { path, reason, moved_to }))
     }
 
-    /// Writes `runtime` atomically.
-    pub fn save(&self, runtime: &Runtime) -> Result<(), StateError> {
+    /// The bytes [`StateFile::write`] stores for `runtime`.
+    pub fn encode(runtime: &Runtime) -> Vec<u8> {
+        let mut data = serde_json::to_vec_pretty(&Runtime { version: VERSION, ..runtime.clone() })
+            .expect("state serializes");
+        data.push(b'\n');
+        data
+    }
+
+    /// Replaces the state file with `data` atomically and durably.
+    pub fn write(&self, data: &[u8]) -> Result<(), StateError> {
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| StateError::Io { what, path, source }
         };
         fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let mut data = serde_json::to_vec_pretty(&Runtime { version: VERSION, ..runtime.clone() })
-            .expect("state serializes");
-        data.push(b'\n');
-        let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(&data).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        fs::rename(&tmp, self.path()).map_err(io("replacing", &self.path()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".state.json.")
+            .tempfile_in(&self.dir)
+            .map_err(io("creating a temporary file in", &self.dir))?;
+        tmp.write_all(data).map_err(io("writing", tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io("syncing", tmp.path()))?;
+        tmp.persist(self.path()).map_err(|e| StateError::Io {
+            what: "replacing",
+            path: self.path(),
+            source: e.error,
+        })?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("syncing", &self.dir))
     }
 
@@ -156,6 +163,7 @@ mod tests {
             "198.18.0.0/24".parse().unwrap(),
             StoredBan {
                 expires_unix_ms: Some(unix_ms(SystemTime::now()) + 60_000),
+                expires_mono_ns: Some(123),
                 reason: "auth".into(),
             },
         );
@@ -163,54 +171,84 @@ mod tests {
         r
     }
 
+    fn saved(state: &StateFile) -> Runtime {
+        match state.load().expect("readable") {
+            Loaded::Saved(r) => r,
+            other => panic!("expected a saved state, got {other:?}"),
+        }
+    }
+
     #[test]
     fn save_then_load_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path());
-        assert_eq!(state.load().0, Runtime::default(), "no file is an empty state");
+        assert!(matches!(state.load().unwrap(), Loaded::Missing), "no file is a first start");
         let r = sample();
-        state.save(&r).unwrap();
-        let (loaded, err) = state.load();
-        assert!(err.is_none());
-        assert_eq!(loaded, Runtime { version: VERSION, ..r });
-        assert!(!dir.path().join("state.json.tmp").exists());
-    }
-
-    #[test]
-    fn corrupt_file_is_moved_aside_with_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateFile::new(dir.path());
-        fs::write(state.path(), b"{\"version\":1,\"bans\":{\"1.2.3.0/24\":").unwrap();
-        let (loaded, err) = state.load();
-        assert_eq!(loaded, Runtime::default());
-        let msg = err.expect("reported").to_string();
-        assert!(msg.contains("corrupt") && msg.contains("moved it to"), "{msg}");
-        assert!(!state.path().exists());
-        let kept = fs::read_dir(dir.path())
+        state.write(&StateFile::encode(&r)).unwrap();
+        assert_eq!(saved(&state), Runtime { version: VERSION, ..r });
+        let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
-        assert!(kept, "the corrupt file is kept for inspection");
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![FILE.to_string()], "no temporary file is left behind");
     }
 
     #[test]
-    fn expiry_is_wall_clock() {
-        let now = SystemTime::now();
-        let ban = StoredBan { expires_unix_ms: Some(unix_ms(now) + 5_000), reason: String::new() };
-        assert!(!ban.expired(now));
-        assert!(ban.expired(now + Duration::from_secs(6)));
-        assert_eq!(StoredBan { expires_unix_ms: None, reason: String::new() }.remaining(now), None);
+    fn version_1_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::new(dir.path());
+        fs::write(
+            state.path(),
+            br#"{"version":1,"mode":null,"limits":null,"allow":[],
+                "bans":{"198.18.0.0/24":{"expires_unix_ms":5,"reason":"r"}}}"#,
+        )
+        .unwrap();
+        let r = saved(&state);
+        assert_eq!(r.bans.len(), 1);
+        assert_eq!(r.bans.values().next().unwrap().expires_mono_ns, None);
+    }
+
+    #[test]
+    fn corrupt_or_future_files_are_moved_aside_with_an_error() {
+        for bytes in [&b"{\"version\":1,\"bans\":{\"1.2.3.0/24\":"[..], br#"{"version":9}"#] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = StateFile::new(dir.path());
+            fs::write(state.path(), bytes).unwrap();
+            let Loaded::Discarded(err) = state.load().unwrap() else { panic!("must be discarded") };
+            assert!(err.to_string().contains("moved it to"), "{err}");
+            assert!(!state.path().exists());
+            let kept = fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+            assert!(kept, "the file is kept for inspection");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_and_stays() {
+        // Regression: an I/O error while reading was treated as an empty state, and the next
+        // change overwrote the file.
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::new(dir.path());
+        fs::create_dir(state.path()).unwrap();
+        let err = state.load().expect_err("a directory cannot be read as the state file");
+        assert!(err.to_string().contains("reading"), "{err}");
+        assert!(state.path().is_dir(), "nothing was moved or replaced");
     }
 
     proptest::proptest! {
-        /// Arbitrary bytes in the state file never panic the loader and never yield state.
+        /// Arbitrary bytes in the state file never panic the loader, and only valid JSON of a
+        /// known version is taken as state.
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let dir = tempfile::tempdir().unwrap();
             let state = StateFile::new(dir.path());
             fs::write(state.path(), &bytes).unwrap();
-            let (loaded, _) = state.load();
-            proptest::prop_assert!(loaded.bans.is_empty() || serde_json::from_slice::<Runtime>(&bytes).is_ok());
+            if let Loaded::Saved(_) = state.load().unwrap() {
+                proptest::prop_assert!(serde_json::from_slice::<Runtime>(&bytes).is_ok());
+            }
         }
     }
 }

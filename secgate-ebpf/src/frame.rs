@@ -21,9 +21,14 @@ impl Frame {
 
     /// A pointer to `len` readable bytes at `off`, or `None` past the frame or past
     /// `MAX_HEADER_BYTES` (the bound also tells the verifier `off` is small).
+    ///
+    /// `off` is bounded before it is subtracted from, so neither comparison can wrap whatever
+    /// `len` is. (`off > MAX_HEADER_BYTES - len` wrapped for an IPv6 extension header longer
+    /// than 512 bytes and let a 2 KiB chain ending in a protocol without ports through as
+    /// well-formed.)
     #[inline(always)]
     fn at(&self, off: usize, len: usize) -> Option<*const u8> {
-        if off > MAX_HEADER_BYTES - len {
+        if off > MAX_HEADER_BYTES || len > MAX_HEADER_BYTES - off {
             return None;
         }
         // The barrier stops LLVM from re-deriving the read address from another base (say

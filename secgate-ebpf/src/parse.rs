@@ -53,8 +53,9 @@ fn ipv4(frame: &Frame, off: usize) -> Option<Packet> {
     src[2] = v4[2];
     src[3] = v4[3];
     let proto = frame.u8(off + 9)?;
-    let l4 = if frame.be16(off + 6)? & 0x1fff == 0 { l4(frame, off + hlen, proto)? } else { None };
-    Some(Packet { family: FAMILY_V4, src, proto, l4 })
+    let fragment = frame.be16(off + 6)? & 0x1fff != 0;
+    let l4 = if fragment { None } else { l4(frame, off + hlen, proto)? };
+    Some(Packet { family: FAMILY_V4, src, proto, l4, fragment })
 }
 
 #[inline(always)]
@@ -66,7 +67,8 @@ fn ipv6(frame: &Frame, off: usize) -> Option<Packet> {
     let src: [u8; 16] = frame.bytes(off + 8)?;
     let mut next = frame.u8(off + 6)?;
     let mut off = off + IPV6_HLEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    // One step per extension header plus one for the header after the last of them.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let hlen = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 ((frame.u8(off + 1)? as usize) + 1) * 8
@@ -76,13 +78,19 @@ fn ipv6(frame: &Frame, off: usize) -> Option<Packet> {
                 frame.need(off, 8)?;
                 if frame.be16(off + 2)? >> 3 != 0 {
                     let proto = frame.u8(off)?;
-                    return Some(Packet { family: FAMILY_V6, src, proto, l4: None });
+                    return Some(Packet {
+                        family: FAMILY_V6,
+                        src,
+                        proto,
+                        l4: None,
+                        fragment: true,
+                    });
                 }
                 8
             }
             proto => {
                 let l4 = l4(frame, off, proto)?;
-                return Some(Packet { family: FAMILY_V6, src, proto, l4 });
+                return Some(Packet { family: FAMILY_V6, src, proto, l4, fragment: false });
             }
         };
         frame.need(off, 8)?;

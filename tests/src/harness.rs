@@ -2,10 +2,11 @@
 
 use aya::{
     Ebpf,
+    maps::{MapData, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use secgate::maps::DatapathMaps;
-use secgate_common::maps::{Counter, STATS_SLOTS};
+use secgate_common::maps::{Counter, EVENTS, OverLimitEvent, STATS_SLOTS};
 
 pub use crate::bare::{XDP_DROP, XDP_PASS};
 
@@ -13,6 +14,7 @@ pub use crate::bare::{XDP_DROP, XDP_PASS};
 pub struct Kernel {
     bpf: Ebpf,
     pub maps: DatapathMaps,
+    events: RingBuf<MapData>,
 }
 
 impl Kernel {
@@ -26,7 +28,20 @@ impl Kernel {
             panic!("load failed: {e}");
         }
         let maps = DatapathMaps::take(&mut bpf).expect("maps");
-        Kernel { bpf, maps }
+        let events = bpf.take_map(EVENTS).expect("events map");
+        let events = RingBuf::try_from(events).expect("ring buffer");
+        Kernel { bpf, maps, events }
+    }
+
+    /// Over-limit events the program submitted since the last call, oldest first.
+    pub fn events(&mut self) -> Vec<OverLimitEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            assert_eq!(item.len(), size_of::<OverLimitEvent>(), "event size");
+            // SAFETY: length checked; the event is plain data valid for any bytes.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OverLimitEvent>()) });
+        }
+        out
     }
 
     /// Attaches the program natively to `iface` of the calling thread's namespace; the link
@@ -59,11 +74,11 @@ impl Kernel {
         self.prog().test_run(opts).expect("BPF_PROG_TEST_RUN").duration
     }
 
-    /// CPU 0's event-budget TAT (tests pin themselves to CPU 0).
-    pub fn event_budget_cpu0(&self) -> u64 {
+    /// CPU `cpu`'s event-budget TAT.
+    pub fn event_budget(&self, cpu: usize) -> u64 {
         let map = self.bpf.map(secgate_common::maps::EVENT_BUDGET).expect("budget map");
         let arr = aya::maps::PerCpuArray::<_, u64>::try_from(map).expect("per-cpu array");
-        arr.get(&0, 0).expect("read budget")[0]
+        arr.get(&0, 0).expect("read budget")[cpu]
     }
 
     /// `SG_STATS`: indexed by `Reason as usize`, then `STATS_DROPPED`.
@@ -74,9 +89,9 @@ impl Kernel {
 
 pub use secgate::clock::monotonic_ns;
 
-/// Pins the calling thread to CPU 0 so per-CPU state (counters, event budget) is one slot.
-pub fn pin_to_cpu0() {
+/// Pins the calling thread to `cpu`, so per-CPU state (counters, event budget) is one slot.
+pub fn pin_to_cpu(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
-    set.set(0).expect("cpu 0");
+    set.set(cpu).expect("cpu");
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
 }

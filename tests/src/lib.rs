@@ -10,18 +10,19 @@ pub mod traffic;
 
 /// Whether this process may load BPF programs and create namespaces.
 ///
-/// Without privileges the test is skipped with a notice, unless `SECGATE_REQUIRE_PRIV=1`
-/// (as in CI), where it fails: a privileged test must never pass by not running.
+/// A privileged test must never pass by not running: without root it fails, unless the run
+/// opted out explicitly with `SECGATE_SKIP_PRIV=1` (`cargo xtask test --skip-privileged`),
+/// and `SECGATE_REQUIRE_PRIV=1` (as in CI) overrides even that.
 pub fn privileged(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if root {
+    if nix::unistd::geteuid().is_root() {
         return true;
     }
-    if std::env::var("SECGATE_REQUIRE_PRIV").as_deref() == Ok("1") {
-        panic!(
-            "{test} needs root (CAP_BPF, CAP_NET_ADMIN) and SECGATE_REQUIRE_PRIV=1 forbids skipping"
-        );
+    let env = |name| std::env::var(name).as_deref() == Ok("1");
+    if env("SECGATE_SKIP_PRIV") && !env("SECGATE_REQUIRE_PRIV") {
+        eprintln!("skipping {test}: needs root, and SECGATE_SKIP_PRIV=1 opted out");
+        return false;
     }
-    eprintln!("skipping {test}: needs root; run `sudo cargo xtask test`");
-    false
+    panic!(
+        "{test} needs root (CAP_BPF, CAP_NET_ADMIN): run `sudo cargo xtask test`, or opt out of privileged tests with `cargo xtask test --skip-privileged`"
+    );
 }

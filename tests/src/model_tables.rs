@@ -1,4 +1,6 @@
-//! `model::Tables` over plain collections, mirroring what the test wrote into the kernel maps.
+//! `model::Tables` over plain collections: the specification the kernel maps are held to.
+//! `deny` holds each ban with its own expiry, as the operator set it; what the kernel holds
+//! is the daemon's projection of them (`secgate::bans`).
 
 use std::collections::HashMap;
 
@@ -36,8 +38,8 @@ impl Tables for ModelTables {
         self.deny
             .iter()
             .filter(|(n, _)| n.contains(&ip))
-            .max_by_key(|(n, _)| n.prefix_len())
             .map(|(_, e)| *e)
+            .reduce(DenyEntry::outlasting)
     }
 
     fn rule(&self, key: &LimitKey) -> Option<RateRule> {

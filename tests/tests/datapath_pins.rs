@@ -2,7 +2,7 @@
 //! against them, with a message that says what to do.
 
 use aya::maps::{Array, MapData};
-use secgate::{config::Config, datapath::Datapath};
+use secgate::{config::Config, datapath::Datapath, lock::InstanceLock};
 use secgate_tests::privileged;
 
 struct RemoveOnDrop(std::path::PathBuf);
@@ -25,8 +25,12 @@ fn stale_pinned_map_is_refused_with_advice() {
     wrong.pin(maps.join(secgate_common::maps::CONFIG)).expect("pin it");
     let toml = format!("[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n", pins.0.display());
     let config = Config::parse(&toml).expect("valid config");
-    let err =
-        Datapath::open(&config.datapath).err().expect("a stale pin must be refused").to_string();
+    let state = tempfile::tempdir().expect("state dir");
+    let lock = InstanceLock::acquire(&pins.0, state.path()).expect("lock");
+    let err = Datapath::open(&config.datapath, lock)
+        .err()
+        .expect("a stale pin must be refused")
+        .to_string();
     assert!(err.contains("SG_CONFIG") && err.contains("another secgate version"), "{err}");
     assert!(err.contains(&maps.display().to_string()), "the message names what to remove: {err}");
 }

@@ -362,10 +362,14 @@ fn reload_attaches_and_detaches_interfaces() {
     let status = daemon.json(&["status", "--json"]);
     assert_eq!(status["attachments"].as_array().map(Vec::len), Some(1), "{status}");
 
-    daemon.write_config_for(&[&second, "sg-missing"], "");
+    // A missing interface only waits (see `interfaces_that_come_and_go`); an attach that
+    // fails is an error: an ifb device has no native XDP.
+    topo.gw.ip(&["link", "add", "sg-noxdp", "type", "ifb"]);
+    topo.gw.ip(&["link", "set", "sg-noxdp", "up"]);
+    daemon.write_config_for(&[&second, "sg-noxdp"], "attach = \"native\"\n");
     let (code, _, err) = daemon.cli(&["reload"]);
     assert_ne!(code, 0);
-    assert!(err.contains("sg-missing"), "the failing interface is named: {err}");
+    assert!(err.contains("sg-noxdp"), "the failing interface is named: {err}");
     assert!(topo.gw_has_xdp(&second), "a failed reload keeps the running attachments");
     let status = daemon.json(&["status", "--json"]);
     assert_eq!(status["attachments"].as_array().map(Vec::len), Some(1), "{status}");

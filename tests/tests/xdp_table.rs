@@ -4,8 +4,11 @@
 use std::net::IpAddr;
 
 use secgate_common::{
-    maps::{DatapathConfig, DenyEntry, LimitKey, MODE_MONITOR, RateRule, STATS_DROPPED},
-    model::prefix_mask,
+    maps::{
+        DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, LimitKey, MODE_MONITOR, RateRule,
+        STATS_DROPPED,
+    },
+    model::{self, prefix_mask},
     net::*,
     verdict::Reason,
 };
@@ -50,6 +53,11 @@ fn with<F: FnOnce(&mut Spec)>(mut spec: Spec, f: F) -> Vec<u8> {
     spec.build()
 }
 
+fn with_exts(mut spec: Spec, exts: Vec<Ext>) -> Spec {
+    spec.v6_exts = exts;
+    spec
+}
+
 fn cut(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
     frame.truncate(len);
     frame
@@ -70,6 +78,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
     let pass = XDP_PASS;
     let drop = XDP_DROP;
     let nine_exts: Vec<Ext> = (0..9).map(|_| ext(IPPROTO_DSTOPTS, 0)).collect();
+    let eight_exts: Vec<Ext> = (0..8).map(|_| ext(IPPROTO_DSTOPTS, 0)).collect();
+    let jumbo = |mut spec: Spec, payload: usize| {
+        spec.payload = payload;
+        spec.build()
+    };
     vec![
         ("ipv4 tcp syn", v4(tcp_syn()).build(), pass, Pass),
         ("ipv4 udp", v4(udp()).build(), pass, Pass),
@@ -227,6 +240,38 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u32, Reason)> {
             drop,
             Malformed,
         ),
+        // Regression: the walk took one step per header including the one after the chain,
+        // so eight extension headers (the documented limit) were already malformed.
+        ("ipv6 eight extension headers", with(v6(udp()), |s| s.v6_exts = eight_exts), pass, Pass),
+        // Regression: `off > 512 - len` wrapped for a 2 KiB header, so this chain, ending in
+        // a protocol without ports, passed as well-formed where the model says malformed.
+        (
+            "ipv6 2 KiB destination options then no next header",
+            with(v6(L4Spec::Other(59)), |s| s.v6_exts = vec![ext(IPPROTO_DSTOPTS, 255)]),
+            drop,
+            Malformed,
+        ),
+        (
+            "ipv6 2 KiB hop-by-hop then esp",
+            with(v6(L4Spec::Other(50)), |s| s.v6_exts = vec![ext(IPPROTO_HOPOPTS, 255)]),
+            drop,
+            Malformed,
+        ),
+        ("ipv4 udp in a 2 KiB frame", jumbo(v4(udp()), 2048), pass, Pass),
+        ("ipv6 tcp in a 4 KiB frame", jumbo(v6(tcp_syn()), 4096), pass, Pass),
+        ("ipv4 udp in a 9 KiB frame", jumbo(v4(udp()), 9 * 1024 - 64), pass, Pass),
+        (
+            "ipv6 routing in a 9 KiB frame",
+            jumbo(with_exts(v6(udp()), vec![ext(IPPROTO_ROUTING, 8)]), 9 * 1024 - 200),
+            pass,
+            Pass,
+        ),
+        (
+            "ipv6 6 KiB chain past 512 bytes in a 9 KiB frame",
+            jumbo(with_exts(v6(L4Spec::Other(59)), vec![ext(IPPROTO_DSTOPTS, 255); 3]), 3000),
+            drop,
+            Malformed,
+        ),
         (
             "ipv6 chain past 512 bytes",
             with(v6(udp()), |s| s.v6_exts = vec![ext(IPPROTO_DSTOPTS, 60)]),
@@ -275,6 +320,15 @@ fn setup(kernel: &mut Kernel) {
     kernel.maps.set_limit(key, RateRule::from_rate(1, 1)).unwrap();
 }
 
+/// Bytes of `frame` the program sees. `BPF_PROG_TEST_RUN` keeps one page linear (less the
+/// 256-byte XDP headroom and 320 bytes for `skb_shared_info`) and hands the rest over as
+/// fragments, which a program loaded without `xdp.frags` does not see; on a real interface
+/// the kernel only attaches such a program where every frame fits one buffer.
+fn seen_len(frame: &[u8]) -> u64 {
+    const TEST_RUN_LINEAR: usize = 4096 - 256 - 320;
+    frame.len().min(TEST_RUN_LINEAR) as u64
+}
+
 /// Runs `frame` and asserts the action, that exactly `reason`'s counter moved by one, and
 /// that the dropped counter moved exactly when the frame was dropped.
 fn expect(kernel: &Kernel, name: &str, frame: &[u8], action: u32, reason: Reason) {
@@ -286,14 +340,14 @@ fn expect(kernel: &Kernel, name: &str, frame: &[u8], action: u32, reason: Reason
     let dropped_moved = after[dropped].packets - before[dropped].packets;
     assert_eq!(dropped_moved, u64::from(action == XDP_DROP), "{name}: dropped counter");
     let dropped_bytes = after[dropped].bytes - before[dropped].bytes;
-    assert_eq!(dropped_bytes, dropped_moved * frame.len() as u64, "{name}: dropped bytes");
+    assert_eq!(dropped_bytes, dropped_moved * seen_len(frame), "{name}: dropped bytes");
     for r in Reason::ALL {
         let moved = after[r as usize].packets - before[r as usize].packets;
         let want = u64::from(r == reason);
         assert_eq!(moved, want, "{name}: counter {} moved by {moved}", r.name());
         if r == reason {
             let bytes = after[r as usize].bytes - before[r as usize].bytes;
-            assert_eq!(bytes, frame.len() as u64, "{name}: bytes of {}", r.name());
+            assert_eq!(bytes, seen_len(frame), "{name}: bytes of {}", r.name());
         }
     }
 }
@@ -307,6 +361,7 @@ fn crafted_frames() {
     setup(&mut kernel);
     let cases = cases();
     assert!(cases.len() >= 40, "the table must cover at least 40 frames");
+    assert!(cases.iter().any(|(_, f, ..)| f.len() > 9000), "frames up to 9 KiB are covered");
     for (name, frame, action, reason) in &cases {
         expect(&kernel, name, frame, *action, *reason);
     }
@@ -406,4 +461,102 @@ fn map_info(map: &aya::maps::Map) -> aya::maps::MapInfo {
         other => panic!("unexpected map kind {other:?}"),
     };
     data.info().expect("map info")
+}
+
+#[test]
+fn fragments_count_against_their_own_bucket_or_drop() {
+    // Regression: non-first fragments have no ports, so where only port overrides were set
+    // they passed unlimited.
+    if !privileged("fragments_count_against_their_own_bucket_or_drop") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let mut cfg = kernel.maps.config().unwrap();
+    cfg.fragment_rule = RateRule::from_rate(1, 1);
+    kernel.maps.set_config(&cfg).unwrap();
+    let v4_frag = cut(with(Spec::new(ip("198.18.7.7"), udp()), |s| s.v4_frag = 10), L4_V4 + 4);
+    let v6_frag =
+        cut(with(Spec::new(ip("fd00:7::7"), udp()), |s| s.v6_exts = vec![frag(3)]), L4_V6 + 8);
+    for (name, frame) in [("ipv4", &v4_frag), ("ipv6", &v6_frag)] {
+        expect(
+            &kernel,
+            &format!("{name} first fragment in its bucket"),
+            frame,
+            XDP_PASS,
+            Reason::Pass,
+        );
+        expect(
+            &kernel,
+            &format!("{name} second fragment over the limit"),
+            frame,
+            XDP_DROP,
+            Reason::Rate,
+        );
+    }
+    let key = model::bucket_key(&cfg, &packet(&v4_frag), LimitKey::FRAGMENTS);
+    assert!(kernel.maps.source(&key).unwrap().is_some(), "fragments have their own bucket");
+    cfg.flags |= FLAG_DROP_FRAGMENTS;
+    kernel.maps.set_config(&cfg).unwrap();
+    let fresh = cut(with(Spec::new(ip("198.18.8.8"), udp()), |s| s.v4_frag = 10), L4_V4 + 4);
+    expect(&kernel, "fragment dropped by policy", &fresh, XDP_DROP, Reason::Fragment);
+    let first = Spec::new(ip("198.18.8.8"), udp()).build();
+    expect(&kernel, "unfragmented traffic is unaffected", &first, XDP_PASS, Reason::Pass);
+}
+
+#[test]
+fn a_changed_rule_binds_on_the_next_packet() {
+    // Regression: a source that spent a large burst under the old rule kept its TAT far in
+    // the future and was held back for minutes after the rule was raised.
+    if !privileged("a_changed_rule_binds_on_the_next_packet") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let mut cfg = kernel.maps.config().unwrap();
+    cfg.default_rule = RateRule::from_rate(1, 500);
+    kernel.maps.set_config(&cfg).unwrap();
+    let frame = Spec::new(ip("198.18.9.9"), udp()).build();
+    for _ in 0..500 {
+        assert_eq!(kernel.run(&frame), XDP_PASS, "within the old burst");
+    }
+    expect(&kernel, "over the old limit", &frame, XDP_DROP, Reason::Rate);
+    cfg.default_rule = RateRule::from_rate(1000, 5);
+    kernel.maps.set_config(&cfg).unwrap();
+    expect(&kernel, "judged by the new rule at once", &frame, XDP_DROP, Reason::Rate);
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    expect(&kernel, "one new interval later it passes", &frame, XDP_PASS, Reason::Pass);
+}
+
+#[test]
+fn a_short_ban_inside_a_longer_one_keeps_dropping() {
+    // Regression: the kernel reads only the longest match, so a /32 ban that expired inside
+    // a permanent /25 let the host through until the sweep.
+    if !privileged("a_short_ban_inside_a_longer_one_keeps_dropping") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let mut bans = secgate::bans::Bans::default();
+    let host = "198.18.44.7/32".parse().unwrap();
+    kernel.maps.write_deny(&bans.set_config(&["198.18.44.0/25".parse().unwrap()].into())).unwrap();
+    let ban =
+        secgate::bans::Ban { expires_ns: Some(monotonic_ns() + 1_000_000), reason: "1 ms".into() };
+    kernel.maps.write_deny(&bans.ban(host, ban)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let frame = Spec::new(ip("198.18.44.7"), udp()).build();
+    expect(&kernel, "host after its own ban expired", &frame, XDP_DROP, Reason::Deny);
+    let (lifted, writes) = bans.expire(monotonic_ns());
+    assert_eq!(lifted, vec![host]);
+    kernel.maps.write_deny(&writes).unwrap();
+    expect(&kernel, "host after the sweep", &frame, XDP_DROP, Reason::Deny);
+    let outside = Spec::new(ip("198.18.44.200"), udp()).build();
+    expect(&kernel, "outside the /25", &outside, XDP_PASS, Reason::Pass);
+}
+
+fn packet(frame: &[u8]) -> model::Packet {
+    match model::parse(frame) {
+        model::Parsed::Ip(p) => p,
+        other => panic!("not an IP frame: {other:?}"),
+    }
 }

@@ -30,11 +30,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, lint, and run every test, privileged ones included (needs root).
+    /// Set up, lint, and run every test, privileged ones included (needs root: without it
+    /// they fail unless --skip-privileged opts out).
     Test {
         /// Skip `setup` (for repeated local runs).
         #[arg(long)]
         no_setup: bool,
+        /// Skip the tests that need root instead of failing them (never in CI).
+        #[arg(long)]
+        skip_privileged: bool,
     },
     /// Run the benchmarks and print ratios against baselines measured in the same run.
     Bench,
@@ -49,11 +53,11 @@ fn main() -> Result<()> {
             steps::build(release)?;
             steps::run(release, &args)
         }
-        Cmd::Test { no_setup } => {
+        Cmd::Test { no_setup, skip_privileged } => {
             if !no_setup {
                 setup::run()?;
             }
-            steps::test()
+            steps::test(skip_privileged)
         }
         Cmd::Bench => {
             setup::run()?;

@@ -51,7 +51,7 @@ pub fn run(release: bool, args: &[String]) -> Result<()> {
     run_cmd(Command::new(bin).args(args))
 }
 
-pub fn test() -> Result<()> {
+pub fn test(skip_privileged: bool) -> Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run_cmd(cargo().args([
         "clippy",
@@ -79,7 +79,12 @@ pub fn test() -> Result<()> {
     ]))?;
     // The privileged tests start the real `secgate` binary, so it must be built first.
     build(false)?;
-    run_cmd(cargo().args(["test", "-p", "secgate-tests", "--", "--test-threads=1"]))
+    let mut privileged = cargo();
+    privileged.args(["test", "-p", "secgate-tests", "--", "--test-threads=1"]);
+    if skip_privileged {
+        privileged.env("SECGATE_SKIP_PRIV", "1");
+    }
+    run_cmd(&mut privileged)
 }
 
 pub fn bench() -> Result<()> {

@@ -10,16 +10,18 @@ pub use parse::{L4, Packet, Parsed, parse};
 
 use crate::limit::candidates;
 use crate::maps::{
-    BucketKey, DatapathConfig, DenyEntry, FLAG_PASS_MALFORMED, LimitKey, MODE_MONITOR,
-    OverLimitEvent, RateRule, SourceState,
+    BucketKey, DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_PASS_MALFORMED, LimitKey,
+    MODE_MONITOR, OverLimitEvent, RateRule, SourceState,
 };
 use crate::verdict::{Action, Reason, Verdict};
 
 /// The map contents the decision reads and writes.
 pub trait Tables {
-    /// Whether the longest allowlist prefix covering `addr` exists.
+    /// Whether any allowlist prefix covers `addr`.
     fn allowed(&self, family: u8, addr: &[u8; 16]) -> bool;
-    /// The longest denylist prefix covering `addr`, if any.
+    /// The ban in force for `addr`: of all bans covering it, the one that lasts longest
+    /// ([`DenyEntry::outlasting`]), so that no ban hides another. The kernel meets this with
+    /// one longest-prefix lookup because the daemon writes every entry with that expiry.
     fn denied(&self, family: u8, addr: &[u8; 16]) -> Option<DenyEntry>;
     /// An override rule.
     fn rule(&self, key: &LimitKey) -> Option<RateRule>;
@@ -35,6 +37,8 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// Set when the packet reached a limited bucket (whether it passed or not).
     pub bucket: Option<BucketKey>,
+    /// The packet created its bucket (counted in `STATS_NEW_BUCKETS`).
+    pub created: bool,
     pub event: Option<OverLimitEvent>,
 }
 
@@ -45,12 +49,31 @@ pub fn decide(
     frame: &[u8],
     now_ns: u64,
 ) -> Outcome {
-    let (reason, bucket, event) = match parse(frame) {
-        Parsed::NonIp => (Reason::NonIp, None, None),
-        Parsed::Malformed => (Reason::Malformed, None, None),
+    let j = match parse(frame) {
+        Parsed::NonIp => Judged::reason(Reason::NonIp),
+        Parsed::Malformed => Judged::reason(Reason::Malformed),
         Parsed::Ip(pkt) => judge(cfg, tables, &pkt, now_ns),
     };
-    Outcome { verdict: verdict(cfg, reason), bucket, event }
+    Outcome {
+        verdict: verdict(cfg, j.reason),
+        bucket: j.bucket,
+        created: j.created,
+        event: j.event,
+    }
+}
+
+/// A reason and what the limiter did, before the mode turns the reason into an action.
+struct Judged {
+    reason: Reason,
+    bucket: Option<BucketKey>,
+    created: bool,
+    event: Option<OverLimitEvent>,
+}
+
+impl Judged {
+    fn reason(reason: Reason) -> Judged {
+        Judged { reason, bucket: None, created: false, event: None }
+    }
 }
 
 /// Turns a reason into an action under the configured mode and flags.
@@ -61,27 +84,26 @@ pub fn verdict(cfg: &DatapathConfig, reason: Reason) -> Verdict {
     Verdict { reason, action: if pass { Action::Pass } else { Action::Drop } }
 }
 
-fn judge(
-    cfg: &DatapathConfig,
-    tables: &mut impl Tables,
-    pkt: &Packet,
-    now_ns: u64,
-) -> (Reason, Option<BucketKey>, Option<OverLimitEvent>) {
+fn judge(cfg: &DatapathConfig, tables: &mut impl Tables, pkt: &Packet, now_ns: u64) -> Judged {
     if tables.allowed(pkt.family, &pkt.src) {
-        return (Reason::Allow, None, None);
+        return Judged::reason(Reason::Allow);
     }
     if let Some(entry) = tables.denied(pkt.family, &pkt.src)
         && entry.active(now_ns)
     {
-        return (Reason::Deny, None, None);
+        return Judged::reason(Reason::Deny);
+    }
+    if pkt.fragment && cfg.flags & FLAG_DROP_FRAGMENTS != 0 {
+        return Judged::reason(Reason::Fragment);
     }
     let (limit, rule) = select_rule(cfg, tables, pkt);
     if rule.is_unlimited() {
-        return (Reason::Pass, None, None);
+        return Judged::reason(Reason::Pass);
     }
     let key = bucket_key(cfg, pkt, limit);
-    let (reason, event) = limit_bucket(cfg, tables, &key, &rule, now_ns);
-    (reason, Some(key), event)
+    let mut judged = limit_bucket(cfg, tables, &key, &rule, now_ns);
+    judged.bucket = Some(key);
+    judged
 }
 
 /// One GCRA step on `key`'s bucket, creating it on first sight.
@@ -91,24 +113,38 @@ fn limit_bucket(
     key: &BucketKey,
     rule: &RateRule,
     now_ns: u64,
-) -> (Reason, Option<OverLimitEvent>) {
+) -> Judged {
     let Some(mut state) = tables.source(key) else {
         let fresh = SourceState { tat_ns: now_ns + rule.interval_ns, last_event_ns: 0 };
         tables.set_source(key, fresh);
-        return (Reason::Pass, None);
+        let mut judged = Judged::reason(Reason::Pass);
+        judged.created = true;
+        return judged;
     };
-    match rule.admit(state.tat_ns, now_ns) {
+    let base = rule.rebase(state.tat_ns, now_ns);
+    match rule.admit(base, now_ns) {
         Some(tat) => {
             state.tat_ns = tat;
             tables.set_source(key, state);
-            (Reason::Pass, None)
+            Judged::reason(Reason::Pass)
         }
-        None => (Reason::Rate, over_limit_event(cfg, tables, key, state, now_ns)),
+        None => {
+            // A rebased TAT is kept, so the source waits one interval of the current rule.
+            state.tat_ns = base;
+            let mut judged = Judged::reason(Reason::Rate);
+            judged.event = over_limit_event(cfg, &mut state, tables.event_budget(), key, now_ns);
+            tables.set_source(key, state);
+            judged
+        }
     }
 }
 
-/// The first override present among the packet's candidates, else the default limit.
+/// The fragment limit for non-first fragments; otherwise the first override present among
+/// the packet's candidates, else the default limit.
 fn select_rule(cfg: &DatapathConfig, tables: &impl Tables, pkt: &Packet) -> (LimitKey, RateRule) {
+    if pkt.fragment {
+        return (LimitKey::FRAGMENTS, cfg.fragment_rule);
+    }
     if let Some(l4) = pkt.l4
         && pkt.proto < 64
         && cfg.override_protos & (1 << pkt.proto) != 0
@@ -138,18 +174,17 @@ pub fn bucket_key(cfg: &DatapathConfig, pkt: &Packet, limit: LimitKey) -> Bucket
 /// event budget admits one.
 fn over_limit_event(
     cfg: &DatapathConfig,
-    tables: &mut impl Tables,
+    state: &mut SourceState,
+    budget: &mut u64,
     key: &BucketKey,
-    mut state: SourceState,
     now_ns: u64,
 ) -> Option<OverLimitEvent> {
     if state.last_event_ns != 0 && now_ns - state.last_event_ns < cfg.event_interval_ns {
         return None;
     }
-    let budget = tables.event_budget();
+    *budget = cfg.event_budget.rebase(*budget, now_ns);
     *budget = cfg.event_budget.admit(*budget, now_ns)?;
     state.last_event_ns = now_ns;
-    tables.set_source(key, state);
     Some(OverLimitEvent {
         addr: key.addr,
         family: key.family,

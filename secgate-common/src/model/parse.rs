@@ -14,6 +14,8 @@ pub struct Packet {
     pub proto: u8,
     /// L4 facts, absent for non-first fragments and protocols without ports.
     pub l4: Option<L4>,
+    /// A non-first fragment: it carries no L4 header and is limited in its own bucket.
+    pub fragment: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,9 +81,9 @@ fn ipv4(frame: &[u8], off: usize) -> Option<Packet> {
     let mut src = [0u8; 16];
     src[..4].copy_from_slice(&frame[off + 12..off + 16]);
     let proto = frame[off + 9];
-    let first_fragment = be16(frame, off + 6)? & 0x1fff == 0;
-    let l4 = if first_fragment { l4(frame, off + hlen, proto)? } else { None };
-    Some(Packet { family: FAMILY_V4, src, proto, l4 })
+    let fragment = be16(frame, off + 6)? & 0x1fff != 0;
+    let l4 = if fragment { None } else { l4(frame, off + hlen, proto)? };
+    Some(Packet { family: FAMILY_V4, src, proto, l4, fragment })
 }
 
 fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
@@ -93,7 +95,8 @@ fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
     src.copy_from_slice(&frame[off + 8..off + 24]);
     let mut next = frame[off + 6];
     let mut off = off + IPV6_HLEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    // One step per extension header plus one for the header after the last of them.
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let hlen = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 need(frame, off, 8)?;
@@ -107,13 +110,19 @@ fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
                 need(frame, off, 8)?;
                 if be16(frame, off + 2)? >> 3 != 0 {
                     let proto = frame[off];
-                    return Some(Packet { family: FAMILY_V6, src, proto, l4: None });
+                    return Some(Packet {
+                        family: FAMILY_V6,
+                        src,
+                        proto,
+                        l4: None,
+                        fragment: true,
+                    });
                 }
                 8
             }
             proto => {
                 let l4 = l4(frame, off, proto)?;
-                return Some(Packet { family: FAMILY_V6, src, proto, l4 });
+                return Some(Packet { family: FAMILY_V6, src, proto, l4, fragment: false });
             }
         };
         need(frame, off, hlen)?;

@@ -10,7 +10,10 @@ use std::{path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use secgate_common::{
-    maps::{DatapathConfig, FLAG_PASS_MALFORMED, LimitKey, MODE_ENFORCE, MODE_MONITOR, RateRule},
+    maps::{
+        DatapathConfig, FLAG_DROP_FRAGMENTS, FLAG_PASS_MALFORMED, LimitKey, MODE_ENFORCE,
+        MODE_MONITOR, RateRule,
+    },
     model::prefix_mask,
 };
 
@@ -117,6 +120,10 @@ pub struct DatapathSettings {
     pub max_sources: u32,
     pub pass_malformed: bool,
     pub default_limit: Option<Rate>,
+    /// Drop non-first fragments instead of limiting them.
+    pub drop_fragments: bool,
+    /// Limit for non-first fragments; `None` follows the default limit.
+    pub fragment_limit: Option<Rate>,
     pub limits: Vec<Override>,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
@@ -195,9 +202,11 @@ impl DatapathSettings {
     ) -> DatapathConfig {
         let override_protos =
             limits.iter().flat_map(|o| o.selector.keys()).fold(0u64, |acc, k| acc | (1 << k.proto));
+        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
         DatapathConfig {
             mode: mode.raw(),
-            flags: if self.pass_malformed { FLAG_PASS_MALFORMED } else { 0 },
+            flags: flag(self.pass_malformed, FLAG_PASS_MALFORMED)
+                | flag(self.drop_fragments, FLAG_DROP_FRAGMENTS),
             v4_mask: prefix_mask(u32::from(self.ipv4_prefix)),
             _pad: 0,
             v6_mask: prefix_mask(u32::from(self.ipv6_prefix)),
@@ -205,7 +214,24 @@ impl DatapathSettings {
             default_rule: default_limit.map_or(RateRule::UNLIMITED, Rate::rule),
             event_interval_ns: self.event_interval.as_nanos() as u64,
             event_budget: RateRule::from_rate(self.events_per_sec, self.events_per_sec.max(1)),
+            fragment_rule: self
+                .fragment_limit
+                .or(default_limit)
+                .map_or(RateRule::UNLIMITED, Rate::rule),
         }
+    }
+
+    /// Settings that are valid but probably not what the operator meant.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let fragments_unlimited =
+            !self.drop_fragments && self.fragment_limit.is_none() && self.default_limit.is_none();
+        if fragments_unlimited && !self.limits.is_empty() {
+            out.push(
+                "non-first IP fragments are unlimited: they carry no ports, so the port limits cannot match them; set datapath.fragment_limit, a default_limit, or fragments = \"drop\"".into(),
+            );
+        }
+        out
     }
 }
 

@@ -39,6 +39,12 @@ pub struct RawDatapath {
     pub malformed: Option<S<String>>,
     /// Limit for packets no override matches. Default: none (unlimited).
     pub default_limit: Option<S<RawRate>>,
+    /// `limit` or `drop` non-first IP fragments (they carry no ports, so no port override
+    /// can match them). Default `limit`.
+    pub fragments: Option<S<String>>,
+    /// Limit for non-first fragments, in a bucket of their own per source. Default: the
+    /// default limit.
+    pub fragment_limit: Option<S<RawRate>>,
     /// Per-protocol/port overrides.
     #[serde(default)]
     pub limits: Vec<S<RawOverride>>,

@@ -31,6 +31,32 @@ fn good_config_parses_with_defaults() {
     let dc = d.datapath_config(d.mode, d.default_limit, &d.limits);
     assert_eq!(dc.override_protos, 1 << 6);
     assert_eq!(dc.default_rule.pps(), 1000);
+    assert_eq!(dc.fragment_rule, dc.default_rule, "fragments follow the default limit");
+}
+
+#[test]
+fn fragments_are_limited_or_dropped_never_free() {
+    // Regression: non-first fragments carry no ports, so with only port overrides they
+    // passed unlimited.
+    let base = "[datapath]\ninterfaces = [\"eth0\"]\n[[datapath.limits]]\nprotocol = \"udp\"\nport = 53\npps = 10\nburst = 5\n";
+    let cfg = Config::parse(base).unwrap();
+    assert!(cfg.datapath.warnings()[0].contains("fragments are unlimited"), "the operator is told");
+    let with = |extra: &str| {
+        Config::parse(
+            &base.replace("[[datapath.limits]]", &format!("{extra}\n[[datapath.limits]]")),
+        )
+    };
+    let limited = with("fragment_limit = { pps = 100, burst = 10 }").unwrap();
+    let dc = limited.datapath.datapath_config(Mode::Enforce, None, &limited.datapath.limits);
+    assert_eq!((dc.fragment_rule.pps(), dc.fragment_rule.burst()), (100, 10));
+    assert!(limited.datapath.warnings().is_empty());
+    let dropped = with("fragments = \"drop\"").unwrap();
+    let dc = dropped.datapath.datapath_config(Mode::Enforce, None, &dropped.datapath.limits);
+    assert_ne!(dc.flags & secgate_common::maps::FLAG_DROP_FRAGMENTS, 0);
+    let both = with("fragments = \"drop\"\nfragment_limit = { pps = 1, burst = 1 }").unwrap_err();
+    assert!(both.iter().any(|p| p.message.contains("no effect")), "{both:?}");
+    let typo = with("fragments = \"dorp\"").unwrap_err();
+    assert!(typo[0].message.contains("\"dorp\""), "{typo:?}");
 }
 
 #[test]

@@ -145,6 +145,24 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
         None => Some(None),
         Some(r) => rate(c, r.get_ref()).map(Some),
     };
+    let drop_fragments = d.fragments.as_ref().map_or(Some(false), |f| {
+        let r = match f.get_ref().as_str() {
+            "limit" => Ok(false),
+            "drop" => Ok(true),
+            other => Err(format!("invalid fragments policy {other:?}: expected limit or drop")),
+        };
+        c.take(f, r)
+    });
+    let fragment_limit = match &d.fragment_limit {
+        None => Some(None),
+        Some(r) => rate(c, r.get_ref()).map(Some),
+    };
+    if let (Some(true), Some(r)) = (drop_fragments, &d.fragment_limit) {
+        c.say(
+            r,
+            "fragment_limit has no effect with fragments = \"drop\"; remove one of them".into(),
+        );
+    }
     let limits = overrides(c, &d.limits);
     let allow = cidrs(c, &d.allow);
     let deny = cidrs(c, &d.deny);
@@ -164,6 +182,8 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
         max_sources: max_sources? as u32,
         pass_malformed: pass_malformed?,
         default_limit: default_limit?,
+        drop_fragments: drop_fragments?,
+        fragment_limit: fragment_limit?,
         limits: limits?,
         allow: allow?,
         deny: deny?,

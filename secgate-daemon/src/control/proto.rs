@@ -64,29 +64,17 @@ impl Request {
             Request::Reload {} => "reload",
         }
     }
-
-    /// Whether the request changes policy (and so goes to the audit log).
-    pub fn is_change(&self) -> bool {
-        !matches!(
-            self,
-            Request::Status {}
-                | Request::Stats {}
-                | Request::BanList {}
-                | Request::AllowList {}
-                | Request::LimitShow {}
-        )
-    }
 }
 
 /// Reply data of `stats`: the datapath counters plus what only the daemon knows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatsReply {
     #[serde(flatten)]
-    pub stats: crate::policy::StatsView,
+    pub stats: crate::views::StatsView,
     /// Over-limit events received since the daemon started.
     pub events_total: u64,
     /// Sources with the most over-limit events.
-    pub top_sources: Vec<crate::shared::SourceEvents>,
+    pub top_sources: Vec<crate::events::SourceEvents>,
 }
 
 /// `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`.

@@ -1,6 +1,6 @@
 //! The daemon side of the control socket: root only (mode 0600 and a peer-credential check),
-//! bounded reads, one request per connection, a reply for every failure, and an audit entry
-//! for every change.
+//! bounded reads, one request per connection, a reply for every failure. It only translates:
+//! every change goes through the [`Service`], which audits it.
 
 use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
@@ -11,7 +11,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::proto::{MAX_REQUEST_BYTES, Reply, Request, StatsReply};
-use crate::shared::Shared;
+use crate::service::{Caller, Service, ServiceError};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const TOP_SOURCES: usize = 10;
@@ -36,33 +36,28 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves requests until the process exits.
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+pub async fn serve(listener: UnixListener, service: Arc<Service>) {
     info!("control socket ready");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move { connection(stream, shared).await });
+                let service = service.clone();
+                tokio::spawn(async move { connection(stream, service).await });
             }
             Err(e) => warn!(error = %e, "control socket accept failed"),
         }
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>) {
+async fn connection(stream: UnixStream, service: Arc<Service>) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (read, mut write) = stream.into_split();
     let reply = match uid {
         Some(0) => match read_request(read).await {
             Ok(line) => match Request::decode(&line) {
-                Ok(req) => {
-                    let shared = shared.clone();
-                    tokio::task::spawn_blocking(move || handle(&shared, req, 0))
-                        .await
-                        .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")))
-                }
+                Ok(req) => handle(&service, req, 0).await,
                 Err(e) => {
-                    shared.count_action("invalid", false);
+                    service.count_action("invalid", false);
                     Reply::error(e.to_string())
                 }
             },
@@ -72,8 +67,8 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
             let uid = other.unwrap_or(u32::MAX);
             warn!(uid, "control request from non-root caller refused");
             let msg = "permission denied: the secgate control socket only serves root; run the command with sudo";
-            shared.audit.record(uid, "connect", &serde_json::Value::Null, Err(msg));
-            shared.count_action("refused", false);
+            service.refused(uid, msg);
+            service.count_action("refused", false);
             Reply::error(msg)
         }
     };
@@ -99,54 +94,64 @@ async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Vec<u8>, 
     Ok(line)
 }
 
-/// Runs one request, audits it if it changes policy, and counts it.
-pub fn handle(shared: &Shared, req: Request, uid: u32) -> Reply {
-    let reply = dispatch(shared, &req);
-    if req.is_change() {
-        shared.audit.record(uid, req.action(), &req, reply.error.as_deref().map_or(Ok(()), Err));
-    }
-    shared.count_action(req.action(), reply.ok);
+/// Runs one request as operator `uid` through the service and counts it. Changes are
+/// audited by the service; the reply comes once a change is on disk.
+pub async fn handle(service: &Arc<Service>, req: Request, uid: u32) -> Reply {
+    let action = req.action();
+    let reply = dispatch(service, &Caller::Operator { uid }, req)
+        .await
+        .unwrap_or_else(|e| Reply::error(e.to_string()));
+    service.count_action(action, reply.ok);
     reply
 }
 
-fn dispatch(shared: &Shared, req: &Request) -> Reply {
-    let mut p = shared.policy();
-    let result = match req.clone() {
-        Request::Status {} => p.status().map(Reply::data),
-        Request::Stats {} => p.stats().map(|stats| {
-            let events = shared.events();
+/// Translates the wire request into a service call and its result into reply data.
+async fn dispatch(
+    service: &Arc<Service>,
+    caller: &Caller,
+    req: Request,
+) -> Result<Reply, ServiceError> {
+    Ok(match req {
+        Request::Status {} => Reply::data(service.status()?),
+        Request::Stats {} => {
+            let stats = service.stats()?;
+            let events = service.events();
             Reply::data(StatsReply {
                 stats,
                 events_total: events.total,
                 top_sources: events.top(TOP_SOURCES),
             })
-        }),
+        }
         Request::BanAdd { cidr, ttl_secs, reason } => {
-            p.ban_add(cidr, ttl_secs.map(Duration::from_secs_f64), reason).map(Reply::data)
+            let ttl = ttl_secs.map(Duration::from_secs_f64);
+            Reply::data(service.ban_add(caller, cidr, ttl, reason).await?)
         }
-        Request::BanDel { cidr } => p.ban_del(cidr).map(|found| removed(found, "ban", &cidr)),
-        Request::BanList {} => p.bans().map(Reply::data),
-        Request::AllowAdd { cidr } => p.allow_add(cidr).map(|()| Reply::data(cidr)),
+        Request::BanDel { cidr } => {
+            service.ban_del(caller, cidr).await?;
+            Reply::data(cidr)
+        }
+        Request::BanList {} => Reply::data(service.bans()),
+        Request::AllowAdd { cidr } => {
+            service.allow_add(caller, cidr).await?;
+            Reply::data(cidr)
+        }
         Request::AllowDel { cidr } => {
-            p.allow_del(cidr).map(|found| removed(found, "allow entry", &cidr))
+            service.allow_del(caller, cidr).await?;
+            Reply::data(cidr)
         }
-        Request::AllowList {} => p.allow().map(Reply::data),
-        Request::LimitShow {} => Ok(Reply::data(p.limits())),
+        Request::AllowList {} => Reply::data(service.allow()),
+        Request::LimitShow {} => Reply::data(service.limits()),
         Request::LimitSet { selector, rate } => {
-            p.set_limit(selector, rate).map(|()| Reply::data(p.limits()))
+            Reply::data(service.limit_set(caller, selector, rate).await?)
         }
-        Request::LimitDel { selector } => p.del_limit(selector).map(|found| {
-            if found { Reply::data(p.limits()) } else { Reply::error("no such limit") }
-        }),
-        Request::Mode { mode } => p.set_mode(mode).map(|()| Reply::data(mode)),
-        Request::Reload {} => Ok(match shared.reload(&mut p) {
-            Ok(()) => Reply::data("reloaded"),
-            Err(e) => Reply::error(format!("reload rejected, the running policy stays: {e}")),
-        }),
-    };
-    result.unwrap_or_else(|e| Reply::error(e.to_string()))
-}
-
-fn removed(found: bool, what: &str, cidr: &ipnet::IpNet) -> Reply {
-    if found { Reply::data(cidr) } else { Reply::error(format!("no {what} for {cidr}")) }
+        Request::LimitDel { selector } => Reply::data(service.limit_del(caller, selector).await?),
+        Request::Mode { mode } => {
+            service.set_mode(caller, mode).await?;
+            Reply::data(mode)
+        }
+        Request::Reload {} => {
+            service.reload(caller.clone()).await?;
+            Reply::data("reloaded")
+        }
+    })
 }

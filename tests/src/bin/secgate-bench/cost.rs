@@ -12,14 +12,14 @@ use secgate_common::{
 use secgate_tests::{
     bare::{RawXdp, XDP_DROP},
     frames::{L4Spec, Spec},
-    harness::{Kernel, pin_to_cpu0},
+    harness::{Kernel, pin_to_cpu},
 };
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 9;
 
 pub fn run() {
-    pin_to_cpu0();
+    pin_to_cpu(0);
     let mut kernel = Kernel::load();
     let bare = RawXdp::load(XDP_DROP);
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");

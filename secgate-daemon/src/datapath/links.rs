@@ -1,0 +1,233 @@
+//! The program's links to interfaces, kept in line with the interfaces that exist.
+//!
+//! Interfaces come and go (a veth re-created, a NIC driver reloaded): deleting one severs
+//! its XDP link while the link's pin stays. So every sync compares, per configured
+//! interface, the interface index the kernel reports for the pinned link with the index the
+//! name has now: equal means attached; anything else (a severed link reports 0) is replaced
+//! with a fresh link; a missing interface waits, without a pin, until it appears.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
+use tracing::{info, warn};
+
+use super::{DatapathError, Result, io_err, pins::pinned_interfaces};
+use crate::{config::AttachMode, views::Attachment};
+
+struct Held {
+    /// Kept open so the link stays while the daemon runs; its pin keeps it after.
+    _link: FdLink,
+    ifindex: u32,
+    mode: &'static str,
+}
+
+pub struct Links {
+    dir: PathBuf,
+    held: BTreeMap<String, Held>,
+    want: Vec<String>,
+}
+
+impl Links {
+    pub(super) fn new(dir: PathBuf) -> Links {
+        Links { dir, held: BTreeMap::new(), want: Vec::new() }
+    }
+
+    /// Every configured interface: attached (and how) or waiting for it to appear.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.want
+            .iter()
+            .map(|name| match self.held.get(name) {
+                Some(h) => Attachment {
+                    interface: name.clone(),
+                    state: "attached".into(),
+                    mode: h.mode.into(),
+                },
+                None => Attachment {
+                    interface: name.clone(),
+                    state: "waiting".into(),
+                    mode: "none".into(),
+                },
+            })
+            .collect()
+    }
+
+    /// Attaches to every interface in `want` that exists and is not attached (or whose link
+    /// was severed), waits for the missing ones, and detaches from interfaces no longer
+    /// wanted, including links pinned by an earlier run. Tries every interface; returns the
+    /// first failure.
+    pub(super) fn sync(&mut self, prog: &mut Xdp, want: &[String], mode: AttachMode) -> Result<()> {
+        self.want = want.to_vec();
+        let mut first = Ok(());
+        for name in want {
+            if let Err(e) = self.sync_one(prog, name, mode)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        let stale: Vec<String> = self
+            .held
+            .keys()
+            .cloned()
+            .chain(pinned_interfaces(&self.dir))
+            .filter(|i| !want.contains(i))
+            .collect();
+        for name in stale {
+            self.release(&name)?;
+            info!(interface = %name, "XDP program detached");
+        }
+        first
+    }
+
+    fn pin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn sync_one(&mut self, prog: &mut Xdp, name: &str, mode: AttachMode) -> Result<()> {
+        let path = self.pin(name);
+        let pinned = pinned_ifindex(&path).map_err(io_err("reading pinned link", &path))?;
+        let Some(ifindex) = ifindex(name) else {
+            if self.held.contains_key(name) || pinned.is_some() {
+                warn!(interface = name, "interface is gone; attaching again when it reappears");
+            }
+            return self.release(name);
+        };
+        if pinned == Some(ifindex) && self.held.get(name).is_some_and(|h| h.ifindex == ifindex) {
+            return Ok(());
+        }
+        self.held.remove(name);
+        let held = if pinned == Some(ifindex) {
+            adopt(prog, name, &path, ifindex)?
+        } else {
+            if pinned.is_some() {
+                warn!(
+                    interface = name,
+                    "pinned link is severed or on another device; replacing it"
+                );
+                std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            }
+            attach_fresh(prog, name, &path, ifindex, mode)?
+        };
+        info!(interface = name, mode = held.mode, "XDP program attached");
+        self.held.insert(name.to_owned(), held);
+        Ok(())
+    }
+
+    /// Drops the link to `name` and its pin (which detaches the program if it was attached).
+    fn release(&mut self, name: &str) -> Result<()> {
+        self.held.remove(name);
+        let path = self.pin(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Swaps this program into the link pinned at `path` atomically.
+fn adopt(prog: &mut Xdp, name: &str, path: &Path, ifindex: u32) -> Result<Held> {
+    let link_err =
+        |source| DatapathError::Link { iface: name.into(), path: path.to_owned(), source };
+    let pinned: FdLink = PinnedLink::from_pin(path).map_err(link_err)?.into();
+    let id = prog
+        .attach_to_link(XdpLink::try_from(pinned).map_err(link_err)?)
+        .map_err(|source| DatapathError::Attach { iface: name.into(), source })?;
+    let link = FdLink::try_from(prog.take_link(id)?).map_err(link_err)?;
+    Ok(Held { _link: link, ifindex, mode: "adopted" })
+}
+
+fn attach_fresh(
+    prog: &mut Xdp,
+    name: &str,
+    path: &Path,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<Held> {
+    let err = |source| DatapathError::Attach { iface: name.into(), source };
+    let (id, how) = match mode {
+        AttachMode::Native => {
+            (prog.attach_to_if_index(ifindex, XdpMode::Driver).map_err(err)?, "native")
+        }
+        AttachMode::Skb => (prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(err)?, "skb"),
+        AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                warn!(interface = name, error = %e, "native XDP unavailable; falling back to skb (generic) mode, which is slower");
+                (prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(err)?, "skb")
+            }
+        },
+    };
+    let link_err =
+        |source| DatapathError::Link { iface: name.into(), path: path.to_owned(), source };
+    let link = FdLink::try_from(prog.take_link(id)?).map_err(link_err)?;
+    let pinned = link.pin(path).map_err(|source| DatapathError::Pin {
+        iface: name.into(),
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Held { _link: pinned.into(), ifindex, mode: how })
+}
+
+/// The interface's index now, `None` if there is no such interface.
+fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok().filter(|i| *i != 0)
+}
+
+/// The interface index the kernel reports for the XDP link pinned at `path`: `Some(0)` for a
+/// severed link (its interface was deleted) or a pin that is not an XDP link, `None` when
+/// nothing is pinned there.
+///
+/// Hand-rolled `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD`: aya's `LinkInfo` does not expose
+/// the XDP part of `bpf_link_info`.
+fn pinned_ifindex(path: &Path) -> io::Result<Option<u32>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: an all-zero bpf_attr is the documented starting point for every command.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_4.pathname = c_path.as_ptr() as u64;
+    let fd = match bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: plain data; the kernel fills what it knows.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info = std::ptr::from_mut(&mut info) as u64;
+    attr.info.info_len = size_of::<bpf_link_info>() as u32;
+    if bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_err() {
+        return Ok(Some(0));
+    }
+    if info.type_ != bpf_link_type::BPF_LINK_TYPE_XDP as u32 {
+        return Ok(Some(0));
+    }
+    // SAFETY: the kernel filled the XDP member for an XDP link.
+    Ok(Some(unsafe { info.__bindgen_anon_1.xdp.ifindex }))
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid, zero-initialised bpf_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}

@@ -1,0 +1,140 @@
+//! Loading the XDP program, pinning its maps and links, and attaching it to interfaces.
+//!
+//! Maps are pinned by name under `<pin_path>/maps` and links under `<pin_path>/links/<if>`.
+//! A daemon that starts while pins exist reuses the maps (so bans and counters survive) and
+//! swaps its freshly loaded program into the pinned links atomically, so the interface is
+//! never without a filter. Only the holder of the [`InstanceLock`] may open the datapath.
+
+mod links;
+mod pins;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{ProgramError, Xdp, links::LinkError},
+};
+use secgate_common::maps as names;
+
+pub use links::Links;
+pub use pins::{detach, prepare};
+
+use crate::{
+    EBPF_OBJECT,
+    config::DatapathSettings,
+    lock::{InstanceLock, LockError},
+    maps::{DatapathMaps, MapsError},
+};
+
+const PROGRAM: &str = "secgate";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "{path} is not on a bpffs and cannot hold pins; mount one (`mount -t bpf bpf {path}`) or change datapath.pin_path"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("loading the XDP object: {0}; is the kernel BPF-capable and are you root?")]
+    Load(#[from] EbpfError),
+    #[error("the kernel rejected the XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("interface {iface}: {source}")]
+    Attach { iface: String, source: ProgramError },
+    #[error("interface {iface}: pinned link {path}: {source}")]
+    Link { iface: String, path: PathBuf, source: LinkError },
+    #[error("interface {iface}: pinning link at {path}: {source}")]
+    Pin { iface: String, path: PathBuf, source: aya::pin::PinError },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(
+        "pinned map {path} has key size, value size and capacity {found:?}, this build needs {want:?}: it was left by another secgate version; remove {dir} and start again (the state file restores dynamic bans)"
+    )]
+    StalePin { path: PathBuf, dir: PathBuf, found: (u32, u32, u32), want: (u32, u32, u32) },
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io { what, path: path.to_owned(), source }
+}
+
+/// The loaded program, its maps and the interfaces it is attached to.
+pub struct Datapath {
+    bpf: Ebpf,
+    pub(crate) maps: DatapathMaps,
+    links: Links,
+    pin_path: PathBuf,
+    /// Whether the maps were reused from pins (and so may hold entries of an earlier run).
+    reused: bool,
+    _lock: InstanceLock,
+}
+
+impl Datapath {
+    /// Loads the program, reusing pinned maps under `pin_path` when they exist. `lock` must
+    /// be the instance lock on that `pin_path`; it is held for as long as the datapath.
+    pub fn open(settings: &DatapathSettings, lock: InstanceLock) -> Result<Datapath> {
+        let pin_path = settings.pin_path.clone();
+        prepare(&pin_path)?;
+        let reused = pins::check(&pin_path, settings.max_sources)?;
+        let mut loader = EbpfLoader::new();
+        for name in names::ALL {
+            loader.map_pin_path(name, pins::maps_dir(&pin_path).join(name));
+        }
+        loader.map_max_entries(names::SOURCES, settings.max_sources);
+        let mut bpf = loader.load(EBPF_OBJECT)?;
+        program(&mut bpf).load()?;
+        let maps = DatapathMaps::take(&mut bpf)?;
+        let links = Links::new(pins::links_dir(&pin_path));
+        Ok(Datapath { bpf, maps, links, pin_path, reused, _lock: lock })
+    }
+
+    /// Whether the maps came from an earlier run's pins.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// Brings the attachments in line with `want` and the interfaces that exist right now;
+    /// see [`Links::sync`].
+    pub fn sync_links(&mut self, want: &[String], mode: crate::config::AttachMode) -> Result<()> {
+        self.links.sync(program(&mut self.bpf), want, mode)
+    }
+
+    /// Takes the over-limit event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.bpf.take_map(names::EVENTS).and_then(|m| RingBuf::try_from(m).ok())
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    /// Runs one frame through the loaded program (`BPF_PROG_TEST_RUN`) and returns the XDP
+    /// action, so tests can check what the kernel does with the maps the service wrote.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn test_run(&self, frame: &[u8]) -> u32 {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &Xdp = self.bpf.program(PROGRAM).expect("program").try_into().expect("xdp");
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+}
+
+fn program(bpf: &mut Ebpf) -> &mut Xdp {
+    bpf.program_mut(PROGRAM)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .expect("the embedded object defines the secgate XDP program")
+}

@@ -1,0 +1,114 @@
+//! The pin directory: a bpffs (mounted if the standard one is missing), the layout check of
+//! pinned maps, and removing every pin for `secgate detach`.
+
+use std::path::{Path, PathBuf};
+
+use secgate_common::maps as names;
+use tracing::{info, warn};
+
+use super::{DatapathError, Result, io_err};
+use crate::lock::InstanceLock;
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+pub fn maps_dir(pin_path: &Path) -> PathBuf {
+    pin_path.join("maps")
+}
+
+pub fn links_dir(pin_path: &Path) -> PathBuf {
+    pin_path.join("links")
+}
+
+/// Makes sure `pin_path` lives on a bpffs (mounting the standard one if it is missing) and
+/// that its directories exist. Touches no pin.
+pub fn prepare(pin_path: &Path) -> Result<()> {
+    ensure_bpffs(pin_path)?;
+    for dir in [maps_dir(pin_path), links_dir(pin_path)] {
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    }
+    Ok(())
+}
+
+/// Refuses pinned maps whose layout differs from this build's; warns when the limiter map
+/// keeps a capacity other than `max_sources` (it is reused, so the change waits for new pins).
+/// Returns whether any map is pinned already.
+pub fn check(pin_path: &Path, max_sources: u32) -> Result<bool> {
+    let mut reused = false;
+    for name in names::ALL {
+        let path = maps_dir(pin_path).join(name);
+        let (Ok(info), Some((key, value, capacity))) =
+            (aya::maps::MapInfo::from_pin(&path), crate::maps::layout(name))
+        else {
+            continue;
+        };
+        reused = true;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        let want = (key, value, capacity.unwrap_or(found.2));
+        if found != want {
+            return Err(DatapathError::StalePin { path, dir: maps_dir(pin_path), found, want });
+        }
+        if name == names::SOURCES && found.2 != max_sources {
+            warn!(
+                pinned = found.2,
+                configured = max_sources,
+                "the pinned limiter map keeps its capacity; remove the pins to apply max_sources"
+            );
+        }
+    }
+    Ok(reused)
+}
+
+fn ensure_bpffs(pin_path: &Path) -> Result<()> {
+    let mut probe = pin_path.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if is_bpffs(&probe) {
+        return Ok(());
+    }
+    let standard = Path::new(DEFAULT_BPFFS);
+    if pin_path.starts_with(standard) && !is_bpffs(standard) {
+        std::fs::create_dir_all(standard).map_err(io_err("creating", standard))?;
+        nix::mount::mount(
+            Some("bpf"),
+            standard,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| DatapathError::Mount { path: standard.into(), source })?;
+        info!(path = DEFAULT_BPFFS, "mounted bpffs");
+        return Ok(());
+    }
+    Err(DatapathError::NotBpffs { path: pin_path.into() })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+pub fn pinned_interfaces(links_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(links_dir)
+        .map(|entries| {
+            entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes every pin under `pin_path`: links (which detaches the program) and maps. The
+/// caller holds the instance lock, so no daemon is using them.
+pub fn detach(pin_path: &Path, _lock: &InstanceLock) -> Result<Vec<String>> {
+    let detached = pinned_interfaces(&links_dir(pin_path));
+    for dir in [links_dir(pin_path), maps_dir(pin_path)] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
+        }
+    }
+    if pin_path.exists() {
+        std::fs::remove_dir(pin_path).map_err(io_err("removing", pin_path))?;
+    }
+    Ok(detached)
+}

@@ -1,0 +1,390 @@
+//! The one way to change policy. Every caller (an operator on the control socket, the config
+//! file on reload, the escalation of abusive sources) goes through a [`Service`] method, which
+//! validates the change, applies it to the maps, waits until it is on disk, audits it with
+//! the caller, and counts it. Nothing else holds the [`Policy`], so the maps cannot be
+//! reached around it.
+//!
+//! Persisting is a group commit ([`journal`]): a change is applied under the policy lock and
+//! the caller then waits for the journal thread to write a state file that includes it.
+//! Changes that arrive while one write is under way share the next one, so a thousand bans
+//! issued at once cost a handful of fsyncs instead of a thousand rewrites of the file.
+
+mod journal;
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::{
+    audit::Audit,
+    clock::Clock,
+    config::{Config, Mode, Rate, Selector, describe},
+    events::EventCounts,
+    policy::{Policy, PolicyError},
+    state::{Loaded, StateFile},
+    views::{BanView, LimitsView, StatsView, StatusView},
+};
+
+pub use journal::JournalStats;
+
+/// Who asks for a change; recorded in every audit line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "caller", rename_all = "snake_case")]
+pub enum Caller {
+    /// A user of the control socket (always root: the socket refuses anyone else).
+    Operator { uid: u32 },
+    /// The config file, on reload.
+    Config,
+    /// The escalation of an abusive source, by the rule it tripped.
+    Escalation { rule: String },
+}
+
+impl Caller {
+    fn kind(&self) -> &'static str {
+        match self {
+            Caller::Operator { .. } => "operator",
+            Caller::Config => "config",
+            Caller::Escalation { .. } => "escalation",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Refused; nothing changed.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Refused: there was nothing to remove.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change is in force but saving the state failed: it will not survive a restart
+    /// until a later save succeeds.
+    #[error("the change is in force but could not be saved: {0}")]
+    NotSaved(String),
+    #[error("reload rejected, the running policy stays: {0}")]
+    Reload(String),
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// How far state writes have got: every change up to `written` is on disk; the write of
+/// changes up to `failed_through` failed with `error`.
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    written: u64,
+    failed_through: u64,
+    error: Option<Arc<str>>,
+}
+
+/// What the policy lock guards, shared with the journal thread.
+struct Inner {
+    policy: Policy,
+    /// Number of changes applied so far; the journal writes up to it.
+    version: u64,
+    /// Audit records waiting for their change to be written.
+    queue: Vec<journal::Record>,
+    stop: bool,
+}
+
+struct Core {
+    inner: Mutex<Inner>,
+    /// Wakes the journal thread.
+    wake: Condvar,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub struct Service {
+    core: Arc<Core>,
+    durable: watch::Receiver<Durable>,
+    journal: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<JournalStats>,
+    config_path: PathBuf,
+    events: Mutex<EventCounts>,
+    /// Control requests served, by (action, ok).
+    actions: Mutex<BTreeMap<(String, bool), u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Service {
+    /// Restores the saved state into a policy over `datapath`, attaches to the configured
+    /// interfaces and starts the journal thread. Returns warnings for the log.
+    pub fn start(
+        datapath: crate::datapath::Datapath,
+        config: &Config,
+        config_path: &Path,
+        state: StateFile,
+        loaded: Loaded,
+        audit: Audit,
+        clock: Arc<dyn Clock>,
+    ) -> std::result::Result<(Service, Vec<String>), PolicyError> {
+        let (mut policy, warnings) =
+            Policy::start(datapath, config.datapath.clone(), loaded, clock)?;
+        if let Err(e) = policy.sync_interfaces() {
+            tracing::warn!(error = %e, "not every interface could be attached; retrying on link events");
+        }
+        let core = Arc::new(Core {
+            inner: Mutex::new(Inner { policy, version: 0, queue: Vec::new(), stop: false }),
+            wake: Condvar::new(),
+        });
+        let (tx, durable) = watch::channel(Durable::default());
+        let stats = Arc::new(JournalStats::default());
+        let journal = journal::spawn(core.clone(), state, audit, tx, stats.clone());
+        let service = Service {
+            core,
+            durable,
+            journal: Mutex::new(Some(journal)),
+            stats,
+            config_path: config_path.to_owned(),
+            events: Mutex::default(),
+            actions: Mutex::default(),
+        };
+        Ok((service, warnings))
+    }
+
+    /// Applies `change` under the policy lock and queues its audit record. On success the
+    /// change gets a version the caller can wait on with [`Service::durable`].
+    fn apply<T>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        request: serde_json::Value,
+        change: impl FnOnce(&mut Policy) -> Result<T>,
+    ) -> Result<(T, u64)> {
+        let mut inner = self.core.lock();
+        let result = change(&mut inner.policy);
+        let version = result.is_ok().then(|| {
+            inner.version += 1;
+            inner.version
+        });
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        inner.queue.push(journal::Record::new(caller.clone(), action, request, version, outcome));
+        drop(inner);
+        self.core.wake.notify_one();
+        result.map(|v| (v, version.expect("set on success")))
+    }
+
+    /// Waits until change `version` is on disk.
+    async fn durable(&self, version: u64) -> Result<()> {
+        let mut rx = self.durable.clone();
+        let state = rx
+            .wait_for(|d| d.written >= version || d.failed_through >= version)
+            .await
+            .map_err(|_| ServiceError::NotSaved("the state journal has stopped".into()))?;
+        if state.written >= version {
+            Ok(())
+        } else {
+            Err(ServiceError::NotSaved(state.error.as_deref().unwrap_or("unknown").to_owned()))
+        }
+    }
+
+    async fn commit<T>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        request: serde_json::Value,
+        change: impl FnOnce(&mut Policy) -> Result<T>,
+    ) -> Result<T> {
+        let (value, version) = self.apply(caller, action, request, change)?;
+        self.durable(version).await?;
+        Ok(value)
+    }
+
+    /// Bans `cidr` in the kernel, for `ttl` or for good.
+    pub async fn ban_add(
+        &self,
+        caller: &Caller,
+        cidr: IpNet,
+        ttl: Option<Duration>,
+        reason: Option<String>,
+    ) -> Result<BanView> {
+        let reason = reason.unwrap_or_else(|| "manual".into());
+        let request =
+            json!({ "cidr": cidr, "ttl_secs": ttl.map(|t| t.as_secs_f64()), "reason": reason });
+        self.commit(caller, "ban_add", request, |p| Ok(p.ban_add(cidr, ttl, reason)?)).await
+    }
+
+    pub async fn ban_del(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
+        self.commit(caller, "ban_del", json!({ "cidr": cidr }), |p| {
+            found(p.ban_del(cidr)?, || format!("no ban for {cidr}"))
+        })
+        .await
+    }
+
+    pub async fn allow_add(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
+        self.commit(caller, "allow_add", json!({ "cidr": cidr }), |p| Ok(p.allow_add(cidr)?)).await
+    }
+
+    pub async fn allow_del(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
+        self.commit(caller, "allow_del", json!({ "cidr": cidr }), |p| {
+            found(p.allow_del(cidr)?, || format!("no allow entry for {cidr}"))
+        })
+        .await
+    }
+
+    /// Sets the default limit (`selector == None`) or an override; returns the limits now.
+    pub async fn limit_set(
+        &self,
+        caller: &Caller,
+        selector: Option<Selector>,
+        rate: Rate,
+    ) -> Result<LimitsView> {
+        let request = json!({ "selector": selector, "rate": rate });
+        self.commit(caller, "limit_set", request, |p| {
+            p.set_limit(selector, rate)?;
+            Ok(p.limits())
+        })
+        .await
+    }
+
+    pub async fn limit_del(
+        &self,
+        caller: &Caller,
+        selector: Option<Selector>,
+    ) -> Result<LimitsView> {
+        self.commit(caller, "limit_del", json!({ "selector": selector }), |p| {
+            let what = || {
+                selector.map_or("no default limit is set".into(), |s| {
+                    format!("no limit for {}", describe(&s))
+                })
+            };
+            found(p.del_limit(selector)?, what)?;
+            Ok(p.limits())
+        })
+        .await
+    }
+
+    pub async fn set_mode(&self, caller: &Caller, mode: Mode) -> Result<()> {
+        self.commit(caller, "mode", json!({ "mode": mode }), |p| Ok(p.set_mode(mode)?)).await
+    }
+
+    /// Re-reads the config file and applies it; on any problem the running policy stays and
+    /// the error lists every problem. Runs on a blocking thread: a large config means many
+    /// map writes.
+    pub async fn reload(self: &Arc<Self>, caller: Caller) -> Result<()> {
+        let this = self.clone();
+        let version = tokio::task::spawn_blocking(move || {
+            this.apply(&caller, "reload", json!({ "config": this.config_path }), |p| {
+                let config = Config::load(&this.config_path)
+                    .map_err(|e| ServiceError::Reload(e.to_string()))?;
+                p.reload(config.datapath).map_err(|e| ServiceError::Reload(e.to_string()))
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Reload(format!("internal error: {e}")))??
+        .1;
+        self.durable(version).await
+    }
+
+    /// Lifts the bans that are due. Persisted like any change (without waiting) but not
+    /// audited: the expiry was recorded with the ban.
+    pub fn sweep(&self) -> std::result::Result<usize, PolicyError> {
+        let mut inner = self.core.lock();
+        let lifted = inner.policy.sweep()?;
+        if lifted > 0 {
+            inner.version += 1;
+            drop(inner);
+            self.core.wake.notify_one();
+        }
+        Ok(lifted)
+    }
+
+    /// Re-checks the XDP links against the interfaces that exist now.
+    pub fn sync_interfaces(&self) -> std::result::Result<(), PolicyError> {
+        self.core.lock().policy.sync_interfaces()
+    }
+
+    /// Writes what is pending and stops the journal thread (at shutdown).
+    pub fn shutdown(&self) {
+        self.core.lock().stop = true;
+        self.core.wake.notify_one();
+        if let Some(handle) = lock(&self.journal).take() {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn bans(&self) -> Vec<BanView> {
+        self.core.lock().policy.bans()
+    }
+
+    pub fn allow(&self) -> Vec<IpNet> {
+        self.core.lock().policy.allow()
+    }
+
+    pub fn limits(&self) -> LimitsView {
+        self.core.lock().policy.limits()
+    }
+
+    pub fn stats(&self) -> std::result::Result<StatsView, PolicyError> {
+        self.core.lock().policy.stats()
+    }
+
+    pub fn status(&self) -> std::result::Result<StatusView, PolicyError> {
+        self.core.lock().policy.status()
+    }
+
+    /// State-file writes and the changes they carried, for metrics and benchmarks.
+    pub fn journal_stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    /// Records a refused connection to the control socket.
+    pub fn refused(&self, uid: u32, reason: &str) {
+        let record = journal::Record::new(
+            Caller::Operator { uid },
+            "connect",
+            serde_json::Value::Null,
+            None,
+            Err(reason.to_owned()),
+        );
+        self.core.lock().queue.push(record);
+        self.core.wake.notify_one();
+    }
+
+    pub fn record_event(&self, source: IpAddr) {
+        lock(&self.events).record(source);
+    }
+
+    pub fn events(&self) -> MutexGuard<'_, EventCounts> {
+        lock(&self.events)
+    }
+
+    pub fn count_action(&self, action: &str, ok: bool) {
+        *lock(&self.actions).entry((action.to_string(), ok)).or_default() += 1;
+    }
+
+    pub fn actions(&self) -> BTreeMap<(String, bool), u64> {
+        lock(&self.actions).clone()
+    }
+
+    /// Changes by (action, caller kind, ok), as audited.
+    pub fn changes(&self) -> BTreeMap<(&'static str, &'static str, bool), u64> {
+        self.stats.changes()
+    }
+
+    /// The loaded datapath, for tests that run frames through the program.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn with_datapath<R>(&self, f: impl FnOnce(&crate::datapath::Datapath) -> R) -> R {
+        f(self.core.lock().policy.datapath())
+    }
+}
+
+fn found(found: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if found { Ok(()) } else { Err(ServiceError::NotFound(what())) }
+}

@@ -1,0 +1,68 @@
+//! What the daemon reports: plain data that the service returns, the control protocol
+//! carries and the CLI renders. Nothing here reaches into the policy or the maps.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Mode, Override, Rate};
+
+/// A ban as `ban list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BanView {
+    pub cidr: IpNet,
+    /// Seconds until the ban lapses; `None` for a permanent ban.
+    pub expires_in_secs: Option<f64>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LimitsView {
+    pub default: Option<Rate>,
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    pub mode: Mode,
+    /// Counters per verdict reason (`pass`, `non_ip`, `allow`, `deny`, `rate`, `malformed`,
+    /// `fragment`, `contended`).
+    pub reasons: BTreeMap<String, Traffic>,
+    /// Packets actually dropped (none while in monitor mode).
+    pub dropped: Traffic,
+}
+
+/// A configured interface and whether the program is on it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub interface: String,
+    /// `attached`, or `waiting` for the interface to appear.
+    pub state: String,
+    /// `native`, `skb`, or `adopted` (program swapped into a pinned link); `none` while
+    /// waiting.
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub mode: Mode,
+    /// Every configured interface, attached or waiting.
+    pub attachments: Vec<Attachment>,
+    pub pin_path: String,
+    pub bans: usize,
+    pub allow: usize,
+    pub overrides: usize,
+    /// Limiter buckets in use: buckets created minus buckets the daemon cleared, capped at
+    /// the map's capacity (once it is full, the LRU evicts as fast as sources arrive).
+    pub sources: u64,
+    /// Limiter buckets created since the maps were made.
+    pub buckets_created: u64,
+    pub uptime_secs: u64,
+}
