@@ -141,6 +141,7 @@ fn detach(config: &Path) -> anyhow::Result<ExitCode> {
         println!("nothing to detach: {} does not exist", pin_path.display());
         return Ok(ExitCode::SUCCESS);
     }
+    datapath::prepare(pin_path)?;
     let lock = InstanceLock::acquire(pin_path, &config.state_dir)
         .context("refusing to detach: stop the daemon first (`systemctl stop secgate`)")?;
     let detached = datapath::detach(pin_path, &lock)?;

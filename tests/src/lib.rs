@@ -6,6 +6,7 @@ pub mod frames;
 pub mod harness;
 pub mod model_tables;
 pub mod netns;
+pub mod service;
 pub mod traffic;
 
 /// Whether this process may load BPF programs and create namespaces.

@@ -107,10 +107,16 @@ impl Topology {
         let client = NetNs::new(&format!("sgc-{tag}-{id}"));
         let gw = NetNs::new(&format!("sgg-{tag}-{id}"));
         let (client_if, gw_if) = ("sg-c".to_string(), "sg-g".to_string());
-        client.ip(&[
+        let t = Topology { client, gw, gw_if, client_if };
+        t.create_pair();
+        t
+    }
+
+    fn create_pair(&self) {
+        self.client.ip(&[
             "link",
             "add",
-            &client_if,
+            &self.client_if,
             "numtxqueues",
             "2",
             "numrxqueues",
@@ -119,17 +125,33 @@ impl Topology {
             "veth",
             "peer",
             "name",
-            &gw_if,
+            &self.gw_if,
             "netns",
-            &gw.name,
+            &self.gw.name,
             "numtxqueues",
             "2",
             "numrxqueues",
             "2",
         ]);
-        let t = Topology { client, gw, gw_if, client_if };
-        t.configure();
-        t
+        self.configure();
+    }
+
+    /// Deletes the veth pair, which detaches whatever XDP program was on it.
+    pub fn delete_pair(&self) {
+        self.client.ip(&["link", "del", &self.client_if]);
+    }
+
+    /// Creates the veth pair again under the same names and addresses (new interface
+    /// indexes), as a re-made interface or a reloaded driver would.
+    pub fn recreate_pair(&self) {
+        self.create_pair();
+    }
+
+    /// The id of the XDP program on `dev` in the gateway namespace, if any.
+    pub fn gw_xdp_prog(&self, dev: &str) -> Option<u64> {
+        let out = self.gw.ip(&["-j", "-d", "link", "show", dev]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+        links[0]["xdp"]["prog"]["id"].as_u64()
     }
 
     /// Adds another veth pair (no addresses) between the two namespaces; returns the
@@ -320,6 +342,23 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.socket);
     }
 
+    /// Runs `secgate run` on this daemon's config a second time, in the gateway namespace;
+    /// returns (status code, stderr) once it exits.
+    pub fn run_again(&self, config: &Path) -> (i32, String) {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.gw.display()))
+            .arg("--")
+            .arg(secgate_bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn secgate run");
+        let out = wait_bounded(child, std::time::Duration::from_secs(20), "a second secgate run");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Runs `secgate ARGS…` against this daemon; returns (status code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(secgate_bin())
@@ -341,6 +380,24 @@ impl Daemon {
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).expect("json output")
     }
+}
+
+/// Waits for `child` at most `limit`; kills it and panics if it is still running then.
+pub fn wait_bounded(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 impl Drop for Daemon {

@@ -41,7 +41,11 @@ enum Cmd {
         skip_privileged: bool,
     },
     /// Run the benchmarks and print ratios against baselines measured in the same run.
-    Bench,
+    Bench {
+        /// `datapath` (per-packet cost and live drop rates) or `bans` (service layer);
+        /// both when omitted.
+        what: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,9 +63,9 @@ fn main() -> Result<()> {
             }
             steps::test(skip_privileged)
         }
-        Cmd::Bench => {
+        Cmd::Bench { what } => {
             setup::run()?;
-            steps::bench()
+            steps::bench(what.as_deref())
         }
     }
 }

@@ -17,6 +17,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("util-linux", "nsenter"),
     ("nftables", "nft"),
+    ("strace", "strace"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";

@@ -87,6 +87,10 @@ pub fn test(skip_privileged: bool) -> Result<()> {
     run_cmd(&mut privileged)
 }
 
-pub fn bench() -> Result<()> {
-    run_cmd(cargo().args(["run", "--release", "-p", "secgate-tests", "--bin", "secgate-bench"]))
+pub fn bench(what: Option<&str>) -> Result<()> {
+    run_cmd(
+        cargo()
+            .args(["run", "--release", "-p", "secgate-tests", "--bin", "secgate-bench", "--"])
+            .args(what),
+    )
 }

@@ -7,7 +7,7 @@
 //! with a fresh link; a missing interface waits, without a pin, until it appears.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -36,11 +36,13 @@ pub struct Links {
     dir: PathBuf,
     held: BTreeMap<String, Held>,
     want: Vec<String>,
+    /// Configured interfaces that do not exist, so each is reported once, not every second.
+    waiting: BTreeSet<String>,
 }
 
 impl Links {
     pub(super) fn new(dir: PathBuf) -> Links {
-        Links { dir, held: BTreeMap::new(), want: Vec::new() }
+        Links { dir, held: BTreeMap::new(), want: Vec::new(), waiting: BTreeSet::new() }
     }
 
     /// Every configured interface: attached (and how) or waiting for it to appear.
@@ -83,6 +85,7 @@ impl Links {
             .chain(pinned_interfaces(&self.dir))
             .filter(|i| !want.contains(i))
             .collect();
+        self.waiting.retain(|i| want.contains(i));
         for name in stale {
             self.release(&name)?;
             info!(interface = %name, "XDP program detached");
@@ -98,11 +101,15 @@ impl Links {
         let path = self.pin(name);
         let pinned = pinned_ifindex(&path).map_err(io_err("reading pinned link", &path))?;
         let Some(ifindex) = ifindex(name) else {
-            if self.held.contains_key(name) || pinned.is_some() {
-                warn!(interface = name, "interface is gone; attaching again when it reappears");
+            if self.waiting.insert(name.to_owned()) {
+                warn!(
+                    interface = name,
+                    "interface does not exist; the XDP program is attached when it appears"
+                );
             }
             return self.release(name);
         };
+        self.waiting.remove(name);
         if pinned == Some(ifindex) && self.held.get(name).is_some_and(|h| h.ifindex == ifindex) {
             return Ok(());
         }

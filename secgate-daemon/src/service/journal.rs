@@ -89,7 +89,7 @@ struct Journal {
 
 /// One round's work, taken under the lock.
 struct Batch {
-    snapshot: Option<Vec<u8>>,
+    snapshot: Option<crate::state::Runtime>,
     upto: u64,
     records: Vec<Record>,
     stop: bool,
@@ -100,7 +100,7 @@ impl Journal {
         let mut retry_at: Option<Instant> = None;
         loop {
             let batch = self.next_batch(retry_at);
-            let result = batch.snapshot.as_deref().map(|data| self.state.write(data));
+            let result = batch.snapshot.as_ref().map(|r| self.state.write(&StateFile::encode(r)));
             match &result {
                 Some(Ok(())) => {
                     if retry_at.take().is_some() {
@@ -147,7 +147,8 @@ impl Journal {
             let auditable = inner.queue.iter().any(|r| r.version.is_none());
             if write || auditable || stop {
                 let upto = if write { inner.version } else { self.written };
-                let snapshot = write.then(|| StateFile::encode(&inner.policy.runtime()));
+                // Only the copy is taken under the lock; encoding and writing happen outside.
+                let snapshot = write.then(|| inner.policy.runtime());
                 let (records, rest) = std::mem::take(&mut inner.queue)
                     .into_iter()
                     .partition(|r| r.version.is_none_or(|v| v <= upto));

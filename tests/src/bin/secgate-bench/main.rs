@@ -1,7 +1,8 @@
-//! `cargo xtask bench`: the datapath measured against baselines in the same run, interleaved
-//! round by round so machine noise hits all alike, and printed as ratios. Nothing here
-//! asserts a timing.
+//! `cargo xtask bench [datapath|bans]`: the datapath and the ban path of the service layer,
+//! each measured against a baseline in the same run, interleaved round by round so machine
+//! noise hits all alike, and printed as ratios. Nothing here asserts a timing.
 
+mod bans;
 mod cost;
 mod live;
 
@@ -15,7 +16,21 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "the benchmarks load BPF programs and create namespaces: run them as root"
     );
-    cost::run();
-    println!();
-    live::run();
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let datapath = matches!(what.as_str(), "all" | "datapath");
+    if datapath {
+        cost::run();
+        println!();
+        live::run();
+    }
+    if matches!(what.as_str(), "all" | "bans") {
+        if datapath {
+            println!();
+        }
+        bans::run();
+    }
+    assert!(
+        matches!(what.as_str(), "all" | "datapath" | "bans"),
+        "unknown benchmark {what:?}: all, datapath or bans"
+    );
 }

@@ -1,0 +1,220 @@
+//! The service layer in-process over a real datapath: one clock whatever the wall clock
+//! does, group-committed durability, every change audited with its caller, and config and
+//! dynamic bans on one CIDR leaving nothing behind.
+
+use std::{
+    net::IpAddr,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use secgate::service::{Caller, ServiceError};
+use secgate_tests::{
+    frames::{L4Spec, Spec},
+    harness::{XDP_DROP, XDP_PASS},
+    privileged,
+    service::Fixture,
+};
+
+const OPERATOR: Caller = Caller::Operator { uid: 0 };
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn frame(src: &str) -> Vec<u8> {
+    Spec::new(src.parse::<IpAddr>().unwrap(), L4Spec::Udp { dport: 53 }).build()
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn time_left(f: &Fixture, cidr: &str) -> Option<f64> {
+    let bans = f.service().bans();
+    let ban = bans.iter().find(|b| b.cidr == net(cidr))?;
+    Some(ban.expires_in_secs.expect("a ban with a TTL"))
+}
+
+fn saved_expiry_ms(f: &Fixture, cidr: &str) -> u64 {
+    f.saved()["bans"][cidr]["expires_unix_ms"].as_u64().expect("saved wall-clock expiry")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_steps_neither_stretch_nor_cut_a_ban() {
+    // Regression: expiries were wall-clock times in memory too, so a reload after the clock
+    // stepped forward lifted a ban early, and one after a step back stretched it.
+    if !privileged("wall_clock_steps_neither_stretch_nor_cut_a_ban") {
+        return;
+    }
+    let mut f = Fixture::start("clk", "");
+    let s = f.service().clone();
+    let started = Instant::now();
+    s.ban_add(&OPERATOR, net("198.18.50.1/32"), Some(Duration::from_secs(3)), None).await.unwrap();
+    s.ban_add(&OPERATOR, net("198.18.50.2/32"), Some(HOUR), None).await.unwrap();
+    let saved = saved_expiry_ms(&f, "198.18.50.2/32");
+    drop(s);
+    for forward in [true, false, false, true] {
+        f.clock.step(2 * HOUR, forward);
+        let s = f.service().clone();
+        assert_eq!(s.sweep().unwrap(), 0, "a wall-clock step lifts nothing");
+        s.reload(Caller::Config).await.expect("reload");
+        let left = time_left(&f, "198.18.50.1/32").expect("still banned");
+        assert!(left <= 3.0 && left > 3.0 - started.elapsed().as_secs_f64() - 0.5, "{left}s left");
+        assert_eq!(f.run(&frame("198.18.50.1")), XDP_DROP, "the kernel still drops it");
+        s.allow_add(&OPERATOR, net("198.18.99.1/32")).await.unwrap();
+        s.allow_del(&OPERATOR, net("198.18.99.1/32")).await.unwrap();
+        let now = saved_expiry_ms(&f, "198.18.50.2/32");
+        assert!(now.abs_diff(saved) <= 1, "the saved expiry moved by {} ms", now.abs_diff(saved));
+    }
+    f.clock.step(5 * HOUR, true);
+    f.restart();
+    let left = time_left(&f, "198.18.50.2/32").expect("kept across a restart");
+    assert!(
+        (HOUR.as_secs_f64() - 60.0..=HOUR.as_secs_f64()).contains(&left),
+        "{left}s left after a restart in the same boot"
+    );
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(200),
+    );
+    assert_eq!(f.run(&frame("198.18.50.1")), XDP_PASS, "the ban lapsed on the kernel's clock");
+    assert_eq!(f.service().sweep().unwrap(), 1, "and the sweeper lifted it");
+    assert!(time_left(&f, "198.18.50.1/32").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_bans_share_a_handful_of_fsyncs() {
+    // Regression: every change rewrote and fsync'd the whole state file under the policy
+    // lock, so bans issued by the thousand queued behind a thousand fsyncs.
+    if !privileged("a_thousand_concurrent_bans_share_a_handful_of_fsyncs") {
+        return;
+    }
+    let f = Fixture::start("grp", "");
+    let s = f.service().clone();
+    let before = s.journal_stats().commits.load(Ordering::Relaxed);
+    let bans = (0..1000u32).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let cidr = IpNet::new(IpAddr::from((0xc612_0000u32 | i).to_be_bytes()), 32).unwrap();
+            s.ban_add(&Caller::Escalation { rule: "test".into() }, cidr, Some(HOUR), None).await
+        })
+    });
+    for b in futures::future::join_all(bans).await {
+        b.expect("task").expect("ban applied and saved");
+    }
+    let commits = s.journal_stats().commits.load(Ordering::Relaxed) - before;
+    let carried = s.journal_stats().committed_changes.load(Ordering::Relaxed);
+    eprintln!("1000 concurrent bans: {commits} state writes");
+    assert!(commits <= 50, "1000 bans took {commits} fsync'd writes");
+    assert_eq!(carried, 1000, "every ban was carried by a write");
+    assert_eq!(f.saved()["bans"].as_object().map(|m| m.len()), Some(1000), "all on disk");
+    assert_eq!(f.run(&frame("198.18.3.231")), XDP_DROP);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_audited_with_its_caller() {
+    if !privileged("every_change_is_audited_with_its_caller") {
+        return;
+    }
+    let f = Fixture::start("aud", "deny = [\"198.18.60.0/24\"]\n");
+    let s = f.service().clone();
+    let rule = Caller::Escalation { rule: "auth_failures".into() };
+    s.ban_add(&rule, net("198.18.61.1/32"), Some(HOUR), Some("5 failed logins".into()))
+        .await
+        .unwrap();
+    s.ban_add(&Caller::Operator { uid: 0 }, net("fd00:61::/64"), None, None).await.unwrap();
+    let refused = s.ban_add(&OPERATOR, net("198.18.60.0/24"), None, None).await;
+    assert!(matches!(refused, Err(ServiceError::Policy(_))), "{refused:?}");
+    let missing = s.ban_del(&OPERATOR, net("198.18.62.0/24")).await;
+    assert!(matches!(missing, Err(ServiceError::NotFound(_))), "{missing:?}");
+    s.reload(Caller::Config).await.unwrap();
+    s.shutdown();
+    let lines = f.audit();
+    let find = |caller: &str, action: &str| {
+        lines
+            .iter()
+            .find(|l| l["caller"] == caller && l["action"] == action)
+            .unwrap_or_else(|| panic!("no {caller} {action} in {lines:?}"))
+    };
+    let ban = find("escalation", "ban_add");
+    assert_eq!((ban["rule"].as_str(), ban["ok"].as_bool()), (Some("auth_failures"), Some(true)));
+    assert_eq!(ban["request"]["reason"], "5 failed logins");
+    let by_hand = find("operator", "ban_add");
+    assert_eq!(by_hand["uid"], 0);
+    assert!(
+        lines.iter().any(|l| l["action"] == "ban_add"
+            && l["ok"] == false
+            && l["error"].as_str().is_some_and(|e| e.contains("config"))),
+        "refusals are audited: {lines:?}"
+    );
+    assert_eq!(find("operator", "ban_del")["ok"], false);
+    assert_eq!(find("config", "reload")["ok"], true);
+    let changes = s.changes();
+    assert_eq!(changes.get(&("ban_add", "escalation", true)), Some(&1), "{changes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_that_moves_between_config_and_runtime_leaves_nothing_due() {
+    // Regression: a reload that turned a dynamic ban into a config one left the dynamic
+    // ban due forever, and the sweeper walked the deny maps every second from then on.
+    if !privileged("a_ban_that_moves_between_config_and_runtime_leaves_nothing_due") {
+        return;
+    }
+    let f = Fixture::start("mov", "");
+    let s = f.service().clone();
+    s.ban_add(&OPERATOR, net("198.18.70.0/24"), Some(Duration::from_millis(500)), None)
+        .await
+        .unwrap();
+    f.write_config("deny = [\"198.18.70.0/24\"]\n");
+    s.reload(Caller::Config).await.unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(s.sweep().unwrap(), 1, "the dynamic ban lapsed");
+    assert_eq!(s.sweep().unwrap(), 0, "and nothing is left due");
+    assert_eq!(f.run(&frame("198.18.70.9")), XDP_DROP, "the config keeps dropping it");
+    assert_eq!(s.bans()[0].reason, "config");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f.saved()["bans"].as_object().is_some_and(|b| b.is_empty()) {
+        assert!(Instant::now() < deadline, "the lapsed ban is never dropped from the state file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.write_config("");
+    s.reload(Caller::Config).await.unwrap();
+    assert_eq!(f.run(&frame("198.18.70.9")), XDP_PASS, "gone with the config");
+    assert!(s.bans().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_that_cannot_be_saved_is_enforced_and_reported() {
+    if !privileged("a_ban_that_cannot_be_saved_is_enforced_and_reported") {
+        return;
+    }
+    let f = Fixture::start("nsv", "");
+    let s = f.service().clone();
+    s.ban_add(&OPERATOR, net("198.18.80.1/32"), None, None).await.unwrap();
+    // A directory where the state file goes: the rename that replaces it fails.
+    let state = f.state_dir().join("state.json");
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let err = s.ban_add(&OPERATOR, net("198.18.80.2/32"), None, None).await.expect_err("not saved");
+    assert!(
+        matches!(err, ServiceError::NotSaved(_)) && err.to_string().contains("in force"),
+        "{err}"
+    );
+    assert_eq!(f.run(&frame("198.18.80.2")), XDP_DROP, "the ban is enforced all the same");
+    std::fs::remove_dir(&state).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !state.is_file() {
+        assert!(Instant::now() < deadline, "the journal never retried");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.ban_add(&OPERATOR, net("198.18.80.3/32"), None, None).await.unwrap();
+    let saved = f.saved();
+    assert_eq!(
+        saved["bans"].as_object().map(|b| b.len()),
+        Some(3),
+        "the unsaved ban is saved with the next write: {saved}"
+    );
+    s.shutdown();
+    assert!(
+        f.audit().iter().any(|l| l["error"].as_str().is_some_and(|e| e.contains("not saved"))),
+        "the audit says so"
+    );
+}
