@@ -175,6 +175,14 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The model's reading of an IP frame (panics on any other).
+pub fn packet(frame: &[u8]) -> secgate_common::model::Packet {
+    match secgate_common::model::parse(frame) {
+        secgate_common::model::Parsed::Ip(p) => p,
+        other => panic!("not an IP frame: {other:?}"),
+    }
+}
+
 /// A frame with an arbitrary ethertype and a few payload bytes.
 pub fn non_ip(ethertype: u16) -> Vec<u8> {
     let mut f = vec![0xff; 12];

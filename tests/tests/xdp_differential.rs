@@ -30,7 +30,7 @@ use secgate_common::{
     verdict::{Action, Reason},
 };
 use secgate_tests::{
-    frames::{Ext, L4Spec, Spec},
+    frames::{Ext, L4Spec, Spec, packet},
     harness::{Kernel, XDP_DROP, XDP_PASS, monotonic_ns, pin_to_cpu},
     model_tables::ModelTables,
     privileged,
@@ -477,13 +477,6 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
         admitted >= floor,
         "two CPUs got only {admitted} through, under half the rate ({floor})"
     );
-}
-
-fn packet(frame: &[u8]) -> model::Packet {
-    match model::parse(frame) {
-        model::Parsed::Ip(p) => p,
-        other => panic!("not an IP frame: {other:?}"),
-    }
 }
 
 /// Frames of 2–9 KiB: headers in reach are judged as usual, and no header chain past the

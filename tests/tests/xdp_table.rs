@@ -13,7 +13,7 @@ use secgate_common::{
     verdict::Reason,
 };
 use secgate_tests::{
-    frames::{Ext, L4Spec, Spec, non_ip},
+    frames::{Ext, L4Spec, Spec, non_ip, packet},
     harness::{Kernel, XDP_DROP, XDP_PASS, monotonic_ns},
     privileged,
 };
@@ -552,11 +552,4 @@ fn a_short_ban_inside_a_longer_one_keeps_dropping() {
     expect(&kernel, "host after the sweep", &frame, XDP_DROP, Reason::Deny);
     let outside = Spec::new(ip("198.18.44.200"), udp()).build();
     expect(&kernel, "outside the /25", &outside, XDP_PASS, Reason::Pass);
-}
-
-fn packet(frame: &[u8]) -> model::Packet {
-    match model::parse(frame) {
-        model::Parsed::Ip(p) => p,
-        other => panic!("not an IP frame: {other:?}"),
-    }
 }

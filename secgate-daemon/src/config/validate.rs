@@ -111,14 +111,7 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
         c.take(a, r)
     });
     let mode = d.mode.as_ref().map_or(Some(Mode::Enforce), |m| c.take(m, Mode::parse(m.get_ref())));
-    let pass_malformed = d.malformed.as_ref().map_or(Some(false), |m| {
-        let r = match m.get_ref().as_str() {
-            "drop" => Ok(false),
-            "pass" => Ok(true),
-            other => Err(format!("invalid malformed policy {other:?}: expected drop or pass")),
-        };
-        c.take(m, r)
-    });
+    let pass_malformed = choice(c, &d.malformed, "malformed", ["drop", "pass"]);
     let int = |c: &mut Check<'_>,
                v: &Option<Spanned<i64>>,
                default: i64,
@@ -141,22 +134,9 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
         .event_interval
         .as_ref()
         .map_or(Some(DEFAULT_EVENT_INTERVAL), |v| c.take(v, values::duration(v.get_ref())));
-    let default_limit = match &d.default_limit {
-        None => Some(None),
-        Some(r) => rate(c, r.get_ref()).map(Some),
-    };
-    let drop_fragments = d.fragments.as_ref().map_or(Some(false), |f| {
-        let r = match f.get_ref().as_str() {
-            "limit" => Ok(false),
-            "drop" => Ok(true),
-            other => Err(format!("invalid fragments policy {other:?}: expected limit or drop")),
-        };
-        c.take(f, r)
-    });
-    let fragment_limit = match &d.fragment_limit {
-        None => Some(None),
-        Some(r) => rate(c, r.get_ref()).map(Some),
-    };
+    let default_limit = optional_rate(c, &d.default_limit);
+    let drop_fragments = choice(c, &d.fragments, "fragments", ["limit", "drop"]);
+    let fragment_limit = optional_rate(c, &d.fragment_limit);
     if let (Some(true), Some(r)) = (drop_fragments, &d.fragment_limit) {
         c.say(
             r,
@@ -191,6 +171,30 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
         event_interval: event_interval?,
         events_per_sec: events_per_sec?,
     })
+}
+
+/// A policy spelled `off` or `on` (`off` when absent); `None` if invalid (recorded).
+fn choice(
+    c: &mut Check<'_>,
+    v: &Option<Spanned<String>>,
+    what: &str,
+    [off, on]: [&str; 2],
+) -> Option<bool> {
+    let Some(v) = v else { return Some(false) };
+    let r = match v.get_ref().as_str() {
+        s if s == off => Ok(false),
+        s if s == on => Ok(true),
+        other => Err(format!("invalid {what} policy {other:?}: expected {off} or {on}")),
+    };
+    c.take(v, r)
+}
+
+/// `Some(None)` when absent; `None` if invalid (recorded).
+fn optional_rate(c: &mut Check<'_>, r: &Option<Spanned<RawRate>>) -> Option<Option<Rate>> {
+    match r {
+        None => Some(None),
+        Some(r) => rate(c, r.get_ref()).map(Some),
+    }
 }
 
 fn rate(c: &mut Check<'_>, r: &RawRate) -> Option<Rate> {
