@@ -106,11 +106,18 @@ impl Collector for DaemonCollector {
                 "Configured interfaces with the XDP program attached",
                 attached as i64,
             )?;
+            let waiting = s.attachments.iter().filter(|a| a.state == "waiting").count();
             gauge(
                 &mut enc,
                 "secgate_interfaces_waiting",
                 "Configured interfaces that do not exist (yet)",
-                (s.attachments.len() - attached) as i64,
+                waiting as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "secgate_interfaces_failed",
+                "Configured interfaces that exist but would not take the XDP program",
+                (s.attachments.len() - attached - waiting) as i64,
             )?;
         }
         let journal = service.journal_stats();

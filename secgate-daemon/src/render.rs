@@ -14,7 +14,11 @@ pub fn status(s: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "mode:       {:?}", s.mode);
     for a in &s.attachments {
-        let how = if a.state == "attached" { a.mode.as_str() } else { "waiting for it to appear" };
+        let how = match (a.state.as_str(), &a.error) {
+            ("attached", _) => a.mode.clone(),
+            ("failed", Some(e)) => format!("failed: {e}"),
+            _ => "waiting for it to appear".into(),
+        };
         let _ = writeln!(out, "interface:  {} ({how})", a.interface);
     }
     let _ = writeln!(out, "pins:       {}", s.pin_path);

@@ -43,11 +43,14 @@ pub struct StatsView {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attachment {
     pub interface: String,
-    /// `attached`, or `waiting` for the interface to appear.
+    /// `attached`; `waiting` for the interface to appear; or `failed`: it exists but the
+    /// program could not be attached (retried on every link event and every second).
     pub state: String,
-    /// `native`, `skb`, or `adopted` (program swapped into a pinned link); `none` while
-    /// waiting.
+    /// `native`, `skb`, or `adopted` (program swapped into a pinned link); `none` otherwise.
     pub mode: String,
+    /// Why the attach failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

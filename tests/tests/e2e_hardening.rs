@@ -392,6 +392,36 @@ fn interfaces_that_come_and_go() {
     assert_eq!(drain(&rx), 10, "and the ban drops again");
 }
 
+#[test]
+fn an_interface_that_refuses_the_program_is_an_error_at_start_and_reported_later() {
+    if !privileged("an_interface_that_refuses_the_program_is_an_error_at_start_and_reported_later")
+    {
+        return;
+    }
+    let topo = Topology::new("ifr");
+    let mut daemon = Daemon::start(&topo, "ifr", "");
+    daemon.kill9();
+    // An ifb device has no native XDP.
+    topo.gw.ip(&["link", "add", "sg-ifb", "type", "ifb"]);
+    daemon.write_config_for(&[&topo.gw_if, "sg-ifb"], "attach = \"native\"\n");
+    let (code, err) = daemon.run_again(&daemon.config);
+    assert_ne!(code, 0, "a configured interface that refuses the program stops the start");
+    assert!(err.contains("sg-ifb"), "the interface is named: {err}");
+    topo.gw.ip(&["link", "del", "sg-ifb"]);
+    daemon.spawn();
+    assert_eq!(attachment(&daemon, "sg-ifb")["state"], "waiting");
+    topo.gw.ip(&["link", "add", "sg-ifb", "type", "ifb"]);
+    becomes(&daemon, "sg-ifb", "failed", Duration::from_secs(2));
+    let failed = attachment(&daemon, "sg-ifb");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("sg-ifb")), "{failed}");
+    assert_eq!(
+        attachment(&daemon, &topo.gw_if)["state"],
+        "attached",
+        "the other interface is unaffected"
+    );
+    assert_eq!(metric(&topo, "secgate_interfaces_failed"), 1.0);
+}
+
 type SourceMap = aya::maps::HashMap<
     aya::maps::MapData,
     secgate_common::maps::BucketKey,

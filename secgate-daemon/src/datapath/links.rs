@@ -38,28 +38,38 @@ pub struct Links {
     want: Vec<String>,
     /// Configured interfaces that do not exist, so each is reported once, not every second.
     waiting: BTreeSet<String>,
+    /// Interfaces that exist but would not take the program, with the reason.
+    failed: BTreeMap<String, String>,
 }
 
 impl Links {
     pub(super) fn new(dir: PathBuf) -> Links {
-        Links { dir, held: BTreeMap::new(), want: Vec::new(), waiting: BTreeSet::new() }
+        Links {
+            dir,
+            held: BTreeMap::new(),
+            want: Vec::new(),
+            waiting: BTreeSet::new(),
+            failed: BTreeMap::new(),
+        }
     }
 
-    /// Every configured interface: attached (and how) or waiting for it to appear.
+    /// Every configured interface: attached (and how), failed (and why), or waiting for it
+    /// to appear.
     pub fn attachments(&self) -> Vec<Attachment> {
         self.want
             .iter()
-            .map(|name| match self.held.get(name) {
-                Some(h) => Attachment {
+            .map(|name| {
+                let (state, mode, error) = match (self.held.get(name), self.failed.get(name)) {
+                    (Some(h), _) => ("attached", h.mode, None),
+                    (None, Some(e)) => ("failed", "none", Some(e.clone())),
+                    (None, None) => ("waiting", "none", None),
+                };
+                Attachment {
                     interface: name.clone(),
-                    state: "attached".into(),
-                    mode: h.mode.into(),
-                },
-                None => Attachment {
-                    interface: name.clone(),
-                    state: "waiting".into(),
-                    mode: "none".into(),
-                },
+                    state: state.into(),
+                    mode: mode.into(),
+                    error,
+                }
             })
             .collect()
     }
@@ -72,10 +82,16 @@ impl Links {
         self.want = want.to_vec();
         let mut first = Ok(());
         for name in want {
-            if let Err(e) = self.sync_one(prog, name, mode)
-                && first.is_ok()
-            {
-                first = Err(e);
+            match self.sync_one(prog, name, mode) {
+                Ok(()) => {
+                    self.failed.remove(name);
+                }
+                Err(e) => {
+                    self.failed.insert(name.clone(), e.to_string());
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
             }
         }
         let stale: Vec<String> = self
@@ -86,6 +102,7 @@ impl Links {
             .filter(|i| !want.contains(i))
             .collect();
         self.waiting.retain(|i| want.contains(i));
+        self.failed.retain(|i, _| want.contains(i));
         for name in stale {
             self.release(&name)?;
             info!(interface = %name, "XDP program detached");

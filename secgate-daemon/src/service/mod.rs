@@ -136,9 +136,9 @@ impl Service {
     ) -> std::result::Result<(Service, Vec<String>), PolicyError> {
         let (mut policy, warnings) =
             Policy::start(datapath, config.datapath.clone(), loaded, clock)?;
-        if let Err(e) = policy.sync_interfaces() {
-            tracing::warn!(error = %e, "not every interface could be attached; retrying on link events");
-        }
+        // A missing interface only waits; one that exists and refuses the program is a
+        // configuration error, as it is on reload.
+        policy.sync_interfaces()?;
         let core = Arc::new(Core {
             inner: Mutex::new(Inner { policy, version: 0, queue: Vec::new(), stop: false }),
             wake: Condvar::new(),
