@@ -69,4 +69,16 @@ impl Audit {
             warn!(path = %self.path.display(), error = %e, "writing the audit log failed");
         }
     }
+
+    /// Makes what was recorded durable.
+    pub fn sync(&self) {
+        let synced = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("audit lock poisoned"))
+            .and_then(|f| f.sync_data());
+        if let Err(e) = synced {
+            warn!(path = %self.path.display(), error = %e, "syncing the audit log failed");
+        }
+    }
 }

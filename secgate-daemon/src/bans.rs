@@ -11,7 +11,10 @@
 //! Pure: changes return the map writes they need, in an order where every intermediate
 //! state drops at least what both the old and the new policy drop for bans still in force.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 use secgate_common::maps::DenyEntry;
@@ -23,11 +26,13 @@ use crate::views::BanView;
 pub struct Ban {
     /// Monotonic (kernel clock) expiry; `None`: permanent.
     pub expires_ns: Option<u64>,
-    pub reason: String,
+    /// Shared, so that copying every ban for a state snapshot copies no text.
+    pub reason: Arc<str>,
 }
 
 impl Ban {
-    fn entry(&self) -> DenyEntry {
+    /// The deny entry this ban alone would need.
+    pub fn entry(&self) -> DenyEntry {
         // A ban due at 0 would read as permanent in the kernel; 1 ns is just as expired.
         DenyEntry { expires_ns: self.expires_ns.map_or(0, |e| e.max(1)) }
     }
@@ -54,6 +59,19 @@ impl Slot {
             self.dynamic.as_ref().map(Ban::entry)
         }
     }
+}
+
+fn view(cidr: &IpNet, slot: &Slot, now_ns: u64) -> Option<BanView> {
+    let own = slot.own()?;
+    own.active(now_ns).then(|| BanView {
+        cidr: *cidr,
+        expires_in_secs: (!own.permanent())
+            .then(|| own.expires_ns.saturating_sub(now_ns) as f64 / 1e9),
+        reason: match &slot.dynamic {
+            Some(b) if !slot.config => b.reason.to_string(),
+            _ => "config".into(),
+        },
+    })
 }
 
 fn outlast(a: Option<DenyEntry>, b: Option<DenyEntry>) -> Option<DenyEntry> {
@@ -114,21 +132,17 @@ impl Bans {
 
     /// Bans in force at `now_ns`, each with its own expiry, as `ban list` shows them.
     pub fn list(&self, now_ns: u64) -> Vec<BanView> {
-        self.slots
-            .iter()
-            .filter_map(|(cidr, slot)| {
-                let own = slot.own()?;
-                own.active(now_ns).then(|| BanView {
-                    cidr: *cidr,
-                    expires_in_secs: (!own.permanent())
-                        .then(|| own.expires_ns.saturating_sub(now_ns) as f64 / 1e9),
-                    reason: match &slot.dynamic {
-                        Some(b) if !slot.config => b.reason.clone(),
-                        _ => "config".into(),
-                    },
-                })
-            })
-            .collect()
+        self.slots.iter().filter_map(|(cidr, slot)| view(cidr, slot, now_ns)).collect()
+    }
+
+    /// The entry `net`'s own bans (config and dynamic) need, covering ones aside.
+    pub fn own(&self, net: &IpNet) -> Option<DenyEntry> {
+        self.slots.get(net).and_then(Slot::own)
+    }
+
+    /// The ban on exactly `net`, if one is in force.
+    pub fn list_one(&self, net: &IpNet, now_ns: u64) -> Option<BanView> {
+        view(net, self.slots.get(net)?, now_ns)
     }
 
     /// Makes `nets` the config denies (replacing the previous ones).
@@ -149,13 +163,18 @@ impl Bans {
 
     /// Adds or replaces a dynamic ban.
     pub fn ban(&mut self, net: IpNet, ban: Ban) -> Vec<Write> {
-        plan(self.change(net, |s| s.dynamic = Some(ban)))
+        self.set_dynamic(net, Some(ban))
     }
 
     /// Lifts a dynamic ban; `None` if there was none.
     pub fn lift(&mut self, net: IpNet) -> Option<(Ban, Vec<Write>)> {
         let ban = self.dynamic(&net)?.clone();
-        Some((ban, plan(self.change(net, |s| s.dynamic = None))))
+        Some((ban, self.set_dynamic(net, None)))
+    }
+
+    /// Sets or clears `net`'s dynamic ban (to undo a change whose writes failed, too).
+    pub fn set_dynamic(&mut self, net: IpNet, ban: Option<Ban>) -> Vec<Write> {
+        plan(self.change(net, |s| s.dynamic = ban))
     }
 
     /// Lifts every dynamic ban due by `now_ns`; returns the CIDRs lifted and the writes.

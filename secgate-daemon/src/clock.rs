@@ -1,8 +1,8 @@
 //! Time. Every expiry the daemon keeps or compares is on the clock the XDP program reads
 //! (`bpf_ktime_get_ns` is `CLOCK_MONOTONIC`), so the sweeper, `ban list` and the kernel agree
 //! and a wall clock stepped by NTP or an operator can neither stretch nor cut a ban short.
-//! The wall clock is read once, at start, to anchor the conversion to and from the state
-//! file, whose expiries must outlive a reboot (which restarts the monotonic clock).
+//! The state file keeps wall-clock expiries too, because a reboot restarts the monotonic
+//! clock: they are converted to monotonic time once, at start, and from it at each save.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

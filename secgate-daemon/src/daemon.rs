@@ -33,11 +33,12 @@ pub async fn run(
     config: Config,
     socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    raise_fd_limit();
     let settings = &config.datapath;
     datapath::prepare(&settings.pin_path).context("preparing the pin directory")?;
     let lock = InstanceLock::acquire(&settings.pin_path, &config.state_dir)?;
     let state = StateFile::new(&config.state_dir);
-    let loaded = state.load().context("reading the saved state")?;
+    let loaded = state.load();
     let mut datapath = Datapath::open(settings, lock).context("starting the datapath")?;
     let ring = datapath.take_events();
     let audit = Audit::open(&config.audit_log)
@@ -73,6 +74,18 @@ pub async fn run(
         "stopping; the XDP program stays attached through its pinned links (`secgate detach` removes it)"
     );
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one: connections, map and link descriptors
+/// and state writes share it, and the default 1024 is easily reached under load.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        warn!(error = %e, soft, "could not raise the open-file limit");
+    }
 }
 
 async fn sweep(service: Arc<Service>) {

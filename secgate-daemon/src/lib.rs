@@ -16,11 +16,13 @@ pub mod link_watch;
 pub mod lock;
 pub mod maps;
 pub mod metrics;
-pub mod policy;
+mod policy;
 pub mod render;
 pub mod service;
 pub mod state;
 pub mod views;
+
+pub use policy::PolicyError;
 
 /// The XDP object built from `secgate-ebpf` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/secgate"));

@@ -2,7 +2,9 @@
 //! scrape time by a collector, so a scrape always shows the live state; no value walks a
 //! map, so a scrape costs the same with one source or a million.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
 
 use http_body_util::Full;
 use hyper::{
@@ -184,20 +186,31 @@ impl Collector for DaemonCollector {
     }
 }
 
+/// Scrapes served at once; further connections are closed at once. Anyone on the host can
+/// connect, so no number of connections may starve the daemon of descriptors.
+const MAX_CONNECTIONS: usize = 16;
+/// A connection gets one request and this long to send it and read the answer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Serves `GET /metrics` on `addr` until the process exits.
 pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(DaemonCollector(service)));
     let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     info!(%addr, "metrics endpoint ready");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(crate::control::ACCEPT_BACKOFF).await;
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
         };
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -205,7 +218,10 @@ pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<(
                 let registry = registry.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let conn =
+                http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+            drop(slot);
         });
     }
 }

@@ -22,11 +22,11 @@ use secgate_common::{
 use crate::{
     bans::{Ban, Bans},
     clock::{Anchor, Clock, after},
-    config::{DatapathSettings, Mode, Override, Rate, Selector},
+    config::{DatapathSettings, Limits, Mode, Override, Rate, Selector},
     datapath::{Datapath, DatapathError},
     maps::MapsError,
     state::{Loaded, Runtime, StoredBan},
-    views::{BanView, LimitsView, StatsView, StatusView, Traffic},
+    views::{BanView, StatsView, StatusView, Traffic},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,20 @@ pub enum PolicyError {
 
 type Result<T> = std::result::Result<T, PolicyError>;
 
+/// A started policy, what to log, and whether the state must be written at once.
+pub struct Started {
+    pub policy: Policy,
+    pub warnings: Vec<String>,
+    pub dirty: bool,
+}
+
+/// Config entries the saved state was written with.
+#[derive(Default)]
+struct Explained {
+    deny: BTreeSet<IpNet>,
+    allow: BTreeSet<IpNet>,
+}
+
 pub struct Policy {
     datapath: Datapath,
     settings: DatapathSettings,
@@ -50,23 +64,35 @@ pub struct Policy {
     /// Set by `secgate mode`; `None` follows the config.
     mode: Option<Mode>,
     /// Set by `secgate limit`; `None` follows the config.
-    limits: Option<LimitsView>,
+    limits: Option<Limits>,
     clock: Arc<dyn Clock>,
     anchor: Anchor,
     started: Instant,
-    /// A map write failed midway: the next sweep rewrites the deny tries from memory.
-    deny_stale: bool,
+    /// A map write failed and could not be undone: the deny tries are rewritten from memory
+    /// when this comes due (backing off while it keeps failing).
+    deny_repair: Option<Repair>,
 }
 
+/// When to rewrite the deny tries next, and how long to wait after that if it fails again.
+#[derive(Clone, Copy, Debug)]
+struct Repair {
+    at: Instant,
+    backoff: Duration,
+}
+
+const REPAIR_FIRST: Duration = Duration::from_secs(1);
+const REPAIR_MAX: Duration = Duration::from_secs(60);
+
 impl Policy {
-    /// Restores the saved run-time state and reconciles the maps with config + state.
-    /// Returns warnings for the log (state that was discarded, entries adopted).
+    /// Restores the saved run-time state and reconciles the maps with config + state, keeping
+    /// what the pinned maps hold that neither explains. Returns warnings for the log, and
+    /// whether the state must be written at once (it was discarded, or entries were kept).
     pub fn start(
         datapath: Datapath,
         settings: DatapathSettings,
         loaded: Loaded,
         clock: Arc<dyn Clock>,
-    ) -> Result<(Policy, Vec<String>)> {
+    ) -> Result<Started> {
         let anchor = Anchor::take(clock.as_ref());
         let mut p = Policy {
             datapath,
@@ -78,21 +104,25 @@ impl Policy {
             clock,
             anchor,
             started: Instant::now(),
-            deny_stale: false,
+            deny_repair: None,
         };
         let mut warnings = Vec::new();
+        let mut explained = Explained::default();
         match loaded {
-            Loaded::Saved(runtime) => p.restore(runtime),
-            Loaded::Missing => warnings.extend(p.adopt("there was no state file")?),
-            Loaded::Discarded(err) => {
-                warnings.push(err.to_string());
-                warnings.extend(p.adopt("the state file was unusable")?);
-            }
+            Loaded::Saved(runtime) => explained = p.restore(runtime),
+            Loaded::Missing => {}
+            Loaded::Discarded(e) | Loaded::Unreadable(e) => warnings.push(e.to_string()),
         }
-        warnings.extend(p.settings.warnings());
+        let kept = p.adopt(&explained)?;
+        if kept > 0 {
+            warnings.push(format!(
+                "kept {kept} ban(s) and allow entries from the pinned maps that the state file did not hold; check them with `secgate ban list` and `secgate allow list`"
+            ));
+        }
+        let dirty = kept > 0 || !warnings.is_empty();
         p.bans.set_config(&p.settings.deny.iter().copied().collect());
         p.reconcile()?;
-        Ok((p, warnings))
+        Ok(Started { policy: p, warnings, dirty })
     }
 
     fn now(&self) -> u64 {
@@ -100,8 +130,9 @@ impl Policy {
     }
 
     /// Takes saved state. Expiries from this boot are used as saved; from another boot they
-    /// are converted from wall time, once, here.
-    fn restore(&mut self, r: Runtime) {
+    /// are converted from wall time, once, here. Returns the config entries the state was
+    /// saved with.
+    fn restore(&mut self, r: Runtime) -> Explained {
         let same_boot = r.boot_id.is_some() && r.boot_id == self.anchor.boot_id;
         let now = self.now();
         for (net, b) in r.bans {
@@ -117,46 +148,53 @@ impl Policy {
         self.allow = r.allow;
         self.mode = r.mode;
         self.limits = r.limits;
+        Explained { deny: r.config_deny, allow: r.config_allow }
     }
 
-    /// Without a usable state file, bans and allow entries the pinned maps hold beyond the
-    /// config are kept as dynamic ones: an unreadable file must not lift a ban.
-    fn adopt(&mut self, why: &str) -> Result<Vec<String>> {
+    /// Keeps, as dynamic, the entries the pinned maps hold that neither the saved state, nor
+    /// the config, nor the config the state was saved with explains: a change applied but not
+    /// saved, or a state file that was lost. A ban must never be lifted by a bad state file.
+    /// Returns how many were kept.
+    fn adopt(&mut self, explained: &Explained) -> Result<usize> {
         if !self.datapath.reused() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let now = self.now();
-        let mut adopted = 0;
+        let mut kept = 0;
         for (net, entry) in self.datapath.maps.deny()? {
-            if self.settings.deny.contains(&net) || !entry.active(now) {
+            let known = self.bans.contains(&net)
+                || self.settings.deny.contains(&net)
+                || explained.deny.contains(&net);
+            if known || !entry.active(now) {
                 continue;
             }
+            // The kernel holds each entry's effective expiry, which a covering ban may have
+            // lengthened: the kept ban may outlast its own, never the other way round.
             let expires_ns = (!entry.permanent()).then_some(entry.expires_ns);
-            let reason = format!("adopted from the pinned maps ({why})");
+            let reason = "kept from the pinned maps (not in the state file)".into();
             self.bans.ban(net, Ban { expires_ns, reason });
-            adopted += 1;
+            kept += 1;
         }
         for (net, _) in self.datapath.maps.allow()? {
-            if !self.settings.allow.contains(&net) && self.allow.insert(net) {
-                adopted += 1;
+            let known = self.settings.allow.contains(&net) || explained.allow.contains(&net);
+            if !known && self.allow.insert(net) {
+                kept += 1;
             }
         }
-        Ok((adopted > 0)
-            .then(|| {
-                format!("{why}: kept {adopted} ban(s) and allow entries from the pinned maps as dynamic ones; check them with `secgate ban list` and `secgate allow list`")
-            })
-            .into_iter()
-            .collect())
+        Ok(kept)
     }
 
-    /// The run-time state to save, expiries converted with the start anchor.
+    /// The run-time state to save.
     pub fn runtime(&self) -> Runtime {
+        // A fresh pairing of the two clocks for each save: should NTP correct the wall clock
+        // after start, the saved times follow it, and a ban keeps its duration across reboot.
+        let now = Anchor::take(self.clock.as_ref());
         let bans = self
             .bans
             .dynamics()
             .map(|(net, b)| {
                 let stored = StoredBan {
-                    expires_unix_ms: b.expires_ns.map(|e| self.anchor.to_unix_ms(e)),
+                    expires_unix_ms: b.expires_ns.map(|e| now.to_unix_ms(e)),
                     expires_mono_ns: b.expires_ns,
                     reason: b.reason.clone(),
                 };
@@ -170,6 +208,8 @@ impl Policy {
             limits: self.limits.clone(),
             bans,
             allow: self.allow.clone(),
+            config_deny: self.settings.deny.iter().copied().collect(),
+            config_allow: self.settings.allow.iter().copied().collect(),
         }
     }
 
@@ -177,15 +217,11 @@ impl Policy {
         self.mode.unwrap_or(self.settings.mode)
     }
 
-    pub fn limits(&self) -> LimitsView {
-        self.limits.clone().unwrap_or_else(|| LimitsView {
+    pub fn limits(&self) -> Limits {
+        self.limits.clone().unwrap_or_else(|| Limits {
             default: self.settings.default_limit,
             overrides: self.settings.limits.clone(),
         })
-    }
-
-    pub fn settings(&self) -> &DatapathSettings {
-        &self.settings
     }
 
     fn write_config(&mut self) -> Result<()> {
@@ -247,21 +283,48 @@ impl Policy {
                 self.datapath.maps.remove_deny(net)?;
             }
         }
-        self.deny_stale = false;
+        self.deny_repair = None;
         Ok(())
     }
 
-    fn write_deny(&mut self, writes: &[crate::bans::Write]) -> Result<()> {
-        self.datapath.maps.write_deny(writes).inspect_err(|_| self.deny_stale = true)?;
-        Ok(())
+    /// Writes a change to the deny tries. If that fails, `undo` puts memory back as it was
+    /// and its writes put back what was already written; should even that fail, the tries
+    /// are rewritten from memory later.
+    fn write_deny(
+        &mut self,
+        writes: &[crate::bans::Write],
+        undo: impl FnOnce(&mut Bans) -> Vec<crate::bans::Write>,
+    ) -> Result<()> {
+        let Err(e) = self.datapath.maps.write_deny(writes) else { return Ok(()) };
+        let back = undo(&mut self.bans);
+        if self.datapath.maps.write_deny(&back).is_err() {
+            self.schedule_repair(REPAIR_FIRST);
+        }
+        Err(e.into())
     }
 
+    fn schedule_repair(&mut self, backoff: Duration) {
+        self.deny_repair = Some(Repair { at: Instant::now() + backoff, backoff });
+    }
+
+    /// Bans `cidr`. Unless `may_shorten`, a ban already in force on it that lasts at least
+    /// as long (a config deny included) stays as it is.
     pub fn ban_add(
         &mut self,
         cidr: IpNet,
         ttl: Option<Duration>,
         reason: String,
+        may_shorten: bool,
     ) -> Result<BanView> {
+        let now = self.now();
+        let expires_ns = ttl.map(|t| after(now, t));
+        let wanted = crate::bans::Ban { expires_ns, reason: reason.as_str().into() };
+        if !may_shorten
+            && let Some(held) = self.bans.own(&cidr).filter(|e| e.active(now))
+            && held.outlasting(wanted.entry()) == held
+        {
+            return Ok(self.bans.list_one(&cidr, now).expect("a ban in force is listed"));
+        }
         if self.bans.is_config(&cidr) {
             return Err(PolicyError::Invalid(format!(
                 "{cidr} is already denied permanently by the config"
@@ -270,9 +333,9 @@ impl Policy {
         if !self.bans.contains(&cidr) && self.bans.count_family(&cidr) >= MAX_DENY as usize {
             return Err(MapsError::Full { name: deny_map(&cidr), capacity: MAX_DENY }.into());
         }
-        let expires_ns = ttl.map(|t| after(self.now(), t));
-        let writes = self.bans.ban(cidr, Ban { expires_ns, reason: reason.clone() });
-        self.write_deny(&writes)?;
+        let previous = self.bans.dynamic(&cidr).cloned();
+        let writes = self.bans.ban(cidr, wanted);
+        self.write_deny(&writes, |b| b.set_dynamic(cidr, previous))?;
         Ok(BanView { cidr, expires_in_secs: ttl.map(|t| t.as_secs_f64()), reason })
     }
 
@@ -282,8 +345,8 @@ impl Policy {
                 "{cidr} is denied by the config; remove it from datapath.deny and run `secgate reload`"
             )));
         }
-        let Some((_, writes)) = self.bans.lift(cidr) else { return Ok(false) };
-        self.write_deny(&writes)?;
+        let Some((ban, writes)) = self.bans.lift(cidr) else { return Ok(false) };
+        self.write_deny(&writes, |b| b.set_dynamic(cidr, Some(ban)))?;
         Ok(true)
     }
 
@@ -293,13 +356,20 @@ impl Policy {
     }
 
     /// Lifts the dynamic bans that are due (on the kernel's clock); returns how many. Costs
-    /// nothing while none is due; rewrites the deny tries if an earlier write failed.
+    /// nothing while none is due, and rewrites the deny tries when a repair is due.
     pub fn sweep(&mut self) -> Result<usize> {
-        if self.deny_stale {
-            self.reconcile_deny()?;
+        if let Some(repair) = self.deny_repair
+            && Instant::now() >= repair.at
+        {
+            self.reconcile_deny()
+                .inspect_err(|_| self.schedule_repair((repair.backoff * 2).min(REPAIR_MAX)))?;
         }
         let (lifted, writes) = self.bans.expire(self.now());
-        self.write_deny(&writes)?;
+        // Lapsed bans no longer drop in the kernel either way, so a failed removal is only
+        // repaired later, never undone.
+        if self.datapath.maps.write_deny(&writes).is_err() {
+            self.schedule_repair(REPAIR_FIRST);
+        }
         Ok(lifted.len())
     }
 
@@ -367,7 +437,7 @@ impl Policy {
         Ok(found)
     }
 
-    fn change_limits(&mut self, limits: LimitsView) -> Result<()> {
+    fn change_limits(&mut self, limits: Limits) -> Result<()> {
         let previous = self.limits.replace(limits);
         self.reconcile_limits().inspect_err(|_| {
             self.limits = previous;
@@ -405,17 +475,17 @@ impl Policy {
         self.limits = None;
         let writes = self.bans.set_config(&self.settings.deny.iter().copied().collect());
         let applied = self
+            .datapath
+            .maps
             .write_deny(&writes)
+            .map_err(PolicyError::from)
             .and_then(|()| self.reconcile_limits())
             .and_then(|()| self.reconcile_allow())
             .and_then(|()| self.sync_interfaces());
-        match &applied {
-            Ok(()) => self.settings.warnings().iter().for_each(|w| tracing::warn!("{w}")),
-            Err(_) => {
-                (self.settings, self.bans, self.mode, self.limits) = saved;
-                let _ = self.reconcile();
-                let _ = self.sync_interfaces();
-            }
+        if applied.is_err() {
+            (self.settings, self.bans, self.mode, self.limits) = saved;
+            let _ = self.reconcile();
+            let _ = self.sync_interfaces();
         }
         applied
     }

@@ -15,7 +15,8 @@ pub fn status(s: &StatusView) -> String {
     let _ = writeln!(out, "mode:       {:?}", s.mode);
     for a in &s.attachments {
         let how = match (a.state.as_str(), &a.error) {
-            ("attached", _) => a.mode.clone(),
+            ("attached", _) if a.mode == a.xdp => a.mode.clone(),
+            ("attached", _) => format!("{}, {}", a.xdp, a.mode),
             ("failed", Some(e)) => format!("failed: {e}"),
             _ => "waiting for it to appear".into(),
         };

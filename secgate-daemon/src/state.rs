@@ -18,7 +18,10 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::unix_ms, config::Mode, views::LimitsView};
+use crate::{
+    clock::unix_ms,
+    config::{Limits, Mode},
+};
 
 const FILE: &str = "state.json";
 /// Version 2 added `boot_id` and `expires_mono_ns`; version 1 files load as they are.
@@ -35,9 +38,22 @@ pub struct Runtime {
     /// Set by `secgate mode`; `None` follows the config.
     pub mode: Option<Mode>,
     /// Set by `secgate limit set|del`; `None` follows the config.
-    pub limits: Option<LimitsView>,
+    pub limits: Option<Limits>,
     pub bans: BTreeMap<IpNet, StoredBan>,
     pub allow: BTreeSet<IpNet>,
+    /// The config's deny and allow entries when this was saved. The next start tells by
+    /// them an entry the config dropped meanwhile from one the state file never recorded
+    /// (a change applied but not saved), which is kept rather than deleted.
+    #[serde(default)]
+    pub config_deny: BTreeSet<IpNet>,
+    #[serde(default)]
+    pub config_allow: BTreeSet<IpNet>,
+}
+
+/// Just the version, read first: a newer version may have fields this one does not know.
+#[derive(Deserialize)]
+struct Version {
+    version: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,7 +64,7 @@ pub struct StoredBan {
     /// The same instant on the monotonic clock of boot `Runtime::boot_id`.
     #[serde(default)]
     pub expires_mono_ns: Option<u64>,
-    pub reason: String,
+    pub reason: std::sync::Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +75,10 @@ pub enum StateError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("state file {path} is unusable ({reason}); moved it to {moved_to}")]
     Discarded { path: PathBuf, reason: String, moved_to: PathBuf },
+    #[error(
+        "not overwriting {path}, which could not be read at start ({reason}); fix it and restart the daemon (changes stay in force meanwhile, and the pinned maps keep them across a restart)"
+    )]
+    Frozen { path: PathBuf, reason: String },
 }
 
 /// What [`StateFile::load`] found.
@@ -69,6 +89,9 @@ pub enum Loaded {
     Saved(Runtime),
     /// Corrupt or of an unknown version; moved aside for inspection.
     Discarded(StateError),
+    /// It could not be read (an I/O error). It is left as it is and must not be written
+    /// over: it may hold bans that a later, successful read restores.
+    Unreadable(StateError),
 }
 
 /// The state file in `state_dir`.
@@ -91,32 +114,37 @@ impl StateFile {
     }
 
     /// Loads the saved state. A corrupt file or one of an unknown version is moved aside and
-    /// reported. A file that cannot be read is an error, never an empty state: going on
-    /// would overwrite it with one at the next change.
-    pub fn load(&self) -> Result<Loaded, StateError> {
+    /// reported. A file that cannot be read is reported as such and left alone.
+    pub fn load(&self) -> Loaded {
         let path = self.path();
         let text = match fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
-            Err(source) => return Err(StateError::Io { what: "reading", path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
+            Err(source) => {
+                return Loaded::Unreadable(StateError::Io { what: "reading", path, source });
+            }
         };
-        let reason = match serde_json::from_slice::<Runtime>(&text) {
-            Ok(r) if READABLE.contains(&r.version) => return Ok(Loaded::Saved(r)),
-            Ok(r) => format!("unknown version {}", r.version),
-            Err(e) => e.to_string(),
+        let reason = match serde_json::from_slice::<Version>(&text) {
+            Ok(v) if !READABLE.contains(&v.version) => format!("unknown version {}", v.version),
+            _ => match serde_json::from_slice::<Runtime>(&text) {
+                Ok(r) => return Loaded::Saved(r),
+                Err(e) => e.to_string(),
+            },
         };
         let moved_to = self.dir.join(format!("{FILE}.corrupt-{}", unix_ms(SystemTime::now())));
-        fs::rename(&path, &moved_to).map_err(|source| StateError::Io {
-            what: "moving aside unusable",
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Loaded::Discarded(StateError::Discarded { path, reason, moved_to }))
+        if let Err(source) = fs::rename(&path, &moved_to) {
+            return Loaded::Unreadable(StateError::Io {
+                what: "moving aside unusable",
+                path,
+                source,
+            });
+        }
+        Loaded::Discarded(StateError::Discarded { path, reason, moved_to })
     }
 
     /// The bytes [`StateFile::write`] stores for `runtime`.
     pub fn encode(runtime: &Runtime) -> Vec<u8> {
-        let mut data = serde_json::to_vec_pretty(&Runtime { version: VERSION, ..runtime.clone() })
+        let mut data = serde_json::to_vec(&Runtime { version: VERSION, ..runtime.clone() })
             .expect("state serializes");
         data.push(b'\n');
         data
@@ -172,7 +200,7 @@ mod tests {
     }
 
     fn saved(state: &StateFile) -> Runtime {
-        match state.load().expect("readable") {
+        match state.load() {
             Loaded::Saved(r) => r,
             other => panic!("expected a saved state, got {other:?}"),
         }
@@ -182,7 +210,7 @@ mod tests {
     fn save_then_load_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path());
-        assert!(matches!(state.load().unwrap(), Loaded::Missing), "no file is a first start");
+        assert!(matches!(state.load(), Loaded::Missing), "no file is a first start");
         let r = sample();
         state.write(&StateFile::encode(&r)).unwrap();
         assert_eq!(saved(&state), Runtime { version: VERSION, ..r });
@@ -211,12 +239,18 @@ mod tests {
 
     #[test]
     fn corrupt_or_future_files_are_moved_aside_with_an_error() {
-        for bytes in [&b"{\"version\":1,\"bans\":{\"1.2.3.0/24\":"[..], br#"{"version":9}"#] {
+        for (bytes, why) in [
+            (&b"{\"version\":1,\"bans\":{\"1.2.3.0/24\":"[..], "EOF"),
+            (br#"{"version":9,"future_field":true}"#, "unknown version 9"),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let state = StateFile::new(dir.path());
             fs::write(state.path(), bytes).unwrap();
-            let Loaded::Discarded(err) = state.load().unwrap() else { panic!("must be discarded") };
-            assert!(err.to_string().contains("moved it to"), "{err}");
+            let Loaded::Discarded(err) = state.load() else { panic!("must be discarded") };
+            assert!(
+                err.to_string().contains("moved it to") && err.to_string().contains(why),
+                "{err}"
+            );
             assert!(!state.path().exists());
             let kept = fs::read_dir(dir.path())
                 .unwrap()
@@ -227,13 +261,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_file_is_an_error_and_stays() {
+    fn an_unreadable_file_is_reported_and_stays() {
         // Regression: an I/O error while reading was treated as an empty state, and the next
         // change overwrote the file.
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path());
         fs::create_dir(state.path()).unwrap();
-        let err = state.load().expect_err("a directory cannot be read as the state file");
+        let Loaded::Unreadable(err) = state.load() else { panic!("a directory cannot be read") };
         assert!(err.to_string().contains("reading"), "{err}");
         assert!(state.path().is_dir(), "nothing was moved or replaced");
     }
@@ -246,7 +280,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let state = StateFile::new(dir.path());
             fs::write(state.path(), &bytes).unwrap();
-            if let Loaded::Saved(_) = state.load().unwrap() {
+            if let Loaded::Saved(_) = state.load() {
                 proptest::prop_assert!(serde_json::from_slice::<Runtime>(&bytes).is_ok());
             }
         }

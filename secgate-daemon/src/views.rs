@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Mode, Override, Rate};
+use crate::config::Mode;
 
 /// A ban as `ban list` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -17,11 +17,8 @@ pub struct BanView {
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LimitsView {
-    pub default: Option<Rate>,
-    pub overrides: Vec<Override>,
-}
+/// The limits in force, as `limit show` reports them.
+pub use crate::config::Limits as LimitsView;
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Traffic {
@@ -46,8 +43,12 @@ pub struct Attachment {
     /// `attached`; `waiting` for the interface to appear; or `failed`: it exists but the
     /// program could not be attached (retried on every link event and every second).
     pub state: String,
-    /// `native`, `skb`, or `adopted` (program swapped into a pinned link); `none` otherwise.
+    /// How this daemon attached: `native`, `skb`, or `adopted` (program swapped into a link
+    /// pinned by an earlier run); `none` when not attached.
     pub mode: String,
+    /// How the kernel runs XDP on the interface: `native`, `skb`, `hw`, `multiple` or `none`.
+    #[serde(default)]
+    pub xdp: String,
     /// Why the attach failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -62,8 +63,9 @@ pub struct StatusView {
     pub bans: usize,
     pub allow: usize,
     pub overrides: usize,
-    /// Limiter buckets in use: buckets created minus buckets the daemon cleared, capped at
-    /// the map's capacity (once it is full, the LRU evicts as fast as sources arrive).
+    /// Limiter buckets in use, as an upper bound: the buckets the program created, capped at
+    /// the map's capacity. The LRU map evicts without telling, so once sources outnumber its
+    /// capacity (or close to it: its free lists are per CPU) this reads the capacity.
     pub sources: u64,
     /// Limiter buckets created since the maps were made.
     pub buckets_created: u64,

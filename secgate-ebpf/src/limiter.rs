@@ -119,7 +119,8 @@ fn over_limit(cfg: &DatapathConfig, key: &BucketKey, state: *mut SourceState, no
     // SAFETY: `state` is a live map value; a racy read or write of `last_event_ns` only
     // changes which packet of a burst reports the event.
     let last = unsafe { (*state).last_event_ns };
-    if last != 0 && now - last < cfg.event_interval_ns {
+    // Saturating: another CPU may have stamped a later event than this packet's clock read.
+    if last != 0 && now.saturating_sub(last) < cfg.event_interval_ns {
         return;
     }
     let Some(budget) = SG_EVT_BUDGET.get_ptr_mut(0) else {

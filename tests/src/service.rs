@@ -104,7 +104,7 @@ impl Fixture {
         let lock =
             InstanceLock::acquire(&config.datapath.pin_path, &config.state_dir).expect("lock");
         let state = StateFile::new(&config.state_dir);
-        let loaded = state.load().expect("state readable");
+        let loaded = state.load();
         let datapath = Datapath::open(&config.datapath, lock).expect("open the datapath");
         let audit = Audit::open(&config.audit_log).expect("audit log");
         let clock: Arc<dyn Clock> = self.clock.clone();

@@ -402,8 +402,8 @@ fn corrupt_state_is_moved_aside_and_detach_cleans_up() {
     daemon.ok(&["ban", "add", CLIENT_V4]);
     daemon.kill9();
     let state = daemon.dir.join("state").join("state.json");
-    std::fs::write(&state, b"{\"version\":1,\"bans\":{\"198.18").unwrap();
-    std::fs::remove_dir_all(&daemon.pin_path).unwrap();
+    let corrupt = b"{\"version\":1,\"bans\":{\"198.18";
+    std::fs::write(&state, corrupt).unwrap();
     daemon.spawn();
     assert!(daemon.log_text().contains("corrupt"), "the operator is told: {}", daemon.log_text());
     let moved = std::fs::read_dir(state.parent().unwrap())
@@ -411,6 +411,18 @@ fn corrupt_state_is_moved_aside_and_detach_cleans_up() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
     assert!(moved, "the corrupt file is kept aside");
+    // With the pins kept, no ban is lost: what the maps hold is kept.
+    let bans = daemon.json(&["ban", "list", "--json"]);
+    assert_eq!(bans[0]["cidr"], format!("{CLIENT_V4}/32"), "the ban is kept: {bans}");
+    let rx = secgate_tests::traffic::udp_receiver(&topo.gw, UDP_PORT);
+    udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 5, 1);
+    assert_eq!(drain(&rx), 0, "and still drops");
+
+    // After a reboot (no pins) a corrupt file leaves nothing to keep.
+    daemon.kill9();
+    std::fs::write(&state, corrupt).unwrap();
+    std::fs::remove_dir_all(&daemon.pin_path).unwrap();
+    daemon.spawn();
     assert_eq!(
         daemon.json(&["ban", "list", "--json"]),
         serde_json::json!([]),

@@ -79,22 +79,28 @@ fn an_unusable_state_file_loses_no_ban() {
     daemon.ok(&["ban", "add", "fd00:18::/64"]);
     daemon.ok(&["allow", "add", "198.18.0.77"]);
     let rx = udp_receiver(&topo.gw, UDP_PORT);
-    for (case, bytes) in [
-        ("corrupt", &b"{\"version\":2,\"bans\":{\"198.18"[..]),
-        ("from a newer version", br#"{"version":99}"#),
+    let state = daemon.dir.join("state").join("state.json");
+    for (case, bytes, why) in [
+        ("corrupt", &b"{\"version\":2,\"bans\":{\"198.18"[..], "EOF"),
+        ("from a newer version", br#"{"version":99,"bans":{},"future":1}"#, "unknown version 99"),
     ] {
         daemon.kill9();
         write_state(&daemon, bytes);
+        let seen = daemon.log_text().len();
         daemon.spawn();
-        let log = daemon.log_text();
+        let log = daemon.log_text()[seen..].to_string();
         assert!(
-            log.contains("unusable") && log.contains("kept 3"),
+            log.contains("unusable") && log.contains(why),
             "{case}: the operator is told: {log}"
         );
+        assert!(log.contains("kept 3"), "{case}: and what was kept: {log}");
         let bans = daemon.json(&["ban", "list", "--json"]);
         assert_eq!(bans.as_array().map(Vec::len), Some(2), "{case}: both bans kept: {bans}");
         let v4 = &bans[0];
-        assert!(v4["reason"].as_str().is_some_and(|r| r.contains("adopted")), "{case}: {bans}");
+        assert!(
+            v4["reason"].as_str().is_some_and(|r| r.contains("kept from the pinned maps")),
+            "{case}: {bans}"
+        );
         let left = v4["expires_in_secs"].as_f64().expect("the TTL is kept");
         assert!((3500.0..=3600.0).contains(&left), "{case}: {left}s left");
         assert_eq!(
@@ -103,21 +109,34 @@ fn an_unusable_state_file_loses_no_ban() {
         );
         udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 10, 1);
         assert_eq!(drain(&rx), 0, "{case}: the ban still drops");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("198.18.0.2/32")) {
+            assert!(Instant::now() < deadline, "{case}: what was kept is written at once");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    // An unreadable state file stops the daemon before anything is touched or overwritten;
-    // the pinned program keeps enforcing meanwhile.
+    // An unreadable state file is left as it is and never written over; the daemon keeps
+    // what the pinned maps hold and says that changes cannot be saved.
     daemon.kill9();
-    let state = daemon.dir.join("state").join("state.json");
-    assert!(!state.exists(), "the unusable file was moved aside");
+    std::fs::remove_file(&state).unwrap();
     std::fs::create_dir(&state).unwrap();
-    let (code, err) = daemon.run_again(&daemon.config);
-    assert_ne!(code, 0, "{err}");
-    assert!(err.contains("reading") && err.contains("state.json"), "{err}");
+    daemon.spawn();
+    assert!(daemon.log_text().contains("reading"), "{}", daemon.log_text());
+    assert_eq!(daemon.json(&["ban", "list", "--json"]).as_array().map(Vec::len), Some(2));
+    let (code, _, err) = daemon.cli(&["ban", "add", OTHER_V4]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not overwriting") && err.contains("in force"), "{err}");
+    udp_send(&topo.client, OTHER_V4, sa(GW_V4, UDP_PORT), 10, 1);
+    assert_eq!(drain(&rx), 0, "the unsaved ban is enforced all the same");
     assert!(state.is_dir(), "the unreadable state is left as it was");
-    udp_send(&topo.client, CLIENT_V4, sa(GW_V4, UDP_PORT), 10, 1);
-    assert_eq!(drain(&rx), 0, "the pinned program still drops the banned source");
+
+    // Once the file is fixed, a restart keeps the ban that could not be saved.
+    daemon.kill9();
     std::fs::remove_dir(&state).unwrap();
+    daemon.spawn();
+    let bans = daemon.json(&["ban", "list", "--json"]);
+    assert_eq!(bans.as_array().map(Vec::len), Some(3), "nothing was lost: {bans}");
 }
 
 #[test]
@@ -515,6 +534,7 @@ fn status_and_metrics_never_walk_the_sources() {
         metric(&topo, "secgate_sources_tracked");
     });
     eprintln!("one status and one scrape over a full map of {capacity}: {calls} bpf calls");
+    assert!(calls > 0, "strace saw no bpf call at all: the count would mean nothing");
     assert!(calls < 200, "status and a scrape made {calls} bpf calls: they walk the source map");
 
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -537,12 +557,11 @@ fn status_and_metrics_never_walk_the_sources() {
             n - capacity
         });
         for _ in 0..5 {
+            // Sources are the buckets the program created (two senders); the entries this test
+            // writes from userspace are not traffic and are not counted.
             let status = status(&daemon);
             assert!(status["buckets_created"].as_u64().is_some_and(|n| n >= 2), "{status}");
-            assert!(
-                status["sources"].as_u64().is_some_and(|n| (2..=u64::from(capacity)).contains(&n)),
-                "{status}"
-            );
+            assert_eq!(status["sources"], status["buckets_created"], "{status}");
             let tracked = metric(&topo, "secgate_sources_tracked");
             assert!((2.0..=f64::from(capacity)).contains(&tracked), "{tracked}");
         }

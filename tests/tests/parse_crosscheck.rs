@@ -151,35 +151,93 @@ fn their_l4(frame: &[u8]) -> Option<(u16, bool)> {
     }
 }
 
-fn check(spec: &Spec, frame: &[u8]) -> Result<(), TestCaseError> {
+/// A header field overwritten with an arbitrary value.
+#[derive(Clone, Copy, Debug)]
+enum Corrupt {
+    /// The IP version nibble (and, for IPv4, the header length).
+    IpFirstByte(u8),
+    /// The IPv4 total length.
+    Ipv4TotalLen(u16),
+    /// The TCP data offset nibble.
+    TcpDataOffset(u8),
+}
+
+fn corrupt() -> impl Strategy<Value = Option<Corrupt>> {
+    prop::option::weighted(
+        0.3,
+        prop_oneof![
+            any::<u8>().prop_map(Corrupt::IpFirstByte),
+            any::<u16>().prop_map(Corrupt::Ipv4TotalLen),
+            (0u8..16).prop_map(Corrupt::TcpDataOffset),
+        ],
+    )
+}
+
+/// Applies `c` to `frame` built from `spec` where the field exists; returns whether it did.
+fn apply(spec: &Spec, frame: &mut [u8], c: Corrupt) -> bool {
+    let l3 = ETH_HLEN + VLAN_HLEN * spec.vlans.len();
+    let l4 = headers_end(spec, false);
+    let mut put = |at: usize, bytes: &[u8]| match frame.get_mut(at..at + bytes.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(bytes);
+            true
+        }
+        None => false,
+    };
+    match c {
+        Corrupt::IpFirstByte(b) => put(l3, &[b]),
+        Corrupt::Ipv4TotalLen(len) if spec.src.is_ipv4() => put(l3 + 2, &len.to_be_bytes()),
+        Corrupt::TcpDataOffset(doff) if matches!(spec.l4, L4Spec::Tcp { .. }) => {
+            put(l4 + 12, &[doff << 4])
+        }
+        _ => false,
+    }
+}
+
+/// `corrupted`: a header field was overwritten; `resized`: that field was the IPv4 header
+/// length, so the spec no longer says where the headers end.
+fn check(spec: &Spec, frame: &[u8], corrupted: bool, resized: bool) -> Result<(), TestCaseError> {
     let tags = spec.vlans.len();
     match model::parse(frame) {
         Parsed::NonIp => prop_assert!(false, "every generated frame is IP"),
         Parsed::Malformed => {
-            let policy = tags > MAX_VLAN_TAGS || headers_end(spec, true) > MAX_HEADER_BYTES;
-            let truncated = frame.len() < headers_end(spec, true);
-            prop_assert!(policy || truncated, "the model calls a whole frame malformed");
+            // The model's own limits are policy, not parsing; anything else it refuses,
+            // etherparse must find broken too.
+            let policy =
+                tags > MAX_VLAN_TAGS || (!resized && headers_end(spec, true) > MAX_HEADER_BYTES);
             if !policy {
-                let broken = theirs(frame).is_err()
+                // etherparse goes by the version nibble where the model goes by the ether
+                // type: a version that contradicts the ether type is broken for both.
+                let mismatch =
+                    theirs(frame).is_ok_and(|(f, ..)| (f == FAMILY_V4) != spec.src.is_ipv4());
+                let broken = mismatch
+                    || theirs(frame).is_err()
                     || (matches!(spec.l4, L4Spec::Tcp { .. } | L4Spec::Udp { .. } | L4Spec::Icmp)
                         && their_l4(frame).is_none());
-                prop_assert!(broken, "etherparse parses a frame the model calls truncated");
+                prop_assert!(broken, "etherparse parses a frame the model calls malformed");
             }
         }
         Parsed::Ip(Packet { family, src, proto, l4, fragment }) => {
             prop_assert!(tags <= MAX_VLAN_TAGS, "{} VLAN tags accepted", tags);
+            if !fragment && !resized {
+                let end = headers_end(spec, l4.is_some());
+                prop_assert!(end <= MAX_HEADER_BYTES, "headers ending at {end} accepted");
+            }
             let (f, s, p, frag) =
                 theirs(frame).map_err(|e| TestCaseError::fail(format!("etherparse: {e}")))?;
             prop_assert_eq!((family, src, proto, fragment), (f, s, p, frag));
             if let Some(l4) = l4 {
-                // etherparse wants 8 bytes of ICMP where the model reads 4; beyond that,
-                // and for first fragments (whose L4 etherparse leaves alone), it must agree.
+                // etherparse wants 8 bytes of ICMP where the model reads 4, and a TCP header
+                // with all its options where the model reads the first 20 bytes; beyond
+                // that, and for first fragments (whose L4 etherparse leaves alone), it must
+                // agree.
                 let icmp_short = proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+                let tcp_options = corrupted && proto == IPPROTO_TCP;
                 let first_fragment = spec.src.is_ipv4() && spec.v4_frag == 0x2000;
                 match their_l4(frame) {
                     Some(theirs) => prop_assert_eq!((l4.dport, l4.syn), theirs),
                     None => prop_assert!(
-                        icmp_short || first_fragment,
+                        icmp_short || tcp_options || first_fragment,
                         "etherparse finds no L4 where the model read {l4:?}"
                     ),
                 }
@@ -193,11 +251,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(20_000))]
 
     #[test]
-    fn model_parser_agrees_with_etherparse(spec in spec(), cut in prop::option::weighted(0.4, any::<prop::sample::Index>())) {
+    fn model_parser_agrees_with_etherparse(
+        spec in spec(),
+        corrupt in corrupt(),
+        cut in prop::option::weighted(0.4, any::<prop::sample::Index>()),
+    ) {
         let mut frame = spec.build();
+        let corrupted = corrupt.is_some_and(|c| apply(&spec, &mut frame, c));
+        let resized = corrupted && spec.src.is_ipv4() && matches!(corrupt, Some(Corrupt::IpFirstByte(_)));
         if let Some(cut) = cut {
             frame.truncate(ETH_HLEN + cut.index(frame.len() - ETH_HLEN + 1));
         }
-        check(&spec, &frame)?;
+        check(&spec, &frame, corrupted, resized)?;
     }
 }

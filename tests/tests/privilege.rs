@@ -12,9 +12,15 @@ fn probe() {
     }
 }
 
-/// Runs this test binary's `probe` as uid 65534 with `env`; returns (passed, output).
+/// Runs this test binary's `probe` as uid 65534 with `env`; returns (passed, output). The
+/// binary is copied where that user can run it, wherever the checkout is.
 fn probe_as_nobody(env: &[(&str, &str)]) -> (bool, String) {
-    let exe = std::env::current_exe().expect("test binary");
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("probe");
+    std::fs::copy(std::env::current_exe().expect("test binary"), &exe)
+        .expect("copy the test binary");
     let mut cmd = std::process::Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(exe)

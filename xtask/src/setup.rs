@@ -174,5 +174,5 @@ fn bpffs() -> Result<()> {
         );
         return Ok(());
     }
-    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    run_cmd(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", "/sys/fs/bpf"]))
 }

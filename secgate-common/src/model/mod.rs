@@ -179,7 +179,10 @@ fn over_limit_event(
     key: &BucketKey,
     now_ns: u64,
 ) -> Option<OverLimitEvent> {
-    if state.last_event_ns != 0 && now_ns - state.last_event_ns < cfg.event_interval_ns {
+    // Saturating: another CPU may have stamped a later event than this packet's clock read.
+    if state.last_event_ns != 0
+        && now_ns.saturating_sub(state.last_event_ns) < cfg.event_interval_ns
+    {
         return None;
     }
     *budget = cfg.event_budget.rebase(*budget, now_ns);

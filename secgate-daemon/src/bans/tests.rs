@@ -170,7 +170,7 @@ proptest! {
         for op in ops {
             let before = bans.clone();
             let writes = match op {
-                Op::Ban(i, e) => bans.ban(pool[i], Ban { expires_ns: e, reason: String::new() }),
+                Op::Ban(i, e) => bans.ban(pool[i], Ban { expires_ns: e, reason: "".into() }),
                 Op::Lift(i) => bans.lift(pool[i]).map(|(_, w)| w).unwrap_or_default(),
                 Op::Config(idx) => bans.set_config(&idx.iter().map(|i| pool[*i]).collect()),
                 Op::Expire(now) => bans.expire(now).1,

@@ -110,6 +110,13 @@ pub struct Override {
     pub rate: Rate,
 }
 
+/// The default limit and the overrides: from the config, or as changed at run time.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub default: Option<Rate>,
+    pub overrides: Vec<Override>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatapathSettings {
     pub interfaces: Vec<String>,
@@ -214,25 +221,18 @@ impl DatapathSettings {
             default_rule: default_limit.map_or(RateRule::UNLIMITED, Rate::rule),
             event_interval_ns: self.event_interval.as_nanos() as u64,
             event_budget: RateRule::from_rate(self.events_per_sec, self.events_per_sec.max(1)),
-            fragment_rule: self
-                .fragment_limit
-                .or(default_limit)
-                .map_or(RateRule::UNLIMITED, Rate::rule),
+            fragment_rule: fragment_rule(self.fragment_limit, default_limit, limits),
         }
     }
+}
 
-    /// Settings that are valid but probably not what the operator meant.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let fragments_unlimited =
-            !self.drop_fragments && self.fragment_limit.is_none() && self.default_limit.is_none();
-        if fragments_unlimited && !self.limits.is_empty() {
-            out.push(
-                "non-first IP fragments are unlimited: they carry no ports, so the port limits cannot match them; set datapath.fragment_limit, a default_limit, or fragments = \"drop\"".into(),
-            );
-        }
-        out
-    }
+/// The limit on non-first fragments: `fragment_limit`, else the default limit, else the most
+/// generous override. Fragments carry no ports, so no override can match them; without the
+/// last fallback a config of port limits alone would let a fragmented flood through with no
+/// limit at all. Unlimited only when nothing is limited.
+fn fragment_rule(own: Option<Rate>, default: Option<Rate>, limits: &[Override]) -> RateRule {
+    let loosest = || limits.iter().map(|o| o.rate).max_by_key(|r| (r.pps, r.burst));
+    own.or(default).or_else(loosest).map_or(RateRule::UNLIMITED, Rate::rule)
 }
 
 #[cfg(test)]

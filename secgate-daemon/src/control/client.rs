@@ -9,6 +9,10 @@ use std::{
 
 use super::proto::{Reply, Request};
 
+/// How long to wait for a reply: a change is answered once it is on disk, which a slow or
+/// failing disk can take a while to tell.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
@@ -34,7 +38,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientErr
         }
         ClientError::Connect { path: socket.display().to_string(), source }
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     // The daemon may answer (a refusal) and close before reading the request, so a failed
@@ -44,6 +48,14 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientErr
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
         written?;
+        if let Err(e) = &read
+            && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        {
+            return Err(ClientError::Refused(format!(
+                "no reply from the daemon within {}s: a change may still have been applied; check with `secgate status` and `secgate ban list`",
+                REPLY_TIMEOUT.as_secs()
+            )));
+        }
         read?;
         return Err(ClientError::Refused(
             "the daemon closed the connection without a reply".into(),

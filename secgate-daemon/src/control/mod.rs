@@ -6,3 +6,7 @@ pub mod server;
 
 /// Default socket path (also `[control] socket` in the config).
 pub const DEFAULT_SOCKET: &str = "/run/secgate/control.sock";
+
+/// How long an accept loop waits after a failed `accept` (out of descriptors, say), so a
+/// lasting failure neither spins a CPU nor floods the log.
+pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);

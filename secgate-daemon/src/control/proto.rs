@@ -124,33 +124,31 @@ impl Request {
         Ok(req)
     }
 
-    /// Semantic checks the types cannot express.
+    /// Semantic checks the types cannot express: the service's own, run early so the reply
+    /// names the bad field before anything is queued.
     fn check(&self) -> Result<(), DecodeError> {
-        let bad = |m: String| Err(DecodeError::Malformed(m));
-        if let Request::BanAdd { cidr, .. }
-        | Request::BanDel { cidr }
-        | Request::AllowAdd { cidr }
-        | Request::AllowDel { cidr } = self
-            && cidr.trunc() != *cidr
-        {
-            return bad(format!("CIDR {cidr} has host bits set; did you mean {}?", cidr.trunc()));
-        }
-        match self {
-            Request::BanAdd { ttl_secs: Some(t), .. }
-                if !(t.is_finite() && *t > 0.0 && *t < 1e10) =>
-            {
-                bad(format!("ttl_secs {t} must be a positive number of seconds"))
+        use crate::service::validate;
+        let checked = match self {
+            Request::BanAdd { cidr, ttl_secs, reason } => validate::cidr(cidr)
+                .and(ttl_secs.map_or(Ok(()), ttl))
+                .and(reason.as_deref().map_or(Ok(()), validate::reason)),
+            Request::BanDel { cidr } | Request::AllowAdd { cidr } | Request::AllowDel { cidr } => {
+                validate::cidr(cidr)
             }
-            Request::BanAdd { reason: Some(r), .. } if r.len() > 256 => {
-                bad("reason is longer than 256 bytes".into())
-            }
-            Request::LimitSet { rate, .. } => crate::config::values::pps(rate.pps as i64)
-                .and_then(|_| crate::config::values::burst(rate.burst as i64))
-                .map(|_| ())
-                .or_else(bad),
+            Request::LimitSet { rate, .. } => validate::rate(rate),
             _ => Ok(()),
-        }
+        };
+        checked.map_err(DecodeError::Malformed)
     }
+}
+
+/// A TTL in seconds as sent on the wire.
+fn ttl(secs: f64) -> Result<(), String> {
+    if !(secs.is_finite() && secs > 0.0 && secs <= crate::service::validate::MAX_TTL.as_secs_f64())
+    {
+        return Err(format!("ttl_secs {secs} must be a positive number of seconds"));
+    }
+    crate::service::validate::ttl(Some(std::time::Duration::from_secs_f64(secs)))
 }
 
 #[cfg(test)]

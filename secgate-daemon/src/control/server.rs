@@ -44,7 +44,10 @@ pub async fn serve(listener: UnixListener, service: Arc<Service>) {
                 let service = service.clone();
                 tokio::spawn(async move { connection(stream, service).await });
             }
-            Err(e) => warn!(error = %e, "control socket accept failed"),
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(super::ACCEPT_BACKOFF).await;
+            }
         }
     }
 }

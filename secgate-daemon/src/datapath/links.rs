@@ -64,10 +64,13 @@ impl Links {
                     (None, Some(e)) => ("failed", "none", Some(e.clone())),
                     (None, None) => ("waiting", "none", None),
                 };
+                let xdp =
+                    self.held.get(name).and_then(|h| kernel_mode(h.ifindex)).unwrap_or("none");
                 Attachment {
                     interface: name.clone(),
                     state: state.into(),
                     mode: mode.into(),
+                    xdp: xdp.into(),
                     error,
                 }
             })
@@ -116,8 +119,11 @@ impl Links {
 
     fn sync_one(&mut self, prog: &mut Xdp, name: &str, mode: AttachMode) -> Result<()> {
         let path = self.pin(name);
+        // Any error other than "no such interface" leaves the link as it is: a transient
+        // failure (out of descriptors, say) must never take the program off a live interface.
         let pinned = pinned_ifindex(&path).map_err(io_err("reading pinned link", &path))?;
-        let Some(ifindex) = ifindex(name) else {
+        let index = ifindex(name).map_err(io_err("looking up interface", Path::new(name)))?;
+        let Some(ifindex) = index else {
             if self.waiting.insert(name.to_owned()) {
                 warn!(
                     interface = name,
@@ -203,14 +209,59 @@ fn attach_fresh(
     Ok(Held { _link: pinned.into(), ifindex, mode: how })
 }
 
+/// How the kernel runs XDP on `ifindex` (`IFLA_XDP_ATTACHED` from rtnetlink): `native`,
+/// `skb`, `hw` or `multiple`. A link adopted from a pin does not say the mode it was attached
+/// in; the interface does.
+fn kernel_mode(ifindex: u32) -> Option<&'static str> {
+    use rtnetlink::{
+        packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+        packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+        },
+        sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    };
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(link));
+    request.header.flags = NLM_F_REQUEST;
+    request.finalize();
+    let mut out = vec![0; request.header.length as usize];
+    request.serialize(&mut out);
+    let socket = Socket::new(NETLINK_ROUTE).ok()?;
+    socket.connect(&SocketAddr::new(0, 0)).ok()?;
+    socket.send(&out, 0).ok()?;
+    let mut reply = Vec::with_capacity(64 * 1024);
+    socket.recv(&mut reply, 0).ok()?;
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).ok()?.payload
+    else {
+        return None;
+    };
+    link.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::Xdp(xdp) => xdp.into_iter().find_map(|x| match x {
+            LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("skb"),
+            LinkXdp::Attached(XdpAttached::Hardware) => Some("hw"),
+            LinkXdp::Attached(XdpAttached::Multiple) => Some("multiple"),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 /// The interface's index now, `None` if there is no such interface.
-fn ifindex(name: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(name).ok().filter(|i| *i != 0)
+fn ifindex(name: &str) -> io::Result<Option<u32>> {
+    match nix::net::if_::if_nametoindex(name) {
+        Ok(0) | Err(nix::errno::Errno::ENODEV | nix::errno::Errno::ENXIO) => Ok(None),
+        Ok(i) => Ok(Some(i)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The interface index the kernel reports for the XDP link pinned at `path`: `Some(0)` for a
 /// severed link (its interface was deleted) or a pin that is not an XDP link, `None` when
-/// nothing is pinned there.
+/// nothing is pinned there; an error when the kernel could not be asked.
 ///
 /// Hand-rolled `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD`: aya's `LinkInfo` does not expose
 /// the XDP part of `bpf_link_info`.
@@ -233,9 +284,7 @@ fn pinned_ifindex(path: &Path) -> io::Result<Option<u32>> {
     attr.info.bpf_fd = fd.as_raw_fd() as u32;
     attr.info.info = std::ptr::from_mut(&mut info) as u64;
     attr.info.info_len = size_of::<bpf_link_info>() as u32;
-    if bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_err() {
-        return Ok(Some(0));
-    }
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     if info.type_ != bpf_link_type::BPF_LINK_TYPE_XDP as u32 {
         return Ok(Some(0));
     }

@@ -21,11 +21,11 @@ pub fn links_dir(pin_path: &Path) -> PathBuf {
 }
 
 /// Makes sure `pin_path` lives on a bpffs (mounting the standard one if it is missing) and
-/// that its directories exist. Touches no pin.
+/// that its directories exist, are root's and closed to other users. Touches no pin.
 pub fn prepare(pin_path: &Path) -> Result<()> {
     ensure_bpffs(pin_path)?;
     for dir in [maps_dir(pin_path), links_dir(pin_path)] {
-        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        crate::lock::private_dir(&dir)?;
     }
     Ok(())
 }
@@ -77,7 +77,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
             standard,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
         .map_err(|source| DatapathError::Mount { path: standard.into(), source })?;
         info!(path = DEFAULT_BPFFS, "mounted bpffs");

@@ -64,27 +64,35 @@ impl JournalStats {
     }
 }
 
+/// Where the journal writes.
+pub(super) struct Sinks {
+    pub state: StateFile,
+    /// Set when the state file could not be read at start: it is never written over.
+    pub frozen: Option<String>,
+    pub audit: Audit,
+}
+
 pub(super) fn spawn(
     core: Arc<Core>,
-    state: StateFile,
-    audit: Audit,
+    sinks: Sinks,
     durable: watch::Sender<Durable>,
     stats: Arc<JournalStats>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("secgate-journal".into())
-        .spawn(move || Journal { core, state, audit, durable, stats, written: 0 }.run())
+        .spawn(move || Journal { core, sinks, durable, stats, written: 0, last_error: None }.run())
         .expect("spawn the journal thread")
 }
 
 struct Journal {
     core: Arc<Core>,
-    state: StateFile,
-    audit: Audit,
+    sinks: Sinks,
     durable: watch::Sender<Durable>,
     stats: Arc<JournalStats>,
     /// Every change up to this version is on disk.
     written: u64,
+    /// The last write error, so a lasting failure is logged once rather than every second.
+    last_error: Option<String>,
 }
 
 /// One round's work, taken under the lock.
@@ -100,12 +108,22 @@ impl Journal {
         let mut retry_at: Option<Instant> = None;
         loop {
             let batch = self.next_batch(retry_at);
-            let result = batch.snapshot.as_ref().map(|r| self.state.write(&StateFile::encode(r)));
-            match &result {
-                Some(Ok(())) => {
+            let result = batch.snapshot.as_ref().map(|r| self.write(r));
+            let failed = result.as_ref().and_then(|r| r.as_ref().err()).map(|e| e.to_string());
+            // Audit lines first, so that no change is acknowledged before it is audited.
+            let audited = !batch.records.is_empty();
+            for r in batch.records {
+                self.record(r, failed.as_deref());
+            }
+            if audited {
+                self.sinks.audit.sync();
+            }
+            match (result, failed) {
+                (Some(Ok(())), _) => {
                     if retry_at.take().is_some() {
-                        info!(path = %self.state.path().display(), "state file written again");
+                        info!(path = %self.sinks.state.path().display(), "state file written again");
                     }
+                    self.last_error = None;
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .committed_changes
@@ -113,26 +131,33 @@ impl Journal {
                     self.written = batch.upto;
                     self.durable.send_modify(|d| d.written = batch.upto);
                 }
-                Some(Err(e)) => {
-                    error!(error = %e, "saving the state failed; changes stay in force and are saved once a write succeeds");
+                (Some(Err(_)), Some(e)) => {
+                    if self.last_error.as_ref() != Some(&e) {
+                        error!(error = %e, "saving the state failed; changes stay in force and are saved once a write succeeds");
+                    }
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     retry_at = Some(Instant::now() + RETRY_AFTER);
-                    let message: Arc<str> = e.to_string().into();
+                    let message: Arc<str> = e.as_str().into();
+                    self.last_error = Some(e);
                     self.durable.send_modify(|d| {
                         d.failed_through = batch.upto;
                         d.error = Some(message);
                     });
                 }
-                None => {}
-            }
-            let failed = result.as_ref().and_then(|r| r.as_ref().err()).map(|e| e.to_string());
-            for r in batch.records {
-                self.record(r, failed.as_deref());
+                _ => {}
             }
             if batch.stop {
                 return;
             }
         }
+    }
+
+    fn write(&self, runtime: &crate::state::Runtime) -> Result<(), crate::state::StateError> {
+        if let Some(reason) = &self.sinks.frozen {
+            let path = self.sinks.state.path();
+            return Err(crate::state::StateError::Frozen { path, reason: reason.clone() });
+        }
+        self.sinks.state.write(&StateFile::encode(runtime))
     }
 
     /// Waits for work: changes to write (unless a failed write is still backing off),
@@ -171,7 +196,7 @@ impl Journal {
             (Ok(()), _) => Ok(()),
             (Err(e), _) => Err(e.as_str()),
         };
-        self.audit.record(&r.caller, r.action, &r.request, outcome);
+        self.sinks.audit.record(&r.caller, r.action, &r.request, outcome);
         let key = (r.action, r.caller.kind(), outcome.is_ok());
         *self.stats.changes.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
     }

@@ -10,6 +10,7 @@
 //! issued at once cost a handful of fsyncs instead of a thousand rewrites of the file.
 
 mod journal;
+pub mod validate;
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +30,7 @@ use crate::{
     clock::Clock,
     config::{Config, Mode, Rate, Selector, describe},
     events::EventCounts,
-    policy::{Policy, PolicyError},
+    policy::{Policy, PolicyError, Started},
     state::{Loaded, StateFile},
     views::{BanView, LimitsView, StatsView, StatusView},
 };
@@ -46,6 +47,8 @@ pub enum Caller {
     Config,
     /// The escalation of an abusive source, by the rule it tripped.
     Escalation { rule: String },
+    /// A user the control socket refused (not root); appears only in refusals.
+    Unauthorized { uid: u32 },
 }
 
 impl Caller {
@@ -54,7 +57,14 @@ impl Caller {
             Caller::Operator { .. } => "operator",
             Caller::Config => "config",
             Caller::Escalation { .. } => "escalation",
+            Caller::Unauthorized { .. } => "unauthorized",
         }
+    }
+
+    /// Whether a ban from this caller may shorten an existing one. Only an operator's may:
+    /// an automatic ban must never cut short what someone banned for longer.
+    fn may_shorten(&self) -> bool {
+        matches!(self, Caller::Operator { .. })
     }
 }
 
@@ -63,6 +73,9 @@ pub enum ServiceError {
     /// Refused; nothing changed.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// Refused: a value is out of range or malformed; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
     /// Refused: there was nothing to remove.
     #[error("{0}")]
     NotFound(String),
@@ -134,18 +147,25 @@ impl Service {
         audit: Audit,
         clock: Arc<dyn Clock>,
     ) -> std::result::Result<(Service, Vec<String>), PolicyError> {
-        let (mut policy, warnings) =
+        let frozen = match &loaded {
+            Loaded::Unreadable(e) => Some(e.to_string()),
+            _ => None,
+        };
+        let Started { mut policy, warnings, dirty } =
             Policy::start(datapath, config.datapath.clone(), loaded, clock)?;
         // A missing interface only waits; one that exists and refuses the program is a
         // configuration error, as it is on reload.
         policy.sync_interfaces()?;
+        // What start discarded or kept is written at once, not at the next change.
+        let version = u64::from(dirty);
         let core = Arc::new(Core {
-            inner: Mutex::new(Inner { policy, version: 0, queue: Vec::new(), stop: false }),
+            inner: Mutex::new(Inner { policy, version, queue: Vec::new(), stop: false }),
             wake: Condvar::new(),
         });
         let (tx, durable) = watch::channel(Durable::default());
         let stats = Arc::new(JournalStats::default());
-        let journal = journal::spawn(core.clone(), state, audit, tx, stats.clone());
+        let sinks = journal::Sinks { state, frozen, audit };
+        let journal = journal::spawn(core.clone(), sinks, tx, stats.clone());
         let service = Service {
             core,
             durable,
@@ -217,22 +237,33 @@ impl Service {
         let reason = reason.unwrap_or_else(|| "manual".into());
         let request =
             json!({ "cidr": cidr, "ttl_secs": ttl.map(|t| t.as_secs_f64()), "reason": reason });
-        self.commit(caller, "ban_add", request, |p| Ok(p.ban_add(cidr, ttl, reason)?)).await
+        let may_shorten = caller.may_shorten();
+        self.commit(caller, "ban_add", request, |p| {
+            valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
+            Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
+        })
+        .await
     }
 
     pub async fn ban_del(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
         self.commit(caller, "ban_del", json!({ "cidr": cidr }), |p| {
+            valid(validate::cidr(&cidr))?;
             found(p.ban_del(cidr)?, || format!("no ban for {cidr}"))
         })
         .await
     }
 
     pub async fn allow_add(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
-        self.commit(caller, "allow_add", json!({ "cidr": cidr }), |p| Ok(p.allow_add(cidr)?)).await
+        self.commit(caller, "allow_add", json!({ "cidr": cidr }), |p| {
+            valid(validate::cidr(&cidr))?;
+            Ok(p.allow_add(cidr)?)
+        })
+        .await
     }
 
     pub async fn allow_del(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
         self.commit(caller, "allow_del", json!({ "cidr": cidr }), |p| {
+            valid(validate::cidr(&cidr))?;
             found(p.allow_del(cidr)?, || format!("no allow entry for {cidr}"))
         })
         .await
@@ -247,6 +278,7 @@ impl Service {
     ) -> Result<LimitsView> {
         let request = json!({ "selector": selector, "rate": rate });
         self.commit(caller, "limit_set", request, |p| {
+            valid(validate::rate(&rate))?;
             p.set_limit(selector, rate)?;
             Ok(p.limits())
         })
@@ -280,9 +312,10 @@ impl Service {
     pub async fn reload(self: &Arc<Self>, caller: Caller) -> Result<()> {
         let this = self.clone();
         let version = tokio::task::spawn_blocking(move || {
+            // Read outside the policy lock: a slow filesystem must not stall other changes.
+            let config = Config::load(&this.config_path);
             this.apply(&caller, "reload", json!({ "config": this.config_path }), |p| {
-                let config = Config::load(&this.config_path)
-                    .map_err(|e| ServiceError::Reload(e.to_string()))?;
+                let config = config.map_err(|e| ServiceError::Reload(e.to_string()))?;
                 p.reload(config.datapath).map_err(|e| ServiceError::Reload(e.to_string()))
             })
         })
@@ -347,7 +380,7 @@ impl Service {
     /// Records a refused connection to the control socket.
     pub fn refused(&self, uid: u32, reason: &str) {
         let record = journal::Record::new(
-            Caller::Operator { uid },
+            Caller::Unauthorized { uid },
             "connect",
             serde_json::Value::Null,
             None,
@@ -383,6 +416,10 @@ impl Service {
     pub fn with_datapath<R>(&self, f: impl FnOnce(&crate::datapath::Datapath) -> R) -> R {
         f(self.core.lock().policy.datapath())
     }
+}
+
+fn valid(check: std::result::Result<(), String>) -> Result<()> {
+    check.map_err(ServiceError::Invalid)
 }
 
 fn found(found: bool, what: impl FnOnce() -> String) -> Result<()> {
