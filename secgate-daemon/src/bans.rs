@@ -252,7 +252,7 @@ impl Bans {
     }
 
     /// The longest-lasting ban on any prefix strictly covering `net`.
-    fn covering(&self, net: IpNet) -> Option<DenyEntry> {
+    pub fn covering(&self, net: IpNet) -> Option<DenyEntry> {
         (0..net.prefix_len())
             .filter_map(|len| {
                 let outer = IpNet::new(net.addr(), len).expect("shorter prefix is valid").trunc();

@@ -41,6 +41,13 @@ pub async fn run(
     let loaded = state.load();
     let mut datapath = Datapath::open(settings, lock).context("starting the datapath")?;
     let ring = datapath.take_events();
+    // The audit log and the control socket are trusted records and a trusted door: their
+    // directories get the same checks as the state's.
+    for file in [&config.audit_log, &socket_path(&config, socket.as_deref())] {
+        if let Some(dir) = file.parent() {
+            crate::lock::private_dir(dir)?;
+        }
+    }
     let audit = Audit::open(&config.audit_log)
         .with_context(|| format!("opening the audit log {}", config.audit_log.display()))?;
     let (service, warnings) =
@@ -50,7 +57,7 @@ pub async fn run(
         error!("{w}");
     }
     let service = Arc::new(service);
-    let socket = socket.unwrap_or(config.control_socket.clone());
+    let socket = socket_path(&config, socket.as_deref());
     let listener = server::bind(&socket)
         .with_context(|| format!("binding control socket {}", socket.display()))?;
     tokio::spawn(server::serve(listener, service.clone()));
@@ -86,6 +93,10 @@ fn raise_fd_limit() {
     {
         warn!(error = %e, soft, "could not raise the open-file limit");
     }
+}
+
+fn socket_path(config: &Config, overridden: Option<&Path>) -> PathBuf {
+    overridden.map_or_else(|| config.control_socket.clone(), Path::to_owned)
 }
 
 async fn sweep(service: Arc<Service>) {

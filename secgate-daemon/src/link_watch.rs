@@ -38,7 +38,7 @@ pub async fn watch(service: Arc<Service>) {
         }
     };
     let mut tick = tokio::time::interval(RECHECK_EVERY);
-    let mut last: Result<(), String> = Ok(());
+    let mut last: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -53,15 +53,16 @@ pub async fn watch(service: Arc<Service>) {
                 {}
             }
         }
-        let now = service.sync_interfaces().map_err(|e| e.to_string());
-        if now != last {
-            match &now {
-                Ok(()) => info!("every configured interface that exists has the XDP program"),
-                Err(e) => {
-                    warn!(error = %e, "attaching the XDP program failed; retrying on link events")
+        let failures: Vec<String> =
+            service.sync_interfaces().into_iter().map(|(name, e)| format!("{name}: {e}")).collect();
+        if failures != last {
+            match failures.as_slice() {
+                [] => info!("every configured interface that exists has the XDP program"),
+                f => {
+                    warn!(failures = ?f, "attaching the XDP program failed; retrying on link events")
                 }
             }
-            last = now;
+            last = failures;
         }
     }
 }

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -188,7 +188,10 @@ impl Collector for DaemonCollector {
 
 /// Scrapes served at once; further connections are closed at once. Anyone on the host can
 /// connect, so no number of connections may starve the daemon of descriptors.
-const MAX_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS: usize = 64;
+/// A connection that has not sent its request headers by then is closed, so idle
+/// connections cannot hold the slots for long.
+const HEADER_DEADLINE: Duration = Duration::from_secs(2);
 /// A connection gets one request and this long to send it and read the answer.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -218,8 +221,11 @@ pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<(
                 let registry = registry.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
             });
-            let conn =
-                http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(stream), svc);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
             drop(slot);
         });

@@ -8,7 +8,7 @@
 //! pinned maps hold beyond the config are adopted rather than deleted.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -48,11 +48,21 @@ pub struct Started {
     pub dirty: bool,
 }
 
-/// Config entries the saved state was written with.
+/// What the saved state accounts for in the pinned maps.
 #[derive(Default)]
 struct Explained {
     deny: BTreeSet<IpNet>,
     allow: BTreeSet<IpNet>,
+    /// Everything beyond the state is a leftover (states from before the config was saved).
+    complete: bool,
+}
+
+/// The rule every limit key gets, to compare limits whatever order or form they came in.
+fn rules(limits: &Limits) -> (RateRule, BTreeMap<LimitKey, RateRule>) {
+    let default = limits.default.map_or(RateRule::UNLIMITED, Rate::rule);
+    let keys =
+        limits.overrides.iter().flat_map(|o| o.selector.keys().map(move |k| (k, o.rate.rule())));
+    (default, keys.collect())
 }
 
 pub struct Policy {
@@ -107,12 +117,17 @@ impl Policy {
             deny_repair: None,
         };
         let mut warnings = Vec::new();
-        let mut explained = Explained::default();
-        match loaded {
-            Loaded::Saved(runtime) => explained = p.restore(runtime),
-            Loaded::Missing => {}
-            Loaded::Discarded(e) | Loaded::Unreadable(e) => warnings.push(e.to_string()),
-        }
+        let explained = match loaded {
+            Loaded::Saved(runtime) => p.restore(runtime),
+            Loaded::Missing => Explained::default(),
+            Loaded::Discarded(e) | Loaded::Unreadable(e) => {
+                warnings.push(e.to_string());
+                warnings.extend(p.adopt_settings()?);
+                Explained::default()
+            }
+        };
+        // Config denies first, so that they explain the entries nested under them.
+        p.bans.set_config(&p.settings.deny.iter().copied().collect());
         let kept = p.adopt(&explained)?;
         if kept > 0 {
             warnings.push(format!(
@@ -120,7 +135,6 @@ impl Policy {
             ));
         }
         let dirty = kept > 0 || !warnings.is_empty();
-        p.bans.set_config(&p.settings.deny.iter().copied().collect());
         p.reconcile()?;
         Ok(Started { policy: p, warnings, dirty })
     }
@@ -130,12 +144,14 @@ impl Policy {
     }
 
     /// Takes saved state. Expiries from this boot are used as saved; from another boot they
-    /// are converted from wall time, once, here. Returns the config entries the state was
-    /// saved with.
+    /// are converted from wall time, once, here. Returns what the state file accounts for:
+    /// its own bans (lapsed ones too) and the config entries it was saved with.
     fn restore(&mut self, r: Runtime) -> Explained {
         let same_boot = r.boot_id.is_some() && r.boot_id == self.anchor.boot_id;
         let now = self.now();
+        let mut deny = r.config_deny;
         for (net, b) in r.bans {
+            deny.insert(net);
             let expires_ns = match (b.expires_mono_ns, b.expires_unix_ms) {
                 (Some(mono), _) if same_boot => Some(mono),
                 (_, Some(ms)) => Some(self.anchor.to_monotonic_ns(ms)),
@@ -148,23 +164,25 @@ impl Policy {
         self.allow = r.allow;
         self.mode = r.mode;
         self.limits = r.limits;
-        Explained { deny: r.config_deny, allow: r.config_allow }
+        // Version 1 saved state before applying each change and did not record the config,
+        // so what its maps hold beyond it is a config entry dropped since, not a lost change.
+        Explained { deny, allow: r.config_allow, complete: r.version == 1 }
     }
 
-    /// Keeps, as dynamic, the entries the pinned maps hold that neither the saved state, nor
-    /// the config, nor the config the state was saved with explains: a change applied but not
-    /// saved, or a state file that was lost. A ban must never be lifted by a bad state file.
+    /// Keeps, as dynamic, the entries the pinned maps hold that nothing accounts for: not the
+    /// saved state, not the config, not the config the state was saved with, and not a ban in
+    /// memory covering the entry for at least as long (whose projection the entry may be). A
+    /// change applied but not saved, or a state file that was lost, must never lift a ban.
     /// Returns how many were kept.
     fn adopt(&mut self, explained: &Explained) -> Result<usize> {
-        if !self.datapath.reused() {
+        if !self.datapath.reused() || explained.complete {
             return Ok(0);
         }
         let now = self.now();
         let mut kept = 0;
         for (net, entry) in self.datapath.maps.deny()? {
-            let known = self.bans.contains(&net)
-                || self.settings.deny.contains(&net)
-                || explained.deny.contains(&net);
+            let covered = self.bans.covering(net).is_some_and(|c| c.outlasting(entry) == c);
+            let known = self.bans.contains(&net) || explained.deny.contains(&net) || covered;
             if known || !entry.active(now) {
                 continue;
             }
@@ -180,6 +198,41 @@ impl Policy {
             if !known && self.allow.insert(net) {
                 kept += 1;
             }
+        }
+        Ok(kept)
+    }
+
+    /// Without a usable state file, a mode or limits the pinned maps hold that differ from the
+    /// config were run-time changes: keep them, so that a bad state file cannot switch
+    /// enforcement off or loosen a limit. Returns what it kept, for the log.
+    fn adopt_settings(&mut self) -> Result<Vec<String>> {
+        if !self.datapath.reused() {
+            return Ok(Vec::new());
+        }
+        let cfg = self.datapath.maps.config()?;
+        let mut kept = Vec::new();
+        let mode = Mode::from_raw(cfg.mode);
+        if mode != self.settings.mode {
+            self.mode = Some(mode);
+            kept.push(format!(
+                "kept mode {mode:?} from the pinned maps (the config says {:?})",
+                self.settings.mode
+            ));
+        }
+        let rate =
+            |r: RateRule| (!r.is_unlimited()).then(|| Rate { pps: r.pps(), burst: r.burst() });
+        let mut overrides: Vec<Override> = Vec::new();
+        for (key, rule) in self.datapath.maps.limits()? {
+            if let (Some(selector), Some(rate)) = (Selector::from_key(&key), rate(rule))
+                && !overrides.iter().any(|o| o.selector == selector)
+            {
+                overrides.push(Override { selector, rate });
+            }
+        }
+        let pinned = Limits { default: rate(cfg.default_rule), overrides };
+        if rules(&pinned) != rules(&self.limits()) {
+            self.limits = Some(pinned);
+            kept.push("kept the limits the pinned maps hold, which differ from the config (see `secgate limit show`)".into());
         }
         Ok(kept)
     }
@@ -249,6 +302,8 @@ impl Policy {
             self.datapath.maps.set_limit(*key, *rule)?;
         }
         self.write_config()?;
+        let limits = self.limits();
+        tracing::info!("{}", self.settings.describe_fragments(limits.default, &limits.overrides));
         for (key, _) in self.datapath.maps.limits()? {
             if !want.contains_key(&key) {
                 self.datapath.maps.remove_limit(&key)?;
@@ -303,8 +358,12 @@ impl Policy {
         Err(e.into())
     }
 
+    /// Schedules a rewrite of the deny tries from memory. A repair already pending keeps its
+    /// (earlier) time, so failures that keep coming cannot put it off.
     fn schedule_repair(&mut self, backoff: Duration) {
-        self.deny_repair = Some(Repair { at: Instant::now() + backoff, backoff });
+        if self.deny_repair.is_none() {
+            self.deny_repair = Some(Repair { at: Instant::now() + backoff, backoff });
+        }
     }
 
     /// Bans `cidr`. Unless `may_shorten`, a ban already in force on it that lasts at least
@@ -361,6 +420,7 @@ impl Policy {
         if let Some(repair) = self.deny_repair
             && Instant::now() >= repair.at
         {
+            self.deny_repair = None;
             self.reconcile_deny()
                 .inspect_err(|_| self.schedule_repair((repair.backoff * 2).min(REPAIR_MAX)))?;
         }
@@ -470,6 +530,12 @@ impl Policy {
             )));
         }
         let saved = (self.settings.clone(), self.bans.clone(), self.mode, self.limits.clone());
+        let added: BTreeSet<String> = new
+            .interfaces
+            .iter()
+            .filter(|i| !self.settings.interfaces.contains(i))
+            .cloned()
+            .collect();
         self.settings = new;
         self.mode = None;
         self.limits = None;
@@ -481,20 +547,34 @@ impl Policy {
             .map_err(PolicyError::from)
             .and_then(|()| self.reconcile_limits())
             .and_then(|()| self.reconcile_allow())
-            .and_then(|()| self.sync_interfaces());
+            .and_then(|()| self.attach_added(&added));
         if applied.is_err() {
             (self.settings, self.bans, self.mode, self.limits) = saved;
-            let _ = self.reconcile();
+            if self.reconcile().is_err() {
+                self.schedule_repair(REPAIR_FIRST);
+            }
             let _ = self.sync_interfaces();
         }
         applied
     }
 
+    /// Syncs the interfaces after a reload. An interface the reload adds that refuses the
+    /// program fails the reload; one that failed before stays as it was reported, so that it
+    /// cannot block every reload (an urgent deny edit among them).
+    fn attach_added(&mut self, added: &BTreeSet<String>) -> Result<()> {
+        let failures = self.sync_interfaces();
+        match failures.into_iter().find(|(name, _)| added.contains(name)) {
+            Some((_, e)) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
     /// Brings the XDP links in line with the configured interfaces and the interfaces that
-    /// exist now (called at start, on reload, on link events and every second).
-    pub fn sync_interfaces(&mut self) -> Result<()> {
+    /// exist now (called at start, on reload, on link events and every second). Returns the
+    /// interfaces that failed, with why.
+    pub fn sync_interfaces(&mut self) -> Vec<(String, DatapathError)> {
         let want = self.settings.interfaces.clone();
-        Ok(self.datapath.sync_links(&want, self.settings.attach)?)
+        self.datapath.sync_links(&want, self.settings.attach)
     }
 
     pub fn stats(&self) -> Result<StatsView> {

@@ -46,7 +46,11 @@ pub struct Attachment {
     /// How this daemon attached: `native`, `skb`, or `adopted` (program swapped into a link
     /// pinned by an earlier run); `none` when not attached.
     pub mode: String,
-    /// How the kernel runs XDP on the interface: `native`, `skb`, `hw`, `multiple` or `none`.
+    /// The interface's index when attached.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+    /// How the kernel runs XDP on the interface: `native`, `skb`, `hw`, `multiple`, `none`,
+    /// or `unknown` when rtnetlink could not be asked.
     #[serde(default)]
     pub xdp: String,
     /// Why the attach failed.

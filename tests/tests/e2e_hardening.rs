@@ -121,8 +121,10 @@ fn an_unusable_state_file_loses_no_ban() {
     daemon.kill9();
     std::fs::remove_file(&state).unwrap();
     std::fs::create_dir(&state).unwrap();
+    let seen = daemon.log_text().len();
     daemon.spawn();
-    assert!(daemon.log_text().contains("reading"), "{}", daemon.log_text());
+    let log = daemon.log_text()[seen..].to_string();
+    assert!(log.contains("reading") && log.contains("state.json"), "{log}");
     assert_eq!(daemon.json(&["ban", "list", "--json"]).as_array().map(Vec::len), Some(2));
     let (code, _, err) = daemon.cli(&["ban", "add", OTHER_V4]);
     assert_ne!(code, 0);
@@ -597,4 +599,35 @@ fn the_audit_log_names_the_caller() {
         assert!(Instant::now() < deadline, "audit lacks the callers: {audit}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn idle_metrics_connections_cannot_exhaust_the_daemon() {
+    // Regression: the metrics listener took connections without bound or deadline, so local
+    // users holding idle connections ran the daemon out of descriptors (no state writes, no
+    // re-attach) and made its accept loop spin.
+    if !privileged("idle_metrics_connections_cannot_exhaust_the_daemon") {
+        return;
+    }
+    let topo = Topology::new("idl");
+    let daemon = Daemon::start(&topo, "idl", "");
+    let idle: Vec<std::net::TcpStream> = topo.gw.within(|| {
+        (0..300).filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9477").ok()).collect()
+    });
+    assert_eq!(idle.len(), 300, "the kernel accepts the connections");
+    daemon.ok(&["ban", "add", CLIENT_V4]);
+    std::thread::sleep(Duration::from_secs(3));
+    let closed = idle
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            match (&**s).read(&mut [0u8; 64]) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    assert_eq!(closed, idle.len(), "every idle connection is closed within the header deadline");
+    assert_eq!(metric(&topo, "secgate_bans_active"), 1.0, "scrapes are served again");
 }

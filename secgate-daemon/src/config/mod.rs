@@ -221,18 +221,49 @@ impl DatapathSettings {
             default_rule: default_limit.map_or(RateRule::UNLIMITED, Rate::rule),
             event_interval_ns: self.event_interval.as_nanos() as u64,
             event_budget: RateRule::from_rate(self.events_per_sec, self.events_per_sec.max(1)),
-            fragment_rule: fragment_rule(self.fragment_limit, default_limit, limits),
+            fragment_rule: self
+                .fragment_limit(default_limit, limits)
+                .0
+                .map_or(RateRule::UNLIMITED, Rate::rule),
         }
     }
-}
 
-/// The limit on non-first fragments: `fragment_limit`, else the default limit, else the most
-/// generous override. Fragments carry no ports, so no override can match them; without the
-/// last fallback a config of port limits alone would let a fragmented flood through with no
-/// limit at all. Unlimited only when nothing is limited.
-fn fragment_rule(own: Option<Rate>, default: Option<Rate>, limits: &[Override]) -> RateRule {
-    let loosest = || limits.iter().map(|o| o.rate).max_by_key(|r| (r.pps, r.burst));
-    own.or(default).or_else(loosest).map_or(RateRule::UNLIMITED, Rate::rule)
+    /// The limit on non-first fragments and where it comes from: `fragment_limit`, else the
+    /// default limit, else the most generous TCP or UDP limit that is not SYN-only.
+    /// Fragments carry no ports, so no override can match them; without the last fallback a
+    /// config of port limits alone would let a fragmented flood through unlimited. SYN and
+    /// ICMP limits are left out: they are tighter than any fragmented datagram traffic needs.
+    pub fn fragment_limit(
+        &self,
+        default: Option<Rate>,
+        limits: &[Override],
+    ) -> (Option<Rate>, &'static str) {
+        let loosest = limits
+            .iter()
+            .filter(|o| !o.selector.syn_only && o.selector.protocol != Protocol::Icmp)
+            .map(|o| o.rate)
+            .max_by_key(|r| (r.pps, r.burst));
+        match (self.fragment_limit, default, loosest) {
+            (Some(r), ..) => (Some(r), "datapath.fragment_limit"),
+            (None, Some(r), _) => (Some(r), "the default limit"),
+            (None, None, Some(r)) => (Some(r), "the most generous TCP/UDP limit"),
+            (None, None, None) => (None, "no TCP/UDP limit is set"),
+        }
+    }
+
+    /// What happens to non-first fragments, for the log.
+    pub fn describe_fragments(&self, default: Option<Rate>, limits: &[Override]) -> String {
+        if self.drop_fragments {
+            return "non-first IP fragments are dropped (fragments = \"drop\")".into();
+        }
+        match self.fragment_limit(default, limits) {
+            (Some(r), from) => format!(
+                "non-first IP fragments: {} pps, burst {} per source ({from})",
+                r.pps, r.burst
+            ),
+            (None, why) => format!("non-first IP fragments are unlimited ({why})"),
+        }
+    }
 }
 
 #[cfg(test)]

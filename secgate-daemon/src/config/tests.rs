@@ -45,6 +45,13 @@ fn fragments_are_limited_or_dropped_never_free() {
     assert_eq!((dc.fragment_rule.pps(), dc.fragment_rule.burst()), (10, 5), "the loosest override");
     let dc = d.datapath_config(Mode::Enforce, None, &[]);
     assert!(dc.fragment_rule.is_unlimited(), "unlimited only when nothing is limited");
+    let syn = Override {
+        selector: Selector { protocol: Protocol::Tcp, port: Some(443), syn_only: true },
+        rate: Rate { pps: 5, burst: 1 },
+    };
+    let dc = d.datapath_config(Mode::Enforce, None, &[syn]);
+    assert!(dc.fragment_rule.is_unlimited(), "a SYN limit is no limit for fragments");
+    assert!(d.describe_fragments(None, &d.limits).contains("10 pps, burst 5 per source"));
     let with = |extra: &str| {
         Config::parse(
             &base.replace("[[datapath.limits]]", &format!("{extra}\n[[datapath.limits]]")),

@@ -64,13 +64,12 @@ impl Links {
                     (None, Some(e)) => ("failed", "none", Some(e.clone())),
                     (None, None) => ("waiting", "none", None),
                 };
-                let xdp =
-                    self.held.get(name).and_then(|h| kernel_mode(h.ifindex)).unwrap_or("none");
                 Attachment {
                     interface: name.clone(),
                     state: state.into(),
                     mode: mode.into(),
-                    xdp: xdp.into(),
+                    ifindex: self.held.get(name).map(|h| h.ifindex),
+                    xdp: "none".into(),
                     error,
                 }
             })
@@ -80,10 +79,15 @@ impl Links {
     /// Attaches to every interface in `want` that exists and is not attached (or whose link
     /// was severed), waits for the missing ones, and detaches from interfaces no longer
     /// wanted, including links pinned by an earlier run. Tries every interface; returns the
-    /// first failure.
-    pub(super) fn sync(&mut self, prog: &mut Xdp, want: &[String], mode: AttachMode) -> Result<()> {
+    /// ones that failed, with why.
+    pub(super) fn sync(
+        &mut self,
+        prog: &mut Xdp,
+        want: &[String],
+        mode: AttachMode,
+    ) -> Vec<(String, DatapathError)> {
         self.want = want.to_vec();
-        let mut first = Ok(());
+        let mut failures = Vec::new();
         for name in want {
             match self.sync_one(prog, name, mode) {
                 Ok(()) => {
@@ -91,9 +95,7 @@ impl Links {
                 }
                 Err(e) => {
                     self.failed.insert(name.clone(), e.to_string());
-                    if first.is_ok() {
-                        first = Err(e);
-                    }
+                    failures.push((name.clone(), e));
                 }
             }
         }
@@ -107,10 +109,12 @@ impl Links {
         self.waiting.retain(|i| want.contains(i));
         self.failed.retain(|i, _| want.contains(i));
         for name in stale {
-            self.release(&name)?;
-            info!(interface = %name, "XDP program detached");
+            match self.release(&name) {
+                Ok(()) => info!(interface = %name, "XDP program detached"),
+                Err(e) => failures.push((name, e)),
+            }
         }
-        first
+        failures
     }
 
     fn pin(&self, name: &str) -> PathBuf {
@@ -210,9 +214,9 @@ fn attach_fresh(
 }
 
 /// How the kernel runs XDP on `ifindex` (`IFLA_XDP_ATTACHED` from rtnetlink): `native`,
-/// `skb`, `hw` or `multiple`. A link adopted from a pin does not say the mode it was attached
-/// in; the interface does.
-fn kernel_mode(ifindex: u32) -> Option<&'static str> {
+/// `skb`, `hw` or `multiple`; `None` if it could not be asked. A link adopted from a pin does
+/// not say the mode it was attached in; the interface does.
+pub fn kernel_mode(ifindex: u32) -> Option<&'static str> {
     use rtnetlink::{
         packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
         packet_route::{

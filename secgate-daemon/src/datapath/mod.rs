@@ -20,7 +20,7 @@ use aya::{
 };
 use secgate_common::maps as names;
 
-pub use links::Links;
+pub use links::{Links, kernel_mode};
 pub use pins::{detach, prepare};
 
 use crate::{
@@ -108,8 +108,12 @@ impl Datapath {
     }
 
     /// Brings the attachments in line with `want` and the interfaces that exist right now;
-    /// see [`Links::sync`].
-    pub fn sync_links(&mut self, want: &[String], mode: crate::config::AttachMode) -> Result<()> {
+    /// returns the interfaces that failed (see [`Links::sync`]).
+    pub fn sync_links(
+        &mut self,
+        want: &[String],
+        mode: crate::config::AttachMode,
+    ) -> Vec<(String, DatapathError)> {
         self.links.sync(program(&mut self.bpf), want, mode)
     }
 

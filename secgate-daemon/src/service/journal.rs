@@ -69,7 +69,7 @@ pub(super) struct Sinks {
     pub state: StateFile,
     /// Set when the state file could not be read at start: it is never written over.
     pub frozen: Option<String>,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
 }
 
 pub(super) fn spawn(
@@ -160,23 +160,22 @@ impl Journal {
         self.sinks.state.write(&StateFile::encode(runtime))
     }
 
-    /// Waits for work: changes to write (unless a failed write is still backing off),
-    /// refusals to audit, or a stop (which writes what is pending at once, one last time).
-    /// Audit records of changes not yet written stay queued.
+    /// Waits for work: changes to write (unless a failed write is still backing off), or a
+    /// stop (which writes what is pending at once, one last time). Audit records of changes
+    /// not yet written stay queued.
     fn next_batch(&self, retry_at: Option<Instant>) -> Batch {
         let mut inner = self.core.lock();
         loop {
             let stop = inner.stop;
             let may_write = stop || retry_at.is_none_or(|t| Instant::now() >= t);
             let write = inner.version > self.written && may_write;
-            let auditable = inner.queue.iter().any(|r| r.version.is_none());
-            if write || auditable || stop {
+            if write || stop {
                 let upto = if write { inner.version } else { self.written };
                 // Only the copy is taken under the lock; encoding and writing happen outside.
                 let snapshot = write.then(|| inner.policy.runtime());
                 let (records, rest) = std::mem::take(&mut inner.queue)
                     .into_iter()
-                    .partition(|r| r.version.is_none_or(|v| v <= upto));
+                    .partition(|r| r.version.is_some_and(|v| v <= upto));
                 inner.queue = rest;
                 return Batch { snapshot, upto, records, stop };
             }
@@ -187,17 +186,23 @@ impl Journal {
     }
 
     fn record(&self, r: Record, failed: Option<&str>) {
-        let not_saved;
-        let outcome = match (&r.outcome, failed) {
-            (Ok(()), Some(e)) if r.version.is_some() => {
-                not_saved = format!("in force but not saved: {e}");
-                Err(not_saved.as_str())
-            }
-            (Ok(()), _) => Ok(()),
-            (Err(e), _) => Err(e.as_str()),
-        };
-        self.sinks.audit.record(&r.caller, r.action, &r.request, outcome);
-        let key = (r.action, r.caller.kind(), outcome.is_ok());
-        *self.stats.changes.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+        record(&self.sinks.audit, &self.stats, r, failed);
     }
+}
+
+/// Writes `r`'s audit line (saying it was not saved if the write of its change `failed`) and
+/// counts it.
+pub(super) fn record(audit: &Audit, stats: &JournalStats, r: Record, failed: Option<&str>) {
+    let not_saved;
+    let outcome = match (&r.outcome, failed) {
+        (Ok(()), Some(e)) if r.version.is_some() => {
+            not_saved = format!("in force but not saved: {e}");
+            Err(not_saved.as_str())
+        }
+        (Ok(()), _) => Ok(()),
+        (Err(e), _) => Err(e.as_str()),
+    };
+    audit.record(&r.caller, r.action, &r.request, outcome);
+    let key = (r.action, r.caller.kind(), outcome.is_ok());
+    *stats.changes.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
 }

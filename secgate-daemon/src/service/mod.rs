@@ -29,6 +29,7 @@ use crate::{
     audit::Audit,
     clock::Clock,
     config::{Config, Mode, Rate, Selector, describe},
+    datapath::DatapathError,
     events::EventCounts,
     policy::{Policy, PolicyError, Started},
     state::{Loaded, StateFile},
@@ -125,7 +126,12 @@ pub struct Service {
     durable: watch::Receiver<Durable>,
     journal: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<JournalStats>,
+    /// Shared with the journal: refusals are audited at once, changes once written.
+    audit: Arc<Audit>,
     config_path: PathBuf,
+    /// Held from reading the config file to applying it, so reloads apply in the order they
+    /// read (not the policy lock: reading must not stall other changes).
+    reloading: Mutex<()>,
     events: Mutex<EventCounts>,
     /// Control requests served, by (action, ok).
     actions: Mutex<BTreeMap<(String, bool), u64>>,
@@ -154,8 +160,13 @@ impl Service {
         let Started { mut policy, warnings, dirty } =
             Policy::start(datapath, config.datapath.clone(), loaded, clock)?;
         // A missing interface only waits; one that exists and refuses the program is a
-        // configuration error, as it is on reload.
-        policy.sync_interfaces()?;
+        // configuration error, as it is on reload. A lookup that failed is retried.
+        for (name, e) in policy.sync_interfaces() {
+            match e {
+                DatapathError::Attach { .. } => return Err(e.into()),
+                e => tracing::warn!(interface = %name, error = %e, "interface not ready; retrying"),
+            }
+        }
         // What start discarded or kept is written at once, not at the next change.
         let version = u64::from(dirty);
         let core = Arc::new(Core {
@@ -164,14 +175,17 @@ impl Service {
         });
         let (tx, durable) = watch::channel(Durable::default());
         let stats = Arc::new(JournalStats::default());
-        let sinks = journal::Sinks { state, frozen, audit };
+        let audit = Arc::new(audit);
+        let sinks = journal::Sinks { state, frozen, audit: audit.clone() };
         let journal = journal::spawn(core.clone(), sinks, tx, stats.clone());
         let service = Service {
             core,
             durable,
             journal: Mutex::new(Some(journal)),
             stats,
+            audit,
             config_path: config_path.to_owned(),
+            reloading: Mutex::default(),
             events: Mutex::default(),
             actions: Mutex::default(),
         };
@@ -188,16 +202,26 @@ impl Service {
         change: impl FnOnce(&mut Policy) -> Result<T>,
     ) -> Result<(T, u64)> {
         let mut inner = self.core.lock();
-        let result = change(&mut inner.policy);
-        let version = result.is_ok().then(|| {
-            inner.version += 1;
-            inner.version
-        });
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        inner.queue.push(journal::Record::new(caller.clone(), action, request, version, outcome));
+        let result = match caller {
+            Caller::Escalation { rule } => valid(validate::rule(rule)),
+            _ => Ok(()),
+        }
+        .and_then(|()| change(&mut inner.policy));
+        let Ok(value) = result else {
+            drop(inner);
+            // A refusal has nothing to write: it is audited before the caller hears of it.
+            let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            let record = journal::Record::new(caller.clone(), action, request, None, outcome);
+            journal::record(&self.audit, &self.stats, record, None);
+            return result.map(|v| (v, 0));
+        };
+        inner.version += 1;
+        let version = inner.version;
+        let record = journal::Record::new(caller.clone(), action, request, Some(version), Ok(()));
+        inner.queue.push(record);
         drop(inner);
         self.core.wake.notify_one();
-        result.map(|v| (v, version.expect("set on success")))
+        Ok((value, version))
     }
 
     /// Waits until change `version` is on disk.
@@ -313,6 +337,7 @@ impl Service {
         let this = self.clone();
         let version = tokio::task::spawn_blocking(move || {
             // Read outside the policy lock: a slow filesystem must not stall other changes.
+            let _one_at_a_time = lock(&this.reloading);
             let config = Config::load(&this.config_path);
             this.apply(&caller, "reload", json!({ "config": this.config_path }), |p| {
                 let config = config.map_err(|e| ServiceError::Reload(e.to_string()))?;
@@ -339,7 +364,7 @@ impl Service {
     }
 
     /// Re-checks the XDP links against the interfaces that exist now.
-    pub fn sync_interfaces(&self) -> std::result::Result<(), PolicyError> {
+    pub fn sync_interfaces(&self) -> Vec<(String, DatapathError)> {
         self.core.lock().policy.sync_interfaces()
     }
 
@@ -368,8 +393,16 @@ impl Service {
         self.core.lock().policy.stats()
     }
 
+    /// Asks rtnetlink how each attached interface runs XDP after the policy lock is let go:
+    /// a round trip per interface has no business holding up changes.
     pub fn status(&self) -> std::result::Result<StatusView, PolicyError> {
-        self.core.lock().policy.status()
+        let mut status = self.core.lock().policy.status()?;
+        for a in &mut status.attachments {
+            if let Some(ifindex) = a.ifindex {
+                a.xdp = crate::datapath::kernel_mode(ifindex).unwrap_or("unknown").into();
+            }
+        }
+        Ok(status)
     }
 
     /// State-file writes and the changes they carried, for metrics and benchmarks.
@@ -379,15 +412,11 @@ impl Service {
 
     /// Records a refused connection to the control socket.
     pub fn refused(&self, uid: u32, reason: &str) {
-        let record = journal::Record::new(
-            Caller::Unauthorized { uid },
-            "connect",
-            serde_json::Value::Null,
-            None,
-            Err(reason.to_owned()),
-        );
-        self.core.lock().queue.push(record);
-        self.core.wake.notify_one();
+        let caller = Caller::Unauthorized { uid };
+        let outcome = Err(reason.to_owned());
+        let record =
+            journal::Record::new(caller, "connect", serde_json::Value::Null, None, outcome);
+        journal::record(&self.audit, &self.stats, record, None);
     }
 
     pub fn record_event(&self, source: IpAddr) {

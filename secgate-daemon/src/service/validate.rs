@@ -34,14 +34,27 @@ pub fn ttl(ttl: Option<Duration>) -> Result<(), String> {
     }
 }
 
-/// At most [`MAX_REASON_BYTES`] and no control characters, which would reach terminals
-/// through `ban list`.
+/// At most [`MAX_REASON_BYTES`], and no control or text-direction characters, which would
+/// reach terminals through `ban list` and could make a line read as something else.
 pub fn reason(reason: &str) -> Result<(), String> {
-    if reason.len() > MAX_REASON_BYTES {
-        return Err(format!("reason is longer than {MAX_REASON_BYTES} bytes"));
+    text("reason", reason)
+}
+
+/// The same rules for an escalation rule's name, which the audit log and metrics carry.
+pub fn rule(rule: &str) -> Result<(), String> {
+    text("rule name", rule)
+}
+
+fn text(what: &str, s: &str) -> Result<(), String> {
+    if s.len() > MAX_REASON_BYTES {
+        return Err(format!("{what} is longer than {MAX_REASON_BYTES} bytes"));
     }
-    if reason.chars().any(char::is_control) {
-        return Err("reason contains control characters".into());
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if s.chars().any(hidden) {
+        return Err(format!("{what} contains control or text-direction characters"));
     }
     Ok(())
 }
@@ -62,6 +75,8 @@ mod tests {
         assert!(ttl(Some(MAX_TTL + Duration::from_secs(1))).is_err());
         assert!(ttl(None).is_ok() && ttl(Some(Duration::from_secs(60))).is_ok());
         assert!(reason("auth\u{1b}[2J").unwrap_err().contains("control"));
+        assert!(reason("abc\u{202e}cba").is_err(), "a right-to-left override");
+        assert!(reason("5 failed logins from 198.18.0.1").is_ok());
         assert!(reason(&"x".repeat(257)).is_err());
         assert!(rate(&Rate { pps: 0, burst: 1 }).unwrap_err().contains("pps 0"));
         assert!(rate(&Rate { pps: u64::MAX, burst: 1 }).is_err());
