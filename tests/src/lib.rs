@@ -4,6 +4,7 @@
 pub mod bare;
 pub mod frames;
 pub mod harness;
+pub mod metrics;
 pub mod model_tables;
 pub mod netns;
 pub mod service;

@@ -9,6 +9,7 @@ use std::{
 };
 
 use secgate_tests::{
+    metrics::{sample, scrape},
     netns::{Daemon, Topology, addr::*},
     privileged,
     traffic::*,
@@ -258,39 +259,6 @@ fn control_plane_admits_only_root_and_survives_garbage() {
     assert_eq!(ban["uid"], 0);
     assert_eq!(ban["request"]["reason"], "audit me");
     assert!(ban["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{ban}");
-}
-
-/// GET /metrics from inside the gateway namespace.
-fn scrape(topo: &Topology) -> prometheus_parse::Scrape {
-    let body = topo.gw.within(|| {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics listener");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        resp
-    });
-    let (head, body) = body.split_once("\r\n\r\n").expect("http response");
-    assert!(
-        head.starts_with("HTTP/1.1 200") && head.contains("text/plain; version=0.0.4"),
-        "{head}"
-    );
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text format")
-}
-
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let s = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no {name} {label:?} in scrape"));
-    match s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        ref other => panic!("{name}: unexpected {other:?}"),
-    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::{
 };
 
 use secgate_tests::{
+    metrics::metric,
     netns::{Daemon, Topology, addr::*, wait_bounded},
     privileged,
     traffic::*,
@@ -188,24 +189,6 @@ fn request(daemon: &Daemon, req: &serde_json::Value) -> serde_json::Value {
     let mut reply = String::new();
     BufReader::new(s).read_line(&mut reply).expect("a reply");
     serde_json::from_str(&reply).expect("JSON reply")
-}
-
-/// `secgate_NAME_total` from the daemon's metrics endpoint.
-fn metric(topo: &Topology, name: &str) -> f64 {
-    let body = topo.gw.within(|| {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics listener");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("a scrape within 20 s");
-        resp
-    });
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
 }
 
 #[test]

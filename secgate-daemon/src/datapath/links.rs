@@ -151,7 +151,9 @@ impl Links {
                 );
                 std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
             }
-            attach_fresh(prog, name, &path, ifindex, mode)?
+            // Say so once, not on every retry of an interface that keeps failing.
+            let quiet = self.failed.contains_key(name);
+            attach_fresh(prog, name, &path, ifindex, mode, quiet)?
         };
         info!(interface = name, mode = held.mode, "XDP program attached");
         self.held.insert(name.to_owned(), held);
@@ -187,6 +189,7 @@ fn attach_fresh(
     path: &Path,
     ifindex: u32,
     mode: AttachMode,
+    quiet: bool,
 ) -> Result<Held> {
     let err = |source| DatapathError::Attach { iface: name.into(), source };
     let (id, how) = match mode {
@@ -197,7 +200,9 @@ fn attach_fresh(
         AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(id) => (id, "native"),
             Err(e) => {
-                warn!(interface = name, error = %e, "native XDP unavailable; falling back to skb (generic) mode, which is slower");
+                if !quiet {
+                    warn!(interface = name, error = %e, "native XDP unavailable; falling back to skb (generic) mode, which is slower");
+                }
                 (prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(err)?, "skb")
             }
         },
