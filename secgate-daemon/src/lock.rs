@@ -75,6 +75,12 @@ impl InstanceLock {
     }
 }
 
+/// The lock file of `pin_path` (left in place: removing a lock file while another process may
+/// be opening it would let two processes hold "the" lock).
+pub fn pin_lock_file(pin_path: &Path) -> PathBuf {
+    Path::new(LOCK_DIR).join(lock_name(pin_path))
+}
+
 /// The lock file's name for `pin_path`: the path with `%` and `/` escaped, so that no two
 /// paths share one.
 fn lock_name(pin_path: &Path) -> String {

@@ -404,6 +404,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         let _ = Command::new(secgate_bin()).arg("detach").arg("-c").arg(&self.config).output();
+        // No daemon runs on these pins any more, so the lock file can go too.
+        let _ = std::fs::remove_file(secgate::lock::pin_lock_file(&self.pin_path));
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {

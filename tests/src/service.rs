@@ -148,5 +148,6 @@ impl Drop for Fixture {
         if let Ok(lock) = InstanceLock::acquire(&self.pin_path, &self.state_dir()) {
             let _ = datapath::detach(&self.pin_path, &lock);
         }
+        let _ = std::fs::remove_file(secgate::lock::pin_lock_file(&self.pin_path));
     }
 }

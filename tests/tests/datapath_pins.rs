@@ -10,6 +10,7 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(secgate::lock::pin_lock_file(&self.0));
     }
 }
 
