@@ -30,6 +30,9 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Remove the pinned program links (detaching XDP), maps and saved state.
     Detach(ConfigArg),
+    /// API keys for the gateway's `[[auth.api_keys]]` (works offline, no daemon needed).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Commands sent to the running daemon over the control socket.
     #[command(flatten)]
     Remote(RemoteCommand),
@@ -78,6 +81,31 @@ pub struct StatsArgs {
     /// Redraw every second: packets per second and drops per reason, and the top sources.
     #[arg(long)]
     pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random API key, once, and the config entry holding only its hash.
+    New {
+        /// The key's id (the part before its first `.`) [default: a random one].
+        #[arg(long)]
+        id: Option<String>,
+        /// Roles for the config entry; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Hash with argon2id instead of SHA-256 (needless for these random keys; costly).
+        #[arg(long)]
+        argon2: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hash an API key read from standard input, for a config entry's `hash`.
+    Hash {
+        /// argon2id instead of SHA-256: for keys that are not random (a person chose them).
+        #[arg(long)]
+        argon2: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,7 +19,9 @@ use crate::{
     config::Config,
     control::server,
     datapath::{self, Datapath},
-    events, link_watch,
+    events,
+    gateway::{Gateway, GatewayReload, NoGateway, audit::RequestLog, metrics::GatewayMetrics},
+    link_watch,
     lock::InstanceLock,
     metrics,
     service::{Caller, Service},
@@ -48,11 +50,20 @@ pub async fn run(
             crate::lock::private_dir(dir)?;
         }
     }
-    let audit = Audit::open(&config.audit_log)
-        .with_context(|| format!("opening the audit log {}", config.audit_log.display()))?;
-    let (service, warnings) =
-        Service::start(datapath, &config, config_path, state, loaded, audit, Arc::new(SystemClock))
-            .context("applying the config")?;
+    let audit = Arc::new(
+        Audit::open(&config.audit_log)
+            .with_context(|| format!("opening the audit log {}", config.audit_log.display()))?,
+    );
+    let (service, warnings) = Service::start(
+        datapath,
+        &config,
+        config_path,
+        state,
+        loaded,
+        audit.clone(),
+        Arc::new(SystemClock),
+    )
+    .context("applying the config")?;
     for w in warnings {
         error!("{w}");
     }
@@ -61,10 +72,11 @@ pub async fn run(
     let listener = server::bind(&socket)
         .with_context(|| format!("binding control socket {}", socket.display()))?;
     tokio::spawn(server::serve(listener, service.clone()));
+    let mut registry = metrics::registry(service.clone());
+    start_gateway(&config, &service, &audit, &mut registry).await?;
     if let Some(addr) = config.metrics_listen {
-        let service = service.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, service).await {
+            if let Err(e) = metrics::serve(addr, registry).await {
                 error!(%addr, error = %e, "metrics endpoint failed; fix [metrics] listen or set enabled = false");
             }
         });
@@ -80,6 +92,28 @@ pub async fn run(
     info!(
         "stopping; the XDP program stays attached through its pinned links (`secgate detach` removes it)"
     );
+    Ok(())
+}
+
+/// Binds and serves the gateway if the config has one (a listen address that cannot be bound
+/// is fatal), and registers its part of every reload.
+async fn start_gateway(
+    config: &Config,
+    service: &Arc<Service>,
+    audit: &Arc<Audit>,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<()> {
+    let Some(settings) = &config.gateway else {
+        service.on_reload(Arc::new(NoGateway));
+        return Ok(());
+    };
+    let log = RequestLog::start(audit.clone());
+    let gateway_metrics = Arc::new(GatewayMetrics::default());
+    gateway_metrics.register(registry, log.clone());
+    let gateway = Gateway::new(settings, service.clone(), gateway_metrics, log)?;
+    let listeners = gateway.bind().await?;
+    gateway.serve(listeners);
+    service.on_reload(Arc::new(GatewayReload(gateway)));
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod gateway;
 pub mod link_watch;
 pub mod lock;
 pub mod maps;
@@ -20,6 +21,7 @@ mod policy;
 pub mod render;
 pub mod service;
 pub mod state;
+pub mod token;
 pub mod views;
 
 pub use policy::PolicyError;

@@ -5,7 +5,9 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, error::ErrorKind};
 use secgate::{
-    cli::{AllowCommand, BanCommand, Cli, Command, LimitCommand, RemoteCommand, rate},
+    cli::{
+        AllowCommand, BanCommand, Cli, Command, LimitCommand, RemoteCommand, TokenCommand, rate,
+    },
     config::{Config, ConfigError},
     control::{DEFAULT_SOCKET, client, proto::Request},
     daemon, datapath,
@@ -71,6 +73,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Detach(arg) => return detach(&arg.config),
+        Command::Token(cmd) => return token(cmd),
         Command::Remote(RemoteCommand::Stats(a)) if a.watch => return watch(&socket),
         Command::Remote(remote) => request(remote),
     };
@@ -82,6 +85,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("{}", show(data)?.trim_end_matches('\n'));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `token new|hash`: local, no daemon involved; a bad id or key exits with status 2.
+fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let printed = match cmd {
+        TokenCommand::New { id, roles, argon2, json } => {
+            secgate::token::new(id.as_deref(), &roles, argon2).map(|k| {
+                if json {
+                    serde_json::to_string_pretty(&k).expect("serializes")
+                } else {
+                    secgate::token::render(&k)
+                }
+            })
+        }
+        TokenCommand::Hash { argon2 } => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)
+                .context("reading the key from stdin")?;
+            secgate::token::hash(&key, argon2)
+        }
+    };
+    match printed {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+    }
 }
 
 /// The control request for a command that talks to the daemon.

@@ -222,6 +222,79 @@ impl DatapathMaps {
     }
 }
 
+/// Read-only lookups in the allow and deny tries, on handles of their own, so that the
+/// gateway can judge a connection without the policy lock: a flood of connections must not
+/// queue behind policy changes, nor they behind it.
+pub struct SourceCheck {
+    allow_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    allow_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    deny_v4: LpmTrie<MapData, [u8; 4], DenyEntry>,
+    deny_v6: LpmTrie<MapData, [u8; 16], DenyEntry>,
+}
+
+/// What the datapath's tries say about a source, as the XDP program reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceVerdict {
+    Allowed,
+    Denied,
+    Neither,
+}
+
+impl SourceCheck {
+    /// Opens the tries pinned in `maps_dir`.
+    pub fn open(maps_dir: &std::path::Path) -> Result<SourceCheck> {
+        fn trie<K: aya::Pod, V: aya::Pod>(
+            dir: &std::path::Path,
+            name: &'static str,
+        ) -> Result<LpmTrie<MapData, K, V>> {
+            let data = MapData::from_pin(dir.join(name)).map_err(wrap(name))?;
+            LpmTrie::try_from(Map::LpmTrie(data)).map_err(wrap(name))
+        }
+        Ok(SourceCheck {
+            allow_v4: trie(maps_dir, names::ALLOW_V4)?,
+            allow_v6: trie(maps_dir, names::ALLOW_V6)?,
+            deny_v4: trie(maps_dir, names::DENY_V4)?,
+            deny_v6: trie(maps_dir, names::DENY_V6)?,
+        })
+    }
+
+    /// The verdict for `ip` at monotonic time `now_ns`: allowed first, then an unexpired
+    /// deny entry, in the XDP program's order. The longest matching deny prefix decides,
+    /// as in the kernel (the daemon keeps nested entries outlasting their parents).
+    pub fn verdict(&self, ip: IpAddr, now_ns: u64) -> Result<SourceVerdict> {
+        let (allowed, denied) = match ip {
+            IpAddr::V4(a) => {
+                let key = Key::new(32, a.octets());
+                (
+                    found(self.allow_v4.get(&key, 0), names::ALLOW_V4)?,
+                    found(self.deny_v4.get(&key, 0), names::DENY_V4)?,
+                )
+            }
+            IpAddr::V6(a) => {
+                let key = Key::new(128, a.octets());
+                (
+                    found(self.allow_v6.get(&key, 0), names::ALLOW_V6)?,
+                    found(self.deny_v6.get(&key, 0), names::DENY_V6)?,
+                )
+            }
+        };
+        Ok(match (allowed, denied) {
+            (Some(_), _) => SourceVerdict::Allowed,
+            (None, Some(d)) if d.active(now_ns) => SourceVerdict::Denied,
+            _ => SourceVerdict::Neither,
+        })
+    }
+}
+
+/// A lookup's value, `None` when there is none.
+fn found<V>(r: std::result::Result<V, MapError>, name: &'static str) -> Result<Option<V>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(wrap(name)(e)),
+    }
+}
+
 fn sources_info(
     map: &HashMap<MapData, BucketKey, SourceState>,
 ) -> std::result::Result<aya::maps::MapInfo, MapError> {

@@ -195,10 +195,15 @@ const HEADER_DEADLINE: Duration = Duration::from_secs(2);
 /// A connection gets one request and this long to send it and read the answer.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Serves `GET /metrics` on `addr` until the process exits.
-pub async fn serve(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<()> {
+/// A registry with the daemon's metrics; the gateway adds its own.
+pub fn registry(service: Arc<Service>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(DaemonCollector(service)));
+    registry
+}
+
+/// Serves `GET /metrics` from `registry` on `addr` until the process exits.
+pub async fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<()> {
     let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -106,7 +106,7 @@ impl Fixture {
         let state = StateFile::new(&config.state_dir);
         let loaded = state.load();
         let datapath = Datapath::open(&config.datapath, lock).expect("open the datapath");
-        let audit = Audit::open(&config.audit_log).expect("audit log");
+        let audit = std::sync::Arc::new(Audit::open(&config.audit_log).expect("audit log"));
         let clock: Arc<dyn Clock> = self.clock.clone();
         let (service, warnings) =
             Service::start(datapath, &config, &self.config_path, state, loaded, audit, clock)

@@ -1,7 +1,10 @@
 //! Configuration: parse the TOML file into its raw shape, then validate it into the
 //! [`Config`] the daemon uses, collecting every problem (with its line) before failing.
 
+mod auth;
+mod gateway;
 mod raw;
+mod routes;
 mod unknown;
 mod validate;
 pub mod values;
@@ -139,7 +142,7 @@ pub struct DatapathSettings {
     pub events_per_sec: u64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub datapath: DatapathSettings,
@@ -147,6 +150,8 @@ pub struct Config {
     /// `None` when metrics are disabled.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub audit_log: PathBuf,
+    /// `None`: no `[gateway]`, the datapath runs alone.
+    pub gateway: Option<crate::gateway::GatewaySettings>,
 }
 
 /// One problem in a config file.

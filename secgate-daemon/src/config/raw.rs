@@ -19,6 +19,13 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub audit: RawAudit,
+    /// The TLS gateway. Absent: the daemon runs the datapath alone.
+    pub gateway: Option<S<RawGateway>>,
+    /// How gateway callers prove who they are.
+    pub auth: Option<S<RawAuth>>,
+    /// The gateway's routes, matched in order.
+    #[serde(default)]
+    pub routes: Vec<S<RawRoute>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +106,149 @@ pub struct RawMetrics {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAudit {
-    /// JSON-lines audit log of every control change. Default `/var/log/secgate/audit.log`.
+    /// JSON-lines audit log of every control change and gateway request. Default
+    /// `/var/log/secgate/audit.log`.
     pub path: Option<S<String>>,
+}
+
+/// One value or a list of them (`listen = "…"` or `listen = ["…", "…"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(S<String>),
+    Many(Vec<S<String>>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<&S<String>> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v.iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawGateway {
+    /// Addresses the gateway accepts TLS on, `IP:PORT`: one or a list.
+    pub listen: S<OneOrMany>,
+    /// Where requests go: `http://host:port`.
+    pub upstream: S<String>,
+    pub tls: S<RawTls>,
+    /// A connection with no request in flight for this long is closed. Default `60s`.
+    pub idle_timeout: Option<S<String>>,
+    /// The upstream must send its response headers within this. Default `30s`.
+    pub upstream_timeout: Option<S<String>>,
+    /// The TLS handshake must finish within this. Default `10s`.
+    pub handshake_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub limits: RawGatewayLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawGatewayLimits {
+    /// A request's headers must arrive within this (slowloris). Default `10s`.
+    pub header_timeout: Option<S<String>>,
+    /// Bytes of request headers at most (HTTP/1.1 head, HTTP/2 header list), 8192–1048576.
+    /// Default 16384.
+    pub max_header_bytes: Option<S<i64>>,
+    /// Concurrent HTTP/2 streams per connection, 1–1000. Default 100.
+    pub max_concurrent_streams: Option<S<i64>>,
+    /// Open client connections at most; more are closed right after `accept`, 1–1000000.
+    /// Default 10000.
+    pub max_connections: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTls {
+    /// PEM certificate chain served when no `certs` entry matches the SNI name.
+    pub cert: S<String>,
+    /// Its PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: S<String>,
+    /// `"1.2"` or `"1.3"`. Default `"1.2"`; nothing older is possible.
+    pub min_version: Option<S<String>>,
+    /// PEM CA certificates client certificates must chain to (mTLS).
+    pub client_ca: Option<S<String>>,
+    /// `"optional"` or `"required"` (only with `client_ca`). Default `"required"`.
+    pub client_auth: Option<S<String>>,
+    /// Certificates chosen by the SNI name the client asks for.
+    #[serde(default)]
+    pub certs: Vec<S<RawSniCert>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSniCert {
+    /// The server name, e.g. `api.example.com`, or `*.example.com` for one label below it.
+    pub sni: S<String>,
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub api_keys: Vec<S<RawApiKey>>,
+    /// A header that carries API keys besides `Authorization: Bearer`, e.g. `X-Api-Key`.
+    pub header: Option<S<String>>,
+    pub jwt: Option<S<RawJwt>>,
+    pub mtls: Option<S<RawMtls>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawApiKey {
+    /// The part of the key before its first `.`: letters, digits, `-`, `_`.
+    pub id: S<String>,
+    /// `sha256:<hex>` or an argon2id PHC string (`secgate token new` / `token hash`).
+    pub hash: S<String>,
+    #[serde(default)]
+    pub roles: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawJwt {
+    /// Required `iss`.
+    pub issuer: S<String>,
+    /// Accepted `aud` values (at least one).
+    pub audiences: S<Vec<S<String>>>,
+    /// Accepted `alg` values, e.g. `["RS256"]`; never `none`.
+    pub algorithms: S<Vec<S<String>>>,
+    /// A JWKS file (RSA/EC/Ed25519 public keys, each with a `kid`).
+    pub jwks_file: Option<S<String>>,
+    /// A file holding an HMAC secret of at least 32 bytes (HS algorithms).
+    pub secret_file: Option<S<String>>,
+    /// The claim holding roles: an array of strings or a space-separated string. Default
+    /// `roles`.
+    pub roles_claim: Option<S<String>>,
+    /// Clock skew tolerated on `exp` and `nbf`, up to 5m. Default `30s`.
+    pub leeway: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMtls {
+    /// `"san"` (first DNS subject alternative name) or `"cn"` (subject common name). Default
+    /// `"san"`.
+    pub principal: Option<S<String>>,
+    /// Roles of each certificate principal.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<S<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRoute {
+    /// Unique; names the route in metrics and the audit: letters, digits, `.`, `_`, `-`.
+    pub name: S<String>,
+    /// Methods the route takes, e.g. `["GET", "POST"]`. Default: any.
+    pub methods: Option<S<Vec<S<String>>>>,
+    /// `/exact`, `/prefix/*` or `/users/{id}`, in normalized form.
+    pub path: S<String>,
+    /// Accepted methods: `"api_key"`, `"jwt"`, `"mtls"`, or `["none"]` for an open route.
+    /// Default: every method configured in `[auth]`.
+    pub auth: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    pub allow_roles: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_principals: Vec<S<String>>,
+    /// Sources the route may be called from. Default: anywhere.
+    #[serde(default)]
+    pub allow_cidrs: Vec<S<String>>,
 }

@@ -106,7 +106,7 @@ burst = 1
 
 #[test]
 fn unknown_keys_are_all_reported() {
-    let bad = "[datapath]\ninterfaces = [\"eth0\"]\nmodee = \"enforce\"\n[datapath.default_limit]\npps = 1\nburst = 1\nbrust = 2\n[gateway]\nlisten = 1\n";
+    let bad = "[datapath]\ninterfaces = [\"eth0\"]\nmodee = \"enforce\"\n[datapath.default_limit]\npps = 1\nburst = 1\nbrust = 2\n[gatewey]\nlisten = 1\n";
     let problems = Config::parse(bad).expect_err("unknown keys");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
@@ -114,7 +114,7 @@ fn unknown_keys_are_all_reported() {
         "{text:?}"
     );
     assert!(text.iter().any(|t| t.starts_with("line 7") && t.contains("brust")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("line 8") && t.contains("gateway")), "{text:?}");
+    assert!(text.iter().any(|t| t.starts_with("line 8") && t.contains("gatewey")), "{text:?}");
 }
 
 #[test]

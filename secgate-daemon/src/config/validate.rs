@@ -20,21 +20,21 @@ const DEFAULT_METRICS: &str = "127.0.0.1:9477";
 const DEFAULT_AUDIT_LOG: &str = "/var/log/secgate/audit.log";
 
 /// Collects problems while validating.
-struct Check<'a> {
+pub(super) struct Check<'a> {
     src: &'a str,
     problems: Vec<Problem>,
 }
 
 impl Check<'_> {
     /// The value of `r`, or records its error at `span`'s line.
-    fn take<T, U>(&mut self, at: &Spanned<U>, r: Result<T, String>) -> Option<T> {
+    pub(super) fn take<T, U>(&mut self, at: &Spanned<U>, r: Result<T, String>) -> Option<T> {
         r.map_err(|message| {
             self.problems.push(Problem { line: Some(line_of(self.src, at.span().start)), message })
         })
         .ok()
     }
 
-    fn say<U>(&mut self, at: &Spanned<U>, message: String) {
+    pub(super) fn say<U>(&mut self, at: &Spanned<U>, message: String) {
         self.problems.push(Problem { line: Some(line_of(self.src, at.span().start)), message });
     }
 }
@@ -49,6 +49,7 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let control_socket = path(&raw.control.socket, DEFAULT_SOCKET);
     let audit_log = path(&raw.audit.path, DEFAULT_AUDIT_LOG);
     let metrics_listen = metrics(&mut c, &raw.metrics);
+    let gateway = super::gateway::settings(&mut c, &raw);
     for (p, at) in [
         (&state_dir, &raw.state_dir),
         (&control_socket, &raw.control.socket),
@@ -60,13 +61,14 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
             c.say(at, format!("path {:?} must be absolute", p.display().to_string()));
         }
     }
-    match datapath {
-        Some(datapath) if c.problems.is_empty() => Ok(Config {
+    match (datapath, gateway) {
+        (Some(datapath), Some(gateway)) if c.problems.is_empty() => Ok(Config {
             state_dir,
             datapath,
             control_socket,
             metrics_listen: metrics_listen.flatten(),
             audit_log,
+            gateway,
         }),
         _ => Err(c.problems),
     }

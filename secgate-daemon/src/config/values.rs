@@ -54,7 +54,7 @@ pub fn prefix(name: &str, v: i64, max: u64) -> Result<u8, String> {
     range(name, v, 1, max).map(|p| p as u8)
 }
 
-fn range(name: &str, v: i64, lo: u64, hi: u64) -> Result<u64, String> {
+pub fn range(name: &str, v: i64, lo: u64, hi: u64) -> Result<u64, String> {
     u64::try_from(v)
         .ok()
         .filter(|v| (lo..=hi).contains(v))

@@ -126,6 +126,11 @@ impl Datapath {
         &self.pin_path
     }
 
+    /// Read-only handles on the allow and deny tries, for judging sources off the policy lock.
+    pub fn source_check(&self) -> Result<crate::maps::SourceCheck> {
+        Ok(crate::maps::SourceCheck::open(&pins::maps_dir(&self.pin_path))?)
+    }
+
     /// Runs one frame through the loaded program (`BPF_PROG_TEST_RUN`) and returns the XDP
     /// action, so tests can check what the kernel does with the maps the service wrote.
     #[cfg(any(test, feature = "test-util"))]

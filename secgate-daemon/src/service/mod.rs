@@ -31,6 +31,7 @@ use crate::{
     config::{Config, Mode, Rate, Selector, describe},
     datapath::DatapathError,
     events::EventCounts,
+    maps::{SourceCheck, SourceVerdict},
     policy::{Policy, PolicyError, Started},
     state::{Loaded, StateFile},
     views::{BanView, LimitsView, StatsView, StatusView},
@@ -135,6 +136,19 @@ pub struct Service {
     events: Mutex<EventCounts>,
     /// Control requests served, by (action, ok).
     actions: Mutex<BTreeMap<(String, bool), u64>>,
+    /// Lookups in the allow and deny tries that need no policy lock.
+    sources: SourceCheck,
+    clock: Arc<dyn Clock>,
+    /// Parts outside the policy that take settings from the config on reload.
+    reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
+}
+
+/// A part of the daemon outside the policy (the gateway) that takes its settings from the
+/// config file, so that a reload changes it together with the policy or not at all.
+pub trait Reloadable: Send + Sync {
+    /// Checks `config` and readies everything it needs; the returned commit makes it
+    /// current and cannot fail. An error refuses the whole reload.
+    fn prepare(&self, config: &Config) -> std::result::Result<Box<dyn FnOnce() + Send>, String>;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,15 +164,16 @@ impl Service {
         config_path: &Path,
         state: StateFile,
         loaded: Loaded,
-        audit: Audit,
+        audit: Arc<Audit>,
         clock: Arc<dyn Clock>,
     ) -> std::result::Result<(Service, Vec<String>), PolicyError> {
+        let sources = datapath.source_check()?;
         let frozen = match &loaded {
             Loaded::Unreadable(e) => Some(e.to_string()),
             _ => None,
         };
         let Started { mut policy, warnings, dirty } =
-            Policy::start(datapath, config.datapath.clone(), loaded, clock)?;
+            Policy::start(datapath, config.datapath.clone(), loaded, clock.clone())?;
         // A missing interface only waits; one that exists and refuses the program is a
         // configuration error, as it is on reload. A lookup that failed is retried.
         for (name, e) in policy.sync_interfaces() {
@@ -175,7 +190,6 @@ impl Service {
         });
         let (tx, durable) = watch::channel(Durable::default());
         let stats = Arc::new(JournalStats::default());
-        let audit = Arc::new(audit);
         let sinks = journal::Sinks { state, frozen, audit: audit.clone() };
         let journal = journal::spawn(core.clone(), sinks, tx, stats.clone());
         let service = Service {
@@ -188,6 +202,9 @@ impl Service {
             reloading: Mutex::default(),
             events: Mutex::default(),
             actions: Mutex::default(),
+            sources,
+            clock,
+            reloadables: Mutex::default(),
         };
         Ok((service, warnings))
     }
@@ -339,15 +356,42 @@ impl Service {
             // Read outside the policy lock: a slow filesystem must not stall other changes.
             let _one_at_a_time = lock(&this.reloading);
             let config = Config::load(&this.config_path);
+            let reloadables = lock(&this.reloadables).clone();
             this.apply(&caller, "reload", json!({ "config": this.config_path }), |p| {
                 let config = config.map_err(|e| ServiceError::Reload(e.to_string()))?;
-                p.reload(config.datapath).map_err(|e| ServiceError::Reload(e.to_string()))
+                let commits = reloadables
+                    .iter()
+                    .map(|r| r.prepare(&config))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(ServiceError::Reload)?;
+                p.reload(config.datapath).map_err(|e| ServiceError::Reload(e.to_string()))?;
+                commits.into_iter().for_each(|commit| commit());
+                Ok(())
             })
         })
         .await
         .map_err(|e| ServiceError::Reload(format!("internal error: {e}")))??
         .1;
         self.durable(version).await
+    }
+
+    /// Registers a part that takes its settings from the config on every reload.
+    pub fn on_reload(&self, part: Arc<dyn Reloadable>) {
+        lock(&self.reloadables).push(part);
+    }
+
+    /// Whether connections from `ip` are to be refused before any byte is answered: it is
+    /// under an active ban and not allow-listed, exactly as the XDP program would judge it,
+    /// whatever the datapath's mode. Reads the maps without the policy lock. A failed lookup
+    /// refuses nothing: the connection still has to pass TLS and authentication.
+    pub fn refuses(&self, ip: IpAddr) -> bool {
+        match self.sources.verdict(ip, self.clock.monotonic_ns()) {
+            Ok(v) => v == SourceVerdict::Denied,
+            Err(e) => {
+                tracing::warn!(source = %ip, error = %e, "ban lookup failed; the connection goes on");
+                false
+            }
+        }
     }
 
     /// Lifts the bans that are due. Persisted like any change (without waiting) but not

@@ -1,0 +1,203 @@
+//! `[gateway]`, `[gateway.tls]` and `[gateway.limits]`. Certificates and keys are read and
+//! checked here, so a missing file, a key that does not fit its certificate or a broken PEM
+//! is a config problem naming the file, not a failure on the first handshake.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use toml::Spanned;
+
+use super::{
+    raw::{RawConfig, RawGateway, RawGatewayLimits, RawTls},
+    validate::Check,
+    values,
+};
+use crate::gateway::{
+    proxy::UpstreamSettings,
+    settings::{
+        ConnLimits, DEFAULT_LIMITS, DEFAULT_TIMEOUTS, DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings,
+        Timeouts,
+    },
+    tls::{self, ClientAuth, MinVersion, TlsSettings},
+};
+
+/// The gateway settings: `Some(None)` without a `[gateway]`; `None` if invalid (recorded).
+pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<GatewaySettings>> {
+    let Some(g) = &raw.gateway else {
+        if let Some(auth) = &raw.auth {
+            c.say(auth, "[auth] is for the gateway; add a [gateway] table or remove [auth]".into());
+        }
+        if let Some(route) = raw.routes.first() {
+            c.say(
+                route,
+                "[[routes]] are for the gateway; add a [gateway] table or remove them".into(),
+            );
+        }
+        return Some(None);
+    };
+    let g = g.get_ref();
+    let listen = listen(c, g);
+    let upstream_timeout = duration(c, &g.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
+    let upstream = upstream_timeout
+        .and_then(|t| c.take(&g.upstream, UpstreamSettings::parse(g.upstream.get_ref(), t)));
+    let timeouts = timeouts(c, g);
+    let limits = limits(c, &g.limits);
+    let tls = tls(c, &g.tls);
+    let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let auth = super::auth::authenticator(c, raw.auth.as_ref(), client_ca);
+    let routes = auth.as_ref().and_then(|a| super::routes::routes(c, &raw.routes, a));
+    Some(Some(GatewaySettings {
+        listen: listen?,
+        tls: tls?,
+        upstream: upstream?,
+        timeouts: timeouts?,
+        limits: limits?,
+        routes: routes?,
+        auth: auth?,
+    }))
+}
+
+fn listen(c: &mut Check<'_>, g: &RawGateway) -> Option<Vec<SocketAddr>> {
+    let items = g.listen.get_ref().items();
+    if items.is_empty() {
+        c.say(&g.listen, "gateway.listen is empty: give at least one IP:PORT".into());
+        return None;
+    }
+    let mut out = Vec::new();
+    for item in items {
+        let parsed = item.get_ref().parse::<SocketAddr>().map_err(|_| {
+            format!("invalid gateway listen address {:?}: expected IP:PORT like 0.0.0.0:443 or [::]:443", item.get_ref())
+        });
+        match c.take(item, parsed) {
+            Some(addr) if out.contains(&addr) => {
+                c.say(item, format!("gateway listen address {addr} is given twice"))
+            }
+            Some(addr) => out.push(addr),
+            None => {}
+        }
+    }
+    Some(out)
+}
+
+/// A duration, or `default` when absent; `None` if invalid (recorded).
+pub(super) fn duration(
+    c: &mut Check<'_>,
+    v: &Option<Spanned<String>>,
+    default: Duration,
+) -> Option<Duration> {
+    v.as_ref().map_or(Some(default), |v| c.take(v, values::duration(v.get_ref())))
+}
+
+fn timeouts(c: &mut Check<'_>, g: &RawGateway) -> Option<Timeouts> {
+    let d = DEFAULT_TIMEOUTS;
+    let handshake = duration(c, &g.handshake_timeout, d.handshake);
+    let header = duration(c, &g.limits.header_timeout, d.header);
+    let idle = duration(c, &g.idle_timeout, d.idle);
+    Some(Timeouts { handshake: handshake?, header: header?, idle: idle? })
+}
+
+fn limits(c: &mut Check<'_>, l: &RawGatewayLimits) -> Option<ConnLimits> {
+    let d = DEFAULT_LIMITS;
+    let mut int = |v: &Option<Spanned<i64>>, name: &str, lo: u64, hi: u64, default: u32| match v {
+        None => Some(default),
+        Some(v) => c.take(v, values::range(name, *v.get_ref(), lo, hi).map(|v| v as u32)),
+    };
+    let max_header_bytes =
+        int(&l.max_header_bytes, "max_header_bytes", 8192, 1 << 20, d.max_header_bytes);
+    let max_concurrent_streams =
+        int(&l.max_concurrent_streams, "max_concurrent_streams", 1, 1000, d.max_concurrent_streams);
+    let max_connections =
+        int(&l.max_connections, "max_connections", 1, 1_000_000, d.max_connections);
+    Some(ConnLimits {
+        max_header_bytes: max_header_bytes?,
+        max_concurrent_streams: max_concurrent_streams?,
+        max_connections: max_connections?,
+    })
+}
+
+/// An absolute file path; `None` if not (recorded).
+pub(super) fn file(c: &mut Check<'_>, v: &Spanned<String>, what: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(v.get_ref());
+    if path.is_absolute() {
+        Some(path)
+    } else {
+        c.say(v, format!("{what} {:?} must be an absolute path", v.get_ref()));
+        None
+    }
+}
+
+fn tls(c: &mut Check<'_>, t: &Spanned<RawTls>) -> Option<TlsSettings> {
+    let t = t.get_ref();
+    let default = pair(c, &t.cert, &t.key);
+    let min_version = t.min_version.as_ref().map_or(Some(MinVersion::Tls12), |v| {
+        let r = match v.get_ref().as_str() {
+            "1.2" => Ok(MinVersion::Tls12),
+            "1.3" => Ok(MinVersion::Tls13),
+            other => Err(format!("invalid min_version {other:?}: expected \"1.2\" or \"1.3\" (nothing older is possible)")),
+        };
+        c.take(v, r)
+    });
+    let client_ca = match &t.client_ca {
+        None => Some(None),
+        Some(v) => file(c, v, "client_ca")
+            .and_then(|path| c.take(v, tls::load_roots(&path)).map(|roots| Some((path, roots)))),
+    };
+    let client_auth = match (&t.client_auth, &t.client_ca) {
+        (None, None) => Some(ClientAuth::Off),
+        (None, Some(_)) => Some(ClientAuth::Required),
+        (Some(v), None) => {
+            c.say(
+                v,
+                "client_auth needs client_ca: name the CA file client certificates chain to".into(),
+            );
+            None
+        }
+        (Some(v), Some(_)) => {
+            let r = match v.get_ref().as_str() {
+                "optional" => Ok(ClientAuth::Optional),
+                "required" => Ok(ClientAuth::Required),
+                other => Err(format!(
+                    "invalid client_auth {other:?}: expected \"optional\" or \"required\""
+                )),
+            };
+            c.take(v, r)
+        }
+    };
+    let sni = sni_certs(c, t);
+    let settings = TlsSettings {
+        default: default?,
+        sni: sni?,
+        min_version: min_version?,
+        client_ca: client_ca?,
+        client_auth: client_auth?,
+    };
+    // Building the rustls config once here catches what only it would refuse.
+    let built = settings.server_config().map(|_| ());
+    c.take(&t.cert, built).map(|()| settings)
+}
+
+fn pair(c: &mut Check<'_>, cert: &Spanned<String>, key: &Spanned<String>) -> Option<tls::Pair> {
+    let cert_path = file(c, cert, "cert");
+    let key_path = file(c, key, "key");
+    let (cert_path, key_path) = (cert_path?, key_path?);
+    c.take(cert, tls::load_pair(&cert_path, &key_path))
+}
+
+fn sni_certs(c: &mut Check<'_>, t: &RawTls) -> Option<Vec<(String, tls::Pair)>> {
+    let mut out: Vec<(String, tls::Pair)> = Vec::new();
+    let mut ok = true;
+    for entry in &t.certs {
+        let e = entry.get_ref();
+        let name = e.sni.get_ref().to_ascii_lowercase();
+        let name = c.take(&e.sni, tls::sni_name(&name).map(|()| name));
+        let pair = pair(c, &e.cert, &e.key);
+        match (name, pair) {
+            (Some(name), Some(_)) if out.iter().any(|(n, _)| *n == name) => {
+                c.say(&e.sni, format!("sni {name:?} is given twice"));
+                ok = false;
+            }
+            (Some(name), Some(pair)) => out.push((name, pair)),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}

@@ -1,0 +1,184 @@
+//! `[[routes]]`: patterns in normalized form, methods, the authentication each accepts (only
+//! methods `[auth]` configures), and who may call it.
+
+use http::Method;
+use toml::Spanned;
+
+use super::{auth::names, raw::RawRoute, validate::Check, values};
+use crate::gateway::{
+    authn::{Authenticator, Methods},
+    routes::{PathPattern, Route},
+};
+
+pub(super) fn routes(
+    c: &mut Check<'_>,
+    raw: &[Spanned<RawRoute>],
+    auth: &Authenticator,
+) -> Option<Vec<Route>> {
+    let mut out: Vec<Route> = Vec::new();
+    let mut ok = true;
+    for r in raw {
+        match route(c, r.get_ref(), auth) {
+            Some(route) if out.iter().any(|o| o.name == route.name) => {
+                c.say(&r.get_ref().name, format!("route name {:?} is given twice", route.name));
+                ok = false;
+            }
+            Some(route) => {
+                if let Some(earlier) =
+                    out.iter().find(|o| o.pattern.as_str() == route.pattern.as_str())
+                {
+                    c.say(
+                        &r.get_ref().path,
+                        format!(
+                            "route {:?} can never match: route {:?} has the same path and comes first",
+                            route.name, earlier.name
+                        ),
+                    );
+                    ok = false;
+                }
+                out.push(route);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn route(c: &mut Check<'_>, r: &RawRoute, auth: &Authenticator) -> Option<Route> {
+    let name = r.name.get_ref();
+    let name_ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !name_ok {
+        c.say(
+            &r.name,
+            format!("invalid route name {name:?}: 1–64 letters, digits, `.`, `_` or `-`"),
+        );
+    }
+    let pattern = c.take(&r.path, PathPattern::parse(r.path.get_ref()));
+    let methods = r.methods.as_ref().map_or(Some(None), |m| methods(c, m).map(Some));
+    let accepts = accepts(c, r, auth);
+    let allow_roles = names(c, &r.allow_roles, "role");
+    let allow_principals = names(c, &r.allow_principals, "principal");
+    let allow_cidrs: Option<Vec<_>> = r
+        .allow_cidrs
+        .iter()
+        .map(|s| c.take(s, values::cidr(s.get_ref())))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    if let Some(accepts) = &accepts
+        && accepts.none()
+        && let Some(first) = r.allow_roles.first().or(r.allow_principals.first())
+    {
+        c.say(
+            first,
+            format!(
+                "route {name:?} has auth = [\"none\"], so no caller has a role or name to allow"
+            ),
+        );
+        return None;
+    }
+    if !name_ok {
+        return None;
+    }
+    Some(Route {
+        name: name.clone(),
+        methods: methods?,
+        pattern: pattern?,
+        auth: accepts?,
+        allow_roles: allow_roles?,
+        allow_principals: allow_principals?,
+        allow_cidrs: allow_cidrs?,
+    })
+}
+
+fn methods(c: &mut Check<'_>, m: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<Method>> {
+    if m.get_ref().is_empty() {
+        c.say(
+            m,
+            "methods is empty: list the methods the route takes, or leave it out for any".into(),
+        );
+        return None;
+    }
+    let mut out: Vec<Method> = Vec::new();
+    let mut ok = true;
+    for s in m.get_ref() {
+        let text = s.get_ref();
+        let parsed = Method::from_bytes(text.as_bytes())
+            .ok()
+            .filter(|_| text.bytes().all(|b| b.is_ascii_uppercase()))
+            .ok_or_else(|| {
+                format!("invalid method {text:?}: write it in upper case, like GET or POST")
+            });
+        match c.take(s, parsed) {
+            Some(method) if out.contains(&method) => {
+                c.say(s, format!("method {text} is given twice"));
+                ok = false;
+            }
+            Some(method) => out.push(method),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// The methods a route accepts; each must be configured in `[auth]`.
+fn accepts(c: &mut Check<'_>, r: &RawRoute, auth: &Authenticator) -> Option<Methods> {
+    let configured = Methods {
+        api_key: !auth.api_keys.is_empty(),
+        jwt: auth.jwt.is_some(),
+        mtls: auth.mtls.is_some(),
+    };
+    let Some(list) = &r.auth else {
+        if configured.none() {
+            c.say(&r.name, format!(
+                "route {:?}: [auth] configures no method; set auth = [\"none\"] for an open route or configure one",
+                r.name.get_ref()
+            ));
+            return None;
+        }
+        return Some(configured);
+    };
+    let items = list.get_ref();
+    if items.is_empty() {
+        c.say(list, "auth is empty: list methods, or write [\"none\"] for an open route".into());
+        return None;
+    }
+    let mut m = Methods::default();
+    let mut ok = true;
+    let mut none = false;
+    for item in items {
+        let (flag, have) = match item.get_ref().as_str() {
+            "api_key" => (&mut m.api_key, configured.api_key),
+            "jwt" => (&mut m.jwt, configured.jwt),
+            "mtls" => (&mut m.mtls, configured.mtls),
+            "none" => {
+                none = true;
+                continue;
+            }
+            other => {
+                c.say(
+                    item,
+                    format!("invalid auth method {other:?}: expected api_key, jwt, mtls or none"),
+                );
+                ok = false;
+                continue;
+            }
+        };
+        *flag = true;
+        if !have {
+            let table = match item.get_ref().as_str() {
+                "api_key" => "[[auth.api_keys]]",
+                "jwt" => "[auth.jwt]",
+                _ => "[auth.mtls]",
+            };
+            c.say(item, format!("auth method {:?} is not configured: add {table}", item.get_ref()));
+            ok = false;
+        }
+    }
+    if none && items.len() > 1 {
+        c.say(list, "auth = [\"none\"] cannot be combined with other methods".into());
+        ok = false;
+    }
+    ok.then_some(m)
+}

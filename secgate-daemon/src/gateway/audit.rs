@@ -1,0 +1,102 @@
+//! The request audit: one JSON line per request (time, source, principal, route, method,
+//! path, status, decision, reason, latency) in the audit log, after the control changes'.
+//! Requests hand their line to a bounded queue and go on; a writer thread batches what has
+//! queued and writes it. When the queue is full the line is counted as lost, never waited for:
+//! a slow disk must not slow the API. No token, key, cookie or query string is recorded.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::audit::Audit;
+
+/// Lines waiting to be written at most.
+const QUEUE: usize = 16 * 1024;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Line {
+    pub kind: &'static str,
+    pub time: String,
+    pub source: IpAddr,
+    pub principal: Option<String>,
+    pub route: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// `allow`, or the refusal's code.
+    pub decision: &'static str,
+    /// Why, when refused (never a credential).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub latency_ms: f64,
+}
+
+impl Line {
+    pub fn new(source: IpAddr, method: &http::Method) -> Line {
+        Line {
+            kind: "request",
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            source,
+            principal: None,
+            route: None,
+            method: method.as_str().to_owned(),
+            path: String::new(),
+            status: 0,
+            decision: "allow",
+            reason: String::new(),
+            latency_ms: 0.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestLog {
+    tx: mpsc::Sender<Line>,
+    lost: AtomicU64,
+}
+
+impl RequestLog {
+    /// Starts the writer thread.
+    pub fn start(audit: Arc<Audit>) -> Arc<RequestLog> {
+        let (tx, mut rx) = mpsc::channel::<Line>(QUEUE);
+        std::thread::Builder::new()
+            .name("secgate-request-log".into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                while let Some(line) = rx.blocking_recv() {
+                    push(&mut buf, &line);
+                    while let Ok(more) = rx.try_recv() {
+                        push(&mut buf, &more);
+                    }
+                    audit.append_lines(&buf);
+                    buf.clear();
+                }
+            })
+            .expect("spawn the request log writer");
+        Arc::new(RequestLog { tx, lost: AtomicU64::new(0) })
+    }
+
+    /// Queues `line`, or counts it lost if the queue is full.
+    pub fn record(&self, line: Line) {
+        if self.tx.try_send(line).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+fn push(buf: &mut Vec<u8>, line: &Line) {
+    serde_json::to_writer(&mut *buf, line).expect("request lines serialize");
+    buf.push(b'\n');
+}

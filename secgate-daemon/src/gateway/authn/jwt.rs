@@ -1,0 +1,246 @@
+//! JWT bearer tokens, verified with jsonwebtoken against keys from a JWKS file (chosen by
+//! `kid`) or a shared secret.
+//!
+//! Before the library sees a token, the header is read here and refused if it could steer
+//! the verification: an algorithm outside the allowlist (`none` in any casing among them),
+//! one whose family does not match the key (`HS256` keyed with an RSA or EC public key), a
+//! `kid` that is unknown or not a plain name, keys or key locations carried in the token
+//! (`jku`, `x5u`, `jwk`, `x5c`), and `crit` extensions. Then jsonwebtoken checks the
+//! signature, `exp` (required and numeric), `nbf`, `iss` and `aud`, with the leeway.
+
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use serde_json::Value;
+
+/// Longest token considered, in bytes: far above real ones, far below what would make
+/// decoding it a cost.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Where the verification keys come from.
+#[derive(Clone)]
+pub enum JwtKeys {
+    /// From a JWKS file, by `kid`.
+    Jwks(Vec<(String, DecodingKey)>),
+    /// A shared secret, for the HS algorithms.
+    Secret(DecodingKey),
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKeys::Jwks(keys) => f.debug_list().entries(keys.iter().map(|(kid, _)| kid)).finish(),
+            JwtKeys::Secret(_) => f.write_str("Secret(..)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: JwtKeys,
+    pub roles_claim: String,
+    pub leeway: Duration,
+}
+
+/// Why a token was refused; never shown to the client, only logged and audited.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("token longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("algorithm {0:?} is not allowed")]
+    Algorithm(String),
+    #[error("the token carries {0}, which is never trusted")]
+    Forbidden(&'static str),
+    #[error("unknown or invalid kid")]
+    Kid,
+    #[error("the algorithm does not fit the key")]
+    KeyFamily,
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// What a verified token says about its holder.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub subject: String,
+    pub roles: Vec<String>,
+}
+
+/// Parses an algorithm name as configured; `none` cannot be one.
+pub fn algorithm(name: &str) -> Result<Algorithm, String> {
+    if name.eq_ignore_ascii_case("none") {
+        return Err("algorithm \"none\" is never allowed".into());
+    }
+    name.parse().map_err(|_| format!("unknown JWT algorithm {name:?}"))
+}
+
+/// Loads a JWKS file: every key needs a `kid`.
+pub fn load_jwks(path: &Path) -> Result<JwtKeys, String> {
+    let text = std::fs::read(path).map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+    let set: JwkSet =
+        serde_json::from_slice(&text).map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone().filter(|k| valid_kid(k)).ok_or_else(|| {
+            format!(
+                "jwks_file {}: every key needs a kid of letters, digits, `.`, `_` or `-`",
+                path.display()
+            )
+        })?;
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| format!("jwks_file {}: key {kid}: {e}", path.display()))?;
+        keys.push((kid, key));
+    }
+    if keys.is_empty() {
+        return Err(format!("jwks_file {} holds no key", path.display()));
+    }
+    Ok(JwtKeys::Jwks(keys))
+}
+
+/// Loads a shared secret (the file's bytes, a trailing newline dropped); at least 32 bytes.
+pub fn load_secret(path: &Path) -> Result<JwtKeys, String> {
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("secret_file {}: {e}", path.display()))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    if bytes.len() < 32 {
+        return Err(format!("secret_file {}: a secret needs at least 32 bytes", path.display()));
+    }
+    Ok(JwtKeys::Secret(DecodingKey::from_secret(&bytes)))
+}
+
+/// A `kid` that is a plain name: no path, no traversal, nothing to inject.
+fn valid_kid(kid: &str) -> bool {
+    (1..=128).contains(&kid.len())
+        && !kid.contains("..")
+        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl JwtSettings {
+    pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(JwtError::TooLong);
+        }
+        let header = header(token)?;
+        let alg_name =
+            header.get("alg").and_then(Value::as_str).ok_or(JwtError::Malformed("no alg"))?;
+        let alg = self
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| format!("{a:?}") == alg_name)
+            .ok_or_else(|| JwtError::Algorithm(alg_name.to_owned()))?;
+        for field in ["jku", "x5u", "jwk", "x5c", "crit"] {
+            if header.contains_key(field) {
+                return Err(JwtError::Forbidden(field));
+            }
+        }
+        let key = self.key(header.get("kid"))?;
+        if key.family() != alg.family() {
+            return Err(JwtError::KeyFamily);
+        }
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
+        validation.validate_nbf = true;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation)
+            .map_err(|e| JwtError::Rejected(e.to_string()))?;
+        let subject =
+            data.claims.get("sub").and_then(Value::as_str).ok_or(JwtError::Malformed("sub"))?;
+        Ok(Verified {
+            subject: subject.to_owned(),
+            roles: roles(data.claims.get(&self.roles_claim)),
+        })
+    }
+
+    fn key(&self, kid: Option<&Value>) -> Result<&DecodingKey, JwtError> {
+        match &self.keys {
+            JwtKeys::Secret(key) => Ok(key),
+            JwtKeys::Jwks(keys) => {
+                let kid =
+                    kid.and_then(Value::as_str).filter(|k| valid_kid(k)).ok_or(JwtError::Kid)?;
+                keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key).ok_or(JwtError::Kid)
+            }
+        }
+    }
+}
+
+/// The token's header as a JSON object (exactly three dot-separated base64url parts).
+fn header(token: &str) -> Result<serde_json::Map<String, Value>, JwtError> {
+    let mut parts = token.split('.');
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("not three parts"));
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(head).map_err(|_| JwtError::Malformed("header base64"))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(JwtError::Malformed("header JSON")),
+    }
+}
+
+/// Roles from the claim: an array of strings, or one space-separated string (OAuth `scope`).
+fn roles(claim: Option<&Value>) -> Vec<String> {
+    match claim {
+        Some(Value::Array(items)) => {
+            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+        }
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_is_never_an_algorithm() {
+        for name in ["none", "None", "NONE", "nOnE"] {
+            assert!(algorithm(name).is_err(), "{name}");
+        }
+        assert_eq!(algorithm("RS256"), Ok(Algorithm::RS256));
+        assert!(algorithm("RS257").is_err());
+    }
+
+    #[test]
+    fn kids_are_plain_names() {
+        assert!(valid_kid("key-2024.1"));
+        for bad in ["", "../etc/passwd", "a/b", "a..b", "k\u{0}", &"k".repeat(129)] {
+            assert!(!valid_kid(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn roles_come_as_array_or_scope() {
+        assert_eq!(roles(Some(&serde_json::json!(["a", "b", 3]))), ["a", "b"]);
+        assert_eq!(roles(Some(&serde_json::json!("read write"))), ["read", "write"]);
+        assert!(roles(Some(&serde_json::json!({"a": 1}))).is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any string is refused or accepted without a panic.
+        #[test]
+        fn verify_never_panics(token in "[A-Za-z0-9_.=-]{0,200}|\\PC{0,50}") {
+            let settings = JwtSettings {
+                issuer: "i".into(),
+                audiences: vec!["a".into()],
+                algorithms: vec![Algorithm::HS256],
+                keys: JwtKeys::Secret(DecodingKey::from_secret(&[7; 32])),
+                roles_claim: "roles".into(),
+                leeway: Duration::ZERO,
+            };
+            let _ = settings.verify(&token);
+        }
+    }
+}

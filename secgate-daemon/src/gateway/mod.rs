@@ -1,0 +1,383 @@
+//! The TLS gateway: listeners, and per connection: banned? close → TLS → hyper (HTTP/1.1 or
+//! HTTP/2, whichever the client speaks) → [`pipeline`], which takes each request through its
+//! stages to the upstream.
+//!
+//! Everything a reload or a certificate change replaces is held in an [`ArcSwap`] and read
+//! once per connection (TLS) or per request (routes, authentication, upstream), so a change
+//! never waits for open connections and never disturbs them.
+
+pub mod audit;
+pub mod authn;
+pub mod authz;
+mod guard;
+pub mod metrics;
+pub mod normalize;
+mod pipeline;
+pub mod proxy;
+pub mod respond;
+pub mod routes;
+pub mod settings;
+pub mod tls;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
+
+pub use settings::GatewaySettings;
+
+use self::{
+    audit::RequestLog,
+    authn::Authenticator,
+    guard::{Activity, Guarded},
+    metrics::GatewayMetrics,
+    proxy::Upstream,
+    routes::Route,
+    settings::{ConnLimits, Timeouts},
+    tls::TlsSettings,
+};
+use crate::{
+    config::Config,
+    service::{Reloadable, Service},
+};
+
+/// How often certificate files are checked for changes.
+const CERT_CHECK: Duration = Duration::from_secs(2);
+/// Stream resets HTTP/2 may hold for streams not yet accepted (h2's own guard).
+const PENDING_RESET_STREAMS: usize = 20;
+/// Streams the gateway may reset for a client's protocol errors before closing.
+const LOCAL_ERROR_RESETS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(
+        "gateway listen address {addr}: {source}; is another server on it, or is it not an address of this host?"
+    )]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gateway TLS: {0}")]
+    Tls(String),
+}
+
+/// What requests are judged by; replaced whole on reload.
+#[derive(Debug)]
+pub struct Rules {
+    pub routes: Vec<Route>,
+    pub auth: Authenticator,
+}
+
+/// The TLS acceptor in use and what it was built from.
+struct Tls {
+    settings: TlsSettings,
+    acceptor: TlsAcceptor,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+}
+
+impl Tls {
+    fn build(settings: TlsSettings) -> Result<Tls, String> {
+        let stamps = tls::stamps(&settings.files());
+        let acceptor = TlsAcceptor::from(settings.server_config()?);
+        Ok(Tls { settings, acceptor, stamps })
+    }
+}
+
+/// Per-connection settings, read when a connection starts.
+#[derive(Clone, Copy, Debug)]
+struct ConnSettings {
+    timeouts: Timeouts,
+    limits: ConnLimits,
+}
+
+/// What the gateway knows about a client connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The client's address, IPv4-mapped IPv6 addresses in their IPv4 form.
+    pub peer: SocketAddr,
+    /// The verified client certificate (DER), under mTLS.
+    pub client_cert: Option<Vec<u8>>,
+}
+
+pub struct Gateway {
+    rules: ArcSwap<Rules>,
+    tls: ArcSwap<Tls>,
+    upstream: ArcSwap<Upstream>,
+    conn: ArcSwap<ConnSettings>,
+    listen: Vec<SocketAddr>,
+    service: Arc<Service>,
+    metrics: Arc<GatewayMetrics>,
+    log: Arc<RequestLog>,
+    open: AtomicUsize,
+}
+
+/// A connection slot, given back when the connection ends.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        settings: &GatewaySettings,
+        service: Arc<Service>,
+        metrics: Arc<GatewayMetrics>,
+        log: Arc<RequestLog>,
+    ) -> Result<Arc<Gateway>, GatewayError> {
+        let tls = Tls::build(settings.tls.clone()).map_err(GatewayError::Tls)?;
+        Ok(Arc::new(Gateway {
+            rules: ArcSwap::from_pointee(Rules {
+                routes: settings.routes.clone(),
+                auth: settings.auth.clone(),
+            }),
+            tls: ArcSwap::from_pointee(tls),
+            upstream: ArcSwap::from_pointee(Upstream::new(settings.upstream.clone())),
+            conn: ArcSwap::from_pointee(ConnSettings {
+                timeouts: settings.timeouts,
+                limits: settings.limits,
+            }),
+            listen: settings.listen.clone(),
+            service,
+            metrics,
+            log,
+            open: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Binds every listen address; any failure is fatal at start.
+    pub async fn bind(&self) -> Result<Vec<TcpListener>, GatewayError> {
+        let mut listeners = Vec::new();
+        for &addr in &self.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind { addr, source })?;
+            info!(%addr, "gateway listening");
+            listeners.push(listener);
+        }
+        Ok(listeners)
+    }
+
+    /// Serves on `listeners` and watches the certificate files, until the process exits.
+    pub fn serve(self: &Arc<Self>, listeners: Vec<TcpListener>) {
+        for listener in listeners {
+            tokio::spawn(self.clone().accept(listener));
+        }
+        tokio::spawn(self.clone().watch_certs());
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(crate::control::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            // A banned source costs one lookup and a reset: not a byte of TLS.
+            if self.service.refuses(peer.ip()) {
+                self.metrics.closed("banned");
+                reset(stream);
+                continue;
+            }
+            let limit = self.conn.load().limits.max_connections as usize;
+            if self.open.fetch_add(1, Ordering::Relaxed) >= limit {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.closed("connection_limit");
+                reset(stream);
+                continue;
+            }
+            tokio::spawn(self.clone().connection(stream, peer));
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _slot = Slot(&self.open);
+        let _ = stream.set_nodelay(true);
+        let settings = **self.conn.load();
+        let acceptor = self.tls.load().acceptor.clone();
+        let tls = match tokio::time::timeout(settings.timeouts.handshake, acceptor.accept(stream))
+            .await
+        {
+            Err(_) => return self.metrics.handshake("timeout"),
+            Ok(Err(e)) => {
+                let outcome = handshake_failure(&e);
+                debug!(%peer, error = %e, outcome, "TLS handshake failed");
+                return self.metrics.handshake(outcome);
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        let session = tls.get_ref().1;
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.metrics.handshake(if resumed { "resumed" } else { "ok" });
+        let client_cert =
+            session.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+        let conn = Arc::new(Conn { peer, client_cert });
+        let activity = Activity::new();
+        let metrics = self.metrics.clone();
+        let io = Guarded::new(
+            tls,
+            activity.clone(),
+            Box::new(move |abuse| {
+                warn!(%peer, ?abuse, "HTTP/2 connection cut");
+                metrics.closed("rapid_reset");
+            }),
+        );
+        let gateway = self.clone();
+        let service = service_fn(move |req| pipeline::handle(gateway.clone(), conn.clone(), req));
+        let builder = http_builder(&settings);
+        let served = builder.serve_connection(TokioIo::new(io), service);
+        // Closed gracefully once its bytes have not moved for `idle`; dropped if it is still
+        // open after another `idle`.
+        let idle = settings.timeouts.idle;
+        let mut served = std::pin::pin!(served);
+        let mut tick = tokio::time::interval(
+            (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        );
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                _ = served.as_mut() => return,
+                _ = tick.tick() => {
+                    let quiet = activity.quiet();
+                    if !closing && quiet >= idle {
+                        served.as_mut().graceful_shutdown();
+                        closing = true;
+                    } else if closing && quiet >= idle * 2 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_certs(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CERT_CHECK);
+        let mut failed = None;
+        loop {
+            tick.tick().await;
+            let current = self.tls.load_full();
+            let now = tls::stamps(&current.settings.files());
+            if now == current.stamps || failed.as_ref() == Some(&now) {
+                continue;
+            }
+            match current.settings.reload().and_then(Tls::build) {
+                Ok(fresh) => {
+                    self.tls.store(Arc::new(fresh));
+                    failed = None;
+                    info!("gateway certificates changed on disk; new connections get them");
+                }
+                Err(e) => {
+                    error!(
+                        "gateway certificates changed on disk but cannot be used, the old ones stay: {e}"
+                    );
+                    failed = Some(now);
+                }
+            }
+        }
+    }
+}
+
+/// Closes a connection with a reset: no FIN handshake, no TIME_WAIT kept for it.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_bytes = settings.limits.max_header_bytes;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.timeouts.header)
+        .max_buf_size(header_bytes as usize)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.limits.max_concurrent_streams)
+        .max_header_list_size(header_bytes)
+        .max_pending_accept_reset_streams(PENDING_RESET_STREAMS)
+        .max_local_error_reset_streams(LOCAL_ERROR_RESETS);
+    builder
+}
+
+/// The metrics label for a failed handshake.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::NoCertificatesPresented) => "no_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_certificate",
+        Some(E::AlertReceived(_)) => "alert",
+        Some(E::InvalidMessage(_) | E::PeerMisbehaved(_) | E::InappropriateMessage { .. }) => {
+            "protocol"
+        }
+        Some(E::InappropriateHandshakeMessage { .. }) => "protocol",
+        Some(_) => "other",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io",
+    }
+}
+
+/// Takes the gateway's part of a reload: refused if the listen addresses changed (they are
+/// bound once, at start); otherwise new routes, keys, certificates and upstream together.
+pub struct GatewayReload(pub Arc<Gateway>);
+
+impl Reloadable for GatewayReload {
+    fn prepare(&self, config: &Config) -> Result<Box<dyn FnOnce() + Send>, String> {
+        let gateway = self.0.clone();
+        let Some(g) = &config.gateway else {
+            return Err(
+                "the config no longer has a [gateway]; stopping the gateway needs a restart".into(),
+            );
+        };
+        if g.listen != gateway.listen {
+            return Err("gateway.listen changed; listen addresses change only on restart".into());
+        }
+        let tls = Tls::build(g.tls.clone())?;
+        let upstream = (g.upstream != *gateway.upstream.load().settings())
+            .then(|| Upstream::new(g.upstream.clone()));
+        let rules = Rules { routes: g.routes.clone(), auth: g.auth.clone() };
+        let conn = ConnSettings { timeouts: g.timeouts, limits: g.limits };
+        Ok(Box::new(move || {
+            gateway.rules.store(Arc::new(rules));
+            gateway.tls.store(Arc::new(tls));
+            if let Some(upstream) = upstream {
+                gateway.upstream.store(Arc::new(upstream));
+            }
+            gateway.conn.store(Arc::new(conn));
+        }))
+    }
+}
+
+/// Stands for the gateway in a daemon started without one: a reload cannot add it.
+pub struct NoGateway;
+
+impl Reloadable for NoGateway {
+    fn prepare(&self, config: &Config) -> Result<Box<dyn FnOnce() + Send>, String> {
+        match config.gateway {
+            Some(_) => {
+                Err("the config gained a [gateway]; starting the gateway needs a restart".into())
+            }
+            None => Ok(Box::new(|| {})),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Forwarding to the upstream over pooled keep-alive HTTP/1.1 connections, bodies streamed
+//! both ways. The upstream gets the normalized path; the gateway sets `X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` itself (replacing whatever the
+//! client sent, which would otherwise let it claim any address), and hop-by-hop headers are
+//! dropped in both directions.
+
+use std::{net::IpAddr, time::Duration};
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version,
+    header::{self, HOST},
+    uri::{Authority, Scheme},
+};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use super::respond::{Body, Rejection};
+
+/// Where requests go, and how long the upstream may take to answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub timeout: Duration,
+}
+
+impl UpstreamSettings {
+    /// Parses `http://host:port` (the only scheme so far).
+    pub fn parse(url: &str, timeout: Duration) -> Result<UpstreamSettings, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("upstream {url:?}: {e}"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(format!("upstream {url:?}: only http:// upstreams are supported"));
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(format!("upstream {url:?}: give only scheme, host and port"));
+        }
+        let authority =
+            uri.authority().cloned().ok_or_else(|| format!("upstream {url:?}: no host"))?;
+        Ok(UpstreamSettings { scheme: Scheme::HTTP, authority, timeout })
+    }
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    settings: UpstreamSettings,
+}
+
+/// What the gateway knows about the connection a request came on.
+pub struct Origin {
+    pub client: IpAddr,
+    /// The host the client asked for (`Host`, or the HTTP/2 `:authority`).
+    pub host: Option<String>,
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Drops hop-by-hop headers: the fixed ones, `Upgrade`, and those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named).chain([&header::UPGRADE]) {
+        headers.remove(name);
+    }
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Upstream { client, settings }
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// Sends `req` (with `path` as its path) upstream and streams the answer back.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        origin: &Origin,
+    ) -> Result<Response<Body>, Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        parts.uri = Uri::builder()
+            .scheme(self.settings.scheme.clone())
+            .authority(self.settings.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| Rejection::internal(format!("upstream URI: {e}")))?;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        set_forwarded(&mut parts.headers, origin);
+        let request = Request::from_parts(parts, body.boxed());
+        let answer =
+            tokio::time::timeout(self.settings.timeout, self.client.request(request)).await;
+        let response = match answer {
+            Err(_) => return Err(Rejection::gateway_timeout()),
+            Ok(Err(e)) => return Err(Rejection::bad_gateway(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// Replaces the client's forwarding headers with the gateway's own account.
+fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"] {
+        headers.remove(name);
+    }
+    let ip = origin.client.to_string();
+    let node = if origin.client.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
+    let mut forwarded = format!("for={node};proto=https");
+    if let Some(host) = origin.host.as_deref().filter(|h| HeaderValue::from_str(h).is_ok()) {
+        headers.insert(HOST, HeaderValue::from_str(host).expect("checked"));
+        headers.insert("x-forwarded-host", HeaderValue::from_str(host).expect("checked"));
+        // A host is a token or a quoted string in `Forwarded` (RFC 7239).
+        forwarded.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+    }
+    let value =
+        |s: &str| HeaderValue::from_str(s).expect("addresses and checked hosts are header-safe");
+    headers.insert("x-forwarded-for", value(&ip));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert("forwarded", value(&forwarded));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_forged_forwarding_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        set_forwarded(
+            &mut h,
+            &Origin { client: "fd00::7".parse().unwrap(), host: Some("api.test".into()) },
+        );
+        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["x-forwarded-for"], "fd00::7");
+        assert_eq!(h["forwarded"], "for=\"[fd00::7]\";proto=https;host=\"api.test\"");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn only_plain_http_upstreams() {
+        let t = Duration::from_secs(1);
+        assert!(UpstreamSettings::parse("http://127.0.0.1:8080", t).is_ok());
+        assert!(UpstreamSettings::parse("https://x", t).unwrap_err().contains("only http://"));
+        assert!(UpstreamSettings::parse("http://x/api", t).unwrap_err().contains("only scheme"));
+    }
+}
