@@ -3,6 +3,7 @@
 
 pub mod bare;
 pub mod frames;
+pub mod gateway;
 pub mod harness;
 pub mod metrics;
 pub mod model_tables;

@@ -244,11 +244,18 @@ pub struct Daemon {
     pub log: PathBuf,
     pub pin_path: PathBuf,
     pub audit: PathBuf,
+    /// Top-level config tables written after the daemon's own (`[gateway]`, `[auth]`…).
+    pub extra: String,
 }
 
 impl Daemon {
     /// Writes a config with `datapath_extra` appended to `[datapath]` and starts the daemon.
     pub fn start(topo: &Topology, tag: &str, datapath_extra: &str) -> Daemon {
+        Daemon::start_with(topo, tag, datapath_extra, String::new())
+    }
+
+    /// Like [`Daemon::start`], with `extra` tables (the gateway's) in the config.
+    pub fn start_with(topo: &Topology, tag: &str, datapath_extra: &str, extra: String) -> Daemon {
         let dir = std::env::temp_dir().join(format!("secgate-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("tmp dir");
@@ -264,6 +271,7 @@ impl Daemon {
                 std::process::id()
             )),
             dir,
+            extra,
         };
         d.write_config(&topo.gw_if, datapath_extra);
         d.spawn();
@@ -280,11 +288,12 @@ impl Daemon {
             interfaces.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
         let toml = format!(
             "state_dir = \"{}\"\n[datapath]\ninterfaces = [{interfaces}]\npin_path = \"{}\"\n{datapath_extra}\n\
-             [control]\nsocket = \"{}\"\n[audit]\npath = \"{}\"\n",
+             [control]\nsocket = \"{}\"\n[audit]\npath = \"{}\"\n{}",
             self.dir.join("state").display(),
             self.pin_path.display(),
             self.socket.display(),
             self.audit.display(),
+            self.extra,
         );
         std::fs::write(&self.config, toml).expect("write config");
     }

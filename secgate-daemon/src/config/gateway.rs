@@ -57,25 +57,27 @@ pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<Gate
 }
 
 fn listen(c: &mut Check<'_>, g: &RawGateway) -> Option<Vec<SocketAddr>> {
-    let items = g.listen.get_ref().items();
+    let items = &g.listen.get_ref().0;
     if items.is_empty() {
         c.say(&g.listen, "gateway.listen is empty: give at least one IP:PORT".into());
         return None;
     }
     let mut out = Vec::new();
+    let mut ok = true;
     for item in items {
-        let parsed = item.get_ref().parse::<SocketAddr>().map_err(|_| {
-            format!("invalid gateway listen address {:?}: expected IP:PORT like 0.0.0.0:443 or [::]:443", item.get_ref())
+        let parsed = item.parse::<SocketAddr>().map_err(|_| {
+            format!("invalid gateway listen address {item:?}: expected IP:PORT like 0.0.0.0:443 or [::]:443")
         });
-        match c.take(item, parsed) {
+        match c.take(&g.listen, parsed) {
             Some(addr) if out.contains(&addr) => {
-                c.say(item, format!("gateway listen address {addr} is given twice"))
+                c.say(&g.listen, format!("gateway listen address {addr} is given twice"));
+                ok = false;
             }
             Some(addr) => out.push(addr),
-            None => {}
+            None => ok = false,
         }
     }
-    Some(out)
+    ok.then_some(out)
 }
 
 /// A duration, or `default` when absent; `None` if invalid (recorded).

@@ -111,20 +111,37 @@ pub struct RawAudit {
     pub path: Option<S<String>>,
 }
 
-/// One value or a list of them (`listen = "…"` or `listen = ["…", "…"]`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(S<String>),
-    Many(Vec<S<String>>),
-}
+/// One string or a list of them (`listen = "…"` or `listen = ["…", "…"]`). Hand-written:
+/// serde's untagged enums lose the spans `toml::Spanned` needs.
+#[derive(Debug)]
+pub struct OneOrMany(pub Vec<String>);
 
-impl OneOrMany {
-    pub fn items(&self) -> Vec<&S<String>> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v.iter().collect(),
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMany;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![s.to_owned()]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    items.push(s);
+                }
+                Ok(OneOrMany(items))
+            }
         }
+        d.deserialize_any(Visitor)
     }
 }
 

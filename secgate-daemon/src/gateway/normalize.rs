@@ -30,6 +30,10 @@ pub enum PathError {
     Parameters,
     #[error("the path climbs above the root")]
     AboveRoot,
+    #[error(
+        "the path encodes a `.`, `/` or `\\` twice (`%252e`), which servers that decode twice read differently"
+    )]
+    DoubleEncoded,
 }
 
 /// Longest path accepted, in bytes, before and after decoding.
@@ -81,6 +85,9 @@ fn decode(path: &str) -> Result<String, PathError> {
             let value = hex_byte(hex).ok_or(PathError::BadEscape)?;
             match value {
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                b'%' if double_encoded(bytes.get(i + 3..i + 5)) => {
+                    return Err(PathError::DoubleEncoded);
+                }
                 v if unreserved(v) => raw.push(Decoded::Plain(v)),
                 v => raw.push(Decoded::Escaped(v)),
             }
@@ -140,6 +147,11 @@ fn check(raw: &[Decoded]) -> Result<(), PathError> {
     std::str::from_utf8(&bytes).map(|_| ()).map_err(|_| PathError::NotUtf8)
 }
 
+/// Whether the two bytes after an encoded `%` are the hex of a `.`, `/` or `\\`.
+fn double_encoded(next: Option<&[u8]>) -> bool {
+    next.and_then(hex_byte).is_some_and(|b| matches!(b, b'.' | b'/' | b'\\'))
+}
+
 fn hex_byte(hex: &[u8]) -> Option<u8> {
     let digit = |c: u8| char::from(c).to_digit(16);
     Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
@@ -170,6 +182,8 @@ mod tests {
             ("/a%2a", "/a%2A"),
             ("/caf%C3%A9", "/caf%C3%A9"),
             ("/%7Euser", "/~user"),
+            ("/100%25", "/100%25"),
+            ("/%2561", "/%2561"),
         ] {
             assert_eq!(normalize(path).as_deref(), Ok(want), "{path}");
         }
@@ -195,6 +209,9 @@ mod tests {
             ("/a%", PathError::BadEscape),
             ("/a%zz", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
+            ("/public/%252e%252e/admin", PathError::DoubleEncoded),
+            ("/a%252Fb", PathError::DoubleEncoded),
+            ("/a%255cb", PathError::DoubleEncoded),
         ] {
             assert_eq!(normalize(path), Err(why), "{path}");
         }

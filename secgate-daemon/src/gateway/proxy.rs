@@ -131,9 +131,19 @@ impl Upstream {
     }
 }
 
-/// Replaces the client's forwarding headers with the gateway's own account.
+/// Replaces the client's forwarding headers with the gateway's own account, and drops the
+/// headers some frameworks (IIS, Symfony, Zend) take as the real request path, which would
+/// let a client reach a route other than the one the gateway authorized.
 fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"] {
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-real-ip",
+    ] {
         headers.remove(name);
     }
     let ip = origin.client.to_string();
@@ -166,12 +176,14 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
         strip_hop_by_hop(&mut h);
         set_forwarded(
             &mut h,
             &Origin { client: "fd00::7".parse().unwrap(), host: Some("api.test".into()) },
         );
-        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding"] {
+        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding", "x-original-url"]
+        {
             assert!(!h.contains_key(gone), "{gone}");
         }
         assert_eq!(h["x-forwarded-for"], "fd00::7");

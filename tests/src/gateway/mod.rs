@@ -1,0 +1,286 @@
+//! The gateway under test: a real `secgate run` in the gateway namespace with XDP on its
+//! veth, TLS on 198.18.0.1:8443 and [fd00:18::1]:8443, a real upstream on its loopback, and
+//! a PKI, API keys (made by `secgate token new`) and a JWT issuer of its own.
+
+pub mod client;
+pub mod h2raw;
+pub mod jwt;
+pub mod pki;
+pub mod upstream;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use self::{
+    client::{H1, Http, Reply, Tls, request},
+    jwt::Issuer,
+    pki::{ClientCert, Pki},
+    upstream::Upstream,
+};
+use crate::netns::{Daemon, Topology, addr::GW_V4, secgate_bin};
+
+pub const PORT: u16 = 8443;
+pub const HOST: &str = "api.test";
+pub const OTHER_HOST: &str = "other.test";
+
+/// The routes every gateway test runs with.
+pub const ROUTES: &str = r#"
+[[routes]]
+name = "health"
+methods = ["GET"]
+path = "/health"
+auth = ["none"]
+
+[[routes]]
+name = "public"
+path = "/public/*"
+auth = ["none"]
+
+[[routes]]
+name = "admin"
+path = "/admin/*"
+auth = ["api_key", "jwt", "mtls"]
+allow_roles = ["admin"]
+
+[[routes]]
+name = "reports"
+methods = ["GET"]
+path = "/reports/{id}"
+auth = ["jwt"]
+allow_roles = ["reports:read"]
+
+[[routes]]
+name = "ops"
+path = "/ops/*"
+auth = ["api_key"]
+allow_principals = ["ops-bot"]
+
+[[routes]]
+name = "internal"
+path = "/internal/*"
+auth = ["api_key"]
+allow_cidrs = ["198.18.0.3/32"]
+
+[[routes]]
+name = "closed"
+path = "/closed"
+auth = ["api_key"]
+
+[[routes]]
+name = "svc"
+path = "/svc/*"
+auth = ["mtls"]
+allow_roles = ["admin"]
+"#;
+
+/// API keys: id, roles, and whether the config stores an argon2id hash.
+pub const KEYS: &[(&str, &str, bool)] = &[
+    ("admin-key", "admin", false),
+    ("user-key", "user", false),
+    ("ops-bot", "", false),
+    ("slow-admin", "admin", true),
+];
+
+/// What a test may vary in the config.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub client_auth: &'static str,
+    pub min_version: &'static str,
+    pub upstream: Option<String>,
+    pub datapath_extra: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts { client_auth: "optional", min_version: "1.2", upstream: None, datapath_extra: "" }
+    }
+}
+
+pub struct Gw {
+    pub daemon: Daemon,
+    pub up: Upstream,
+    pub topo: Topology,
+    pub rt: tokio::runtime::Runtime,
+    pub pki: Pki,
+    pub issuer: Issuer,
+    /// API keys by id, as `secgate token new` printed them.
+    pub keys: BTreeMap<String, String>,
+    /// Their `[[auth.api_keys]]` entries.
+    key_entries: String,
+    pub dir: PathBuf,
+    pub api_der: Vec<u8>,
+    pub other_der: Vec<u8>,
+}
+
+/// `secgate token new --id ID [--role R] [--argon2] --json`.
+pub fn token_new(id: &str, role: &str, argon2: bool) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(secgate_bin());
+    cmd.args(["token", "new", "--id", id, "--json"]);
+    if !role.is_empty() {
+        cmd.args(["--role", role]);
+    }
+    if argon2 {
+        cmd.arg("--argon2");
+    }
+    let out = cmd.output().expect("secgate token new");
+    assert!(out.status.success(), "token new: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("token new --json")
+}
+
+impl Gw {
+    pub fn start(tag: &str, opts: Opts) -> Gw {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let topo = Topology::new(tag);
+        let up = Upstream::start(&rt, &topo.gw);
+        let dir = std::env::temp_dir().join(format!("secgate-gw-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = Pki::new(&dir, "main");
+        let (_, _, api_der) = pki.server("api", &[HOST]);
+        let (_, _, other_der) = pki.server("other", &[OTHER_HOST]);
+        let issuer = Issuer::new("k1");
+        std::fs::write(
+            dir.join("jwks.json"),
+            serde_json::json!({ "keys": [issuer.jwk()] }).to_string(),
+        )
+        .expect("jwks");
+        let mut keys = BTreeMap::new();
+        let mut key_entries = String::new();
+        for (id, role, argon2) in KEYS {
+            let made = token_new(id, role, *argon2);
+            keys.insert(id.to_string(), made["key"].as_str().expect("key").to_string());
+            key_entries.push_str(made["config"].as_str().expect("config"));
+            key_entries.push('\n');
+        }
+        let extra = config_text(&dir, &pki.ca_pem, &key_entries, &up, &opts);
+        Gw {
+            daemon: Daemon::start_with(&topo, tag, opts.datapath_extra, extra),
+            up,
+            topo,
+            rt,
+            pki,
+            issuer,
+            keys,
+            key_entries,
+            dir,
+            api_der,
+            other_der,
+        }
+    }
+
+    /// The gateway's part of the config.
+    pub fn config(&self, opts: &Opts) -> String {
+        config_text(&self.dir, &self.pki.ca_pem, &self.key_entries, &self.up, opts)
+    }
+
+    /// Rewrites the config with `opts` and reloads; returns the CLI's (code, stdout, stderr).
+    pub fn reload(&mut self, opts: &Opts) -> (i32, String, String) {
+        self.daemon.extra = self.config(opts);
+        self.daemon.write_config(&self.topo.gw_if, opts.datapath_extra);
+        self.daemon.cli(&["reload"])
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(GW_V4.parse().unwrap(), PORT)
+    }
+
+    /// A client trusting the test CA, for `api.test`, offering `alpn`.
+    pub fn tls(&self, alpn: &[&[u8]], cert: Option<ClientCert>) -> Tls {
+        Tls::new(&self.pki.ca_pem, HOST, alpn, cert)
+    }
+
+    /// One request on a fresh HTTP/1.1 connection from `src`.
+    pub fn get(&self, src: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(&self.tls(H1, None), src, "GET", path, headers)
+    }
+
+    /// One request on a fresh connection made with `tls` from `src`.
+    pub fn send(
+        &self,
+        tls: &Tls,
+        src: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.rt.block_on(async {
+            let stream =
+                tls.connect(&self.topo.client, src, self.addr()).await.expect("TLS connect");
+            let mut http = Http::over(stream).await;
+            http.send(request(method, HOST, path, headers, Vec::new())).await.expect("request")
+        })
+    }
+
+    pub fn key(&self, id: &str) -> &str {
+        &self.keys[id]
+    }
+}
+
+/// The gateway's config tables for `opts`, naming the files in `dir`.
+fn config_text(
+    dir: &std::path::Path,
+    ca: &std::path::Path,
+    key_entries: &str,
+    up: &Upstream,
+    opts: &Opts,
+) -> String {
+    let d = |f: &str| dir.join(f).display().to_string();
+    let upstream = opts.upstream.clone().unwrap_or_else(|| format!("http://{}", up.addr));
+    format!(
+        r#"
+[gateway]
+listen = ["{GW_V4}:{PORT}", "[fd00:18::1]:{PORT}"]
+upstream = "{upstream}"
+upstream_timeout = "1s"
+
+[gateway.tls]
+cert = "{api_pem}"
+key = "{api_key}"
+min_version = "{min}"
+client_ca = "{ca}"
+client_auth = "{client_auth}"
+
+[[gateway.tls.certs]]
+sni = "{OTHER_HOST}"
+cert = "{other_pem}"
+key = "{other_key}"
+
+[auth]
+header = "X-Api-Key"
+
+{keys}
+[auth.jwt]
+issuer = "{iss}"
+audiences = ["{aud}"]
+algorithms = ["ES256"]
+jwks_file = "{jwks}"
+roles_claim = "scope"
+leeway = "5s"
+
+[auth.mtls]
+principal = "san"
+roles = {{ "svc-a.clients.test" = ["admin"], "svc-b.clients.test" = ["user"] }}
+{ROUTES}"#,
+        api_pem = d("api.pem"),
+        api_key = d("api.key"),
+        min = opts.min_version,
+        ca = ca.display(),
+        client_auth = opts.client_auth,
+        other_pem = d("other.pem"),
+        other_key = d("other.key"),
+        keys = key_entries,
+        iss = jwt::ISSUER,
+        aud = jwt::AUDIENCE,
+        jwks = d("jwks.json"),
+    )
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,747 @@
+//! End to end: the TLS gateway in a network namespace, with XDP on its veth, a real upstream
+//! and real TLS clients (rustls, curl, and hand-made bytes where a library would refuse to
+//! misbehave).
+
+use std::time::{Duration, Instant};
+
+use secgate_tests::{
+    gateway::{
+        Gw, HOST, OTHER_HOST, Opts, PORT,
+        client::{H1, H2, Http, Reply, Tls, raw, raw_status, request, tcp},
+        h2raw,
+        jwt::{self, Issuer, claims, hs256, unsigned},
+        pki::Pki,
+    },
+    metrics::scrape,
+    netns::addr::*,
+    privileged,
+};
+use serde_json::json;
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Sum of `name` over the samples whose labels include all of `labels`.
+fn metric(gw: &Gw, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape(&gw.topo)
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+fn assert_json_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"), "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"]["status"], status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+#[test]
+fn every_auth_method_and_role_is_allowed_or_refused_as_configured() {
+    if !privileged("every_auth_method_and_role_is_allowed_or_refused_as_configured") {
+        return;
+    }
+    let gw = Gw::start("gwa", Opts::default());
+    let alice = gw.issuer.token(&claims("alice", json!({ "scope": "admin other" })));
+    let bob = gw.issuer.token(&claims("bob", json!({ "scope": ["reports:read"] })));
+    let svc_a = gw.pki.client("svc-a.clients.test", "svc-a");
+    let svc_b = gw.pki.client("svc-b.clients.test", "svc-b");
+    let auth = |v: &str| vec![("authorization", bearer(v))];
+    let key = |id: &str| auth(gw.key(id));
+    let get = |src: &str, path: &str, headers: Vec<(&str, String)>| {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        gw.get(src, path, &h)
+    };
+
+    // (source, path, credential, status)
+    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16)> = vec![
+        (CLIENT_V4, "/health", vec![], 200),
+        (CLIENT_V4, "/public/x", vec![], 200),
+        (CLIENT_V4, "/admin/x", vec![], 401),
+        (CLIENT_V4, "/admin/x", key("admin-key"), 200),
+        (CLIENT_V4, "/admin/x", key("slow-admin"), 200),
+        (CLIENT_V4, "/admin/x", vec![("x-api-key", gw.key("admin-key").into())], 200),
+        (CLIENT_V4, "/admin/x", key("user-key"), 403),
+        (CLIENT_V4, "/admin/x", key("ops-bot"), 403),
+        (CLIENT_V4, "/admin/x", auth(&alice), 200),
+        (CLIENT_V4, "/admin/x", auth(&bob), 403),
+        (CLIENT_V4, "/reports/7", auth(&bob), 200),
+        (CLIENT_V4, "/reports/7", auth(&alice), 403),
+        (CLIENT_V4, "/reports/7", key("admin-key"), 401),
+        (CLIENT_V4, "/reports/7/x", auth(&bob), 404),
+        (CLIENT_V4, "/ops/deploy", key("ops-bot"), 200),
+        (CLIENT_V4, "/ops/deploy", key("admin-key"), 403),
+        (CLIENT_V4, "/internal/x", key("admin-key"), 403),
+        (OTHER_V4, "/internal/x", key("user-key"), 200),
+        (OTHER_V4, "/internal/x", vec![], 401),
+        (CLIENT_V4, "/closed", key("admin-key"), 403),
+        (CLIENT_V4, "/svc/x", vec![], 401),
+        (CLIENT_V4, "/svc/x", key("admin-key"), 401),
+        (CLIENT_V4, "/nowhere", vec![], 404),
+    ];
+    for (src, path, headers, want) in cases {
+        let what =
+            format!("{src} {path} {:?}", headers.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+        let r = get(src, path, headers);
+        assert_eq!(r.status, want, "{what}: {r:?}");
+        if want != 200 {
+            assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"), "{what}");
+        }
+    }
+    let r = gw.send(&gw.tls(H1, None), CLIENT_V4, "POST", "/health", &[]);
+    assert_json_error(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+
+    // mTLS: the verified certificate's SAN is the principal.
+    let ok = gw.send(&gw.tls(H1, Some(svc_a.clone())), CLIENT_V4, "GET", "/svc/x", &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let ok = gw.send(&gw.tls(H2, Some(svc_a)), CLIENT_V4, "GET", "/admin/x", &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let r = gw.send(&gw.tls(H1, Some(svc_b)), CLIENT_V4, "GET", "/svc/x", &[]);
+    assert_json_error(&r, 403, "forbidden");
+
+    // 401s say only whether a credential came, never which part was wrong.
+    let missing = gw.get(CLIENT_V4, "/admin/x", &[]);
+    assert_json_error(&missing, 401, "invalid_request");
+    assert!(
+        missing.header("www-authenticate").is_some_and(|h| h.contains("error=\"invalid_request\""))
+    );
+    let wrong_secret = format!("admin-key.{}", "A".repeat(43));
+    let bad = [wrong_secret.as_str(), "nobody.AAAA", "garbage", "a.b.c"];
+    let bodies: Vec<Reply> = bad
+        .iter()
+        .map(|t| gw.get(CLIENT_V4, "/admin/x", &[("authorization", &bearer(t))]))
+        .collect();
+    for (t, r) in bad.iter().zip(&bodies) {
+        assert_json_error(r, 401, "invalid_token");
+        assert!(
+            r.header("www-authenticate").is_some_and(|h| h.contains("error=\"invalid_token\"")),
+            "{t}"
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert_eq!(r.body, bodies[0].body, "{t}: the same answer for every bad credential");
+    }
+
+    // Both protocols, IPv6, and curl.
+    let r = gw.send(
+        &gw.tls(H2, None),
+        CLIENT_V4,
+        "GET",
+        "/admin/x",
+        &[("authorization", &bearer(gw.key("admin-key")))],
+    );
+    assert_eq!((r.status, r.version), (200, http::Version::HTTP_2));
+    let v6 = gw.rt.block_on(async {
+        let addr = std::net::SocketAddr::new(GW_V6.parse().unwrap(), PORT);
+        let tls =
+            gw.tls(H1, None).connect(&gw.topo.client, CLIENT_V6, addr).await.expect("v6 connect");
+        Http::over(tls)
+            .await
+            .send(request("GET", HOST, "/health", &[], vec![]))
+            .await
+            .expect("v6 request")
+    });
+    assert_eq!(v6.status, 200);
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = gw
+            .topo
+            .client
+            .command("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(&gw.pki.ca_pem)
+            .args([
+                "--resolve",
+                &format!("{HOST}:{PORT}:{GW_V4}"),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {}", gw.key("admin-key"))])
+            .arg(format!("https://{HOST}:{PORT}/admin/curl"))
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("200 {version}"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // An API key stays with the gateway; a JWT is passed on.
+    let seen = gw.up.seen();
+    let by_key =
+        seen.iter().find(|s| s.path_and_query == "/admin/curl").expect("curl request proxied");
+    assert!(!by_key.headers.contains_key("authorization"));
+    let by_jwt = seen
+        .iter()
+        .find(|s| s.headers.get("authorization").is_some())
+        .expect("JWT request proxied");
+    assert_eq!(by_jwt.headers["authorization"], bearer(&alice));
+
+    // One audit line per request; no credential in the audit or the daemon's log.
+    let audit = std::fs::read_to_string(&gw.daemon.audit).expect("audit log");
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit JSON"))
+        .filter(|v: &serde_json::Value| v["kind"] == "request")
+        .collect();
+    let allowed = lines
+        .iter()
+        .find(|l| l["route"] == "admin" && l["principal"] == "admin-key" && l["status"] == 200)
+        .unwrap_or_else(|| panic!("no allowed admin line in {audit}"));
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["source"], CLIENT_V4);
+    assert!(allowed["latency_ms"].as_f64().is_some());
+    assert!(
+        lines.iter().any(|l| l["status"] == 401
+            && l["decision"] == "invalid_token"
+            && l["route"] == "admin")
+    );
+    assert!(lines.iter().any(|l| l["status"] == 403 && l["principal"] == "user-key"));
+    let log = gw.daemon.log_text();
+    let mut secrets: Vec<String> = gw.keys.values().cloned().collect();
+    secrets.extend(gw.keys.values().map(|k| k.split_once('.').unwrap().1.to_string()));
+    secrets.extend([alice.clone(), bob.clone()]);
+    secrets.extend([&alice, &bob].iter().map(|t| t.rsplit('.').next().unwrap().to_string()));
+    for s in &secrets {
+        assert!(!audit.contains(s.as_str()), "a credential is in the audit log");
+        assert!(!log.contains(s.as_str()), "a credential is in the daemon log");
+    }
+
+    assert!(
+        metric(
+            &gw,
+            "secgate_gateway_requests_total",
+            &[("route", "admin"), ("status", "200"), ("decision", "allow")]
+        ) >= 5.0
+    );
+    assert!(
+        metric(&gw, "secgate_gateway_requests_total", &[("route", "admin"), ("status", "401")])
+            >= 5.0
+    );
+    assert!(
+        metric(
+            &gw,
+            "secgate_gateway_requests_total",
+            &[("status", "404"), ("decision", "not_found")]
+        ) >= 1.0
+    );
+    assert!(metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "ok")]) >= 20.0);
+    assert!(metric(&gw, "secgate_gateway_upstream_seconds_count", &[]) >= 10.0);
+}
+
+/// Tokens that must all be refused: (what, token).
+fn jwt_corpus(issuer: &Issuer) -> Vec<(&'static str, String)> {
+    let good = claims("mallory", json!({ "scope": "admin" }));
+    let head = json!({ "alg": "ES256", "typ": "JWT", "kid": issuer.kid });
+    let with = |extra: serde_json::Value| {
+        let mut h = head.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        issuer.sign(&h, &good)
+    };
+    let claim = |c: serde_json::Value| issuer.token(&claims("mallory", c));
+    let stranger = Issuer::new(&issuer.kid);
+    let mut tampered = issuer.token(&claims("mallory", json!({ "scope": "user" })));
+    let parts: Vec<&str> = tampered.split('.').collect();
+    tampered = format!("{}.{}.{}", parts[0], jwt::b64(&good), parts[2]);
+    let mut big = json!({ "scope": "admin" });
+    big["pad"] = json!("x".repeat(9000));
+    let jwk = issuer.jwk();
+    vec![
+        ("alg none", unsigned(&json!({ "alg": "none", "typ": "JWT" }), &good)),
+        ("alg None", unsigned(&json!({ "alg": "None", "typ": "JWT" }), &good)),
+        ("alg NONE", unsigned(&json!({ "alg": "NONE", "kid": issuer.kid }), &good)),
+        ("alg nOnE", unsigned(&json!({ "alg": "nOnE" }), &good)),
+        ("HS256 keyed with the public key PEM", hs256(issuer.public_pem.as_bytes(), &json!({ "alg": "HS256", "kid": issuer.kid }), &good)),
+        ("HS256 keyed with the JWK", hs256(jwk.to_string().as_bytes(), &json!({ "alg": "HS256", "kid": issuer.kid }), &good)),
+        ("alg ES384 not allowed", with(json!({ "alg": "ES384" }))),
+        ("unknown kid", with(json!({ "kid": "k9" }))),
+        ("path-like kid", with(json!({ "kid": "../../../../etc/passwd" }))),
+        ("kid with a slash", with(json!({ "kid": "keys/k1" }))),
+        ("no kid", issuer.sign(&json!({ "alg": "ES256", "typ": "JWT" }), &good)),
+        ("jku header", with(json!({ "jku": "https://198.18.0.2/jwks.json" }))),
+        ("x5u header", with(json!({ "x5u": "https://198.18.0.2/cert.pem" }))),
+        ("embedded jwk signed by it", stranger.sign(&json!({ "alg": "ES256", "kid": issuer.kid, "jwk": stranger.jwk() }), &good)),
+        ("x5c header", with(json!({ "x5c": ["MIIB"] }))),
+        ("crit header", with(json!({ "crit": ["exp"], "exp": 1 }))),
+        ("expired", claim(json!({ "exp": jwt::now() - 3600 }))),
+        ("not yet valid", claim(json!({ "nbf": jwt::now() + 3600 }))),
+        ("wrong iss", claim(json!({ "iss": "https://evil.test" }))),
+        ("wrong aud", claim(json!({ "aud": "someone-else" }))),
+        ("exp as a string", claim(json!({ "exp": (jwt::now() + 600).to_string() }))),
+        ("no exp", issuer.token(&json!({ "iss": jwt::ISSUER, "aud": jwt::AUDIENCE, "sub": "mallory", "scope": "admin" }))),
+        ("signed by another key with our kid", stranger.token(&good)),
+        ("payload changed after signing", tampered),
+        ("malformed base64 header", format!("!!!.{}.sig", jwt::b64(&good))),
+        ("header not JSON", format!("bm90anNvbg.{}.sig", jwt::b64(&good))),
+        ("claims not JSON", format!("{}.bm90anNvbg.{}", jwt::b64(&head), "c2ln")),
+        ("four parts", format!("{}.extra", issuer.token(&good))),
+        ("oversized", issuer.token(&claims("mallory", big))),
+    ]
+}
+
+#[test]
+fn jwt_attacks_are_refused_before_the_upstream() {
+    if !privileged("jwt_attacks_are_refused_before_the_upstream") {
+        return;
+    }
+    let gw = Gw::start("gwj", Opts::default());
+    let corpus = jwt_corpus(&gw.issuer);
+    assert!(corpus.len() >= 20);
+    for (what, token) in &corpus {
+        let r = gw.get(CLIENT_V4, "/admin/jwt", &[("authorization", &bearer(token))]);
+        assert_json_error(&r, 401, "invalid_token");
+        assert_eq!(gw.up.count("/admin/jwt"), 0, "{what} reached the upstream");
+    }
+    // The same request with a good token goes through: the corpus fails for its flaw alone.
+    let good = gw.issuer.token(&claims("mallory", json!({ "scope": "admin" })));
+    assert_eq!(gw.get(CLIENT_V4, "/admin/jwt", &[("authorization", &bearer(&good))]).status, 200);
+    assert_eq!(gw.up.count("/admin/jwt"), 1);
+}
+
+#[test]
+fn path_tricks_never_reach_a_forbidden_route() {
+    if !privileged("path_tricks_never_reach_a_forbidden_route") {
+        return;
+    }
+    let gw = Gw::start("gwp", Opts::default());
+    let user = format!("Authorization: Bearer {}\r\n", gw.key("user-key"));
+    // (request target, extra header lines, status)
+    let corpus: Vec<(&str, String, u16)> = vec![
+        ("/admin/x", String::new(), 401),
+        ("/admin/x", user.clone(), 403),
+        ("/%61dmin/x", String::new(), 401),
+        ("/%61%64%6d%69%6e/x", user.clone(), 403),
+        ("//admin/x", String::new(), 401),
+        ("/public/../admin/x", String::new(), 401),
+        ("/public/%2e%2e/admin/x", user.clone(), 403),
+        ("/public/%2E%2E/admin/x", String::new(), 401),
+        ("/public/.%2e/admin/x", String::new(), 401),
+        ("/./admin/./x", String::new(), 401),
+        ("/public/..%2fadmin/x", String::new(), 400),
+        ("/public%2f..%2fadmin/x", String::new(), 400),
+        ("/admin%2fx", String::new(), 400),
+        ("/public/%5c../admin/x", String::new(), 400),
+        ("/public/\\../admin/x", String::new(), 400),
+        ("/%C0%AFadmin/x", String::new(), 400),
+        ("/public/%C0%AE%C0%AE/admin/x", String::new(), 400),
+        ("/public/%252e%252e/admin/x", String::new(), 400),
+        ("/admin;/x", String::new(), 400),
+        ("/public/..;/admin/x", String::new(), 400),
+        ("/admin%00/x", String::new(), 400),
+        ("/public/%2e%2e/%2e%2e/admin", String::new(), 400),
+        ("/ADMIN/x", String::new(), 404),
+        ("/Admin/x", user.clone(), 404),
+        ("/admin%2Fx", user.clone(), 400),
+        ("/public/x", "X-Original-URL: /admin/x\r\nX-Rewrite-URL: /admin/x\r\n".into(), 200),
+        ("https://api.test/admin/x", String::new(), 401),
+        ("/public/x?/../admin/x", String::new(), 200),
+    ];
+    assert!(corpus.len() >= 20);
+    for (target, extra, want) in &corpus {
+        let response = gw.rt.block_on(async {
+            let mut tls = gw
+                .tls(H1, None)
+                .connect(&gw.topo.client, CLIENT_V4, gw.addr())
+                .await
+                .expect("connect");
+            let req = format!(
+                "GET {target} HTTP/1.1\r\nHost: {HOST}\r\n{extra}Connection: close\r\n\r\n"
+            );
+            raw(&mut tls, req.as_bytes()).await
+        });
+        assert_eq!(
+            raw_status(&response),
+            *want,
+            "{target}: {}",
+            String::from_utf8_lossy(&response)
+        );
+    }
+    for seen in gw.up.seen() {
+        let path = seen.path_and_query.split('?').next().unwrap().to_ascii_lowercase();
+        assert!(!path.contains("admin") && !path.contains("%"), "{seen:?} reached the upstream");
+        assert!(
+            !seen.headers.contains_key("x-original-url")
+                && !seen.headers.contains_key("x-rewrite-url")
+        );
+    }
+    assert_eq!(gw.up.count("/public/x"), 2, "the two harmless requests were proxied");
+}
+
+/// A TLS ClientHello as a TLS 1.0 or 1.1 client sends it: no supported_versions extension.
+fn legacy_client_hello(minor: u8) -> Vec<u8> {
+    let mut sni = vec![0x00];
+    sni.extend((HOST.len() as u16).to_be_bytes());
+    sni.extend(HOST.as_bytes());
+    let mut sni_list = (sni.len() as u16).to_be_bytes().to_vec();
+    sni_list.extend(sni);
+    let mut ext = vec![0x00, 0x00];
+    ext.extend((sni_list.len() as u16).to_be_bytes());
+    ext.extend(sni_list);
+    let mut body = vec![0x03, minor];
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend([0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]);
+    body.extend([0x01, 0x00]);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![0x01, 0];
+    hs.extend((body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}
+
+/// Sends `bytes` on a plain TCP connection and returns what comes back within 3 s.
+fn plain_exchange(gw: &Gw, src: &str, dst: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    gw.rt.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A refused source is accepted and reset at once; the reset may already be there
+        // when the connect completes. Any other failure (refused, timeout) is a test failure.
+        let mut s = match tcp(&gw.topo.client, src, dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Vec::new(),
+            other => other.expect("TCP connect"),
+        };
+        let _ = s.write_all(bytes).await;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n @ 1..)) =
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await
+        {
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    })
+}
+
+/// A real rustls ClientHello for `api.test`.
+fn client_hello(tls: &Tls) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from(HOST).unwrap();
+    let mut conn = rustls::ClientConnection::new(tls.config.clone(), name).expect("client");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("client hello");
+    out
+}
+
+fn peer_cert(gw: &Gw, tls: &Tls) -> Vec<u8> {
+    gw.rt.block_on(async {
+        let s = tls.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.expect("connect");
+        s.get_ref().1.peer_certificates().expect("server certificate")[0].to_vec()
+    })
+}
+
+/// Whether a request over a connection made with `tls` fails (in the handshake, or at the
+/// first read under TLS 1.3, where the server judges the client's certificate after the
+/// client has finished).
+fn refused(gw: &Gw, tls: &Tls) -> bool {
+    gw.rt.block_on(async {
+        let Ok(stream) = tls.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await else {
+            return true;
+        };
+        let (mut send, conn) =
+            match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+            {
+                Ok(pair) => pair,
+                Err(_) => return true,
+            };
+        tokio::spawn(conn);
+        send.send_request(request("GET", HOST, "/health", &[], vec![])).await.is_err()
+    })
+}
+
+#[test]
+fn tls_versions_sni_and_client_certificates() {
+    if !privileged("tls_versions_sni_and_client_certificates") {
+        return;
+    }
+    let mut gw = Gw::start("gwt", Opts::default());
+    for minor in [1, 2] {
+        let answer = plain_exchange(&gw, CLIENT_V4, gw.addr(), &legacy_client_hello(minor));
+        assert!(!answer.is_empty(), "TLS 1.{}: the server answers with an alert", minor - 1);
+        assert_eq!(
+            answer[0],
+            0x15,
+            "TLS 1.{}: an alert record, never a ServerHello: {answer:?}",
+            minor - 1
+        );
+    }
+    assert!(
+        metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "incompatible")]) >= 2.0
+    );
+    let tls12 = Tls::with_versions(&gw.pki.ca_pem, HOST, H1, None, &[&rustls::version::TLS12]);
+    assert!(!refused(&gw, &tls12), "TLS 1.2 is accepted with min_version 1.2");
+
+    // SNI picks the certificate; an unknown name gets the default one.
+    assert_eq!(peer_cert(&gw, &gw.tls(H1, None)), gw.api_der);
+    let other = Tls::new(&gw.pki.ca_pem, OTHER_HOST, H1, None);
+    assert_eq!(peer_cert(&gw, &other), gw.other_der);
+
+    // Optional client certificates: none is fine, a valid one names the principal.
+    let svc_a = gw.pki.client("svc-a.clients.test", "svc-a");
+    assert_eq!(gw.get(CLIENT_V4, "/health", &[]).status, 200);
+    let r = gw.send(&gw.tls(H1, None), CLIENT_V4, "GET", "/svc/x", &[]);
+    assert_json_error(&r, 401, "invalid_request");
+    assert_eq!(
+        gw.send(&gw.tls(H1, Some(svc_a.clone())), CLIENT_V4, "GET", "/svc/x", &[]).status,
+        200
+    );
+    let rogue = Pki::new(&gw.dir.join("rogue"), "rogue").client("svc-a.clients.test", "svc-a");
+    assert!(
+        refused(&gw, &gw.tls(H1, Some(rogue.clone()))),
+        "a certificate from another CA fails even when optional"
+    );
+
+    // Required: no certificate, no connection.
+    let (code, _, err) = gw.reload(&Opts { client_auth: "required", ..Opts::default() });
+    assert_eq!(code, 0, "{err}");
+    assert!(refused(&gw, &gw.tls(H1, None)), "no client certificate under client_auth = required");
+    assert!(refused(&gw, &gw.tls(H1, Some(rogue))));
+    assert_eq!(
+        gw.send(&gw.tls(H2, Some(svc_a.clone())), CLIENT_V4, "GET", "/svc/x", &[]).status,
+        200
+    );
+    assert!(
+        metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "no_certificate")])
+            >= 1.0
+    );
+
+    // min_version 1.3 turns TLS 1.2 clients away.
+    let (code, _, err) = gw.reload(&Opts { min_version: "1.3", ..Opts::default() });
+    assert_eq!(code, 0, "{err}");
+    assert!(refused(&gw, &tls12), "TLS 1.2 is refused with min_version 1.3");
+    assert_eq!(gw.get(CLIENT_V4, "/health", &[]).status, 200);
+}
+
+#[test]
+fn a_banned_source_is_closed_before_any_tls_byte() {
+    if !privileged("a_banned_source_is_closed_before_any_tls_byte") {
+        return;
+    }
+    // Monitor mode: XDP lets the banned packets through, so the gateway must refuse them.
+    let gw = Gw::start("gwb", Opts { datapath_extra: "mode = \"monitor\"", ..Opts::default() });
+    let hello = client_hello(&gw.tls(H1, None));
+    let answer = plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello);
+    assert_eq!(answer.first(), Some(&0x16), "not banned: a ServerHello comes back");
+    gw.daemon.ok(&["ban", "add", CLIENT_V4]);
+    gw.daemon.ok(&["ban", "add", "fd00:18::/64"]);
+    let before = metric(&gw, "secgate_gateway_connections_closed_total", &[("reason", "banned")]);
+    assert!(
+        plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello).is_empty(),
+        "banned: not one byte back"
+    );
+    let v6 = std::net::SocketAddr::new(GW_V6.parse().unwrap(), PORT);
+    assert!(
+        plain_exchange(&gw, CLIENT_V6, v6, &hello).is_empty(),
+        "a banned /64: not one byte back"
+    );
+    assert_eq!(
+        metric(&gw, "secgate_gateway_connections_closed_total", &[("reason", "banned")]) - before,
+        2.0
+    );
+    let stats = gw.daemon.json(&["stats", "--json"]);
+    assert!(
+        stats["reasons"]["deny"]["packets"].as_u64().unwrap() > 0,
+        "XDP saw them as banned: {stats}"
+    );
+    assert_eq!(
+        plain_exchange(&gw, OTHER_V4, gw.addr(), &hello).first(),
+        Some(&0x16),
+        "others are served"
+    );
+    gw.daemon.ok(&["allow", "add", CLIENT_V4]);
+    assert_eq!(gw.get(CLIENT_V4, "/health", &[]).status, 200, "the allowlist wins over a ban");
+    gw.daemon.ok(&["allow", "del", CLIENT_V4]);
+    gw.daemon.ok(&["ban", "del", CLIENT_V4]);
+    assert_eq!(gw.get(CLIENT_V4, "/health", &[]).status, 200, "lifting the ban lets it back");
+}
+
+#[test]
+fn certificates_are_replaced_without_dropping_connections() {
+    if !privileged("certificates_are_replaced_without_dropping_connections") {
+        return;
+    }
+    let gw = Gw::start("gwc", Opts::default());
+    let tls = gw.tls(H1, None);
+    gw.rt.block_on(async {
+        let stream = tls.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.expect("connect");
+        assert_eq!(
+            stream.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+            gw.api_der.as_slice()
+        );
+        let mut open = Http::over(stream).await;
+        let first =
+            open.send(request("GET", HOST, "/public/open", &[], vec![])).await.expect("first");
+        assert_eq!(first.status, 200);
+
+        // New files on disk: new connections get them, without a reload.
+        let (_, _, fresh) = gw.pki.server("api", &[HOST]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = tls.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.expect("connect");
+            if s.get_ref().1.peer_certificates().unwrap()[0].as_ref() == fresh.as_slice() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new certificate was not picked up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let again =
+            open.send(request("GET", HOST, "/public/open", &[], vec![])).await.expect("still open");
+        assert_eq!(again.status, 200, "the connection opened before the change keeps working");
+    });
+    // A broken certificate file is refused and the working one stays.
+    std::fs::write(gw.dir.join("api.pem"), "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        gw.get(CLIENT_V4, "/health", &[]).status,
+        200,
+        "served with the last good certificate"
+    );
+    assert!(gw.daemon.log_text().contains("cannot be used, the old ones stay"));
+    let (code, _, err) = gw.daemon.cli(&["reload"]);
+    assert_ne!(code, 0, "a reload with a broken certificate is refused");
+    assert!(err.contains("api.pem"), "the error names the file: {err}");
+    // And `secgate reload` takes a fixed one at once.
+    let (_, _, third) = gw.pki.server("api", &[HOST]);
+    gw.daemon.ok(&["reload"]);
+    assert_eq!(peer_cert(&gw, &tls), third);
+}
+
+#[test]
+fn http2_floods_are_cut_while_others_are_served() {
+    if !privileged("http2_floods_are_cut_while_others_are_served") {
+        return;
+    }
+    let gw = Gw::start("gwf", Opts::default());
+    let h2 = gw.tls(H2, None);
+    let (rapid, continuation, served) = gw.rt.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let good = {
+            let stream = h2.connect(&gw.topo.client, OTHER_V4, gw.addr()).await.expect("connect");
+            let mut http = Http::over(stream).await;
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http.send(request("GET", HOST, "/public/good", &[], vec![])).await;
+                    statuses.push(r.map(|r| r.status).unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                statuses
+            })
+        };
+        let flood = h2.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.expect("connect");
+        let rapid = h2raw::flood(flood, h2raw::rapid_reset(HOST, "/public/rr", 20_000)).await;
+        let flood = h2.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.expect("connect");
+        let continuation =
+            h2raw::flood(flood, h2raw::continuation_flood(HOST, "/public/cont", 200_000)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (rapid, continuation, good.await.expect("good client"))
+    });
+    assert!(rapid.closed && rapid.written < 20_000, "rapid reset is cut: {rapid:?}");
+    assert!(
+        gw.up.count("/public/rr") <= 200,
+        "{} reset requests reached the upstream",
+        gw.up.count("/public/rr")
+    );
+    assert!(
+        continuation.closed && continuation.written < 200_000,
+        "CONTINUATION flood is cut: {continuation:?}"
+    );
+    assert_eq!(gw.up.count("/public/cont"), 0);
+    assert!(served.len() >= 10 && served.iter().all(|&s| s == 200), "the other client: {served:?}");
+    assert!(gw.get(CLIENT_V4, "/health", &[]).status == 200, "the flooder may connect again");
+}
+
+#[test]
+fn proxying_streams_rewrites_headers_and_reports_upstream_failures() {
+    if !privileged("proxying_streams_rewrites_headers_and_reports_upstream_failures") {
+        return;
+    }
+    let mut gw = Gw::start("gwx", Opts::default());
+    let body = vec![b'u'; 8 << 20];
+    for alpn in [H1, H2] {
+        let (up, down) = gw.rt.block_on(async {
+            let stream = gw
+                .tls(alpn, None)
+                .connect(&gw.topo.client, CLIENT_V4, gw.addr())
+                .await
+                .expect("connect");
+            let mut http = Http::over(stream).await;
+            let up = http
+                .send(request("POST", HOST, "/public/upload", &[], body.clone()))
+                .await
+                .expect("upload");
+            let down = http
+                .send(request("GET", HOST, "/public/big", &[], vec![]))
+                .await
+                .expect("download");
+            (up, down)
+        });
+        assert_eq!(up.json()["received"], body.len(), "{alpn:?}");
+        assert_eq!(down.body.len(), secgate_tests::gateway::upstream::BIG_BYTES, "{alpn:?}");
+    }
+    gw.up.clear();
+    let r = gw.get(
+        CLIENT_V4,
+        "/public/headers",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-up-hop").is_none() && r.header("keep-alive").is_none(),
+        "hop-by-hop headers stay upstream: {r:?}"
+    );
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    let seen = gw.up.seen().pop().expect("proxied");
+    assert_eq!(seen.headers["x-forwarded-for"], CLIENT_V4);
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    let forwarded = seen.headers["forwarded"].to_str().unwrap();
+    assert!(forwarded.starts_with(&format!("for={CLIENT_V4};proto=https")), "{forwarded}");
+    assert!(!seen.headers.contains_key("x-secret") && !seen.headers.contains_key("connection"));
+
+    let slow = gw.get(CLIENT_V4, "/public/slow", &[]);
+    assert_json_error(&slow, 504, "gateway_timeout");
+    let (code, _, err) =
+        gw.reload(&Opts { upstream: Some("http://127.0.0.1:1".into()), ..Opts::default() });
+    assert_eq!(code, 0, "{err}");
+    assert_json_error(&gw.get(CLIENT_V4, "/public/x", &[]), 502, "bad_gateway");
+    assert!(
+        metric(
+            &gw,
+            "secgate_gateway_requests_total",
+            &[("status", "502"), ("decision", "bad_gateway")]
+        ) >= 1.0
+    );
+
+    // Listen addresses are bound once: a reload that changes them is refused, nothing changes.
+    let mut moved =
+        gw.config(&Opts::default()).replace(&format!("{GW_V4}:{PORT}"), &format!("{GW_V4}:9443"));
+    std::mem::swap(&mut gw.daemon.extra, &mut moved);
+    gw.daemon.write_config(&gw.topo.gw_if, "");
+    let (code, _, err) = gw.daemon.cli(&["reload"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("listen") && err.contains("restart"), "{err}");
+    assert_json_error(&gw.get(CLIENT_V4, "/public/x", &[]), 502, "bad_gateway");
+}
