@@ -63,7 +63,8 @@ fn every_auth_method_and_role_is_allowed_or_refused_as_configured() {
     };
 
     // (source, path, credential, status)
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, u16);
+    let cases: Vec<Case> = vec![
         (CLIENT_V4, "/health", vec![], 200),
         (CLIENT_V4, "/public/x", vec![], 200),
         (CLIENT_V4, "/admin/x", vec![], 401),
@@ -239,6 +240,9 @@ fn every_auth_method_and_role_is_allowed_or_refused_as_configured() {
     );
     assert!(metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "ok")]) >= 20.0);
     assert!(metric(&gw, "secgate_gateway_upstream_seconds_count", &[]) >= 10.0);
+    let lost =
+        secgate_tests::metrics::sample(&scrape(&gw.topo), "secgate_gateway_audit_lost_total", None);
+    assert_eq!(lost, 0.0, "no audit line is lost at this rate");
 }
 
 /// Tokens that must all be refused: (what, token).

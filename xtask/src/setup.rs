@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("nftables", "nft"),
     ("strace", "strace"),
+    ("curl", "curl"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";

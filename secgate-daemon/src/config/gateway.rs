@@ -12,6 +12,7 @@ use super::{
     values,
 };
 use crate::gateway::{
+    authn::Methods,
     proxy::UpstreamSettings,
     settings::{
         ConnLimits, DEFAULT_LIMITS, DEFAULT_TIMEOUTS, DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings,
@@ -42,9 +43,17 @@ pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<Gate
     let timeouts = timeouts(c, g);
     let limits = limits(c, &g.limits);
     let tls = tls(c, &g.tls);
-    let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    // From the raw table: a broken certificate elsewhere must not add a false mTLS problem.
+    let client_ca = g.tls.get_ref().client_ca.is_some();
     let auth = super::auth::authenticator(c, raw.auth.as_ref(), client_ca);
-    let routes = auth.as_ref().and_then(|a| super::routes::routes(c, &raw.routes, a));
+    // Routes are checked against the tables the operator wrote, even when one of them has a
+    // problem of its own, so that every problem is listed in one run.
+    let configured = raw.auth.as_ref().map_or(Methods::default(), |a| Methods {
+        api_key: !a.get_ref().api_keys.is_empty(),
+        jwt: a.get_ref().jwt.is_some(),
+        mtls: a.get_ref().mtls.is_some(),
+    });
+    let routes = super::routes::routes(c, &raw.routes, configured);
     Some(Some(GatewaySettings {
         listen: listen?,
         tls: tls?,
@@ -181,7 +190,11 @@ fn pair(c: &mut Check<'_>, cert: &Spanned<String>, key: &Spanned<String>) -> Opt
     let cert_path = file(c, cert, "cert");
     let key_path = file(c, key, "key");
     let (cert_path, key_path) = (cert_path?, key_path?);
-    c.take(cert, tls::load_pair(&cert_path, &key_path))
+    match tls::load_pair(&cert_path, &key_path) {
+        Ok(pair) => Some(pair),
+        Err(e @ tls::PairError::Cert(_)) => c.take(cert, Err(e.to_string())),
+        Err(e @ tls::PairError::Key(_)) => c.take(key, Err(e.to_string())),
+    }
 }
 
 fn sni_certs(c: &mut Check<'_>, t: &RawTls) -> Option<Vec<(String, tls::Pair)>> {

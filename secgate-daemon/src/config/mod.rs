@@ -272,4 +272,6 @@ impl DatapathSettings {
 }
 
 #[cfg(test)]
+mod gateway_tests;
+#[cfg(test)]
 mod tests;

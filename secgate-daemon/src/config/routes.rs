@@ -6,23 +6,26 @@ use toml::Spanned;
 
 use super::{auth::names, raw::RawRoute, validate::Check, values};
 use crate::gateway::{
-    authn::{Authenticator, Methods},
+    authn::Methods,
     routes::{PathPattern, Route},
 };
 
 pub(super) fn routes(
     c: &mut Check<'_>,
     raw: &[Spanned<RawRoute>],
-    auth: &Authenticator,
+    configured: Methods,
 ) -> Option<Vec<Route>> {
     let mut out: Vec<Route> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
     let mut ok = true;
     for r in raw {
-        match route(c, r.get_ref(), auth) {
-            Some(route) if out.iter().any(|o| o.name == route.name) => {
-                c.say(&r.get_ref().name, format!("route name {:?} is given twice", route.name));
-                ok = false;
-            }
+        let name = r.get_ref().name.get_ref();
+        if names.contains(&name.as_str()) {
+            c.say(&r.get_ref().name, format!("route name {name:?} is given twice"));
+            ok = false;
+        }
+        names.push(name);
+        match route(c, r.get_ref(), configured) {
             Some(route) => {
                 if let Some(earlier) =
                     out.iter().find(|o| o.pattern.as_str() == route.pattern.as_str())
@@ -44,7 +47,7 @@ pub(super) fn routes(
     ok.then_some(out)
 }
 
-fn route(c: &mut Check<'_>, r: &RawRoute, auth: &Authenticator) -> Option<Route> {
+fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> {
     let name = r.name.get_ref();
     let name_ok = (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -56,7 +59,7 @@ fn route(c: &mut Check<'_>, r: &RawRoute, auth: &Authenticator) -> Option<Route>
     }
     let pattern = c.take(&r.path, PathPattern::parse(r.path.get_ref()));
     let methods = r.methods.as_ref().map_or(Some(None), |m| methods(c, m).map(Some));
-    let accepts = accepts(c, r, auth);
+    let accepts = accepts(c, r, configured);
     let allow_roles = names(c, &r.allow_roles, "role");
     let allow_principals = names(c, &r.allow_principals, "principal");
     let allow_cidrs: Option<Vec<_>> = r
@@ -123,12 +126,7 @@ fn methods(c: &mut Check<'_>, m: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<M
 }
 
 /// The methods a route accepts; each must be configured in `[auth]`.
-fn accepts(c: &mut Check<'_>, r: &RawRoute, auth: &Authenticator) -> Option<Methods> {
-    let configured = Methods {
-        api_key: !auth.api_keys.is_empty(),
-        jwt: auth.jwt.is_some(),
-        mtls: auth.mtls.is_some(),
-    };
+fn accepts(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Methods> {
     let Some(list) = &r.auth else {
         if configured.none() {
             c.say(&r.name, format!(

@@ -60,20 +60,38 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
+/// What is wrong with a certificate and key pair, by the file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    #[error("{0}")]
+    Cert(String),
+    #[error("{0}")]
+    Key(String),
+}
+
 /// Loads a PEM certificate chain and its PEM private key, and checks that they belong
 /// together. Errors name the file and say what is wrong.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<Pair, String> {
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Pair, PairError> {
+    let bad_cert =
+        |e: &dyn std::fmt::Display| PairError::Cert(format!("certificate {}: {e}", cert.display()));
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("certificate {}: {e}", cert.display()))?
+        .map_err(|e| bad_cert(&e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+        .map_err(|e| bad_cert(&e))?;
     if chain.is_empty() {
-        return Err(format!("certificate {} holds no PEM certificate", cert.display()));
+        return Err(PairError::Cert(format!(
+            "certificate {} holds no PEM certificate",
+            cert.display()
+        )));
     }
     let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("private key {}: {e}", key.display()))?;
+        .map_err(|e| PairError::Key(format!("private key {}: {e}", key.display())))?;
     let certified = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
-        format!("private key {} does not fit certificate {}: {e}", key.display(), cert.display())
+        PairError::Key(format!(
+            "private key {} does not fit certificate {}: {e}",
+            key.display(),
+            cert.display()
+        ))
     })?;
     Ok(Pair { cert: cert.to_owned(), key: key.to_owned(), certified: Arc::new(certified) })
 }
@@ -105,7 +123,7 @@ impl TlsSettings {
 
     /// The same settings loaded again from their files (after the files changed).
     pub fn reload(&self) -> Result<TlsSettings, String> {
-        let again = |p: &Pair| load_pair(&p.cert, &p.key);
+        let again = |p: &Pair| load_pair(&p.cert, &p.key).map_err(|e| e.to_string());
         Ok(TlsSettings {
             default: again(&self.default)?,
             sni: self

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use argon2::{Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _};
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
+};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -55,13 +57,7 @@ impl KeyHash {
 
     /// An argon2id PHC string for `key`, with a fresh salt.
     pub fn argon2(key: &str) -> String {
-        let bytes: [u8; 16] = rand::random();
-        let salt = argon2::password_hash::SaltString::encode_b64(&bytes)
-            .expect("16 bytes make a valid salt");
-        Argon2::default()
-            .hash_password(key.as_bytes(), &salt)
-            .expect("argon2 hashes any input")
-            .to_string()
+        argon2_with(Params::default(), key)
     }
 }
 
@@ -101,12 +97,9 @@ pub struct ApiKeys {
 
 impl ApiKeys {
     pub fn new(keys: Vec<ApiKey>) -> ApiKeys {
-        let costly = keys.iter().any(|k| matches!(k.hash, KeyHash::Argon2(_)));
-        let dummy = if costly {
-            KeyHash::Argon2(KeyHash::argon2("dummy"))
-        } else {
-            KeyHash::Sha256([0; 32])
-        };
+        let dummy = costliest_params(&keys).map_or(KeyHash::Sha256([0; 32]), |params| {
+            KeyHash::Argon2(argon2_with(params, "dummy"))
+        });
         ApiKeys { by_id: keys.into_iter().map(|k| (k.id.clone(), k)).collect(), dummy: Some(dummy) }
     }
 
@@ -127,6 +120,29 @@ impl ApiKeys {
             }
         }
     }
+}
+
+/// The argon2 parameters of the configured hash that costs the most to check, so that
+/// checking an unknown id takes as long as checking the slowest real one.
+fn costliest_params(keys: &[ApiKey]) -> Option<Params> {
+    keys.iter()
+        .filter_map(|k| match &k.hash {
+            KeyHash::Argon2(phc) => {
+                PasswordHash::new(phc).ok().and_then(|h| Params::try_from(&h).ok())
+            }
+            KeyHash::Sha256(_) => None,
+        })
+        .max_by_key(|p| u64::from(p.m_cost()) * u64::from(p.t_cost()) * u64::from(p.p_cost()))
+}
+
+fn argon2_with(params: Params, key: &str) -> String {
+    let bytes: [u8; 16] = rand::random();
+    let salt =
+        argon2::password_hash::SaltString::encode_b64(&bytes).expect("16 bytes make a valid salt");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(key.as_bytes(), &salt)
+        .expect("argon2 hashes any input with valid parameters")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -151,6 +167,28 @@ mod tests {
         assert!(keys.authenticate("ci-bot.wrong").is_none());
         assert!(keys.authenticate("nobody.x").is_none());
         assert!(keys.authenticate("no-dot").is_none());
+    }
+
+    #[test]
+    fn an_unknown_id_costs_as_much_as_the_slowest_known_key() {
+        let params = Params::new(32 * 1024, 3, 1, None).unwrap();
+        let slow = ApiKey {
+            id: "slow".into(),
+            hash: KeyHash::Argon2(argon2_with(params, "slow.k")),
+            roles: vec![],
+        };
+        let fast = ApiKey {
+            id: "fast".into(),
+            hash: KeyHash::parse(&KeyHash::argon2("fast.k")).unwrap(),
+            roles: vec![],
+        };
+        let keys = ApiKeys::new(vec![fast, slow]);
+        let Some(KeyHash::Argon2(dummy)) = &keys.dummy else {
+            panic!("an argon2 dummy: {:?}", keys.dummy)
+        };
+        let dummy = Params::try_from(&PasswordHash::new(dummy).unwrap()).unwrap();
+        assert_eq!((dummy.m_cost(), dummy.t_cost(), dummy.p_cost()), (32 * 1024, 3, 1));
+        assert!(keys.authenticate("slow.k").is_some());
     }
 
     #[test]

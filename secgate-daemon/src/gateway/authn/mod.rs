@@ -22,7 +22,7 @@ pub enum Method {
 }
 
 /// The authentication methods a route accepts (`none` is an empty set).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Methods {
     pub api_key: bool,
     pub jwt: bool,
