@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use crate::gateway::authn::api_key::{self, KeyHash};
+use crate::gateway::authn::{
+    self,
+    api_key::{self, KeyHash},
+};
 
 /// A fresh key, its hash and the config entry for it.
 #[derive(Debug, Serialize)]
@@ -37,8 +40,8 @@ pub fn new(id: Option<&str>, roles: &[String], argon2: bool) -> Result<NewKey, S
         Some(id) => return Err(format!("invalid id {id:?}: 1–64 letters, digits, `-` or `_`")),
         None => format!("key-{:08x}", rand::random::<u32>()),
     };
-    if let Some(bad) = roles.iter().find(|r| r.is_empty() || r.contains(char::is_whitespace)) {
-        return Err(format!("invalid role {bad:?}: non-empty and without spaces"));
+    if let Some(bad) = roles.iter().find(|r| !authn::valid_name(r)) {
+        return Err(format!("invalid role {bad:?}: {}", authn::NAME_RULE));
     }
     let key = api_key::new_key(&id);
     let hash = hash(&key, argon2)?;
@@ -58,10 +61,11 @@ pub fn hash(key: &str, argon2: bool) -> Result<String, String> {
     };
     if !api_key::valid_id(id)
         || secret.is_empty()
+        || secret.contains('.')
         || key.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(
-            "the key is not <id>.<secret> with an id of letters, digits, `-` or `_` and no spaces"
+            "the key is not <id>.<secret> with an id of letters, digits, `-` or `_`, no further `.` (it would read as a JWT) and no spaces"
                 .into(),
         );
     }
@@ -104,5 +108,9 @@ mod tests {
         assert!(hash("nodot", false).unwrap_err().contains("<id>.<secret>"));
         assert!(hash("id.", false).is_err());
         assert!(hash("id.se cret", false).is_err());
+        assert!(
+            hash("id.se.cret", false).unwrap_err().contains("JWT"),
+            "a secret with a dot reads as a JWT"
+        );
     }
 }

@@ -311,6 +311,9 @@ impl Daemon {
             .arg(secgate_bin())
             .args(["run", "-c"])
             .arg(&self.config)
+            // A gateway daemon logs its own debug lines too, so that the tests that grep the
+            // log for credentials see everything it could write.
+            .env("SECGATE_LOG", if self.extra.is_empty() { "info" } else { "secgate=debug,info" })
             .stderr(log)
             .spawn()
             .expect("spawn secgate run");

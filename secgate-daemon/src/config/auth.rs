@@ -13,7 +13,7 @@ use super::{
     values,
 };
 use crate::gateway::authn::{
-    Authenticator, MtlsSettings,
+    self, Authenticator, MtlsSettings,
     api_key::{self, ApiKey, ApiKeys, KeyHash},
     jwt::{self, JwtKeys, JwtSettings},
     mtls::PrincipalFrom,
@@ -70,6 +70,21 @@ fn api_keys(c: &mut Check<'_>, raw: &[Spanned<RawApiKey>]) -> Option<ApiKeys> {
             _ => ok = false,
         }
     }
+    // One cost for every key: with a cheap and a costly hash side by side, the response
+    // time would tell which ids exist (an unknown id is checked against one dummy).
+    // (Only when every entry parsed, so that `keys` and `raw` line up.)
+    if ok && let Some(first) = keys.first() {
+        let want = first.hash.cost();
+        for (k, raw) in keys.iter().zip(raw).skip(1) {
+            if k.hash.cost() != want {
+                c.say(&raw.get_ref().hash, format!(
+                    "API key {:?} is hashed with {}, but {:?} with {want}: give every key the same kind of hash (and argon2 parameters), or response times tell which ids exist",
+                    k.id, k.hash.cost(), first.id
+                ));
+                ok = false;
+            }
+        }
+    }
     ok.then(|| ApiKeys::new(keys))
 }
 
@@ -79,11 +94,8 @@ pub(super) fn names(c: &mut Check<'_>, raw: &[Spanned<String>], what: &str) -> O
     let mut ok = true;
     for n in raw {
         let s = n.get_ref();
-        if s.is_empty()
-            || s.len() > 256
-            || s.chars().any(|ch| ch.is_whitespace() || ch.is_control())
-        {
-            c.say(n, format!("invalid {what} {s:?}: non-empty, at most 256 characters, no spaces"));
+        if !authn::valid_name(s) {
+            c.say(n, format!("invalid {what} {s:?}: {}", authn::NAME_RULE));
             ok = false;
         }
     }

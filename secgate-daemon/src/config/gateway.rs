@@ -89,13 +89,22 @@ fn listen(c: &mut Check<'_>, g: &RawGateway) -> Option<Vec<SocketAddr>> {
     ok.then_some(out)
 }
 
-/// A duration, or `default` when absent; `None` if invalid (recorded).
-pub(super) fn duration(
-    c: &mut Check<'_>,
-    v: &Option<Spanned<String>>,
-    default: Duration,
-) -> Option<Duration> {
-    v.as_ref().map_or(Some(default), |v| c.take(v, values::duration(v.get_ref())))
+/// Longest gateway timeout: past an hour a timeout protects nothing, and deadlines computed
+/// from a huge one would overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A timeout, or `default` when absent; `None` if invalid (recorded).
+fn duration(c: &mut Check<'_>, v: &Option<Spanned<String>>, default: Duration) -> Option<Duration> {
+    v.as_ref().map_or(Some(default), |v| {
+        let d = values::duration(v.get_ref()).and_then(|d| {
+            if d > MAX_TIMEOUT {
+                Err(format!("timeout {:?} is longer than 1h", v.get_ref()))
+            } else {
+                Ok(d)
+            }
+        });
+        c.take(v, d)
+    })
 }
 
 fn timeouts(c: &mut Check<'_>, g: &RawGateway) -> Option<Timeouts> {
@@ -118,10 +127,18 @@ fn limits(c: &mut Check<'_>, l: &RawGatewayLimits) -> Option<ConnLimits> {
         int(&l.max_concurrent_streams, "max_concurrent_streams", 1, 1000, d.max_concurrent_streams);
     let max_connections =
         int(&l.max_connections, "max_connections", 1, 1_000_000, d.max_connections);
+    let max_connections_per_source = int(
+        &l.max_connections_per_source,
+        "max_connections_per_source",
+        1,
+        1_000_000,
+        d.max_connections_per_source,
+    );
     Some(ConnLimits {
         max_header_bytes: max_header_bytes?,
         max_concurrent_streams: max_concurrent_streams?,
         max_connections: max_connections?,
+        max_connections_per_source: max_connections_per_source?,
     })
 }
 
@@ -182,7 +199,7 @@ fn tls(c: &mut Check<'_>, t: &Spanned<RawTls>) -> Option<TlsSettings> {
         client_auth: client_auth?,
     };
     // Building the rustls config once here catches what only it would refuse.
-    let built = settings.server_config().map(|_| ());
+    let built = tls::ticketer().and_then(|t| settings.server_config(t)).map(|_| ());
     c.take(&t.cert, built).map(|()| settings)
 }
 

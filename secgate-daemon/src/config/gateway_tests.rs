@@ -241,6 +241,20 @@ fn auth_and_routes_need_a_gateway() {
 }
 
 #[test]
+fn gateway_timeouts_are_bounded() {
+    let f = Files::new("timeouts");
+    let text = good(&f).replacen(
+        "[gateway.tls]",
+        "idle_timeout = \"2h\"\n[gateway.limits]\nheader_timeout = \"0s\"\n[gateway.tls]",
+        1,
+    );
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|p| p.contains("\"2h\" is longer than 1h")), "{shown:#?}");
+    assert!(shown.iter().any(|p| p.contains("longer than zero")), "{shown:#?}");
+}
+
+#[test]
 fn relative_paths_are_refused() {
     let f = Files::new("relative");
     let text = good(&f).replacen(&f.path("api.key"), "api.key", 1);
@@ -266,4 +280,33 @@ proptest::proptest! {
             proptest::prop_assert!(problems.iter().all(|p| !p.message.is_empty()));
         }
     }
+}
+
+#[test]
+fn keys_share_one_hash_cost_and_principals_name_their_method() {
+    let f = Files::new("costs");
+    let argon2 = crate::gateway::authn::api_key::KeyHash::argon2("ci.secret");
+    // A second key, hashed with argon2 next to the sha256 one, before [auth.jwt].
+    let entry = format!("[[auth.api_keys]]\nid = \"slow\"\nhash = \"{argon2}\"\nroles = []\n");
+    let text = good(&f).replacen("[auth.jwt]", &format!("{entry}[auth.jwt]"), 1);
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|p| p.contains("same kind of hash")), "{shown:#?}");
+    assert_eq!(shown.len(), 1, "{shown:#?}");
+
+    let text = replace(
+        &good(&f),
+        &[(
+            "allow_roles = [\"deploy\"]",
+            "auth = [\"api_key\"]\nallow_principals = [\"ci\", \"mtls:svc\", \"api_key:ci\"]",
+        )],
+    );
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|p| p.contains("\"ci\" must say how it is proven")), "{shown:#?}");
+    assert!(
+        shown.iter().any(|p| p.contains("\"mtls:svc\" can never call this route")),
+        "{shown:#?}"
+    );
+    assert_eq!(shown.len(), 2, "{shown:#?}");
 }

@@ -152,7 +152,8 @@ pub struct RawGateway {
     /// Where requests go: `http://host:port`.
     pub upstream: S<String>,
     pub tls: S<RawTls>,
-    /// A connection with no request in flight for this long is closed. Default `60s`.
+    /// A connection with no request in flight, or whose bytes have not moved, for this long
+    /// is closed gracefully (and dropped after as long again). Default `60s`.
     pub idle_timeout: Option<S<String>>,
     /// The upstream must send its response headers within this. Default `30s`.
     pub upstream_timeout: Option<S<String>>,
@@ -174,6 +175,9 @@ pub struct RawGatewayLimits {
     /// Open client connections at most; more are closed right after `accept`, 1–1000000.
     /// Default 10000.
     pub max_connections: Option<S<i64>>,
+    /// Open client connections from one source (an IPv4 address or an IPv6 /64) at most,
+    /// 1–1000000. Default 256.
+    pub max_connections_per_source: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::{auth::names, raw::RawRoute, validate::Check, values};
 use crate::gateway::{
-    authn::Methods,
+    authn::{self, Methods},
     routes::{PathPattern, Route},
 };
 
@@ -61,7 +61,8 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
     let methods = r.methods.as_ref().map_or(Some(None), |m| methods(c, m).map(Some));
     let accepts = accepts(c, r, configured);
     let allow_roles = names(c, &r.allow_roles, "role");
-    let allow_principals = names(c, &r.allow_principals, "principal");
+    let allow_principals = names(c, &r.allow_principals, "principal")
+        .and_then(|names| principals(c, &r.allow_principals, accepts.as_ref()).then_some(names));
     let allow_cidrs: Option<Vec<_>> = r
         .allow_cidrs
         .iter()
@@ -93,6 +94,28 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
         allow_principals: allow_principals?,
         allow_cidrs: allow_cidrs?,
     })
+}
+
+/// Each `allow_principals` entry names the method that proves it (`api_key:ci`,
+/// `jwt:alice`, `mtls:svc.example.com`), one the route accepts.
+fn principals(c: &mut Check<'_>, raw: &[Spanned<String>], accepts: Option<&Methods>) -> bool {
+    let mut ok = true;
+    for p in raw {
+        let text = p.get_ref();
+        match text.split_once(':').map(|(m, id)| (authn::Method::from_name(m), id)) {
+            Some((Some(m), id)) if !id.is_empty() => {
+                if accepts.is_some_and(|a| !a.none() && !a.contains(m)) {
+                    c.say(p, format!("principal {text:?} can never call this route: its auth does not list {:?}", m.name()));
+                    ok = false;
+                }
+            }
+            _ => {
+                c.say(p, format!("principal {text:?} must say how it is proven: \"api_key:<id>\", \"jwt:<sub>\" or \"mtls:<name>\""));
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 fn methods(c: &mut Check<'_>, m: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<Method>> {

@@ -30,7 +30,9 @@ pub fn authorize(route: &Route, principal: Option<&Principal>) -> Result<(), Den
         return if route.allow_cidrs.is_empty() { Err("route allows no one") } else { Ok(()) };
     }
     let by_role = route.allow_roles.iter().any(|r| principal.roles.contains(r));
-    let by_name = route.allow_principals.contains(&principal.id);
+    let by_name = route.allow_principals.iter().any(|p| {
+        p.split_once(':').is_some_and(|(m, id)| m == principal.via.name() && id == principal.id)
+    });
     if by_role || by_name { Ok(()) } else { Err("principal not allowed") }
 }
 
@@ -74,7 +76,15 @@ mod tests {
             authorize(&route(&["ops"], &[], &[], false), Some(&alice)),
             Err("principal not allowed")
         );
-        assert_eq!(authorize(&route(&["ops"], &["alice"], &[], false), Some(&alice)), Ok(()));
+        assert_eq!(
+            authorize(&route(&["ops"], &["api_key:alice"], &[], false), Some(&alice)),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&route(&["ops"], &["jwt:alice", "alice"], &[], false), Some(&alice)),
+            Err("principal not allowed"),
+            "a JWT subject or a bare name is not the API key alice"
+        );
         assert_eq!(authorize(&route(&[], &[], &["198.18.0.0/15"], false), Some(&alice)), Ok(()));
         assert_eq!(authorize(&route(&["admin"], &[], &[], false), None), Err("not authenticated"));
         assert_eq!(authorize(&route(&[], &[], &[], true), None), Ok(()));

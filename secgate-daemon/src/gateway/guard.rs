@@ -1,5 +1,6 @@
-//! A watch on each client connection's decrypted bytes: when it last moved (for the idle
-//! timeout), and, on HTTP/2, how fast the client resets streams.
+//! A watch on each client connection: when its decrypted bytes last moved and when it last
+//! had a request in flight (for the idle timeout), and, on HTTP/2, how fast the client
+//! resets streams.
 //!
 //! Hand-rolled because hyper exposes neither. h2 bounds resets only of streams the server
 //! has not accepted yet (`max_pending_accept_reset_streams`); a gateway that accepts
@@ -14,7 +15,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
@@ -32,26 +33,63 @@ const RST_STREAM: u8 = 0x3;
 pub const RESET_BURST: f64 = 100.0;
 pub const RESETS_PER_SEC: f64 = 10.0;
 
-/// When a connection's bytes last moved, shared with its idle timer.
+/// When a connection's bytes last moved and when it last had a request in flight, shared
+/// with its idle timer. Both count: a client that pings an HTTP/2 connection (or trickles a
+/// header block) without completing requests is idle, and so is one that stops reading a
+/// response.
 #[derive(Debug)]
 pub struct Activity {
     start: Instant,
-    last_ms: AtomicU64,
+    bytes_ms: AtomicU64,
+    request_ms: AtomicU64,
+    in_flight: AtomicUsize,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
-        Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) })
+        Arc::new(Activity {
+            start: Instant::now(),
+            bytes_ms: AtomicU64::new(0),
+            request_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.bytes_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// How long the connection has been quiet.
+    /// Marks a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has been idle: the longer of the time since its bytes moved
+    /// and the time since it last had a request in flight.
     pub fn quiet(&self) -> std::time::Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        std::time::Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        let now = self.now_ms();
+        let bytes = now.saturating_sub(self.bytes_ms.load(Ordering::Relaxed));
+        let requests = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            0
+        } else {
+            now.saturating_sub(self.request_ms.load(Ordering::Relaxed))
+        };
+        std::time::Duration::from_millis(bytes.max(requests))
+    }
+}
+
+/// A request in flight on a connection; see [`Activity::begin`].
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -252,6 +290,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_counts_both_bytes_and_requests() {
+        let pause = std::time::Duration::from_millis(30);
+        let a = Activity::new();
+        std::thread::sleep(pause);
+        assert!(a.quiet() >= pause, "nothing has happened yet");
+        let request = a.begin();
+        a.touch();
+        std::thread::sleep(pause);
+        assert!(a.quiet() >= pause, "a request in flight whose bytes stopped (a slow reader)");
+        a.touch();
+        assert!(a.quiet() < pause, "a request in flight, bytes moving");
+        drop(request);
+        std::thread::sleep(pause);
+        a.touch();
+        assert!(a.quiet() >= pause, "bytes moving (pings) but no request since");
+    }
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;

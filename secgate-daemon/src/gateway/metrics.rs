@@ -21,14 +21,15 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
-    /// `ok`, `resumed`, or why it failed (`timeout`, `protocol_version`, `bad_certificate`,
-    /// `no_certificate`, `alert`, `eof`, `other`).
+    /// `ok`, `resumed`, or why it failed (`timeout`, `incompatible`, `no_certificate`,
+    /// `bad_certificate`, `alert`, `protocol`, `eof`, `io`, `other`).
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClosedLabels {
-    /// `banned`, `connection_limit` or `rapid_reset`.
+    /// `banned` (at accept, or later when the source is banned while connected),
+    /// `connection_limit`, `source_connection_limit` or `rapid_reset`.
     pub reason: String,
 }
 

@@ -17,14 +17,12 @@ pub mod proxy;
 pub mod respond;
 pub mod routes;
 pub mod settings;
+mod slots;
 pub mod tls;
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -48,6 +46,7 @@ use self::{
     proxy::Upstream,
     routes::Route,
     settings::{ConnLimits, Timeouts},
+    slots::{Slot, Slots},
     tls::TlsSettings,
 };
 use crate::{
@@ -87,12 +86,16 @@ struct Tls {
 }
 
 impl Tls {
-    fn build(settings: TlsSettings) -> Result<Tls, String> {
+    fn build(settings: TlsSettings, tickets: &Tickets) -> Result<Tls, String> {
         let stamps = tls::stamps(&settings.files());
-        let acceptor = TlsAcceptor::from(settings.server_config()?);
+        let acceptor = TlsAcceptor::from(settings.server_config(tickets.clone())?);
         Ok(Tls { settings, acceptor, stamps })
     }
 }
+
+/// The session-ticket keys, made once: a reload or a certificate change must not make
+/// every client's ticket useless (the ticketer rotates its keys itself).
+type Tickets = Arc<dyn rustls::server::ProducesTickets>;
 
 /// Per-connection settings, read when a connection starts.
 #[derive(Clone, Copy, Debug)]
@@ -108,6 +111,10 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The verified client certificate (DER), under mTLS.
     pub client_cert: Option<Vec<u8>>,
+    /// For the idle timer: requests mark themselves in flight.
+    pub activity: Arc<Activity>,
+    /// The server name the client asked for in its ClientHello, lower case.
+    pub sni: Option<String>,
 }
 
 pub struct Gateway {
@@ -119,16 +126,8 @@ pub struct Gateway {
     service: Arc<Service>,
     metrics: Arc<GatewayMetrics>,
     log: Arc<RequestLog>,
-    open: AtomicUsize,
-}
-
-/// A connection slot, given back when the connection ends.
-struct Slot<'a>(&'a AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    slots: Arc<Slots>,
+    tickets: Tickets,
 }
 
 impl Gateway {
@@ -138,8 +137,10 @@ impl Gateway {
         metrics: Arc<GatewayMetrics>,
         log: Arc<RequestLog>,
     ) -> Result<Arc<Gateway>, GatewayError> {
-        let tls = Tls::build(settings.tls.clone()).map_err(GatewayError::Tls)?;
+        let tickets = tls::ticketer().map_err(GatewayError::Tls)?;
+        let tls = Tls::build(settings.tls.clone(), &tickets).map_err(GatewayError::Tls)?;
         Ok(Arc::new(Gateway {
+            tickets,
             rules: ArcSwap::from_pointee(Rules {
                 routes: settings.routes.clone(),
                 auth: settings.auth.clone(),
@@ -154,7 +155,7 @@ impl Gateway {
             service,
             metrics,
             log,
-            open: AtomicUsize::new(0),
+            slots: Arc::default(),
         }))
     }
 
@@ -196,19 +197,24 @@ impl Gateway {
                 reset(stream);
                 continue;
             }
-            let limit = self.conn.load().limits.max_connections as usize;
-            if self.open.fetch_add(1, Ordering::Relaxed) >= limit {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                self.metrics.closed("connection_limit");
-                reset(stream);
-                continue;
-            }
-            tokio::spawn(self.clone().connection(stream, peer));
+            let limits = self.conn.load().limits;
+            let slot = match self.slots.take(
+                peer.ip(),
+                limits.max_connections,
+                limits.max_connections_per_source,
+            ) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    self.metrics.closed(full.reason());
+                    reset(stream);
+                    continue;
+                }
+            };
+            tokio::spawn(self.clone().connection(stream, peer, slot));
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _slot = Slot(&self.open);
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, _slot: Slot) {
         let _ = stream.set_nodelay(true);
         let settings = **self.conn.load();
         let acceptor = self.tls.load().acceptor.clone();
@@ -228,8 +234,9 @@ impl Gateway {
         self.metrics.handshake(if resumed { "resumed" } else { "ok" });
         let client_cert =
             session.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
-        let conn = Arc::new(Conn { peer, client_cert });
         let activity = Activity::new();
+        let sni = session.server_name().map(str::to_ascii_lowercase);
+        let conn = Arc::new(Conn { peer, client_cert, activity: activity.clone(), sni });
         let metrics = self.metrics.clone();
         let io = Guarded::new(
             tls,
@@ -243,8 +250,8 @@ impl Gateway {
         let service = service_fn(move |req| pipeline::handle(gateway.clone(), conn.clone(), req));
         let builder = http_builder(&settings);
         let served = builder.serve_connection(TokioIo::new(io), service);
-        // Closed gracefully once its bytes have not moved for `idle`; dropped if it is still
-        // open after another `idle`.
+        // Closed gracefully once it has been idle (see `Activity::quiet`) for `idle`; dropped
+        // if it is still open after another `idle`.
         let idle = settings.timeouts.idle;
         let mut served = std::pin::pin!(served);
         let mut tick = tokio::time::interval(
@@ -255,6 +262,11 @@ impl Gateway {
             tokio::select! {
                 _ = served.as_mut() => return,
                 _ = tick.tick() => {
+                    // A source banned while connected is cut at the next tick.
+                    if self.service.refuses(peer.ip()) {
+                        self.metrics.closed("banned");
+                        return;
+                    }
                     let quiet = activity.quiet();
                     if !closing && quiet >= idle {
                         served.as_mut().graceful_shutdown();
@@ -277,11 +289,15 @@ impl Gateway {
             if now == current.stamps || failed.as_ref() == Some(&now) {
                 continue;
             }
-            match current.settings.reload().and_then(Tls::build) {
+            match current.settings.reload().and_then(|s| Tls::build(s, &self.tickets)) {
                 Ok(fresh) => {
-                    self.tls.store(Arc::new(fresh));
+                    // Unless a `secgate reload` replaced the settings meanwhile: then its
+                    // files are the ones to serve, and the next check looks at them.
+                    let before = self.tls.compare_and_swap(&current, Arc::new(fresh));
+                    if Arc::ptr_eq(&before, &current) {
+                        info!("gateway certificates changed on disk; new connections get them");
+                    }
                     failed = None;
-                    info!("gateway certificates changed on disk; new connections get them");
                 }
                 Err(e) => {
                     error!(
@@ -352,7 +368,7 @@ impl Reloadable for GatewayReload {
         if g.listen != gateway.listen {
             return Err("gateway.listen changed; listen addresses change only on restart".into());
         }
-        let tls = Tls::build(g.tls.clone())?;
+        let tls = Tls::build(g.tls.clone(), &gateway.tickets)?;
         let upstream = (g.upstream != *gateway.upstream.load().settings())
             .then(|| Upstream::new(g.upstream.clone()));
         let rules = Rules { routes: g.routes.clone(), auth: g.auth.clone() };

@@ -6,17 +6,18 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use http::{Request, Response, header::AUTHORIZATION};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use super::{
     Conn, Gateway,
     audit::Line,
-    authn::Method,
+    authn::{Method, Principal},
     authz,
     metrics::RequestLabels,
     normalize::normalize,
     proxy::Origin,
-    respond::{Body, Rejection},
+    respond::{Body, Holding, Rejection},
     routes::{self, Found},
 };
 
@@ -25,29 +26,102 @@ pub async fn handle(
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let mut line = Line::new(conn.peer.ip(), req.method());
-    let response = match stages(&gateway, &conn, req, &mut line).await {
+    let in_flight = conn.activity.begin();
+    let mut pending = Pending {
+        line: Line::new(conn.peer.ip(), req.method()),
+        started: Instant::now(),
+        gateway: gateway.clone(),
+        done: false,
+    };
+    let response = match stages(&gateway, &conn, req, &mut pending.line).await {
         Ok(response) => response,
         Err(rejection) => {
-            line.decision = rejection.code;
-            line.reason = rejection.detail.clone();
+            pending.line.decision = rejection.code;
+            pending.line.reason = rejection.detail.chars().take(MAX_REASON_CHARS).collect();
+            tracing::debug!(
+                source = %conn.peer.ip(),
+                route = pending.line.route.as_deref().unwrap_or("-"),
+                code = rejection.code,
+                reason = %pending.line.reason,
+                "request refused"
+            );
             rejection.response()
         }
     };
-    line.status = response.status().as_u16();
-    line.latency_ms = started.elapsed().as_secs_f64() * 1e3;
-    gateway
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: line.route.clone().unwrap_or_default(),
-            status: line.status,
-            decision: line.decision.to_owned(),
-        })
-        .inc();
-    gateway.log.record(line);
-    Ok(response)
+    pending.finish(response.status().as_u16());
+    // In flight until the last byte of the body is sent, not only until its head is.
+    Ok(response.map(|body| Holding::new(body, in_flight).boxed()))
+}
+
+/// Reasons come partly from what the client sent (a token's `alg`, a parser's complaint):
+/// bounded, so that a request cannot write kilobytes into the audit.
+const MAX_REASON_CHARS: usize = 200;
+
+/// A request's audit line until it is written. hyper drops a request's future when the
+/// client resets the stream or goes away; the line is then written on drop, as
+/// `cancelled` with status 499, so that every request is accounted for.
+struct Pending {
+    line: Line,
+    started: Instant,
+    gateway: Arc<Gateway>,
+    done: bool,
+}
+
+impl Pending {
+    fn finish(&mut self, status: u16) {
+        self.done = true;
+        self.line.status = status;
+        self.line.latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        self.gateway
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.line.route.clone().unwrap_or_default(),
+                status,
+                decision: self.line.decision.to_owned(),
+            })
+            .inc();
+        self.gateway.log.record(self.line.clone());
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.line.decision = "cancelled";
+            self.line.reason = "the client went away before the response".into();
+            self.finish(499);
+        }
+    }
+}
+
+/// The host the request is for: its `:authority` (HTTP/2, absolute form) or its one `Host`.
+/// Routes match on the path alone, so a request must be for the name its connection was
+/// made to (421 otherwise): a host the certificate was not chosen for would otherwise reach
+/// a virtual host of the upstream under another host's ACL.
+fn authority(req: &Request<Incoming>, conn: &Conn) -> Result<Option<String>, Rejection> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let header =
+        hosts.next().map(|h| h.to_str().map_err(|_| Rejection::bad_host("Host is not text")));
+    if hosts.next().is_some() {
+        return Err(Rejection::bad_host("more than one Host header"));
+    }
+    let header = header.transpose()?;
+    let uri = req.uri().authority().map(http::uri::Authority::as_str);
+    if let (Some(uri), Some(header)) = (uri, header)
+        && !uri.eq_ignore_ascii_case(header)
+    {
+        return Err(Rejection::bad_host("the request target and Host name different hosts"));
+    }
+    let Some(host) = uri.or(header) else { return Ok(None) };
+    let name = match host.parse::<http::uri::Authority>() {
+        Ok(a) => a.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+        Err(_) => return Err(Rejection::bad_host("Host is not a host name")),
+    };
+    match &conn.sni {
+        Some(sni) if *sni != name => Err(Rejection::misdirected(name)),
+        _ => Ok(Some(host.to_owned())),
+    }
 }
 
 async fn stages(
@@ -57,6 +131,7 @@ async fn stages(
     line: &mut Line,
 ) -> Result<Response<Body>, Rejection> {
     let policy = gateway.rules.load();
+    let host = authority(&req, conn)?;
     // The raw path, bounded, stands in the audit until it is normalized.
     line.path = req.uri().path().chars().take(256).collect();
     let path = normalize(req.uri().path()).map_err(Rejection::bad_path)?;
@@ -76,22 +151,21 @@ async fn stages(
             policy
                 .auth
                 .authenticate(&route.auth, req.headers(), cert)
+                .await
                 .map_err(Rejection::unauthorized)?,
         )
     };
-    line.principal = principal.as_ref().map(|p| p.id.clone());
+    line.principal = principal.as_ref().map(Principal::qualified);
     authz::authorize(route, principal.as_ref()).map_err(Rejection::forbidden)?;
-    // An API key is the gateway's secret to check, not the upstream's to see; a JWT is made
-    // to be passed on.
-    if principal.as_ref().is_some_and(|p| p.via == Method::ApiKey) {
-        req.headers_mut().remove(AUTHORIZATION);
-        if let Some(h) = &policy.auth.api_key_header {
-            req.headers_mut().remove(h);
-        }
+    // An API key is the gateway's secret to check, not the upstream's to see, whichever
+    // method authenticated the request; a JWT is made to be passed on, and an open route's
+    // Authorization is the upstream's business.
+    if let Some(h) = &policy.auth.api_key_header {
+        req.headers_mut().remove(h);
     }
-    let host = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-        req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
-    });
+    if principal.as_ref().is_some_and(|p| p.via != Method::Jwt) {
+        req.headers_mut().remove(AUTHORIZATION);
+    }
     let origin = Origin { client: conn.peer.ip(), host };
     let upstream = gateway.upstream.load();
     let sent = Instant::now();

@@ -4,7 +4,7 @@
 //! client sent, which would otherwise let it claim any address), and hop-by-hop headers are
 //! dropped in both directions.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version,
@@ -18,7 +18,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::respond::{Body, Rejection};
+use tokio::sync::Semaphore;
+
+use super::respond::{Body, Holding, Rejection};
 
 /// Where requests go, and how long the upstream may take to answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +49,15 @@ impl UpstreamSettings {
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
     settings: UpstreamSettings,
+    /// One slot per request in flight upstream, held until its response body is done.
+    in_flight: Arc<Semaphore>,
 }
+
+/// Requests in flight to the upstream at most; more get 503 at once. Each holds an upstream
+/// socket and descriptors, which 10,000 client connections × 100 streams would exhaust.
+const MAX_UPSTREAM_IN_FLIGHT: usize = 4096;
+/// Idle keep-alive connections kept to the upstream.
+const MAX_IDLE_UPSTREAM: usize = 256;
 
 /// What the gateway knows about the connection a request came on.
 pub struct Origin {
@@ -66,6 +76,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// HTTP/2 clients may split `Cookie` into several fields; an HTTP/1.1 upstream must get
+/// them as one, joined by `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
 
 /// Drops hop-by-hop headers: the fixed ones, `Upgrade`, and those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -88,8 +115,9 @@ impl Upstream {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(MAX_IDLE_UPSTREAM)
             .build(connector);
-        Upstream { client, settings }
+        Upstream { client, settings, in_flight: Arc::new(Semaphore::new(MAX_UPSTREAM_IN_FLIGHT)) }
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -103,6 +131,8 @@ impl Upstream {
         path: &str,
         origin: &Origin,
     ) -> Result<Response<Body>, Rejection> {
+        let slot =
+            self.in_flight.clone().try_acquire_owned().map_err(|_| Rejection::upstream_busy())?;
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
@@ -116,6 +146,7 @@ impl Upstream {
             .map_err(|e| Rejection::internal(format!("upstream URI: {e}")))?;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
+        join_cookies(&mut parts.headers);
         set_forwarded(&mut parts.headers, origin);
         let request = Request::from_parts(parts, body.boxed());
         let answer =
@@ -127,24 +158,38 @@ impl Upstream {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(parts, Holding::new(body.boxed(), slot).boxed()))
     }
 }
 
-/// Replaces the client's forwarding headers with the gateway's own account, and drops the
-/// headers some frameworks (IIS, Symfony, Zend) take as the real request path, which would
-/// let a client reach a route other than the one the gateway authorized.
+/// Headers a client may not send through the gateway: claims about the client or the
+/// connection that only the gateway can make, the real request path as some frameworks
+/// (IIS, Symfony, Zend) read it, and method overrides (Express, Laravel, Symfony), either of
+/// which would let a client reach a route or method other than the one authorized.
+const FORGEABLE: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Replaces the client's forwarding headers with the gateway's own account.
 fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-real-ip",
-    ] {
-        headers.remove(name);
+    for name in FORGEABLE {
+        headers.remove(*name);
     }
     let ip = origin.client.to_string();
     let node = if origin.client.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
@@ -176,20 +221,33 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
-        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        for name in FORGEABLE {
+            h.append(*name, HeaderValue::from_static("forged"));
+        }
         strip_hop_by_hop(&mut h);
         set_forwarded(
             &mut h,
             &Origin { client: "fd00::7".parse().unwrap(), host: Some("api.test".into()) },
         );
-        for gone in ["connection", "x-secret", "keep-alive", "transfer-encoding", "x-original-url"]
+        for gone in
+            ["connection", "x-secret", "keep-alive", "transfer-encoding"].iter().chain(FORGEABLE)
         {
-            assert!(!h.contains_key(gone), "{gone}");
+            assert!(h.get_all(*gone).iter().all(|v| v != "forged" && v != "1"), "{gone}");
         }
+        assert!(!h.contains_key("x-http-method-override") && !h.contains_key("true-client-ip"));
         assert_eq!(h["x-forwarded-for"], "fd00::7");
         assert_eq!(h["forwarded"], "for=\"[fd00::7]\";proto=https;host=\"api.test\"");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn split_cookies_are_joined_for_http1() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 
     #[test]

@@ -13,6 +13,39 @@ use super::{authn::Failure, normalize::PathError};
 /// Every response body the gateway sends: its own JSON, or the upstream's stream.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A body that holds something (a request's in-flight mark, an upstream slot) until the
+/// last byte is sent or the body is dropped, not only until the response head is.
+pub struct Holding<G> {
+    inner: Body,
+    _held: G,
+}
+
+impl<G> Holding<G> {
+    pub fn new(inner: Body, held: G) -> Holding<G> {
+        Holding { inner, _held: held }
+    }
+}
+
+impl<G: Unpin> hyper::body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Whose fault a refusal is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,6 +102,30 @@ impl Rejection {
         .detail(e.to_string())
     }
 
+    pub fn bad_host(why: &'static str) -> Rejection {
+        Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_host",
+            "the request's host is not acceptable",
+            Fault::Client,
+        )
+        .detail(why)
+    }
+
+    /// 421: the request is for another host than the connection's (RFC 9110 §15.5.20).
+    pub fn misdirected(host: String) -> Rejection {
+        Rejection::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            "this connection does not serve that host",
+            Fault::Client,
+        )
+        .detail(format!(
+            "host {:?} is not the connection's server name",
+            host.chars().take(64).collect::<String>()
+        ))
+    }
+
     pub fn not_found() -> Rejection {
         Rejection::new(StatusCode::NOT_FOUND, "not_found", "no such route", Fault::Client)
     }
@@ -87,6 +144,23 @@ impl Rejection {
     /// 401 that never tells which part of a credential was wrong.
     pub fn unauthorized(failure: Failure) -> Rejection {
         let (code, message, challenge, detail) = match failure {
+            Failure::Ambiguous(why) => {
+                return Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    "ambiguous_credentials",
+                    "send one credential",
+                    Fault::Client,
+                )
+                .detail(why);
+            }
+            Failure::Busy => {
+                return Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many credential checks at once; retry shortly",
+                    Fault::Gateway,
+                );
+            }
             Failure::Missing => (
                 "invalid_request",
                 "authentication required",
@@ -118,6 +192,15 @@ impl Rejection {
             Fault::Upstream,
         )
         .detail(detail)
+    }
+
+    pub fn upstream_busy() -> Rejection {
+        Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_busy",
+            "too many requests in flight to the upstream; retry shortly",
+            Fault::Gateway,
+        )
     }
 
     pub fn gateway_timeout() -> Rejection {

@@ -118,9 +118,20 @@ pub fn find<'a, R: Routed>(routes: &'a [R], path: &str, method: &Method) -> Foun
         return Found::NotFound;
     };
     match route.methods() {
-        Some(methods) if !methods.contains(method) => Found::MethodNotAllowed(methods.to_vec()),
+        Some(methods) if !allows(methods, method) => {
+            let mut allow = methods.to_vec();
+            if allows(methods, &Method::HEAD) && !allow.contains(&Method::HEAD) {
+                allow.push(Method::HEAD);
+            }
+            Found::MethodNotAllowed(allow)
+        }
         _ => Found::Route(route),
     }
+}
+
+/// Whether `methods` takes `method`; HEAD comes with GET, as HTTP says it must (RFC 9110 §9.3.2).
+fn allows(methods: &[Method], method: &Method) -> bool {
+    methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
 }
 
 #[cfg(test)]
@@ -173,7 +184,11 @@ mod tests {
         );
         assert_eq!(
             find(&routes, "/admin", &Method::POST),
-            Found::MethodNotAllowed(vec![Method::GET])
+            Found::MethodNotAllowed(vec![Method::GET, Method::HEAD])
+        );
+        assert!(
+            matches!(find(&routes, "/admin/x", &Method::HEAD), Found::Route(_)),
+            "HEAD comes with GET"
         );
         assert!(
             matches!(find(&routes, "/other", &Method::DELETE), Found::Route(r) if r.0.as_str() == "/*")

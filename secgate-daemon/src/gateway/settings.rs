@@ -30,6 +30,7 @@ pub struct ConnLimits {
     pub max_header_bytes: u32,
     pub max_concurrent_streams: u32,
     pub max_connections: u32,
+    pub max_connections_per_source: u32,
 }
 
 pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
@@ -42,4 +43,5 @@ pub const DEFAULT_LIMITS: ConnLimits = ConnLimits {
     max_header_bytes: 16 * 1024,
     max_concurrent_streams: 100,
     max_connections: 10_000,
+    max_connections_per_source: 256,
 };

@@ -141,7 +141,10 @@ impl TlsSettings {
     }
 
     /// The rustls server config.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
+    pub fn server_config(
+        &self,
+        tickets: Arc<dyn rustls::server::ProducesTickets>,
+    ) -> Result<Arc<ServerConfig>, String> {
         let versions: &[&rustls::SupportedProtocolVersion] = match self.min_version {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -169,10 +172,14 @@ impl TlsSettings {
             sni: self.sni.iter().map(|(n, p)| (n.clone(), p.certified.clone())).collect(),
         }));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.ticketer =
-            aws_lc_rs::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+        config.ticketer = tickets;
         Ok(Arc::new(config))
     }
+}
+
+/// Session-ticket keys (rotated by rustls), shared by every config the gateway builds.
+pub fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    aws_lc_rs::Ticketer::new().map_err(|e| format!("session tickets: {e}"))
 }
 
 /// The certificate for the SNI name the client asked for, else the default one.

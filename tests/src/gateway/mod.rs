@@ -51,8 +51,8 @@ allow_roles = ["reports:read"]
 [[routes]]
 name = "ops"
 path = "/ops/*"
-auth = ["api_key"]
-allow_principals = ["ops-bot"]
+auth = ["api_key", "jwt"]
+allow_principals = ["api_key:ops-bot"]
 
 [[routes]]
 name = "internal"
@@ -72,13 +72,8 @@ auth = ["mtls"]
 allow_roles = ["admin"]
 "#;
 
-/// API keys: id, roles, and whether the config stores an argon2id hash.
-pub const KEYS: &[(&str, &str, bool)] = &[
-    ("admin-key", "admin", false),
-    ("user-key", "user", false),
-    ("ops-bot", "", false),
-    ("slow-admin", "admin", true),
-];
+/// API keys: id and role.
+pub const KEYS: &[(&str, &str)] = &[("admin-key", "admin"), ("user-key", "user"), ("ops-bot", "")];
 
 /// What a test may vary in the config.
 #[derive(Clone, Debug)]
@@ -87,11 +82,22 @@ pub struct Opts {
     pub min_version: &'static str,
     pub upstream: Option<String>,
     pub datapath_extra: &'static str,
+    /// Routes after [`ROUTES`], e.g. an open catch-all.
+    pub routes_extra: &'static str,
+    /// Store the API keys as argon2id hashes instead of sha256 (only at start).
+    pub argon2_keys: bool,
 }
 
 impl Default for Opts {
     fn default() -> Opts {
-        Opts { client_auth: "optional", min_version: "1.2", upstream: None, datapath_extra: "" }
+        Opts {
+            client_auth: "optional",
+            min_version: "1.2",
+            upstream: None,
+            datapath_extra: "",
+            routes_extra: "",
+            argon2_keys: false,
+        }
     }
 }
 
@@ -148,8 +154,8 @@ impl Gw {
         .expect("jwks");
         let mut keys = BTreeMap::new();
         let mut key_entries = String::new();
-        for (id, role, argon2) in KEYS {
-            let made = token_new(id, role, *argon2);
+        for (id, role) in KEYS {
+            let made = token_new(id, role, opts.argon2_keys);
             keys.insert(id.to_string(), made["key"].as_str().expect("key").to_string());
             key_entries.push_str(made["config"].as_str().expect("config"));
             key_entries.push('\n');
@@ -262,7 +268,8 @@ leeway = "5s"
 [auth.mtls]
 principal = "san"
 roles = {{ "svc-a.clients.test" = ["admin"], "svc-b.clients.test" = ["user"] }}
-{ROUTES}"#,
+{ROUTES}{routes_extra}"#,
+        routes_extra = opts.routes_extra,
         api_pem = d("api.pem"),
         api_key = d("api.key"),
         min = opts.min_version,

@@ -4,7 +4,7 @@
 //! The id finds the entry; an unknown id is checked against a dummy hash of the costliest
 //! kind configured, so neither the answer nor its timing tells whether an id exists.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
@@ -12,6 +12,13 @@ use argon2::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tokio::sync::Semaphore;
+
+/// The costliest argon2 parameters accepted (64 MiB, 4 passes, 4 lanes): a check runs on
+/// a blocking thread per request, so its cost is the gateway's.
+const MAX_M_COST: u32 = 64 * 1024;
+const MAX_T_COST: u32 = 4;
+const MAX_P_COST: u32 = 4;
 
 /// How a key is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,20 +29,47 @@ pub enum KeyHash {
 }
 
 impl KeyHash {
+    /// Parses a stored hash. Errors never repeat the value: an operator may have pasted the
+    /// key itself, and problems end up in logs and the audit.
     pub fn parse(s: &str) -> Result<KeyHash, String> {
         if let Some(hex) = s.strip_prefix("sha256:") {
             let bytes = decode_hex(hex).filter(|b| b.len() == 32).ok_or_else(|| {
-                format!("hash {s:?}: sha256 needs 64 hex digits (see `secgate token hash`)")
+                "hash: sha256 needs 64 hex digits (see `secgate token hash`)".to_string()
             })?;
             return Ok(KeyHash::Sha256(bytes.try_into().expect("32 bytes")));
         }
         let phc = PasswordHash::new(s).map_err(|e| {
-            format!("hash {s:?} is neither sha256:<hex> nor an argon2id PHC string ({e})")
+            format!("hash is neither sha256:<hex> nor an argon2id PHC string ({e}); make one with `secgate token hash`")
         })?;
         if phc.algorithm.as_str() != "argon2id" {
-            return Err(format!("hash {s:?} uses {}; only argon2id is accepted", phc.algorithm));
+            return Err(format!("hash uses {}; only argon2id is accepted", phc.algorithm));
+        }
+        let params = Params::try_from(&phc).map_err(|e| format!("hash: argon2 parameters: {e}"))?;
+        if params.m_cost() > MAX_M_COST
+            || params.t_cost() > MAX_T_COST
+            || params.p_cost() > MAX_P_COST
+        {
+            return Err(format!(
+                "hash: argon2 parameters m={},t={},p={} exceed m={MAX_M_COST},t={MAX_T_COST},p={MAX_P_COST}; each check would cost every caller that much",
+                params.m_cost(),
+                params.t_cost(),
+                params.p_cost()
+            ));
         }
         Ok(KeyHash::Argon2(s.to_owned()))
+    }
+
+    /// What checking this hash costs, to compare keys: `sha256`, or the argon2 parameters.
+    pub fn cost(&self) -> String {
+        match self {
+            KeyHash::Sha256(_) => "sha256".into(),
+            KeyHash::Argon2(phc) => {
+                PasswordHash::new(phc).ok().and_then(|h| Params::try_from(&h).ok()).map_or_else(
+                    || "argon2id".into(),
+                    |p| format!("argon2id m={},t={},p={}", p.m_cost(), p.t_cost(), p.p_cost()),
+                )
+            }
+        }
     }
 
     /// Whether `key` is the key this hash was made from, in constant time.
@@ -88,11 +122,28 @@ pub struct ApiKey {
 }
 
 /// The configured keys, by id.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ApiKeys {
     by_id: HashMap<String, ApiKey>,
-    /// Checked when the id is unknown, as costly as the costliest configured hash.
-    dummy: Option<KeyHash>,
+    /// Checked when the id is unknown, as costly as the configured hashes (config validation
+    /// makes them all cost the same, see [`KeyHash::cost`]).
+    dummy: KeyHash,
+    /// Argon2 checks run off the async workers, this many at once; the rest wait.
+    slow: Arc<Semaphore>,
+}
+
+/// How long a request waits for an argon2 slot before it is refused as busy: a flood of
+/// made-up keys must not queue without bound.
+const ARGON2_WAIT: Duration = Duration::from_secs(2);
+
+/// All argon2 slots stayed taken for [`ARGON2_WAIT`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Busy;
+
+impl Default for ApiKeys {
+    fn default() -> ApiKeys {
+        ApiKeys::new(Vec::new())
+    }
 }
 
 impl ApiKeys {
@@ -100,25 +151,41 @@ impl ApiKeys {
         let dummy = costliest_params(&keys).map_or(KeyHash::Sha256([0; 32]), |params| {
             KeyHash::Argon2(argon2_with(params, "dummy"))
         });
-        ApiKeys { by_id: keys.into_iter().map(|k| (k.id.clone(), k)).collect(), dummy: Some(dummy) }
+        let slots = std::thread::available_parallelism().map_or(1, usize::from);
+        ApiKeys {
+            by_id: keys.into_iter().map(|k| (k.id.clone(), k)).collect(),
+            dummy,
+            slow: Arc::new(Semaphore::new(slots)),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
 
-    /// The key `presented` is, if it is one of ours.
-    pub fn authenticate(&self, presented: &str) -> Option<&ApiKey> {
+    /// The key `presented` is, if it is one of ours. An unknown id is checked against the
+    /// dummy hash, so that the answer takes as long either way.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<&ApiKey>, Busy> {
         let id = presented.split_once('.').map_or("", |(id, _)| id);
-        match self.by_id.get(id) {
-            Some(key) => key.hash.verify(presented).then_some(key),
-            None => {
-                if let Some(dummy) = &self.dummy {
-                    let _ = dummy.verify(presented);
-                }
-                None
+        let key = self.by_id.get(id);
+        let hash = key.map_or(&self.dummy, |k| &k.hash);
+        let ok = match hash {
+            KeyHash::Sha256(_) => hash.verify(presented),
+            KeyHash::Argon2(_) => {
+                let slot = tokio::time::timeout(ARGON2_WAIT, self.slow.clone().acquire_owned())
+                    .await
+                    .map_err(|_| Busy)?
+                    .expect("the semaphore is never closed");
+                let (hash, presented) = (hash.clone(), presented.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    hash.verify(&presented)
+                })
+                .await
+                .unwrap_or(false)
             }
-        }
+        };
+        Ok(key.filter(|_| ok))
     }
 }
 
@@ -149,61 +216,87 @@ fn argon2_with(params: Params, key: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_verify_against_their_hashes_only() {
-        let key = new_key("ci-bot");
-        assert!(key.starts_with("ci-bot.") && key.len() > 40);
-        for hash in [KeyHash::sha256(&key), KeyHash::argon2(&key)] {
-            let parsed = KeyHash::parse(&hash).unwrap();
-            assert!(parsed.verify(&key), "{hash}");
-            assert!(!parsed.verify(&format!("{key}x")), "{hash}");
+    fn key(id: &str, hash: &str) -> ApiKey {
+        ApiKey { id: id.into(), hash: KeyHash::parse(hash).unwrap(), roles: vec!["deploy".into()] }
+    }
+
+    #[tokio::test]
+    async fn keys_verify_against_their_hashes_only() {
+        let k = new_key("ci-bot");
+        assert!(k.starts_with("ci-bot.") && k.len() > 40);
+        for hash in [KeyHash::sha256(&k), KeyHash::argon2(&k)] {
+            let keys = ApiKeys::new(vec![key("ci-bot", &hash)]);
+            assert_eq!(keys.authenticate(&k).await.unwrap().map(|k| k.id.as_str()), Some("ci-bot"));
+            for wrong in
+                [format!("{k}x"), "ci-bot.wrong".into(), "nobody.x".into(), "no-dot".into()]
+            {
+                assert_eq!(keys.authenticate(&wrong).await, Ok(None), "{hash}: {wrong}");
+            }
         }
-        let keys = ApiKeys::new(vec![ApiKey {
-            id: "ci-bot".into(),
-            hash: KeyHash::parse(&KeyHash::sha256(&key)).unwrap(),
-            roles: vec!["deploy".into()],
-        }]);
-        assert_eq!(keys.authenticate(&key).map(|k| k.id.as_str()), Some("ci-bot"));
-        assert!(keys.authenticate("ci-bot.wrong").is_none());
-        assert!(keys.authenticate("nobody.x").is_none());
-        assert!(keys.authenticate("no-dot").is_none());
     }
 
     #[test]
-    fn an_unknown_id_costs_as_much_as_the_slowest_known_key() {
+    fn an_unknown_id_costs_as_much_as_a_known_one() {
         let params = Params::new(32 * 1024, 3, 1, None).unwrap();
-        let slow = ApiKey {
-            id: "slow".into(),
-            hash: KeyHash::Argon2(argon2_with(params, "slow.k")),
-            roles: vec![],
-        };
-        let fast = ApiKey {
-            id: "fast".into(),
-            hash: KeyHash::parse(&KeyHash::argon2("fast.k")).unwrap(),
-            roles: vec![],
-        };
-        let keys = ApiKeys::new(vec![fast, slow]);
-        let Some(KeyHash::Argon2(dummy)) = &keys.dummy else {
+        let keys = ApiKeys::new(vec![key("slow", &argon2_with(params, "slow.k"))]);
+        let KeyHash::Argon2(dummy) = &keys.dummy else {
             panic!("an argon2 dummy: {:?}", keys.dummy)
         };
-        let dummy = Params::try_from(&PasswordHash::new(dummy).unwrap()).unwrap();
-        assert_eq!((dummy.m_cost(), dummy.t_cost(), dummy.p_cost()), (32 * 1024, 3, 1));
-        assert!(keys.authenticate("slow.k").is_some());
+        let dummy = KeyHash::Argon2(dummy.clone());
+        assert_eq!(dummy.cost(), "argon2id m=32768,t=3,p=1");
+        assert_eq!(dummy.cost(), keys.by_id["slow"].hash.cost());
+        let fast = ApiKeys::new(vec![key("fast", &KeyHash::sha256("fast.k"))]);
+        assert_eq!(fast.dummy.cost(), "sha256");
+    }
+
+    /// A flood of made-up keys waits for the argon2 slots and is turned away once they stay
+    /// busy; every slot comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_checks_are_bounded() {
+        let keys = Arc::new(ApiKeys::new(vec![key("k", &KeyHash::argon2("k.secret"))]));
+        let slots = keys.slow.available_permits();
+        let held: Vec<_> =
+            (0..slots).map(|_| keys.slow.clone().try_acquire_owned().unwrap()).collect();
+        let started = tokio::time::Instant::now();
+        assert_eq!(keys.authenticate("x.guess").await, Err(Busy), "all slots taken");
+        assert!(started.elapsed() >= ARGON2_WAIT);
+        drop(held);
+        let flood: Vec<_> = (0..8)
+            .map(|i| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    keys.authenticate(&format!("x{i}.guess")).await.map(|k| k.map(|k| k.id.clone()))
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for f in flood {
+            if let Ok(found) = f.await.unwrap() {
+                assert!(found.is_none());
+                answered += 1;
+            }
+        }
+        assert!(answered >= slots, "at least one round of checks ran");
+        assert_eq!(keys.slow.available_permits(), slots, "every slot returned");
     }
 
     #[test]
-    fn bad_hashes_are_named() {
+    fn bad_hashes_are_named_without_echoing_them() {
+        let pasted_key = new_key("oops");
+        let e = KeyHash::parse(&pasted_key).unwrap_err();
+        assert!(e.contains("neither") && !e.contains(&pasted_key), "{e}");
         assert!(KeyHash::parse("sha256:abc").unwrap_err().contains("64 hex digits"));
-        assert!(KeyHash::parse("md5:abc").unwrap_err().contains("neither"));
         let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$L4Sp1lqCt/Ml3m+FQgD+5w";
         assert!(KeyHash::parse(argon2i).unwrap_err().contains("only argon2id"));
+        let costly = argon2_with(Params::new(MAX_M_COST * 2, 1, 1, None).unwrap(), "x");
+        assert!(KeyHash::parse(&costly).unwrap_err().contains("exceed"));
     }
 
     proptest::proptest! {
         #[test]
-        fn parsing_and_checking_never_panic(s in "\\PC{0,120}") {
+        fn parsing_never_panics(s in "\\PC{0,120}") {
             let _ = KeyHash::parse(&s);
-            let _ = ApiKeys::new(vec![]).authenticate(&s);
+            let _ = KeyHash::Sha256([0; 32]).verify(&s);
         }
     }
 }

@@ -22,15 +22,24 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 #[derive(Clone)]
 pub enum JwtKeys {
     /// From a JWKS file, by `kid`.
-    Jwks(Vec<(String, DecodingKey)>),
+    Jwks(Vec<Jwk>),
     /// A shared secret, for the HS algorithms.
     Secret(DecodingKey),
+}
+
+/// A signature key from the JWKS.
+#[derive(Clone)]
+pub struct Jwk {
+    kid: String,
+    /// The only algorithm the key may verify, when the JWKS says (`alg`).
+    alg: Option<Algorithm>,
+    key: DecodingKey,
 }
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            JwtKeys::Jwks(keys) => f.debug_list().entries(keys.iter().map(|(kid, _)| kid)).finish(),
+            JwtKeys::Jwks(keys) => f.debug_list().entries(keys.iter().map(|k| &k.kid)).finish(),
             JwtKeys::Secret(_) => f.write_str("Secret(..)"),
         }
     }
@@ -85,22 +94,42 @@ pub fn load_jwks(path: &Path) -> Result<JwtKeys, String> {
     let text = std::fs::read(path).map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
     let set: JwkSet =
         serde_json::from_slice(&text).map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
-    let mut keys = Vec::new();
+    let bad = |why: String| format!("jwks_file {}: {why}", path.display());
+    let mut keys: Vec<Jwk> = Vec::new();
     for jwk in &set.keys {
         let kid = jwk.common.key_id.clone().filter(|k| valid_kid(k)).ok_or_else(|| {
-            format!(
-                "jwks_file {}: every key needs a kid of letters, digits, `.`, `_` or `-`",
-                path.display()
-            )
+            bad("every key needs a kid of letters, digits, `.`, `_` or `-`".into())
         })?;
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| format!("jwks_file {}: key {kid}: {e}", path.display()))?;
-        keys.push((kid, key));
+        if keys.iter().any(|k| k.kid == kid) {
+            return Err(bad(format!("kid {kid:?} is given twice; kids must tell keys apart")));
+        }
+        if !for_signatures(&jwk.common) {
+            continue;
+        }
+        let alg = match &jwk.common.key_algorithm {
+            None => None,
+            Some(a) => match a.to_string().parse::<Algorithm>() {
+                Ok(alg) => Some(alg),
+                Err(_) => continue,
+            },
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("key {kid}: {e}")))?;
+        keys.push(Jwk { kid, alg, key });
     }
     if keys.is_empty() {
-        return Err(format!("jwks_file {} holds no key", path.display()));
+        return Err(bad("holds no signature key".into()));
     }
     Ok(JwtKeys::Jwks(keys))
+}
+
+/// Whether a JWKS key may verify signatures: not one marked for encryption only.
+fn for_signatures(common: &jsonwebtoken::jwk::CommonParameters) -> bool {
+    use jsonwebtoken::jwk::{KeyOperations, PublicKeyUse};
+    let by_use =
+        !matches!(common.public_key_use, Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_)));
+    let by_ops =
+        common.key_operations.as_ref().is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+    by_use && by_ops
 }
 
 /// Loads a shared secret (the file's bytes, a trailing newline dropped); at least 32 bytes.
@@ -136,21 +165,24 @@ impl JwtSettings {
             .iter()
             .copied()
             .find(|a| format!("{a:?}") == alg_name)
-            .ok_or_else(|| JwtError::Algorithm(alg_name.to_owned()))?;
+            .ok_or_else(|| JwtError::Algorithm(alg_name.chars().take(16).collect()))?;
         for field in ["jku", "x5u", "jwk", "x5c", "crit"] {
             if header.contains_key(field) {
                 return Err(JwtError::Forbidden(field));
             }
         }
-        let key = self.key(header.get("kid"))?;
-        if key.family() != alg.family() {
+        let (key, pinned) = self.key(header.get("kid"))?;
+        if key.family() != alg.family() || pinned.is_some_and(|p| p != alg) {
             return Err(JwtError::KeyFamily);
         }
         let mut validation = Validation::new(alg);
         validation.leeway = self.leeway.as_secs();
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&self.audiences);
-        validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
+        // jsonwebtoken compares iss and aud only when they are present and well typed; a token
+        // without them (minted for another API of the same issuer) must not pass.
+        validation.required_spec_claims =
+            ["exp", "sub", "iss", "aud"].into_iter().map(String::from).collect::<HashSet<_>>();
         validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation)
             .map_err(|e| JwtError::Rejected(e.to_string()))?;
@@ -162,13 +194,17 @@ impl JwtSettings {
         })
     }
 
-    fn key(&self, kid: Option<&Value>) -> Result<&DecodingKey, JwtError> {
+    /// The key the token names, and the one algorithm it is limited to, if any.
+    fn key(&self, kid: Option<&Value>) -> Result<(&DecodingKey, Option<Algorithm>), JwtError> {
+        let kid = match kid {
+            None => None,
+            Some(v) => Some(v.as_str().filter(|k| valid_kid(k)).ok_or(JwtError::Kid)?),
+        };
         match &self.keys {
-            JwtKeys::Secret(key) => Ok(key),
+            JwtKeys::Secret(key) => Ok((key, None)),
             JwtKeys::Jwks(keys) => {
-                let kid =
-                    kid.and_then(Value::as_str).filter(|k| valid_kid(k)).ok_or(JwtError::Kid)?;
-                keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key).ok_or(JwtError::Kid)
+                let kid = kid.ok_or(JwtError::Kid)?;
+                keys.iter().find(|k| k.kid == kid).map(|k| (&k.key, k.alg)).ok_or(JwtError::Kid)
             }
         }
     }
@@ -226,6 +262,124 @@ mod tests {
         assert_eq!(roles(Some(&serde_json::json!(["a", "b", 3]))), ["a", "b"]);
         assert_eq!(roles(Some(&serde_json::json!("read write"))), ["read", "write"]);
         assert!(roles(Some(&serde_json::json!({"a": 1}))).is_empty());
+    }
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn hs256(keys: JwtKeys, algorithms: Vec<Algorithm>) -> JwtSettings {
+        JwtSettings {
+            issuer: "https://issuer.test".into(),
+            audiences: vec!["api".into()],
+            algorithms,
+            keys,
+            roles_claim: "roles".into(),
+            leeway: Duration::ZERO,
+        }
+    }
+
+    fn signed(header: &jsonwebtoken::Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &jsonwebtoken::EncodingKey::from_secret(&SECRET))
+            .unwrap()
+    }
+
+    /// A token with `header` and any payload and signature: refused before the signature.
+    fn unsigned(header: &Value) -> String {
+        format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(header.to_string()))
+    }
+
+    #[test]
+    fn iss_and_aud_must_be_present_and_right() {
+        let settings =
+            hs256(JwtKeys::Secret(DecodingKey::from_secret(&SECRET)), vec![Algorithm::HS256]);
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let head = jsonwebtoken::Header::new(Algorithm::HS256);
+        let good =
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://issuer.test", "aud": "api"});
+        assert!(settings.verify(&signed(&head, &good)).is_ok());
+        let mut cases = vec![];
+        for (field, value) in [
+            ("aud", None),
+            ("iss", None),
+            ("aud", Some(serde_json::json!(5))),
+            ("aud", Some(serde_json::json!([]))),
+            ("iss", Some(serde_json::json!([]))),
+            ("aud", Some(serde_json::json!("other-api"))),
+        ] {
+            let mut claims = good.clone();
+            match value {
+                None => drop(claims.as_object_mut().unwrap().remove(field)),
+                Some(v) => claims[field] = v,
+            }
+            cases.push((field, claims));
+        }
+        for (field, claims) in cases {
+            assert!(
+                matches!(settings.verify(&signed(&head, &claims)), Err(JwtError::Rejected(_))),
+                "{field}: {claims}"
+            );
+        }
+        let mut head = head;
+        head.kid = Some("../../etc/passwd".into());
+        assert_eq!(
+            settings.verify(&signed(&head, &good)),
+            Err(JwtError::Kid),
+            "a path-like kid, even with a secret"
+        );
+    }
+
+    #[test]
+    fn a_key_verifies_only_its_family_and_its_pinned_algorithm() {
+        let ec = rcgen::KeyPair::generate().unwrap();
+        let public = DecodingKey::from_ec_pem(ec.public_key_pem().as_bytes()).unwrap();
+        let keys = JwtKeys::Jwks(vec![
+            Jwk { kid: "ec".into(), alg: None, key: public.clone() },
+            Jwk { kid: "ec-384".into(), alg: Some(Algorithm::ES384), key: public },
+        ]);
+        let settings = hs256(keys, vec![Algorithm::ES256, Algorithm::HS256]);
+        let confused = unsigned(&serde_json::json!({"alg": "HS256", "kid": "ec"}));
+        assert_eq!(
+            settings.verify(&confused),
+            Err(JwtError::KeyFamily),
+            "HS256 keyed with an EC public key"
+        );
+        let pinned = unsigned(&serde_json::json!({"alg": "ES256", "kid": "ec-384"}));
+        assert_eq!(settings.verify(&pinned), Err(JwtError::KeyFamily), "the JWKS pins ES384");
+        let fits = unsigned(&serde_json::json!({"alg": "ES256", "kid": "ec"}));
+        assert!(
+            matches!(settings.verify(&fits), Err(JwtError::Rejected(_))),
+            "reaches the signature check"
+        );
+    }
+
+    #[test]
+    fn jwks_files_keep_signature_keys_and_name_their_problems() {
+        let dir = std::env::temp_dir().join(format!("secgate-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ec = |kid: &str, extra: &str| {
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","kid":"{kid}"{extra},"x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}}"#
+            )
+        };
+        let load = |keys: &[String]| {
+            let path = dir.join("jwks.json");
+            std::fs::write(&path, format!(r#"{{"keys":[{}]}}"#, keys.join(","))).unwrap();
+            load_jwks(&path)
+        };
+        let kids = |keys: JwtKeys| match keys {
+            JwtKeys::Jwks(k) => k.into_iter().map(|k| k.kid).collect::<Vec<_>>(),
+            JwtKeys::Secret(_) => unreachable!(),
+        };
+        let mixed = [
+            ec("sig", ""),
+            ec("enc", r#","use":"enc""#),
+            ec("wrap", r#","key_ops":["wrapKey"]"#),
+            ec("oaep", r#","alg":"RSA-OAEP""#),
+        ];
+        assert_eq!(kids(load(&mixed).unwrap()), ["sig"]);
+        assert!(load(&[ec("a", ""), ec("a", "")]).unwrap_err().contains("given twice"));
+        assert!(load(&[ec("enc", r#","use":"enc""#)]).unwrap_err().contains("no signature key"));
+        assert!(load(&[ec("../x", "")]).unwrap_err().contains("kid"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     proptest::proptest! {

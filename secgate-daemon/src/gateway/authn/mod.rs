@@ -12,6 +12,14 @@ use http::{HeaderMap, HeaderName, header::AUTHORIZATION};
 
 use self::{api_key::ApiKeys, jwt::JwtSettings, mtls::PrincipalFrom};
 
+/// What a role or principal name may be.
+pub const NAME_RULE: &str = "non-empty, at most 256 characters, no spaces or control characters";
+
+/// Whether `s` may name a role or a principal (see [`NAME_RULE`]).
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && !s.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+}
+
 /// How a principal proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,6 +27,21 @@ pub enum Method {
     ApiKey,
     Jwt,
     Mtls,
+}
+
+impl Method {
+    /// As written in `auth` lists and before the `:` of an `allow_principals` entry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::ApiKey => "api_key",
+            Method::Jwt => "jwt",
+            Method::Mtls => "mtls",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Method> {
+        [Method::ApiKey, Method::Jwt, Method::Mtls].into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// The authentication methods a route accepts (`none` is an empty set).
@@ -33,13 +56,31 @@ impl Methods {
     pub fn none(&self) -> bool {
         !(self.api_key || self.jwt || self.mtls)
     }
+
+    pub fn contains(&self, m: Method) -> bool {
+        match m {
+            Method::ApiKey => self.api_key,
+            Method::Jwt => self.jwt,
+            Method::Mtls => self.mtls,
+        }
+    }
 }
 
+/// An authenticated caller. Its name is only meaningful with the method that proved it: an
+/// API key id, a JWT `sub` and a certificate name live in different namespaces, so that a
+/// token with `sub: "ops-bot"` is not the API key `ops-bot`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub id: String,
     pub roles: BTreeSet<String>,
     pub via: Method,
+}
+
+impl Principal {
+    /// `method:id`, as `allow_principals` and the audit write it.
+    pub fn qualified(&self) -> String {
+        format!("{}:{}", self.via.name(), self.id)
+    }
 }
 
 /// Why a request could not be authenticated.
@@ -49,6 +90,11 @@ pub enum Failure {
     Missing,
     /// One was sent and failed; the reason is for the log only (`invalid_token`).
     Invalid(String),
+    /// More than one credential header of a kind: the upstream might read another one than
+    /// the gateway checked (400).
+    Ambiguous(&'static str),
+    /// Key checks are saturated; try again (503).
+    Busy,
 }
 
 #[derive(Clone, Debug)]
@@ -71,12 +117,20 @@ impl Authenticator {
     /// Authenticates a request by the first credential the route accepts: a client
     /// certificate, then an API key header, then a bearer token (a JWT if it has three parts,
     /// else an API key).
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         accept: &Methods,
         headers: &HeaderMap,
         client_cert: Option<&[u8]>,
     ) -> Result<Principal, Failure> {
+        if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(Failure::Ambiguous("more than one Authorization header"));
+        }
+        if let Some(h) = &self.api_key_header
+            && headers.get_all(h).iter().nth(1).is_some()
+        {
+            return Err(Failure::Ambiguous("more than one API key header"));
+        }
         if accept.mtls
             && let (Some(settings), Some(cert)) = (&self.mtls, client_cert)
         {
@@ -90,7 +144,7 @@ impl Authenticator {
         if let Some(value) = from_header.filter(|_| accept.api_key) {
             let key =
                 value.to_str().map_err(|_| Failure::Invalid("the API key is not text".into()))?;
-            return self.api_key(key);
+            return self.api_key(key).await;
         }
         let Some(auth) = headers.get(AUTHORIZATION) else { return Err(Failure::Missing) };
         let token = auth
@@ -102,16 +156,18 @@ impl Authenticator {
         let looks_like_jwt = token.matches('.').count() == 2;
         match (looks_like_jwt, accept.jwt, accept.api_key) {
             (true, true, _) => self.jwt(token),
-            (false, _, true) => self.api_key(token),
+            (false, _, true) => self.api_key(token).await,
             _ => Err(Failure::Invalid("a kind of credential this route does not accept".into())),
         }
     }
 
-    fn api_key(&self, presented: &str) -> Result<Principal, Failure> {
+    async fn api_key(&self, presented: &str) -> Result<Principal, Failure> {
         let key = self
             .api_keys
             .authenticate(presented)
-            .ok_or_else(|| Failure::Invalid("unknown API key".into()))?;
+            .await
+            .map_err(|api_key::Busy| Failure::Busy)?
+            .ok_or_else(|| Failure::Invalid("unknown API key id or wrong secret".into()))?;
         let roles = key.roles.iter().cloned().collect();
         Ok(Principal { id: key.id.clone(), roles, via: Method::ApiKey })
     }
