@@ -593,13 +593,48 @@ fn a_banned_source_is_closed_before_any_tls_byte() {
         return;
     }
     // Monitor mode: XDP lets the banned packets through, so the gateway must refuse them.
-    let gw = Gw::start("gwb", Opts { datapath_extra: "mode = \"monitor\"", ..Opts::default() });
+    let limits = "\n[gateway.limits]\nmax_connections_per_source = 3\n";
+    let gw = Gw::start(
+        "gwb",
+        Opts { datapath_extra: "mode = \"monitor\"", routes_extra: limits, ..Opts::default() },
+    );
     let hello = client_hello(&gw.tls(H1, None));
     let answer = plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello);
     assert_eq!(answer.first(), Some(&0x16), "not banned: a ServerHello comes back");
+
+    // One source holds at most 3 connections; the next is reset at accept, others are served.
+    let held: Vec<Http> = gw.rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let tls =
+                gw.tls(H2, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+            held.push(Http::over(tls).await);
+        }
+        held
+    });
+    assert!(plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello).is_empty(), "a 4th connection");
+    assert!(
+        metric(
+            &gw,
+            "secgate_gateway_connections_closed_total",
+            &[("reason", "source_connection_limit")]
+        ) >= 1.0
+    );
+    assert_eq!(gw.get(OTHER_V4, "/health", &[]).status, 200, "another source is served");
+
+    // A ban cuts the connections the source already has, within a second or so.
+    let mut open = held;
+    let ok = gw.rt.block_on(open[0].send(request("GET", HOST, "/health", &[], vec![])));
+    assert_eq!(ok.expect("an open connection").status, 200);
     gw.daemon.ok(&["ban", "add", CLIENT_V4]);
+    std::thread::sleep(Duration::from_millis(2500));
+    for conn in &mut open {
+        let after = gw.rt.block_on(conn.send(request("GET", HOST, "/health", &[], vec![])));
+        assert!(after.is_err(), "a banned source's open connection is cut: {after:?}");
+    }
     gw.daemon.ok(&["ban", "add", "fd00:18::/64"]);
     let before = metric(&gw, "secgate_gateway_connections_closed_total", &[("reason", "banned")]);
+    assert!(before >= 3.0, "the three cut connections are counted");
     assert!(
         plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello).is_empty(),
         "banned: not one byte back"
@@ -755,6 +790,21 @@ fn proxying_streams_rewrites_headers_and_reports_upstream_failures() {
         });
         assert_eq!(up.json()["received"], body.len(), "{alpn:?}");
         assert_eq!(down.body.len(), secgate_tests::gateway::upstream::BIG_BYTES, "{alpn:?}");
+        // Streamed, not buffered: the first chunk is here before the upstream sent the rest.
+        gw.up.drip_done.store(false, std::sync::atomic::Ordering::SeqCst);
+        let first = gw.rt.block_on(async {
+            let stream =
+                gw.tls(alpn, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+            Http::over(stream)
+                .await
+                .first_chunk(request("GET", HOST, "/public/drip", &[], vec![]))
+                .await
+        });
+        assert_eq!(first.expect("drip").as_ref(), b"first", "{alpn:?}");
+        assert!(
+            !gw.up.drip_done.load(std::sync::atomic::Ordering::SeqCst),
+            "{alpn:?}: the gateway waited for the whole body"
+        );
     }
     gw.up.clear();
     let r = gw.get(
@@ -783,6 +833,25 @@ fn proxying_streams_rewrites_headers_and_reports_upstream_failures() {
 
     let slow = gw.get(CLIENT_V4, "/public/slow", &[]);
     assert_json_error(&slow, 504, "gateway_timeout");
+    // A request the client gives up on (its h2 stream reset) is still audited.
+    gw.rt.block_on(async {
+        let tls = gw.tls(H2, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+        let mut h2 = Http::over(tls).await;
+        let wait = Duration::from_millis(300);
+        let gave_up = tokio::time::timeout(
+            wait,
+            h2.send(request("GET", HOST, "/public/slow?gave-up", &[], vec![])),
+        );
+        assert!(gave_up.await.is_err(), "the upstream takes 3 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    let audit = std::fs::read_to_string(&gw.daemon.audit).expect("audit");
+    assert!(
+        audit.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|l| {
+            l["path"] == "/public/slow" && l["decision"] == "cancelled" && l["status"] == 499
+        }),
+        "no cancelled line in {audit}"
+    );
     let (code, _, err) =
         gw.reload(&Opts { upstream: Some("http://127.0.0.1:1".into()), ..Opts::default() });
     assert_eq!(code, 0, "{err}");

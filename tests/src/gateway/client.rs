@@ -135,6 +135,33 @@ impl Http {
         }
     }
 
+    /// Sends `req` and returns the first chunk of the response body, as soon as it arrives.
+    pub async fn first_chunk(&mut self, req: Request<Full<Bytes>>) -> Result<Bytes, hyper::Error> {
+        let resp = match self {
+            Http::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Http::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let mut body = resp.into_body();
+        loop {
+            match body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data()
+                        && !data.is_empty()
+                    {
+                        return Ok(data);
+                    }
+                }
+                None => return Ok(Bytes::new()),
+            }
+        }
+    }
+
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
         let resp = match self {
             Http::H1(s) => {

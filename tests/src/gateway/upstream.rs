@@ -1,14 +1,18 @@
 //! The upstream the gateway proxies to in tests: a real HTTP/1.1 server (hyper) on the
 //! gateway namespace's loopback that records every request it is sent.
 //!
-//! `/…/slow` answers after 3 s; `/…/big` streams 8 MiB; a body is counted as it streams and
-//! the count is answered. Every answer carries hop-by-hop headers (which must not reach the
+//! `/…/slow` answers after 3 s; `/…/big` streams 8 MiB; `/…/drip` sends one chunk, then
+//! the rest 1 s later (and records when it has); a body is counted as it streams and the
+//! count is answered. Every answer carries hop-by-hop headers (which must not reach the
 //! client) and a `Server` header.
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -33,6 +37,8 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Set once a `/drip` answer has sent its last chunk.
+    pub drip_done: Arc<AtomicBool>,
 }
 
 pub const BIG_BYTES: usize = 8 << 20;
@@ -45,14 +51,17 @@ impl Upstream {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let up = Upstream { addr, seen: seen.clone() };
+        let drip_done = Arc::new(AtomicBool::new(false));
+        let up = Upstream { addr, seen: seen.clone(), drip_done: drip_done.clone() };
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let seen = seen.clone();
+                let (seen, drip_done) = (seen.clone(), drip_done.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| answer(seen.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(seen.clone(), drip_done.clone(), req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -81,6 +90,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 async fn answer(
     seen: Arc<Mutex<Vec<Seen>>>,
+    drip_done: Arc<AtomicBool>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, mut body) = req.into_parts();
@@ -98,7 +108,15 @@ async fn answer(
     if path.contains("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let body: Body = if path.contains("/big") {
+    let body: Body = if path.contains("/drip") {
+        let first = futures::stream::once(async { Ok(Frame::data(Bytes::from_static(b"first"))) });
+        let rest = futures::stream::once(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drip_done.store(true, Ordering::SeqCst);
+            Ok(Frame::data(Bytes::from_static(b"rest")))
+        });
+        StreamBody::new(futures::StreamExt::chain(first, rest)).boxed()
+    } else if path.contains("/big") {
         let chunks = (0..BIG_BYTES / 65536)
             .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
         StreamBody::new(futures::stream::iter(chunks)).boxed()
