@@ -123,6 +123,18 @@ fn every_auth_method_and_role_is_allowed_or_refused_as_configured() {
         raw(&mut tls, req.as_bytes()).await
     });
     assert_eq!(raw_status(&misdirected), 421, "{}", String::from_utf8_lossy(&misdirected));
+    // Without SNI, only names the certificates are for: a hidden virtual host is not one.
+    let mut no_sni = (*gw.tls(H1, None).config).clone();
+    no_sni.enable_sni = false;
+    let no_sni = Tls { config: std::sync::Arc::new(no_sni), sni: HOST.into() };
+    for (host, want) in [(HOST, 200), ("internal.test", 421), ("api.test.", 200)] {
+        let answer = gw.rt.block_on(async {
+            let mut tls = no_sni.connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+            let req = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            raw(&mut tls, req.as_bytes()).await
+        });
+        assert_eq!(raw_status(&answer), want, "no SNI, Host {host}");
+    }
 
     // mTLS: the verified certificate's SAN is the principal.
     let ok = gw.send(&gw.tls(H1, Some(svc_a.clone())), CLIENT_V4, "GET", "/svc/x", &[]);
@@ -560,11 +572,29 @@ fn tls_versions_sni_and_client_certificates() {
         gw.send(&gw.tls(H1, Some(svc_a.clone())), CLIENT_V4, "GET", "/svc/x", &[]).status,
         200
     );
-    let rogue = Pki::new(&gw.dir.join("rogue"), "rogue").client("svc-a.clients.test", "svc-a");
+    let rogue_ca = Pki::new(&gw.dir.join("rogue"), "rogue");
+    let rogue = rogue_ca.client("svc-a.clients.test", "svc-a");
     assert!(
         refused(&gw, &gw.tls(H1, Some(rogue.clone()))),
         "a certificate from another CA fails even when optional"
     );
+
+    // Tickets resume sessions, and the certificate a ticket brings back is verified again:
+    // once its CA is no longer trusted, a resumed session carries no principal.
+    let resumed =
+        |gw: &Gw| metric(gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "resumed")]);
+    let resuming = gw.tls(H1, Some(svc_a.clone()));
+    assert_eq!(gw.send(&resuming, CLIENT_V4, "GET", "/svc/x", &[]).status, 200);
+    let before = resumed(&gw);
+    assert_eq!(gw.send(&resuming, CLIENT_V4, "GET", "/svc/x", &[]).status, 200);
+    assert!(resumed(&gw) > before, "the second connection resumed its session");
+    let (code, _, err) =
+        gw.reload(&Opts { client_ca: Some(rogue_ca.ca_pem.clone()), ..Opts::default() });
+    assert_eq!(code, 0, "{err}");
+    let before = resumed(&gw);
+    let r = gw.send(&resuming, CLIENT_V4, "GET", "/svc/x", &[]);
+    assert!(resumed(&gw) > before, "resumed across the reload: tickets outlive it");
+    assert_json_error(&r, 401, "invalid_request");
 
     // Required: no certificate, no connection.
     let (code, _, err) = gw.reload(&Opts { client_auth: "required", ..Opts::default() });
@@ -717,6 +747,21 @@ fn certificates_are_replaced_without_dropping_connections() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_cut_as_idle() {
+    if !privileged("a_client_that_stops_reading_is_cut_as_idle") {
+        return;
+    }
+    let gw = Gw::start("gwi", Opts { gateway_extra: "idle_timeout = \"2s\"", ..Opts::default() });
+    let open_for = gw.rt.block_on(async {
+        let tls = gw.tls(H2, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+        h2raw::stalled_reader(tls, HOST, "/public/big", Duration::from_secs(15)).await
+    });
+    let open_for = open_for.expect("pings and a stalled response kept the connection open");
+    assert!(open_for >= Duration::from_secs(2), "not before idle_timeout: {open_for:?}");
+    assert_eq!(gw.get(CLIENT_V4, "/health", &[]).status, 200, "the source is not punished");
+}
+
+#[test]
 fn http2_floods_are_cut_while_others_are_served() {
     if !privileged("http2_floods_are_cut_while_others_are_served") {
         return;
@@ -827,6 +872,7 @@ fn proxying_streams_rewrites_headers_and_reports_upstream_failures() {
     let seen = gw.up.seen().pop().expect("proxied");
     assert_eq!(seen.headers["x-forwarded-for"], CLIENT_V4);
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["host"], HOST, "the checked host, rebuilt");
     let forwarded = seen.headers["forwarded"].to_str().unwrap();
     assert!(forwarded.starts_with(&format!("for={CLIENT_V4};proto=https")), "{forwarded}");
     assert!(!seen.headers.contains_key("x-secret") && !seen.headers.contains_key("connection"));

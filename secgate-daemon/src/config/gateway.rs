@@ -41,6 +41,21 @@ pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<Gate
     let upstream = upstream_timeout
         .and_then(|t| c.take(&g.upstream, UpstreamSettings::parse(g.upstream.get_ref(), t)));
     let timeouts = timeouts(c, g);
+    // A request waiting for its upstream makes no progress, so the idle timer would close
+    // its connection before the upstream timeout could answer it.
+    if let (Some(t), Some(up)) = (&timeouts, upstream_timeout)
+        && t.idle <= up
+    {
+        let at = g.idle_timeout.as_ref().or(g.upstream_timeout.as_ref());
+        let message = format!(
+            "idle_timeout ({:?}) must be longer than upstream_timeout ({up:?}): a request waiting for the upstream would be cut as idle",
+            t.idle
+        );
+        match at {
+            Some(at) => c.say(at, message),
+            None => c.say(&g.upstream, message),
+        }
+    }
     let limits = limits(c, &g.limits);
     let tls = tls(c, &g.tls);
     // From the raw table: a broken certificate elsewhere must not add a false mTLS problem.

@@ -252,6 +252,10 @@ fn gateway_timeouts_are_bounded() {
         Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
     assert!(shown.iter().any(|p| p.contains("\"2h\" is longer than 1h")), "{shown:#?}");
     assert!(shown.iter().any(|p| p.contains("longer than zero")), "{shown:#?}");
+    let text = good(&f).replacen("[gateway.tls]", "idle_timeout = \"20s\"\n[gateway.tls]", 1);
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|p| p.contains("must be longer than upstream_timeout")), "{shown:#?}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! A watch on each client connection: when its decrypted bytes last moved and when it last
-//! had a request in flight (for the idle timeout), and, on HTTP/2, how fast the client
+//! A watch on each client connection: when its decrypted bytes last moved and when its
+//! requests last made progress (for the idle timeout), and, on HTTP/2, how fast the client
 //! resets streams.
 //!
 //! Hand-rolled because hyper exposes neither. h2 bounds resets only of streams the server
@@ -15,7 +15,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
@@ -33,16 +33,15 @@ const RST_STREAM: u8 = 0x3;
 pub const RESET_BURST: f64 = 100.0;
 pub const RESETS_PER_SEC: f64 = 10.0;
 
-/// When a connection's bytes last moved and when it last had a request in flight, shared
-/// with its idle timer. Both count: a client that pings an HTTP/2 connection (or trickles a
-/// header block) without completing requests is idle, and so is one that stops reading a
-/// response.
+/// When a connection's bytes last moved and when one of its requests last made progress
+/// (began, moved a body frame either way, or ended), shared with its idle timer. Both count:
+/// a client that only pings an HTTP/2 connection (or trickles a header block) is idle, and
+/// so is one whose request stalls because it stopped reading the response.
 #[derive(Debug)]
 pub struct Activity {
     start: Instant,
     bytes_ms: AtomicU64,
     request_ms: AtomicU64,
-    in_flight: AtomicUsize,
 }
 
 impl Activity {
@@ -51,7 +50,6 @@ impl Activity {
             start: Instant::now(),
             bytes_ms: AtomicU64::new(0),
             request_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -63,33 +61,18 @@ impl Activity {
         self.bytes_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Marks a request in flight until the guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+    /// A request began, moved a body frame, or ended.
+    pub fn progress(&self) {
+        self.request_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// How long the connection has been idle: the longer of the time since its bytes moved
-    /// and the time since it last had a request in flight.
+    /// and the time since a request last made progress.
     pub fn quiet(&self) -> std::time::Duration {
         let now = self.now_ms();
         let bytes = now.saturating_sub(self.bytes_ms.load(Ordering::Relaxed));
-        let requests = if self.in_flight.load(Ordering::Relaxed) > 0 {
-            0
-        } else {
-            now.saturating_sub(self.request_ms.load(Ordering::Relaxed))
-        };
+        let requests = now.saturating_sub(self.request_ms.load(Ordering::Relaxed));
         std::time::Duration::from_millis(bytes.max(requests))
-    }
-}
-
-/// A request in flight on a connection; see [`Activity::begin`].
-pub struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.request_ms.store(self.0.now_ms(), Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -297,16 +280,15 @@ mod tests {
         let a = Activity::new();
         std::thread::sleep(pause);
         assert!(a.quiet() >= pause, "nothing has happened yet");
-        let request = a.begin();
+        a.progress();
         a.touch();
-        std::thread::sleep(pause);
-        assert!(a.quiet() >= pause, "a request in flight whose bytes stopped (a slow reader)");
-        a.touch();
-        assert!(a.quiet() < pause, "a request in flight, bytes moving");
-        drop(request);
+        assert!(a.quiet() < pause, "a request moving, bytes moving");
         std::thread::sleep(pause);
         a.touch();
-        assert!(a.quiet() >= pause, "bytes moving (pings) but no request since");
+        assert!(a.quiet() >= pause, "bytes moving (pings) but no request progress");
+        a.progress();
+        std::thread::sleep(pause);
+        assert!(a.quiet() >= pause, "a request whose bytes stopped (a slow reader)");
     }
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {

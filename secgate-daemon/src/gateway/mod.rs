@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 mod guard;
+mod host;
 pub mod metrics;
 pub mod normalize;
 mod pipeline;
@@ -32,6 +33,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use rustls::{pki_types::UnixTime, server::danger::ClientCertVerifier};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
@@ -83,13 +85,33 @@ struct Tls {
     settings: TlsSettings,
     acceptor: TlsAcceptor,
     stamps: Vec<Option<(SystemTime, u64)>>,
+    /// Checks the client certificate a resumed session brings along (see `client_cert`).
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The names the certificates are for, for requests on connections without SNI.
+    served: Arc<[String]>,
 }
 
 impl Tls {
     fn build(settings: TlsSettings, tickets: &Tickets) -> Result<Tls, String> {
         let stamps = tls::stamps(&settings.files());
         let acceptor = TlsAcceptor::from(settings.server_config(tickets.clone())?);
-        Ok(Tls { settings, acceptor, stamps })
+        let verifier = settings.client_verifier()?;
+        let served = settings.served_names().into();
+        Ok(Tls { settings, acceptor, stamps, verifier, served })
+    }
+
+    /// The client certificate of a finished handshake, if it holds now. rustls restores a
+    /// resumed session's certificate from its ticket without verifying it again, so a
+    /// certificate that has expired, or whose CA was removed by a reload since, would live
+    /// on for the ticket's life: it is verified against the current settings here.
+    fn client_cert(&self, session: &rustls::ServerConnection, resumed: bool) -> Option<Vec<u8>> {
+        let chain = session.peer_certificates()?;
+        let (leaf, rest) = chain.split_first()?;
+        if resumed {
+            let verifier = self.verifier.as_ref()?;
+            verifier.verify_client_cert(leaf, rest, UnixTime::now()).ok()?;
+        }
+        Some(leaf.as_ref().to_vec())
     }
 }
 
@@ -113,8 +135,10 @@ pub struct Conn {
     pub client_cert: Option<Vec<u8>>,
     /// For the idle timer: requests mark themselves in flight.
     pub activity: Arc<Activity>,
-    /// The server name the client asked for in its ClientHello, lower case.
-    pub sni: Option<String>,
+    /// The hosts its requests may be for.
+    pub hosts: host::Expected,
+    /// Why the gateway cut the connection, if it did: for the audit of requests it ends.
+    pub cut: std::sync::OnceLock<&'static str>,
 }
 
 pub struct Gateway {
@@ -127,6 +151,8 @@ pub struct Gateway {
     metrics: Arc<GatewayMetrics>,
     log: Arc<RequestLog>,
     slots: Arc<Slots>,
+    /// Requests in flight upstream, across upstream changes.
+    upstream_slots: Arc<Slots>,
     tickets: Tickets,
 }
 
@@ -138,6 +164,7 @@ impl Gateway {
         log: Arc<RequestLog>,
     ) -> Result<Arc<Gateway>, GatewayError> {
         let tickets = tls::ticketer().map_err(GatewayError::Tls)?;
+        let upstream_slots = Arc::<Slots>::default();
         let tls = Tls::build(settings.tls.clone(), &tickets).map_err(GatewayError::Tls)?;
         Ok(Arc::new(Gateway {
             tickets,
@@ -146,7 +173,11 @@ impl Gateway {
                 auth: settings.auth.clone(),
             }),
             tls: ArcSwap::from_pointee(tls),
-            upstream: ArcSwap::from_pointee(Upstream::new(settings.upstream.clone())),
+            upstream: ArcSwap::from_pointee(Upstream::new(
+                settings.upstream.clone(),
+                upstream_slots.clone(),
+            )),
+            upstream_slots,
             conn: ArcSwap::from_pointee(ConnSettings {
                 timeouts: settings.timeouts,
                 limits: settings.limits,
@@ -217,7 +248,8 @@ impl Gateway {
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, _slot: Slot) {
         let _ = stream.set_nodelay(true);
         let settings = **self.conn.load();
-        let acceptor = self.tls.load().acceptor.clone();
+        let tls_now = self.tls.load_full();
+        let acceptor = tls_now.acceptor.clone();
         let tls = match tokio::time::timeout(settings.timeouts.handshake, acceptor.accept(stream))
             .await
         {
@@ -232,22 +264,36 @@ impl Gateway {
         let session = tls.get_ref().1;
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.metrics.handshake(if resumed { "resumed" } else { "ok" });
-        let client_cert =
-            session.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+        let client_cert = tls_now.client_cert(session, resumed);
+        if resumed
+            && client_cert.is_none()
+            && tls_now.settings.client_auth == tls::ClientAuth::Required
+        {
+            return self.metrics.handshake("bad_certificate");
+        }
         let activity = Activity::new();
-        let sni = session.server_name().map(str::to_ascii_lowercase);
-        let conn = Arc::new(Conn { peer, client_cert, activity: activity.clone(), sni });
-        let metrics = self.metrics.clone();
+        let hosts = host::Expected::from_sni(session.server_name(), &tls_now.served);
+        let conn = Arc::new(Conn {
+            peer,
+            client_cert,
+            activity: activity.clone(),
+            hosts,
+            cut: std::sync::OnceLock::new(),
+        });
+        let (metrics, cut) = (self.metrics.clone(), conn.clone());
         let io = Guarded::new(
             tls,
             activity.clone(),
             Box::new(move |abuse| {
                 warn!(%peer, ?abuse, "HTTP/2 connection cut");
+                let _ = cut.cut.set("rapid_reset");
                 metrics.closed("rapid_reset");
             }),
         );
         let gateway = self.clone();
-        let service = service_fn(move |req| pipeline::handle(gateway.clone(), conn.clone(), req));
+        let on_conn = conn.clone();
+        let service =
+            service_fn(move |req| pipeline::handle(gateway.clone(), on_conn.clone(), req));
         let builder = http_builder(&settings);
         let served = builder.serve_connection(TokioIo::new(io), service);
         // Closed gracefully once it has been idle (see `Activity::quiet`) for `idle`; dropped
@@ -264,6 +310,7 @@ impl Gateway {
                 _ = tick.tick() => {
                     // A source banned while connected is cut at the next tick.
                     if self.service.refuses(peer.ip()) {
+                        let _ = conn.cut.set("banned");
                         self.metrics.closed("banned");
                         return;
                     }
@@ -272,6 +319,7 @@ impl Gateway {
                         served.as_mut().graceful_shutdown();
                         closing = true;
                     } else if closing && quiet >= idle * 2 {
+                        let _ = conn.cut.set("idle");
                         return;
                     }
                 }
@@ -370,7 +418,7 @@ impl Reloadable for GatewayReload {
         }
         let tls = Tls::build(g.tls.clone(), &gateway.tickets)?;
         let upstream = (g.upstream != *gateway.upstream.load().settings())
-            .then(|| Upstream::new(g.upstream.clone()));
+            .then(|| Upstream::new(g.upstream.clone(), gateway.upstream_slots.clone()));
         let rules = Rules { routes: g.routes.clone(), auth: g.auth.clone() };
         let conn = ConnSettings { timeouts: g.timeouts, limits: g.limits };
         Ok(Box::new(move || {

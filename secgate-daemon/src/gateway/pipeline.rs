@@ -6,18 +6,17 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use http::{Request, Response, header::AUTHORIZATION};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use super::{
     Conn, Gateway,
     audit::Line,
     authn::{Method, Principal},
-    authz,
+    authz, host,
     metrics::RequestLabels,
     normalize::normalize,
     proxy::Origin,
-    respond::{Body, Holding, Rejection},
+    respond::{Body, Rejection},
     routes::{self, Found},
 };
 
@@ -26,8 +25,9 @@ pub async fn handle(
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let in_flight = conn.activity.begin();
+    conn.activity.progress();
     let mut pending = Pending {
+        conn: conn.clone(),
         line: Line::new(conn.peer.ip(), req.method()),
         started: Instant::now(),
         gateway: gateway.clone(),
@@ -49,8 +49,8 @@ pub async fn handle(
         }
     };
     pending.finish(response.status().as_u16());
-    // In flight until the last byte of the body is sent, not only until its head is.
-    Ok(response.map(|body| Holding::new(body, in_flight).boxed()))
+    conn.activity.progress();
+    Ok(response)
 }
 
 /// Reasons come partly from what the client sent (a token's `alg`, a parser's complaint):
@@ -58,9 +58,11 @@ pub async fn handle(
 const MAX_REASON_CHARS: usize = 200;
 
 /// A request's audit line until it is written. hyper drops a request's future when the
-/// client resets the stream or goes away; the line is then written on drop, as
-/// `cancelled` with status 499, so that every request is accounted for.
+/// client resets the stream or goes away, or when the gateway cuts the connection; the line
+/// is then written on drop, with status 499 and decision `cancelled` (or `cut`, with the
+/// gateway's reason), so that every request is accounted for.
 struct Pending {
+    conn: Arc<Conn>,
     line: Line,
     started: Instant,
     gateway: Arc<Gateway>,
@@ -88,39 +90,33 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            self.line.decision = "cancelled";
-            self.line.reason = "the client went away before the response".into();
+            match self.conn.cut.get() {
+                Some(why) => {
+                    self.line.decision = "cut";
+                    self.line.reason = format!("the gateway closed the connection ({why})");
+                }
+                None => {
+                    self.line.decision = "cancelled";
+                    self.line.reason = "the client went away before the response".into();
+                }
+            }
             self.finish(499);
         }
     }
 }
 
-/// The host the request is for: its `:authority` (HTTP/2, absolute form) or its one `Host`.
-/// Routes match on the path alone, so a request must be for the name its connection was
-/// made to (421 otherwise): a host the certificate was not chosen for would otherwise reach
-/// a virtual host of the upstream under another host's ACL.
+/// The host the request is for, checked against the connection (see [`host`]), as it is
+/// to be forwarded.
 fn authority(req: &Request<Incoming>, conn: &Conn) -> Result<Option<String>, Rejection> {
-    let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let header =
-        hosts.next().map(|h| h.to_str().map_err(|_| Rejection::bad_host("Host is not text")));
-    if hosts.next().is_some() {
-        return Err(Rejection::bad_host("more than one Host header"));
-    }
-    let header = header.transpose()?;
-    let uri = req.uri().authority().map(http::uri::Authority::as_str);
-    if let (Some(uri), Some(header)) = (uri, header)
-        && !uri.eq_ignore_ascii_case(header)
-    {
-        return Err(Rejection::bad_host("the request target and Host name different hosts"));
-    }
-    let Some(host) = uri.or(header) else { return Ok(None) };
-    let name = match host.parse::<http::uri::Authority>() {
-        Ok(a) => a.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
-        Err(_) => return Err(Rejection::bad_host("Host is not a host name")),
-    };
-    match &conn.sni {
-        Some(sni) if *sni != name => Err(Rejection::misdirected(name)),
-        _ => Ok(Some(host.to_owned())),
+    let headers = req
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .map(|h| h.to_str().map(str::to_owned).map_err(|_| ()));
+    let target = req.uri().authority().map(http::uri::Authority::as_str);
+    match host::of_request(target, headers).map_err(Rejection::bad_host)? {
+        Some(h) if !conn.hosts.allows(&h.name) => Err(Rejection::misdirected(h.name)),
+        h => Ok(h.map(|h| h.authority())),
     }
 }
 
@@ -135,7 +131,7 @@ async fn stages(
     // The raw path, bounded, stands in the audit until it is normalized.
     line.path = req.uri().path().chars().take(256).collect();
     let path = normalize(req.uri().path()).map_err(Rejection::bad_path)?;
-    line.path.clone_from(&path);
+    line.path = path.chars().take(256).collect();
     let route = match routes::find(&policy.routes, &path, req.method()) {
         Found::Route(route) => route,
         Found::MethodNotAllowed(allow) => return Err(Rejection::method_not_allowed(&allow)),
@@ -166,7 +162,7 @@ async fn stages(
     if principal.as_ref().is_some_and(|p| p.via != Method::Jwt) {
         req.headers_mut().remove(AUTHORIZATION);
     }
-    let origin = Origin { client: conn.peer.ip(), host };
+    let origin = Origin { client: conn.peer.ip(), host, activity: conn.activity.clone() };
     let upstream = gateway.upstream.load();
     let sent = Instant::now();
     let answer = upstream.forward(req, &path, &origin).await;

@@ -6,6 +6,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version,
     header::{self, HOST},
@@ -18,9 +19,11 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use tokio::sync::Semaphore;
-
-use super::respond::{Body, Holding, Rejection};
+use super::{
+    guard::Activity,
+    respond::{Body, Rejection},
+    slots::Slots,
+};
 
 /// Where requests go, and how long the upstream may take to answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,21 +52,27 @@ impl UpstreamSettings {
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
     settings: UpstreamSettings,
-    /// One slot per request in flight upstream, held until its response body is done.
-    in_flight: Arc<Semaphore>,
+    /// One slot per request in flight upstream, held until its response body is done;
+    /// shared by every `Upstream` the gateway makes, so a reload does not double them.
+    in_flight: Arc<Slots>,
 }
 
-/// Requests in flight to the upstream at most; more get 503 at once. Each holds an upstream
-/// socket and descriptors, which 10,000 client connections × 100 streams would exhaust.
-const MAX_UPSTREAM_IN_FLIGHT: usize = 4096;
+/// Requests in flight to the upstream at most, and from one source; more get 503 at once.
+/// Each holds an upstream socket and descriptors, which 10,000 client connections × 100
+/// streams would exhaust, and one source must not hold them all (by reading its responses
+/// slowly, say).
+pub const MAX_UPSTREAM_IN_FLIGHT: u32 = 4096;
+pub const MAX_UPSTREAM_IN_FLIGHT_PER_SOURCE: u32 = MAX_UPSTREAM_IN_FLIGHT / 16;
 /// Idle keep-alive connections kept to the upstream.
 const MAX_IDLE_UPSTREAM: usize = 256;
 
 /// What the gateway knows about the connection a request came on.
 pub struct Origin {
     pub client: IpAddr,
-    /// The host the client asked for (`Host`, or the HTTP/2 `:authority`).
+    /// The host the client asked for (`Host`, or the HTTP/2 `:authority`), checked.
     pub host: Option<String>,
+    /// Where the request's body frames count as progress.
+    pub activity: Arc<Activity>,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -109,7 +118,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings) -> Upstream {
+    pub fn new(settings: UpstreamSettings, in_flight: Arc<Slots>) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.timeout));
         connector.set_nodelay(true);
@@ -117,7 +126,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(MAX_IDLE_UPSTREAM)
             .build(connector);
-        Upstream { client, settings, in_flight: Arc::new(Semaphore::new(MAX_UPSTREAM_IN_FLIGHT)) }
+        Upstream { client, settings, in_flight }
     }
 
     pub fn settings(&self) -> &UpstreamSettings {
@@ -131,8 +140,10 @@ impl Upstream {
         path: &str,
         origin: &Origin,
     ) -> Result<Response<Body>, Rejection> {
-        let slot =
-            self.in_flight.clone().try_acquire_owned().map_err(|_| Rejection::upstream_busy())?;
+        let slot = self
+            .in_flight
+            .take(origin.client, MAX_UPSTREAM_IN_FLIGHT, MAX_UPSTREAM_IN_FLIGHT_PER_SOURCE)
+            .map_err(|_| Rejection::upstream_busy())?;
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
@@ -148,6 +159,7 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         join_cookies(&mut parts.headers);
         set_forwarded(&mut parts.headers, origin);
+        let body = Tracked::new(body, origin.activity.clone(), ());
         let request = Request::from_parts(parts, body.boxed());
         let answer =
             tokio::time::timeout(self.settings.timeout, self.client.request(request)).await;
@@ -158,7 +170,8 @@ impl Upstream {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Holding::new(body.boxed(), slot).boxed()))
+        let body = Tracked::new(body, origin.activity.clone(), slot);
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 }
 
@@ -179,8 +192,18 @@ const FORGEABLE: &[&str] = &[
     "true-client-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-uri",
+    "front-end-https",
+    "client-ip",
+    "forwarded-for",
+    "x-original-host",
+    "x-host",
     "x-original-url",
+    "x-original-uri",
     "x-rewrite-url",
+    "x-original-method",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -207,6 +230,57 @@ fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
     headers.insert("forwarded", value(&forwarded));
 }
 
+/// A proxied body, either way: each data frame counts as progress of its connection's
+/// request (for the idle timer), and `held` (an upstream slot) is kept until the last byte
+/// is through or the body is dropped, not only until the response head is.
+pub struct Tracked<B, G> {
+    inner: B,
+    activity: Arc<Activity>,
+    _held: G,
+}
+
+impl<B, G> Tracked<B, G> {
+    pub fn new(inner: B, activity: Arc<Activity>, held: G) -> Tracked<B, G> {
+        Tracked { inner, activity, _held: held }
+    }
+}
+
+impl<B, G> Drop for Tracked<B, G> {
+    fn drop(&mut self) {
+        self.activity.progress();
+    }
+}
+
+impl<B, G> hyper::body::Body for Tracked<B, G>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    G: Unpin,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+        {
+            self.activity.progress();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,7 +301,11 @@ mod tests {
         strip_hop_by_hop(&mut h);
         set_forwarded(
             &mut h,
-            &Origin { client: "fd00::7".parse().unwrap(), host: Some("api.test".into()) },
+            &Origin {
+                client: "fd00::7".parse().unwrap(),
+                host: Some("api.test".into()),
+                activity: Activity::new(),
+            },
         );
         for gone in
             ["connection", "x-secret", "keep-alive", "transfer-encoding"].iter().chain(FORGEABLE)

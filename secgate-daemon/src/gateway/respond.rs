@@ -13,39 +13,6 @@ use super::{authn::Failure, normalize::PathError};
 /// Every response body the gateway sends: its own JSON, or the upstream's stream.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// A body that holds something (a request's in-flight mark, an upstream slot) until the
-/// last byte is sent or the body is dropped, not only until the response head is.
-pub struct Holding<G> {
-    inner: Body,
-    _held: G,
-}
-
-impl<G> Holding<G> {
-    pub fn new(inner: Body, held: G) -> Holding<G> {
-        Holding { inner, _held: held }
-    }
-}
-
-impl<G: Unpin> hyper::body::Body for Holding<G> {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Whose fault a refusal is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,7 +15,7 @@ use rustls::{
     RootCertStore, ServerConfig,
     crypto::{CryptoProvider, aws_lc_rs},
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
-    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
     sign::CertifiedKey,
 };
 
@@ -140,6 +140,36 @@ impl TlsSettings {
         })
     }
 
+    /// The DNS names the certificates are for (their SANs) and the SNI names configured,
+    /// lower case.
+    pub fn served_names(&self) -> Vec<String> {
+        let pairs = std::iter::once(&self.default).chain(self.sni.iter().map(|(_, p)| p));
+        let mut names: Vec<String> = pairs
+            .filter_map(|p| p.certified.cert.first())
+            .filter_map(|der| {
+                x509_parser::parse_x509_certificate(der).ok().map(|(_, c)| dns_names(&c))
+            })
+            .flatten()
+            .chain(self.sni.iter().map(|(n, _)| n.clone()))
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The verifier of client certificates, when they are asked for.
+    pub fn client_verifier(&self) -> Result<Option<Arc<dyn ClientCertVerifier>>, String> {
+        let (Some((_, roots)), auth) = (&self.client_ca, self.client_auth) else { return Ok(None) };
+        if auth == ClientAuth::Off {
+            return Ok(None);
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+        let verifier =
+            if auth == ClientAuth::Optional { verifier.allow_unauthenticated() } else { verifier };
+        verifier.build().map(Some).map_err(|e| format!("client_ca: {e}"))
+    }
+
     /// The rustls server config.
     pub fn server_config(
         &self,
@@ -152,20 +182,9 @@ impl TlsSettings {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS versions: {e}"))?;
-        let builder = match (&self.client_ca, self.client_auth) {
-            (Some((_, roots)), auth) if auth != ClientAuth::Off => {
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
-                let verifier = if auth == ClientAuth::Optional {
-                    verifier.allow_unauthenticated()
-                } else {
-                    verifier
-                };
-                builder.with_client_cert_verifier(
-                    verifier.build().map_err(|e| format!("client_ca: {e}"))?,
-                )
-            }
-            _ => builder.with_no_client_auth(),
+        let builder = match self.client_verifier()? {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(Arc::new(BySni {
             default: self.default.certified.clone(),
@@ -175,6 +194,19 @@ impl TlsSettings {
         config.ticketer = tickets;
         Ok(Arc::new(config))
     }
+}
+
+fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(name) => Some((*name).to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Session-ticket keys (rotated by rustls), shared by every config the gateway builds.

@@ -13,6 +13,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -37,6 +38,36 @@ pub fn request_block(host: &str, path: &str) -> Vec<u8> {
         b.extend_from_slice(value.as_bytes());
     }
     b
+}
+
+/// A client that asks for `path` with a flow-control window of 0, so the response can never
+/// be sent, and pings every 200 ms to look alive. Returns how long the server kept the
+/// connection open, or `None` if it still was after `limit`.
+pub async fn stalled_reader(
+    mut tls: TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let initial_window_0 = [0x00, 0x04, 0, 0, 0, 0];
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &initial_window_0));
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &request_block(host, path)));
+    tls.write_all(&hello).await.ok()?;
+    let mut buf = [0u8; 16384];
+    while started.elapsed() < limit {
+        match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => {
+                if tls.write_all(&frame(PING, 0, 0, &[0; 8])).await.is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// What the server did with a flood.

@@ -86,6 +86,10 @@ pub struct Opts {
     pub routes_extra: &'static str,
     /// Store the API keys as argon2id hashes instead of sha256 (only at start).
     pub argon2_keys: bool,
+    /// `client_ca` other than the test CA.
+    pub client_ca: Option<PathBuf>,
+    /// Lines added to the `[gateway]` table.
+    pub gateway_extra: &'static str,
 }
 
 impl Default for Opts {
@@ -97,6 +101,8 @@ impl Default for Opts {
             datapath_extra: "",
             routes_extra: "",
             argon2_keys: false,
+            client_ca: None,
+            gateway_extra: "",
         }
     }
 }
@@ -178,7 +184,8 @@ impl Gw {
 
     /// The gateway's part of the config.
     pub fn config(&self, opts: &Opts) -> String {
-        config_text(&self.dir, &self.pki.ca_pem, &self.key_entries, &self.up, opts)
+        let ca = opts.client_ca.as_deref().unwrap_or(&self.pki.ca_pem);
+        config_text(&self.dir, ca, &self.key_entries, &self.up, opts)
     }
 
     /// Rewrites the config with `opts` and reloads; returns the CLI's (code, stdout, stderr).
@@ -240,6 +247,7 @@ fn config_text(
 listen = ["{GW_V4}:{PORT}", "[fd00:18::1]:{PORT}"]
 upstream = "{upstream}"
 upstream_timeout = "1s"
+{gateway_extra}
 
 [gateway.tls]
 cert = "{api_pem}"
@@ -270,6 +278,7 @@ principal = "san"
 roles = {{ "svc-a.clients.test" = ["admin"], "svc-b.clients.test" = ["user"] }}
 {ROUTES}{routes_extra}"#,
         routes_extra = opts.routes_extra,
+        gateway_extra = opts.gateway_extra,
         api_pem = d("api.pem"),
         api_key = d("api.key"),
         min = opts.min_version,

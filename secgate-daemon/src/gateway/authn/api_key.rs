@@ -151,7 +151,8 @@ impl ApiKeys {
         let dummy = costliest_params(&keys).map_or(KeyHash::Sha256([0; 32]), |params| {
             KeyHash::Argon2(argon2_with(params, "dummy"))
         });
-        let slots = std::thread::available_parallelism().map_or(1, usize::from);
+        // Half the cores at most: the async workers need the rest to keep serving.
+        let slots = std::thread::available_parallelism().map_or(1, |n| (usize::from(n) / 2).max(1));
         ApiKeys {
             by_id: keys.into_iter().map(|k| (k.id.clone(), k)).collect(),
             dummy,
