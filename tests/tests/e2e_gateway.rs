@@ -747,6 +747,49 @@ fn certificates_are_replaced_without_dropping_connections() {
 }
 
 #[test]
+fn every_response_carries_the_security_headers() {
+    if !privileged("every_response_carries_the_security_headers") {
+        return;
+    }
+    let gw = Gw::start("gwh", Opts::default());
+    let admin = bearer(gw.key("admin-key"));
+    // (path, credential, status, content type, cache-control)
+    type Case<'a> = (&'a str, Option<&'a str>, u16, &'a str, Option<&'a str>);
+    let cases: [Case; 6] = [
+        ("/public/x", None, 200, "application/json", None),
+        ("/public/untyped", None, 200, "application/octet-stream", Some("max-age=60")),
+        ("/public/deny", None, 401, "application/octet-stream", Some("no-store")),
+        ("/admin/x", None, 401, "application/json; charset=utf-8", Some("no-store")),
+        ("/admin/x", Some(admin.as_str()), 200, "application/json", None),
+        ("/nowhere", None, 404, "application/json; charset=utf-8", None),
+    ];
+    for alpn in [H1, H2] {
+        for (path, credential, status, content_type, cache) in cases {
+            let headers: Vec<(&str, &str)> =
+                credential.iter().map(|c| ("authorization", *c)).collect();
+            let r = gw.send(&gw.tls(alpn, None), CLIENT_V4, "GET", path, &headers);
+            let what = format!("{alpn:?} {path}");
+            assert_eq!(r.status, status, "{what}");
+            assert_eq!(
+                r.header("strict-transport-security"),
+                Some("max-age=31536000; includeSubDomains"),
+                "{what}"
+            );
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{what}");
+            assert_eq!(
+                r.header("content-security-policy"),
+                Some("default-src 'none'; frame-ancestors 'none'"),
+                "{what}"
+            );
+            assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{what}");
+            assert_eq!(r.header("content-type"), Some(content_type), "{what}");
+            assert_eq!(r.header("cache-control"), cache, "{what}");
+            assert!(r.header("server").is_none() && r.header("x-powered-by").is_none(), "{what}");
+        }
+    }
+}
+
+#[test]
 fn a_client_that_stops_reading_is_cut_as_idle() {
     if !privileged("a_client_that_stops_reading_is_cut_as_idle") {
         return;

@@ -272,4 +272,8 @@ pub struct RawRoute {
     /// Sources the route may be called from. Default: anywhere.
     #[serde(default)]
     pub allow_cidrs: Vec<S<String>>,
+    /// Keep the upstream's own `Cache-Control` on its 401 and 403 answers instead of
+    /// replacing it with `no-store`. Default false.
+    #[serde(default)]
+    pub keep_upstream_cache_control: bool,
 }

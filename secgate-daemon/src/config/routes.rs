@@ -93,6 +93,7 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
         allow_roles: allow_roles?,
         allow_principals: allow_principals?,
         allow_cidrs: allow_cidrs?,
+        keep_upstream_cache_control: r.keep_upstream_cache_control,
     })
 }
 

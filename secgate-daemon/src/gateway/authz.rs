@@ -53,6 +53,7 @@ mod tests {
             allow_roles: roles.iter().map(|s| s.to_string()).collect(),
             allow_principals: principals.iter().map(|s| s.to_string()).collect(),
             allow_cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
+            keep_upstream_cache_control: false,
         }
     }
 

@@ -16,7 +16,7 @@ use super::{
     metrics::RequestLabels,
     normalize::normalize,
     proxy::Origin,
-    respond::{Body, Rejection},
+    respond::{self, Body, Rejection},
     routes::{self, Found},
 };
 
@@ -33,21 +33,23 @@ pub async fn handle(
         gateway: gateway.clone(),
         done: false,
     };
-    let response = match stages(&gateway, &conn, req, &mut pending.line).await {
-        Ok(response) => response,
-        Err(rejection) => {
-            pending.line.decision = rejection.code;
-            pending.line.reason = rejection.detail.chars().take(MAX_REASON_CHARS).collect();
-            tracing::debug!(
-                source = %conn.peer.ip(),
-                route = pending.line.route.as_deref().unwrap_or("-"),
-                code = rejection.code,
-                reason = %pending.line.reason,
-                "request refused"
-            );
-            rejection.response()
-        }
-    };
+    let (mut response, keep_cache_control) =
+        match stages(&gateway, &conn, req, &mut pending.line).await {
+            Ok(proxied) => proxied,
+            Err(rejection) => {
+                pending.line.decision = rejection.code;
+                pending.line.reason = rejection.detail.chars().take(MAX_REASON_CHARS).collect();
+                tracing::debug!(
+                    source = %conn.peer.ip(),
+                    route = pending.line.route.as_deref().unwrap_or("-"),
+                    code = rejection.code,
+                    reason = %pending.line.reason,
+                    "request refused"
+                );
+                (rejection.response(), false)
+            }
+        };
+    respond::harden(&mut response, keep_cache_control);
     pending.finish(response.status().as_u16());
     conn.activity.progress();
     Ok(response)
@@ -125,7 +127,7 @@ async fn stages(
     conn: &Conn,
     mut req: Request<Incoming>,
     line: &mut Line,
-) -> Result<Response<Body>, Rejection> {
+) -> Result<(Response<Body>, bool), Rejection> {
     let policy = gateway.rules.load();
     let host = authority(&req, conn)?;
     // The raw path, bounded, stands in the audit until it is normalized.
@@ -167,5 +169,5 @@ async fn stages(
     let sent = Instant::now();
     let answer = upstream.forward(req, &path, &origin).await;
     gateway.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
-    answer
+    Ok((answer?, route.keep_upstream_cache_control))
 }

@@ -213,6 +213,41 @@ pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     resp
 }
 
+/// Security headers on every response the gateway sends, its own and proxied ones: the API
+/// is only reachable over TLS (HSTS), nothing it returns is to be sniffed, framed, run as a
+/// page or leak a referrer, and nothing says what software runs behind it.
+const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+/// Makes `response` safe to send: the security headers set (the upstream's replaced),
+/// `Server` and `X-Powered-By` removed, a body without a content type marked
+/// `application/octet-stream` (never sniffed), and an authentication or authorization
+/// error marked `Cache-Control: no-store` unless `keep_cache_control` and the upstream
+/// chose its own.
+pub fn harden(response: &mut Response<Body>, keep_cache_control: bool) {
+    let status = response.status();
+    let headers = response.headers_mut();
+    headers.remove(header::SERVER);
+    headers.remove("x-powered-by");
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if !bodiless && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    }
+    let auth_error = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    if auth_error && !(keep_cache_control && headers.contains_key(header::CACHE_CONTROL)) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
 impl Rejection {
     pub fn response(&self) -> Response<Body> {
         let body = ErrorBody {
@@ -226,11 +261,63 @@ impl Rejection {
         let headers = resp.headers_mut();
         if let Some(challenge) = self.www_authenticate {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
             headers.insert(header::ALLOW, allow);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(status: u16, headers: &[(&'static str, &'static str)]) -> Response<Body> {
+        let mut r = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().insert(*k, HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    #[test]
+    fn every_response_is_hardened() {
+        let mut r = upstream(
+            200,
+            &[("server", "nginx/1.2"), ("x-powered-by", "PHP"), ("content-security-policy", "*")],
+        );
+        harden(&mut r, false);
+        let h = r.headers();
+        assert!(!h.contains_key("server") && !h.contains_key("x-powered-by"));
+        for (name, value) in SECURITY_HEADERS {
+            assert_eq!(h[&name], value, "{name}");
+        }
+        assert_eq!(h["content-type"], "application/octet-stream", "never left to sniffing");
+        let mut none = upstream(204, &[]);
+        harden(&mut none, false);
+        assert!(!none.headers().contains_key("content-type"), "no body, no type");
+    }
+
+    #[test]
+    fn auth_errors_are_not_cached_unless_the_route_keeps_the_upstreams_choice() {
+        for (status, keep, want) in [
+            (401, false, "no-store"),
+            (403, false, "no-store"),
+            (401, true, "private, max-age=5"),
+            (200, false, "private, max-age=5"),
+        ] {
+            let mut r = upstream(status, &[("cache-control", "private, max-age=5")]);
+            harden(&mut r, keep);
+            assert_eq!(r.headers()["cache-control"], want, "{status} keep={keep}");
+        }
+        let mut r = upstream(401, &[]);
+        harden(&mut r, true);
+        assert_eq!(r.headers()["cache-control"], "no-store", "the upstream set none");
+        let mut own = Rejection::unauthorized(Failure::Missing).response();
+        harden(&mut own, false);
+        assert_eq!(own.headers()["cache-control"], "no-store");
+        assert_eq!(own.headers()["content-type"], "application/json; charset=utf-8");
     }
 }

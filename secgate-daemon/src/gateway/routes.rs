@@ -21,6 +21,8 @@ pub struct Route {
     pub allow_roles: Vec<String>,
     pub allow_principals: Vec<String>,
     pub allow_cidrs: Vec<IpNet>,
+    /// An upstream's own `Cache-Control` on its 401/403 answers is kept (else `no-store`).
+    pub keep_upstream_cache_control: bool,
 }
 
 impl Routed for Route {

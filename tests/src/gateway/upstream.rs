@@ -3,7 +3,8 @@
 //!
 //! `/…/slow` answers after 3 s; `/…/big` streams 8 MiB; `/…/drip` sends one chunk, then
 //! the rest 1 s later (and records when it has); a body is counted as it streams and the
-//! count is answered. Every answer carries hop-by-hop headers (which must not reach the
+//! count is answered. `/…/untyped` answers without a content type, `/…/deny` with a 401 of
+//! its own that may be cached. Every answer carries hop-by-hop headers (which must not reach the
 //! client) and a `Server` header.
 
 use std::{
@@ -124,8 +125,21 @@ async fn answer(
         let json = serde_json::json!({ "path": path, "method": parts.method.as_str(), "received": body_bytes });
         http_body_util::Full::new(Bytes::from(json.to_string())).boxed()
     };
+    if path.contains("/untyped") || path.contains("/deny") {
+        let status = if path.contains("/deny") { 401 } else { 200 };
+        let resp = Response::builder()
+            .status(status)
+            .header("server", "upstream/1.0")
+            .header("x-powered-by", "tests")
+            .header("cache-control", "max-age=60")
+            .body(http_body_util::Full::new(Bytes::from_static(b"<html>raw</html>")).boxed())
+            .expect("response");
+        return Ok(resp);
+    }
     let resp = Response::builder()
         .header("content-type", "application/json")
+        .header("server", "upstream/1.0")
+        .header("x-powered-by", "tests")
         .header("connection", "x-up-hop")
         .header("x-up-hop", "1")
         .header("keep-alive", "timeout=5")
