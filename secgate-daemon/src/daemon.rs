@@ -68,12 +68,14 @@ pub async fn run(
         error!("{w}");
     }
     let service = Arc::new(service);
+    let mut registry = metrics::registry(service.clone());
+    start_gateway(&config, &service, &audit, &mut registry).await?;
+    // The control socket last of the listeners: once it answers, the gateway is listening
+    // (scripts and tests wait for the socket).
     let socket = socket_path(&config, socket.as_deref());
     let listener = server::bind(&socket)
         .with_context(|| format!("binding control socket {}", socket.display()))?;
     tokio::spawn(server::serve(listener, service.clone()));
-    let mut registry = metrics::registry(service.clone());
-    start_gateway(&config, &service, &audit, &mut registry).await?;
     if let Some(addr) = config.metrics_listen {
         tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr, registry).await {

@@ -15,8 +15,8 @@ use crate::gateway::{
     authn::Methods,
     proxy::UpstreamSettings,
     settings::{
-        ConnLimits, DEFAULT_LIMITS, DEFAULT_TIMEOUTS, DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings,
-        Timeouts,
+        ConnLimits, DEFAULT_LIMITS, DEFAULT_REQUEST_LIMITS, DEFAULT_TIMEOUTS,
+        DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings, RequestLimits, Timeouts,
     },
     tls::{self, ClientAuth, MinVersion, TlsSettings},
 };
@@ -57,6 +57,7 @@ pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<Gate
         }
     }
     let limits = limits(c, &g.limits);
+    let request_limits = request_limits(c, &g.limits);
     let tls = tls(c, &g.tls);
     // From the raw table: a broken certificate elsewhere must not add a false mTLS problem.
     let client_ca = g.tls.get_ref().client_ca.is_some();
@@ -75,6 +76,7 @@ pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<Gate
         upstream: upstream?,
         timeouts: timeouts?,
         limits: limits?,
+        request_limits: request_limits?,
         routes: routes?,
         auth: auth?,
     }))
@@ -154,6 +156,26 @@ fn limits(c: &mut Check<'_>, l: &RawGatewayLimits) -> Option<ConnLimits> {
         max_concurrent_streams: max_concurrent_streams?,
         max_connections: max_connections?,
         max_connections_per_source: max_connections_per_source?,
+    })
+}
+
+/// The largest body limit: 1 TiB, far above any API's, far below overflow.
+pub(super) const MAX_BODY_BYTES: u64 = 1 << 40;
+
+fn request_limits(c: &mut Check<'_>, l: &RawGatewayLimits) -> Option<RequestLimits> {
+    let d = DEFAULT_REQUEST_LIMITS;
+    let mut int = |v: &Option<Spanned<i64>>, name: &str, lo: u64, hi: u64, default: u64| match v {
+        None => Some(default),
+        Some(v) => c.take(v, values::range(name, *v.get_ref(), lo, hi)),
+    };
+    let max_headers = int(&l.max_headers, "max_headers", 1, 1000, d.max_headers.into());
+    let max_uri_bytes = int(&l.max_uri_bytes, "max_uri_bytes", 256, 65536, d.max_uri_bytes.into());
+    let max_body_bytes =
+        int(&l.max_body_bytes, "max_body_bytes", 1, MAX_BODY_BYTES, d.max_body_bytes);
+    Some(RequestLimits {
+        max_headers: max_headers? as u32,
+        max_uri_bytes: max_uri_bytes? as u32,
+        max_body_bytes: max_body_bytes?,
     })
 }
 

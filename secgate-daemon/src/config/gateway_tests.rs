@@ -241,6 +241,36 @@ fn auth_and_routes_need_a_gateway() {
 }
 
 #[test]
+fn request_limits_and_content_types_are_checked() {
+    let f = Files::new("limits");
+    let text = replace(
+        &good(&f),
+        &[
+            (
+                "[gateway.tls]",
+                "[gateway.limits]\nmax_headers = 0\nmax_uri_bytes = 100\nmax_body_bytes = 4096\n[gateway.tls]",
+            ),
+            (
+                "allow_roles = [\"deploy\"]",
+                "allow_roles = [\"deploy\"]\nmax_body_bytes = 0\ncontent_types = [\"application/json; charset=utf-8\", \"json\", \"Text/Plain\"]",
+            ),
+        ],
+    );
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    for needle in [
+        "max_headers 0",
+        "max_uri_bytes 100",
+        "max_body_bytes 0",
+        "\"application/json; charset=utf-8\"",
+        "\"json\"",
+    ] {
+        assert!(shown.iter().any(|p| p.contains(needle)), "{needle}: {shown:#?}");
+    }
+    assert_eq!(shown.len(), 5, "Text/Plain is fine, the 4096-byte limit too: {shown:#?}");
+}
+
+#[test]
 fn gateway_timeouts_are_bounded() {
     let f = Files::new("timeouts");
     let text = good(&f).replacen(

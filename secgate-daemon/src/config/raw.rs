@@ -178,6 +178,12 @@ pub struct RawGatewayLimits {
     /// Open client connections from one source (an IPv4 address or an IPv6 /64) at most,
     /// 1–1000000. Default 256.
     pub max_connections_per_source: Option<S<i64>>,
+    /// Header fields in one request at most, 1–1000. Default 100.
+    pub max_headers: Option<S<i64>>,
+    /// Bytes of a request's path and query at most, 256–65536. Default 8192.
+    pub max_uri_bytes: Option<S<i64>>,
+    /// Bytes of a request body at most (routes may set their own), 1–2^40. Default 1 MiB.
+    pub max_body_bytes: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,4 +282,9 @@ pub struct RawRoute {
     /// replacing it with `no-store`. Default false.
     #[serde(default)]
     pub keep_upstream_cache_control: bool,
+    /// This route's body limit in bytes, instead of `[gateway.limits] max_body_bytes`.
+    pub max_body_bytes: Option<S<i64>>,
+    /// Media types a request body may have, e.g. `["application/json"]` (415 otherwise).
+    /// Default: any.
+    pub content_types: Option<S<Vec<S<String>>>>,
 }

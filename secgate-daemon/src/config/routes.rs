@@ -8,6 +8,7 @@ use super::{auth::names, raw::RawRoute, validate::Check, values};
 use crate::gateway::{
     authn::{self, Methods},
     routes::{PathPattern, Route},
+    validate,
 };
 
 pub(super) fn routes(
@@ -70,6 +71,17 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
         .collect::<Vec<_>>()
         .into_iter()
         .collect();
+    let max_body_bytes = match &r.max_body_bytes {
+        None => Some(None),
+        Some(v) => c
+            .take(
+                v,
+                values::range("max_body_bytes", *v.get_ref(), 1, super::gateway::MAX_BODY_BYTES),
+            )
+            .map(Some),
+    };
+    let content_types =
+        r.content_types.as_ref().map_or(Some(None), |t| content_types(c, t).map(Some));
     if let Some(accepts) = &accepts
         && accepts.none()
         && let Some(first) = r.allow_roles.first().or(r.allow_principals.first())
@@ -94,7 +106,30 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
         allow_principals: allow_principals?,
         allow_cidrs: allow_cidrs?,
         keep_upstream_cache_control: r.keep_upstream_cache_control,
+        max_body_bytes: max_body_bytes?,
+        content_types: content_types?,
     })
+}
+
+/// Media types as `type/subtype`, without parameters (they would never match).
+fn content_types(c: &mut Check<'_>, list: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<String>> {
+    if list.get_ref().is_empty() {
+        c.say(list, "content_types is empty: list media types, or leave it out to take any".into());
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for t in list.get_ref() {
+        let text = t.get_ref();
+        match validate::essence(text) {
+            Some(e) if e == text.trim().to_ascii_lowercase() => out.push(e),
+            _ => {
+                c.say(t, format!("invalid content type {text:?}: write type/subtype, like application/json, without parameters"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 /// Each `allow_principals` entry names the method that proves it (`api_key:ci`,

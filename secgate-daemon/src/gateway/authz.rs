@@ -54,6 +54,8 @@ mod tests {
             allow_principals: principals.iter().map(|s| s.to_string()).collect(),
             allow_cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
             keep_upstream_cache_control: false,
+            max_body_bytes: None,
+            content_types: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod routes;
 pub mod settings;
 mod slots;
 pub mod tls;
+pub mod validate;
 
 use std::{
     net::SocketAddr,
@@ -47,7 +48,7 @@ use self::{
     metrics::GatewayMetrics,
     proxy::Upstream,
     routes::Route,
-    settings::{ConnLimits, Timeouts},
+    settings::{ConnLimits, RequestLimits, Timeouts},
     slots::{Slot, Slots},
     tls::TlsSettings,
 };
@@ -78,6 +79,7 @@ pub enum GatewayError {
 pub struct Rules {
     pub routes: Vec<Route>,
     pub auth: Authenticator,
+    pub limits: RequestLimits,
 }
 
 /// The TLS acceptor in use and what it was built from.
@@ -171,6 +173,7 @@ impl Gateway {
             rules: ArcSwap::from_pointee(Rules {
                 routes: settings.routes.clone(),
                 auth: settings.auth.clone(),
+                limits: settings.request_limits,
             }),
             tls: ArcSwap::from_pointee(tls),
             upstream: ArcSwap::from_pointee(Upstream::new(
@@ -419,7 +422,8 @@ impl Reloadable for GatewayReload {
         let tls = Tls::build(g.tls.clone(), &gateway.tickets)?;
         let upstream = (g.upstream != *gateway.upstream.load().settings())
             .then(|| Upstream::new(g.upstream.clone(), gateway.upstream_slots.clone()));
-        let rules = Rules { routes: g.routes.clone(), auth: g.auth.clone() };
+        let rules =
+            Rules { routes: g.routes.clone(), auth: g.auth.clone(), limits: g.request_limits };
         let conn = ConnSettings { timeouts: g.timeouts, limits: g.limits };
         Ok(Box::new(move || {
             gateway.rules.store(Arc::new(rules));

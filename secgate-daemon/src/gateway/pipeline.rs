@@ -18,6 +18,7 @@ use super::{
     proxy::Origin,
     respond::{self, Body, Rejection},
     routes::{self, Found},
+    validate,
 };
 
 pub async fn handle(
@@ -129,6 +130,7 @@ async fn stages(
     line: &mut Line,
 ) -> Result<(Response<Body>, bool), Rejection> {
     let policy = gateway.rules.load();
+    validate::head(req.headers(), req.uri(), &policy.limits)?;
     let host = authority(&req, conn)?;
     // The raw path, bounded, stands in the audit until it is normalized.
     line.path = req.uri().path().chars().take(256).collect();
@@ -155,6 +157,7 @@ async fn stages(
     };
     line.principal = principal.as_ref().map(Principal::qualified);
     authz::authorize(route, principal.as_ref()).map_err(Rejection::forbidden)?;
+    let body_limit = validate::for_route(req.method(), req.headers(), route, &policy.limits)?;
     // An API key is the gateway's secret to check, not the upstream's to see, whichever
     // method authenticated the request; a JWT is made to be passed on, and an open route's
     // Authorization is the upstream's business.
@@ -167,7 +170,7 @@ async fn stages(
     let origin = Origin { client: conn.peer.ip(), host, activity: conn.activity.clone() };
     let upstream = gateway.upstream.load();
     let sent = Instant::now();
-    let answer = upstream.forward(req, &path, &origin).await;
+    let answer = upstream.forward(req, &path, body_limit, &origin).await;
     gateway.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
     Ok((answer?, route.keep_upstream_cache_control))
 }

@@ -23,6 +23,7 @@ use super::{
     guard::Activity,
     respond::{Body, Rejection},
     slots::Slots,
+    validate,
 };
 
 /// Where requests go, and how long the upstream may take to answer.
@@ -49,8 +50,11 @@ impl UpstreamSettings {
     }
 }
 
+/// A request body on its way upstream: the client's, limited (`http_body_util::Limited`).
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, UpBody>,
     settings: UpstreamSettings,
     /// One slot per request in flight upstream, held until its response body is done;
     /// shared by every `Upstream` the gateway makes, so a reload does not double them.
@@ -133,11 +137,13 @@ impl Upstream {
         &self.settings
     }
 
-    /// Sends `req` (with `path` as its path) upstream and streams the answer back.
+    /// Sends `req` (with `path` as its path, its body cut at `body_limit` bytes) upstream
+    /// and streams the answer back.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         path: &str,
+        body_limit: u64,
         origin: &Origin,
     ) -> Result<Response<Body>, Rejection> {
         let slot = self
@@ -159,12 +165,15 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         join_cookies(&mut parts.headers);
         set_forwarded(&mut parts.headers, origin);
-        let body = Tracked::new(body, origin.activity.clone(), ());
+        let limit = usize::try_from(body_limit).unwrap_or(usize::MAX);
+        let body =
+            http_body_util::Limited::new(Tracked::new(body, origin.activity.clone(), ()), limit);
         let request = Request::from_parts(parts, body.boxed());
         let answer =
             tokio::time::timeout(self.settings.timeout, self.client.request(request)).await;
         let response = match answer {
             Err(_) => return Err(Rejection::gateway_timeout()),
+            Ok(Err(e)) if validate::over_limit(&e) => return Err(validate::too_large(body_limit)),
             Ok(Err(e)) => return Err(Rejection::bad_gateway(e.to_string())),
             Ok(Ok(r)) => r,
         };
@@ -253,16 +262,16 @@ impl<B, G> Drop for Tracked<B, G> {
 
 impl<B, G> hyper::body::Body for Tracked<B, G>
 where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     G: Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
             && frame.is_data()

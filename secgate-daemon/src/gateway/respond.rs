@@ -59,6 +59,19 @@ impl Rejection {
         self
     }
 
+    /// A request that breaks a validation rule: the client's fault, and the `detail` says
+    /// which rule, never what the client sent.
+    pub fn invalid(status: StatusCode, code: &'static str, detail: String) -> Rejection {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "the route does not take this content type",
+            StatusCode::URI_TOO_LONG => "the request URI is too long",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "the request has too many header fields",
+            _ => "the request is malformed",
+        };
+        Rejection::new(status, code, message, Fault::Client).detail(detail)
+    }
+
     pub fn bad_path(e: PathError) -> Rejection {
         Rejection::new(
             StatusCode::BAD_REQUEST,

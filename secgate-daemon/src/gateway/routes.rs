@@ -23,6 +23,10 @@ pub struct Route {
     pub allow_cidrs: Vec<IpNet>,
     /// An upstream's own `Cache-Control` on its 401/403 answers is kept (else `no-store`).
     pub keep_upstream_cache_control: bool,
+    /// The route's own body limit, instead of `[gateway.limits] max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+    /// Media types (`type/subtype`, lower case) a request body may have; `None`: any.
+    pub content_types: Option<Vec<String>>,
 }
 
 impl Routed for Route {

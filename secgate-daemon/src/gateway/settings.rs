@@ -13,6 +13,7 @@ pub struct GatewaySettings {
     pub upstream: UpstreamSettings,
     pub timeouts: Timeouts,
     pub limits: ConnLimits,
+    pub request_limits: RequestLimits,
     pub routes: Vec<Route>,
     pub auth: Authenticator,
 }
@@ -32,6 +33,17 @@ pub struct ConnLimits {
     pub max_connections: u32,
     pub max_connections_per_source: u32,
 }
+
+/// Bounds on one request (`[gateway.limits]`; routes may set their own body limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_headers: u32,
+    pub max_uri_bytes: u32,
+    pub max_body_bytes: u64,
+}
+
+pub const DEFAULT_REQUEST_LIMITS: RequestLimits =
+    RequestLimits { max_headers: 100, max_uri_bytes: 8 * 1024, max_body_bytes: 1 << 20 };
 
 pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     handshake: Duration::from_secs(10),

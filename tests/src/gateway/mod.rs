@@ -34,6 +34,15 @@ auth = ["none"]
 name = "public"
 path = "/public/*"
 auth = ["none"]
+max_body_bytes = 16777216
+
+[[routes]]
+name = "upload"
+methods = ["POST", "PUT"]
+path = "/upload/*"
+auth = ["none"]
+max_body_bytes = 65536
+content_types = ["application/json"]
 
 [[routes]]
 name = "admin"
