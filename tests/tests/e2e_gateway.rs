@@ -851,6 +851,76 @@ fn oversized_and_mistyped_requests_never_reach_the_upstream() {
     );
 }
 
+#[test]
+fn schemas_judge_bodies_queries_and_answers() {
+    if !privileged("schemas_judge_bodies_queries_and_answers") {
+        return;
+    }
+    let gw = Gw::start("gws", Opts::default());
+    let json = [("content-type", "application/json")];
+    let post = |body: &str| {
+        gw.rt.block_on(async {
+            let tls =
+                gw.tls(H2, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+            Http::over(tls)
+                .await
+                .send(request("POST", HOST, "/orders/new", &json, body.as_bytes().to_vec()))
+                .await
+                .unwrap()
+        })
+    };
+    assert_eq!(post(r#"{"item": "book", "qty": 2}"#).status, 200);
+    let deep = format!("{{\"item\": {}{}}}", "[".repeat(100), "]".repeat(100));
+    for (body, status, code) in [
+        (r#"{"item": "book", "qty":"#, 400, "bad_json"),
+        ("\u{feff}{}", 400, "bad_json"),
+        (deep.as_str(), 400, "bad_json"),
+        (
+            r#"{"item": "<img src=x onerror=alert(1)>", "qty": "lots", "admin": true}"#,
+            422,
+            "schema_violation",
+        ),
+        (r#"[]"#, 422, "schema_violation"),
+        (r#"{"item": "book", "qty": 0}"#, 422, "schema_violation"),
+    ] {
+        let r = post(body);
+        assert_json_error(&r, status, code);
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(!text.contains("<img") && !text.contains("lots"), "nothing echoed: {text}");
+    }
+    let r = post(r#"{"item": "<img src=x onerror=alert(1)>", "qty": "lots", "admin": true}"#);
+    let pointers: Vec<String> = r.json()["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["pointer"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        pointers.contains(&"/item".to_owned()) && pointers.contains(&"/qty".to_owned()),
+        "{pointers:?}"
+    );
+
+    // Query parameters, as strings.
+    assert_eq!(gw.get(CLIENT_V4, "/orders/list?limit=20", &[]).status, 200);
+    assert_json_error(&gw.get(CLIENT_V4, "/orders/list?limit=all", &[]), 422, "schema_violation");
+    assert_json_error(
+        &gw.get(CLIENT_V4, "/orders/list?limit=1&limit=2", &[]),
+        422,
+        "schema_violation",
+    );
+    assert_eq!(gw.up.count("/orders/"), 2, "only the two valid requests were proxied");
+
+    // Answers: one with a field the schema does not allow is withheld.
+    assert_eq!(gw.get(CLIENT_V4, "/profile/me", &[]).status, 200);
+    let leak = gw.get(CLIENT_V4, "/profile/leak", &[]);
+    assert_json_error(&leak, 502, "response_invalid");
+    assert!(
+        !String::from_utf8_lossy(&leak.body).contains("078-05"),
+        "the upstream's body is not sent"
+    );
+    assert_json_error(&gw.get(CLIENT_V4, "/profile/untyped", &[]), 502, "response_invalid");
+}
+
 /// POSTs `total` bytes of JSON-typed body without a declared length, in 64 KiB chunks, and
 /// returns the status of the answer (the gateway may answer before the body ends).
 async fn streaming_upload(

@@ -23,6 +23,8 @@ impl Files {
         std::fs::write(dir.join("secret"), "a-shared-secret-of-more-than-32-bytes\n").unwrap();
         std::fs::write(dir.join("short"), "too short\n").unwrap();
         std::fs::write(dir.join("jwks.json"), JWKS).unwrap();
+        std::fs::write(dir.join("schema.json"), r#"{"type": "object"}"#).unwrap();
+        std::fs::write(dir.join("bad-schema.json"), r#"{"type": 12}"#).unwrap();
         Files(dir)
     }
 
@@ -214,6 +216,9 @@ fn the_example_gateway_section_is_valid_uncommented() {
             ("/etc/secgate/tls/admin.example.com.pem", &f.path("other.pem")),
             ("/etc/secgate/tls/admin.example.com.key", &f.path("other.key")),
             ("/etc/secgate/jwks.json", &f.path("jwks.json")),
+            ("/etc/secgate/schemas/deploy.json", &f.path("schema.json")),
+            ("/etc/secgate/schemas/deploy-query.json", &f.path("schema.json")),
+            ("/etc/secgate/schemas/deploy-answer.json", &f.path("schema.json")),
         ],
     );
     let cfg = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
@@ -268,6 +273,39 @@ fn request_limits_and_content_types_are_checked() {
         assert!(shown.iter().any(|p| p.contains(needle)), "{needle}: {shown:#?}");
     }
     assert_eq!(shown.len(), 5, "Text/Plain is fine, the 4096-byte limit too: {shown:#?}");
+}
+
+#[test]
+fn schemas_are_compiled_at_load() {
+    let f = Files::new("schemas");
+    let text = replace(
+        &good(&f),
+        &[(
+            "allow_roles = [\"deploy\"]",
+            &format!(
+                "allow_roles = [\"deploy\"]\nbody_schema = \"{}\"\nquery_schema = \"{}\"\nresponse_schema = \"schema.json\"",
+                f.path("bad-schema.json"),
+                f.path("missing.json")
+            ),
+        )],
+    );
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    assert!(
+        shown.iter().any(|p| p.contains("body_schema")
+            && p.contains("bad-schema.json")
+            && p.contains("not a valid JSON Schema")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown.iter().any(|p| p.contains("query_schema") && p.contains("missing.json")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown.iter().any(|p| p.contains("response_schema") && p.contains("absolute path")),
+        "{shown:#?}"
+    );
+    assert_eq!(shown.len(), 3, "{shown:#?}");
 }
 
 #[test]

@@ -287,4 +287,12 @@ pub struct RawRoute {
     /// Media types a request body may have, e.g. `["application/json"]` (415 otherwise).
     /// Default: any.
     pub content_types: Option<S<Vec<S<String>>>>,
+    /// A JSON Schema file (draft 2020-12) request bodies must match (422 otherwise).
+    pub body_schema: Option<S<String>>,
+    /// A JSON Schema file the query parameters must match, as an object of strings (a
+    /// repeated parameter: an array of strings).
+    pub query_schema: Option<S<String>>,
+    /// A JSON Schema file successful responses must match; one that does not, or is not
+    /// JSON, is not forwarded (502).
+    pub response_schema: Option<S<String>>,
 }

@@ -1,6 +1,8 @@
 //! `[[routes]]`: patterns in normalized form, methods, the authentication each accepts (only
 //! methods `[auth]` configures), and who may call it.
 
+use std::sync::Arc;
+
 use http::Method;
 use toml::Spanned;
 
@@ -8,6 +10,7 @@ use super::{auth::names, raw::RawRoute, validate::Check, values};
 use crate::gateway::{
     authn::{self, Methods},
     routes::{PathPattern, Route},
+    schema::Schema,
     validate,
 };
 
@@ -82,6 +85,9 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
     };
     let content_types =
         r.content_types.as_ref().map_or(Some(None), |t| content_types(c, t).map(Some));
+    let body_schema = schema(c, &r.body_schema, "body_schema");
+    let query_schema = schema(c, &r.query_schema, "query_schema");
+    let response_schema = schema(c, &r.response_schema, "response_schema");
     if let Some(accepts) = &accepts
         && accepts.none()
         && let Some(first) = r.allow_roles.first().or(r.allow_principals.first())
@@ -108,7 +114,21 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
         keep_upstream_cache_control: r.keep_upstream_cache_control,
         max_body_bytes: max_body_bytes?,
         content_types: content_types?,
+        body_schema: body_schema?,
+        query_schema: query_schema?,
+        response_schema: response_schema?,
     })
+}
+
+/// A schema file, compiled; `Some(None)` when not configured, `None` if invalid (recorded).
+fn schema(
+    c: &mut Check<'_>,
+    v: &Option<Spanned<String>>,
+    what: &str,
+) -> Option<Option<Arc<Schema>>> {
+    let Some(v) = v else { return Some(None) };
+    let path = super::gateway::file(c, v, what)?;
+    c.take(v, Schema::load(&path, what)).map(|s| Some(Arc::new(s)))
 }
 
 /// Media types as `type/subtype`, without parameters (they would never match).

@@ -56,6 +56,9 @@ mod tests {
             keep_upstream_cache_control: false,
             max_body_bytes: None,
             content_types: None,
+            body_schema: None,
+            query_schema: None,
+            response_schema: None,
         }
     }
 

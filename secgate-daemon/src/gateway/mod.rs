@@ -17,6 +17,7 @@ mod pipeline;
 pub mod proxy;
 pub mod respond;
 pub mod routes;
+pub mod schema;
 pub mod settings;
 mod slots;
 pub mod tls;

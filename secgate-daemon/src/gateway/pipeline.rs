@@ -5,7 +5,9 @@
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
-use http::{Request, Response, header::AUTHORIZATION};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use super::{
@@ -15,9 +17,10 @@ use super::{
     authz, host,
     metrics::RequestLabels,
     normalize::normalize,
-    proxy::Origin,
+    proxy::{self, Origin},
     respond::{self, Body, Rejection},
     routes::{self, Found},
+    schema::{self, Schema},
     validate,
 };
 
@@ -167,10 +170,85 @@ async fn stages(
     if principal.as_ref().is_some_and(|p| p.via != Method::Jwt) {
         req.headers_mut().remove(AUTHORIZATION);
     }
+    if let Some(schema) = &route.query_schema {
+        let query = schema::query_object(req.uri().query());
+        schema.check(&query).map_err(|v| Rejection::unprocessable("query", v))?;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match &route.body_schema {
+        Some(schema) if validate::has_body(&parts.method, &parts.headers) => {
+            proxy::buffered(checked_body(body, body_limit, schema).await?)
+        }
+        _ => proxy::streaming(body, conn.activity.clone(), body_limit),
+    };
     let origin = Origin { client: conn.peer.ip(), host, activity: conn.activity.clone() };
     let upstream = gateway.upstream.load();
     let sent = Instant::now();
-    let answer = upstream.forward(req, &path, body_limit, &origin).await;
+    let answer =
+        upstream.forward(Request::from_parts(parts, body), &path, body_limit, &origin).await;
     gateway.metrics.upstream_seconds.observe(sent.elapsed().as_secs_f64());
-    Ok((answer?, route.keep_upstream_cache_control))
+    let response = match &route.response_schema {
+        Some(schema) if answer.as_ref().is_ok_and(|r| r.status().is_success()) => {
+            checked_response(answer?, schema).await?
+        }
+        _ => answer?,
+    };
+    Ok((response, route.keep_upstream_cache_control))
 }
+
+/// Reads a body whole (at most `limit` bytes) and checks it against `schema`: the one place
+/// a request body is buffered, because a schema can only judge a whole document.
+async fn checked_body(body: Incoming, limit: u64, schema: &Schema) -> Result<Bytes, Rejection> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if validate::over_limit(e.as_ref()) => return Err(validate::too_large(limit)),
+        Err(e) => {
+            return Err(Rejection::invalid(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body did not arrive whole: {e}"),
+            ));
+        }
+    };
+    let document = schema::parse_body(&bytes).map_err(Rejection::bad_json)?;
+    schema.check(&document).map_err(|v| Rejection::unprocessable("body", v))?;
+    Ok(bytes)
+}
+
+/// A successful answer under a `response_schema`: read whole (bounded), and withheld (502)
+/// unless it is JSON that matches, so a response carrying more than the schema allows never
+/// leaves the gateway.
+async fn checked_response(
+    response: Response<Body>,
+    schema: &Schema,
+) -> Result<Response<Body>, Rejection> {
+    let (parts, body) = response.into_parts();
+    let json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(validate::essence)
+        .is_some_and(|e| e == "application/json" || e.ends_with("+json"));
+    if !json {
+        return Err(Rejection::response_invalid("the answer is not JSON".into()));
+    }
+    let limited = http_body_util::Limited::new(body, MAX_CHECKED_RESPONSE_BYTES);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| {
+            Rejection::response_invalid(format!("the answer could not be read whole: {e}"))
+        })?
+        .to_bytes();
+    let document =
+        schema::parse_body(&bytes).map_err(|e| Rejection::response_invalid(e.to_string()))?;
+    schema.check(&document).map_err(|v| {
+        Rejection::response_invalid(format!("{} response schema violation(s)", v.len()))
+    })?;
+    let body = http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Largest answer checked against a response schema; a larger one is withheld.
+const MAX_CHECKED_RESPONSE_BYTES: usize = 16 << 20;

@@ -50,8 +50,22 @@ impl UpstreamSettings {
     }
 }
 
-/// A request body on its way upstream: the client's, limited (`http_body_util::Limited`).
-type UpBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// A request body on its way upstream: the client's, limited while it streams, or one the
+/// gateway has read and checked.
+pub type UpBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The client's body, streamed upstream and cut at `limit` bytes; its frames count as the
+/// connection's progress.
+pub fn streaming(body: Incoming, activity: Arc<Activity>, limit: u64) -> UpBody {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    http_body_util::Limited::new(Tracked::new(body, activity, ()), limit).boxed()
+}
+
+/// A body the gateway has already read whole.
+pub fn buffered(bytes: Bytes) -> UpBody {
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed()
+}
 
 pub struct Upstream {
     client: Client<HttpConnector, UpBody>,
@@ -141,7 +155,7 @@ impl Upstream {
     /// and streams the answer back.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
         path: &str,
         body_limit: u64,
         origin: &Origin,
@@ -165,10 +179,7 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         join_cookies(&mut parts.headers);
         set_forwarded(&mut parts.headers, origin);
-        let limit = usize::try_from(body_limit).unwrap_or(usize::MAX);
-        let body =
-            http_body_util::Limited::new(Tracked::new(body, origin.activity.clone(), ()), limit);
-        let request = Request::from_parts(parts, body.boxed());
+        let request = Request::from_parts(parts, body);
         let answer =
             tokio::time::timeout(self.settings.timeout, self.client.request(request)).await;
         let response = match answer {

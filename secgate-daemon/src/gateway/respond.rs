@@ -8,7 +8,11 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use serde::Serialize;
 
-use super::{authn::Failure, normalize::PathError};
+use super::{
+    authn::Failure,
+    normalize::PathError,
+    schema::{JsonError, Violation},
+};
 
 /// Every response body the gateway sends: its own JSON, or the upstream's stream.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -33,7 +37,9 @@ pub struct Rejection {
     /// For the log and the audit only.
     pub detail: String,
     www_authenticate: Option<&'static str>,
-    allow: Option<String>,
+    allow: Option<Box<str>>,
+    /// Schema violations, listed in the body (422).
+    violations: Option<Box<[Violation]>>,
 }
 
 impl Rejection {
@@ -51,6 +57,7 @@ impl Rejection {
             detail: String::new(),
             www_authenticate: None,
             allow: None,
+            violations: None,
         }
     }
 
@@ -70,6 +77,40 @@ impl Rejection {
             _ => "the request is malformed",
         };
         Rejection::new(status, code, message, Fault::Client).detail(detail)
+    }
+
+    /// 422 with where and how the document breaks its schema.
+    pub fn unprocessable(what: &'static str, violations: Vec<Violation>) -> Rejection {
+        let mut r = Rejection::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema_violation",
+            "the request does not match the route's schema",
+            Fault::Client,
+        )
+        .detail(format!("{} {what} violation(s)", violations.len()));
+        r.violations = Some(violations.into_boxed_slice());
+        r
+    }
+
+    pub fn bad_json(e: JsonError) -> Rejection {
+        Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            "the body is not acceptable JSON",
+            Fault::Client,
+        )
+        .detail(e.to_string())
+    }
+
+    /// 502: the upstream's answer breaks the route's response schema; its body is not sent.
+    pub fn response_invalid(detail: String) -> Rejection {
+        Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_invalid",
+            "the upstream's answer was withheld",
+            Fault::Upstream,
+        )
+        .detail(detail)
     }
 
     pub fn bad_path(e: PathError) -> Rejection {
@@ -117,7 +158,8 @@ impl Rejection {
             "the route does not take this method",
             Fault::Client,
         );
-        r.allow = Some(allow.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", "));
+        r.allow =
+            Some(allow.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ").into());
         r
     }
 
@@ -206,6 +248,8 @@ impl Rejection {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorFields<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<&'a [Violation]>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +313,7 @@ impl Rejection {
                 code: self.code,
                 message: self.message,
             },
+            violations: self.violations.as_deref(),
         };
         let mut resp = json(self.status, &body);
         let headers = resp.headers_mut();

@@ -5,10 +5,12 @@
 //! itself and everything under it, so the bare `/admin` cannot slip past its ACL), or has
 //! `{param}` segments that match one whole segment each (`/users/{id}/keys`).
 
+use std::sync::Arc;
+
 use http::Method;
 use ipnet::IpNet;
 
-use super::authn::Methods;
+use super::{authn::Methods, schema::Schema};
 
 /// A configured route: what it matches, how callers authenticate, and who may call it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,10 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// Media types (`type/subtype`, lower case) a request body may have; `None`: any.
     pub content_types: Option<Vec<String>>,
+    /// What a request body, the query parameters and a successful response must match.
+    pub body_schema: Option<Arc<Schema>>,
+    pub query_schema: Option<Arc<Schema>>,
+    pub response_schema: Option<Arc<Schema>>,
 }
 
 impl Routed for Route {

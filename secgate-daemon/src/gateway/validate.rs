@@ -40,27 +40,33 @@ pub fn for_route(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    if let Some(allowed) = &route.content_types {
-        let has_body = declared.is_some_and(|n| n > 0)
-            || headers.contains_key(header::TRANSFER_ENCODING)
-            || (declared.is_none()
-                && !matches!(
-                    *method,
-                    Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
-                ));
-        if has_body {
-            let essence =
-                headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(essence);
-            if !essence.as_ref().is_some_and(|e| allowed.contains(e)) {
-                return Err(Rejection::invalid(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("content type not among {allowed:?}"),
-                ));
-            }
+    if let Some(allowed) = &route.content_types
+        && has_body(method, headers)
+    {
+        let essence =
+            headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(essence);
+        if !essence.as_ref().is_some_and(|e| allowed.contains(e)) {
+            return Err(Rejection::invalid(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("content type not among {allowed:?}"),
+            ));
         }
     }
     Ok(limit)
+}
+
+/// Whether a request comes with a body: a declared length over zero, chunked framing, or no
+/// framing on a method that usually has one (HTTP/2 may leave the length out).
+pub fn has_body(method: &Method, headers: &HeaderMap) -> bool {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    declared.is_some_and(|n| n > 0)
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || (declared.is_none()
+            && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE))
 }
 
 /// 413 for a body over `limit` bytes.
@@ -129,6 +135,9 @@ mod tests {
             keep_upstream_cache_control: false,
             max_body_bytes,
             content_types: content_types.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            body_schema: None,
+            query_schema: None,
+            response_schema: None,
         }
     }
 

@@ -81,6 +81,25 @@ auth = ["mtls"]
 allow_roles = ["admin"]
 "#;
 
+/// The JSON Schemas of the `orders` and `profile` routes.
+const SCHEMAS: [(&str, &str); 3] = [
+    (
+        "order.schema.json",
+        r#"{"type": "object", "required": ["item", "qty"], "additionalProperties": false,
+            "properties": {"item": {"type": "string", "maxLength": 10},
+                           "qty": {"type": "integer", "minimum": 1}}}"#,
+    ),
+    (
+        "query.schema.json",
+        r#"{"type": "object", "properties": {"limit": {"type": "string", "pattern": "^[0-9]{1,3}$"}}}"#,
+    ),
+    (
+        "profile.schema.json",
+        r#"{"type": "object", "required": ["path", "method"], "additionalProperties": false,
+            "properties": {"path": {"type": "string"}, "method": {"type": "string"}, "received": {"type": "integer"}}}"#,
+    ),
+];
+
 /// API keys: id and role.
 pub const KEYS: &[(&str, &str)] = &[("admin-key", "admin"), ("user-key", "user"), ("ops-bot", "")];
 
@@ -167,6 +186,9 @@ impl Gw {
             serde_json::json!({ "keys": [issuer.jwk()] }).to_string(),
         )
         .expect("jwks");
+        for (file, schema) in SCHEMAS {
+            std::fs::write(dir.join(file), schema).expect("schema");
+        }
         let mut keys = BTreeMap::new();
         let mut key_entries = String::new();
         for (id, role) in KEYS {
@@ -285,6 +307,21 @@ leeway = "5s"
 [auth.mtls]
 principal = "san"
 roles = {{ "svc-a.clients.test" = ["admin"], "svc-b.clients.test" = ["user"] }}
+
+[[routes]]
+name = "orders"
+methods = ["GET", "POST"]
+path = "/orders/*"
+auth = ["none"]
+content_types = ["application/json"]
+body_schema = "{order_schema}"
+query_schema = "{query_schema}"
+
+[[routes]]
+name = "profile"
+path = "/profile/*"
+auth = ["none"]
+response_schema = "{profile_schema}"
 {ROUTES}{routes_extra}"#,
         routes_extra = opts.routes_extra,
         gateway_extra = opts.gateway_extra,
@@ -299,6 +336,9 @@ roles = {{ "svc-a.clients.test" = ["admin"], "svc-b.clients.test" = ["user"] }}
         iss = jwt::ISSUER,
         aud = jwt::AUDIENCE,
         jwks = d("jwks.json"),
+        order_schema = d("order.schema.json"),
+        query_schema = d("query.schema.json"),
+        profile_schema = d("profile.schema.json"),
     )
 }
 

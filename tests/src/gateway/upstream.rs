@@ -122,7 +122,10 @@ async fn answer(
             .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
         StreamBody::new(futures::stream::iter(chunks)).boxed()
     } else {
-        let json = serde_json::json!({ "path": path, "method": parts.method.as_str(), "received": body_bytes });
+        let mut json = serde_json::json!({ "path": path, "method": parts.method.as_str(), "received": body_bytes });
+        if path.contains("/leak") {
+            json["ssn"] = "078-05-1120".into();
+        }
         http_body_util::Full::new(Bytes::from(json.to_string())).boxed()
     };
     if path.contains("/untyped") || path.contains("/deny") {

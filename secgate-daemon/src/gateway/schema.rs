@@ -1,0 +1,205 @@
+//! JSON Schema (draft 2020-12, the `jsonschema` crate) for request bodies, query parameters
+//! and responses. Schemas are read and compiled once, when the config is checked; a broken
+//! one is a config problem naming its file. Violations are reported as a JSON pointer and a
+//! message made from the schema (the keyword and where it is), never from the instance, so
+//! nothing the client sent is echoed back.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Deepest nesting of arrays and objects accepted in a JSON body: real APIs stay far below,
+/// and deep documents cost stack and time in every parser behind the gateway.
+pub const MAX_JSON_DEPTH: usize = 64;
+/// Violations reported at most, so a huge invalid document gets a bounded answer.
+const MAX_VIOLATIONS: usize = 32;
+/// A pointer into the client's document is cut to this many characters.
+const MAX_POINTER_CHARS: usize = 200;
+
+pub struct Schema {
+    path: PathBuf,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Schema").field(&self.path).finish()
+    }
+}
+
+impl PartialEq for Schema {
+    fn eq(&self, other: &Schema) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for Schema {}
+
+/// One way a document breaks its schema.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Where in the document (RFC 6901).
+    pub pointer: String,
+    pub message: String,
+}
+
+impl Schema {
+    /// Reads and compiles the schema at `path`; references to other files or URLs are not
+    /// followed (the crate is built without resolvers).
+    pub fn load(path: &Path, what: &str) -> Result<Schema, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+        let json: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{what} {}: not JSON: {e}", path.display()))?;
+        let validator = jsonschema::draft202012::options()
+            .build(&json)
+            .map_err(|e| format!("{what} {}: not a valid JSON Schema: {e}", path.display()))?;
+        Ok(Schema { path: path.to_owned(), validator })
+    }
+
+    pub fn check(&self, instance: &Value) -> Result<(), Vec<Violation>> {
+        let violations: Vec<Violation> = self
+            .validator
+            .iter_errors(instance)
+            .take(MAX_VIOLATIONS)
+            .map(|e| {
+                let schema_path = e.schema_path().to_string();
+                let keyword = schema_path.rsplit('/').next().unwrap_or("schema").to_owned();
+                Violation {
+                    pointer: e
+                        .instance_path()
+                        .to_string()
+                        .chars()
+                        .take(MAX_POINTER_CHARS)
+                        .collect(),
+                    message: format!("does not satisfy `{keyword}` (schema {schema_path})"),
+                }
+            })
+            .collect();
+        if violations.is_empty() { Ok(()) } else { Err(violations) }
+    }
+}
+
+/// Why a body is not a JSON document the gateway will check.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("the body is not valid JSON")]
+    Malformed,
+    #[error("the body nests deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Parses a JSON body, refusing malformed text and deep nesting.
+pub fn parse_body(bytes: &[u8]) -> Result<Value, JsonError> {
+    // serde_json stops at 128 levels itself; deeper text is malformed to it, and still too
+    // deep to us.
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if depth(&v) > MAX_JSON_DEPTH => Err(JsonError::TooDeep),
+        Ok(v) => Ok(v),
+        Err(e) if e.to_string().contains("recursion limit") => Err(JsonError::TooDeep),
+        Err(_) => Err(JsonError::Malformed),
+    }
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The query string as a JSON object for `query_schema`: each parameter a string, or an
+/// array of strings when it is repeated (`form_urlencoded` decoding, `+` as space).
+pub fn query_object(query: Option<&str>) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let v = Value::String(v.into_owned());
+        match out.get_mut(k.as_ref()) {
+            Some(Value::Array(items)) => items.push(v),
+            Some(first) => *first = Value::Array(vec![first.take(), v]),
+            None => {
+                out.insert(k.into_owned(), v);
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn schema(v: Value) -> Schema {
+        let dir = std::env::temp_dir().join(format!("secgate-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.json", rand::random::<u32>()));
+        std::fs::write(&path, v.to_string()).unwrap();
+        let s = Schema::load(&path, "body_schema").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        s
+    }
+
+    #[test]
+    fn violations_point_without_echoing() {
+        let s = schema(json!({
+            "type": "object",
+            "required": ["name"],
+            "properties": { "name": { "type": "string", "maxLength": 8 }, "n": { "type": "integer" } },
+            "additionalProperties": false
+        }));
+        assert!(s.check(&json!({"name": "ok"})).is_ok());
+        let secret = "<script>steal()</script>";
+        let errs = s.check(&json!({"name": secret, "n": "x", "evil": 1})).unwrap_err();
+        let pointers: Vec<&str> = errs.iter().map(|v| v.pointer.as_str()).collect();
+        assert!(pointers.contains(&"/name") && pointers.contains(&"/n"), "{errs:?}");
+        assert!(
+            errs.iter().all(|v| !v.message.contains(secret) && !v.message.contains("steal")),
+            "{errs:?}"
+        );
+        assert!(s.check(&json!([])).unwrap_err()[0].message.contains("`type`"));
+    }
+
+    #[test]
+    fn broken_schemas_are_named() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("secgate-bad-schema-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"type": 5}"#).unwrap();
+        let e = Schema::load(&path, "body_schema").unwrap_err();
+        assert!(e.contains("not a valid JSON Schema") && e.contains("secgate-bad-schema"), "{e}");
+        std::fs::write(&path, "{").unwrap();
+        assert!(Schema::load(&path, "query_schema").unwrap_err().contains("not JSON"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(Schema::load(&path, "body_schema").unwrap_err().contains("No such file"));
+    }
+
+    #[test]
+    fn bodies_are_parsed_with_a_depth_bound() {
+        assert_eq!(parse_body(b"{\"a\": [1, {\"b\": null}]}").map(|v| depth(&v)), Ok(3));
+        assert_eq!(parse_body(b"{\"a\": "), Err(JsonError::Malformed));
+        assert_eq!(parse_body(b"\xff"), Err(JsonError::Malformed));
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_body(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        assert_eq!(parse_body(deep(MAX_JSON_DEPTH + 1).as_bytes()), Err(JsonError::TooDeep));
+        assert_eq!(parse_body(deep(10_000).as_bytes()), Err(JsonError::TooDeep));
+    }
+
+    #[test]
+    fn queries_become_objects_of_strings() {
+        assert_eq!(
+            query_object(Some("a=1&b=x+y&a=2&c")),
+            json!({"a": ["1", "2"], "b": "x y", "c": ""})
+        );
+        assert_eq!(query_object(None), json!({}));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), q in "\\PC{0,80}") {
+            let _ = parse_body(&bytes);
+            let _ = query_object(Some(&q));
+        }
+    }
+}
