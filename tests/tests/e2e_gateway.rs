@@ -921,6 +921,72 @@ fn schemas_judge_bodies_queries_and_answers() {
     assert_json_error(&gw.get(CLIENT_V4, "/profile/untyped", &[]), 502, "response_invalid");
 }
 
+#[test]
+fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    if !privileged("ambiguous_framing_is_refused_and_the_connection_closed") {
+        return;
+    }
+    let gw = Gw::start("gwr", Opts::default());
+    let h = format!("Host: {HOST}\r\n");
+    let corpus: Vec<(&str, String)> = vec![
+        (
+            "differing CLs",
+            format!(
+                "POST /public/a HTTP/1.1\r\n{h}Content-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+            ),
+        ),
+        ("CL list", format!("POST /public/a HTTP/1.1\r\n{h}Content-Length: 1, 2\r\n\r\nab")),
+        (
+            "TE not chunked",
+            format!("POST /public/a HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\n\r\nab"),
+        ),
+        (
+            "TE chunked twice",
+            format!(
+                "POST /public/a HTTP/1.1\r\n{h}Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST /public/a HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "chunk without CRLF",
+            format!(
+                "POST /public/a HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n2\r\nabXX0\r\n\r\n"
+            ),
+        ),
+        ("obs-fold", format!("GET /public/a HTTP/1.1\r\n{h}X-A: 1\r\n  folded\r\n\r\n")),
+        ("space before colon", format!("GET /public/a HTTP/1.1\r\n{h}X-A : 1\r\n\r\n")),
+        ("bare CR", format!("GET /public/a HTTP/1.1\r\n{h}X-A: 1\rX-B: 2\r\n\r\n")),
+        ("NUL in a header", format!("GET /public/a HTTP/1.1\r\n{h}X-A: 1\0\r\n\r\n")),
+        ("no Host", "GET /public/a HTTP/1.1\r\n\r\n".to_string()),
+    ];
+    let mut wrong = Vec::new();
+    for (what, req) in &corpus {
+        let answer = gw.rt.block_on(async {
+            let mut tls =
+                gw.tls(H1, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+            // A second, valid request after the first: it must never be answered.
+            let mut bytes = req.clone().into_bytes();
+            bytes.extend_from_slice(format!("GET /public/smuggled HTTP/1.1\r\n{h}\r\n").as_bytes());
+            raw(&mut tls, &bytes).await
+        });
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let statuses = text.matches("HTTP/1.1 ").count();
+        if raw_status(&answer) != 400 || statuses != 1 {
+            wrong.push(format!("{what}: {statuses} answers, first {}", raw_status(&answer)));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Bodies stream, so a chunked body that breaks midway has begun upstream: that request
+    // is aborted there (the gateway answers 400). Nothing else, and nothing smuggled, arrives.
+    assert_eq!(gw.up.count("/public/smuggled"), 0, "a smuggled request was answered upstream");
+    assert!(gw.up.count("/public/a") <= 2, "the upstream saw {:?}", gw.up.seen());
+}
+
 /// POSTs `total` bytes of JSON-typed body without a declared length, in 64 KiB chunks, and
 /// returns the status of the answer (the gateway may answer before the body ends).
 async fn streaming_upload(

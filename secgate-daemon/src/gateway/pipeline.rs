@@ -6,7 +6,7 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http::{Request, Response, header::AUTHORIZATION};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
@@ -121,8 +121,9 @@ fn authority(req: &Request<Incoming>, conn: &Conn) -> Result<Option<String>, Rej
         .map(|h| h.to_str().map(str::to_owned).map_err(|_| ()));
     let target = req.uri().authority().map(http::uri::Authority::as_str);
     match host::of_request(target, headers).map_err(Rejection::bad_host)? {
+        None => Err(Rejection::bad_host("the request names no host")),
         Some(h) if !conn.hosts.allows(&h.name) => Err(Rejection::misdirected(h.name)),
-        h => Ok(h.map(|h| h.authority())),
+        Some(h) => Ok(Some(h.authority())),
     }
 }
 
@@ -174,14 +175,19 @@ async fn stages(
         let query = schema::query_object(req.uri().query());
         schema.check(&query).map_err(|v| Rejection::unprocessable("query", v))?;
     }
+    let origin = Origin {
+        client: conn.peer.ip(),
+        host,
+        activity: conn.activity.clone(),
+        client_body_failed: Arc::default(),
+    };
     let (parts, body) = req.into_parts();
     let body = match &route.body_schema {
         Some(schema) if validate::has_body(&parts.method, &parts.headers) => {
             proxy::buffered(checked_body(body, body_limit, schema).await?)
         }
-        _ => proxy::streaming(body, conn.activity.clone(), body_limit),
+        _ => proxy::streaming(body, &origin, body_limit),
     };
-    let origin = Origin { client: conn.peer.ip(), host, activity: conn.activity.clone() };
     let upstream = gateway.upstream.load();
     let sent = Instant::now();
     let answer =
@@ -203,13 +209,7 @@ async fn checked_body(body: Incoming, limit: u64, schema: &Schema) -> Result<Byt
     let bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if validate::over_limit(e.as_ref()) => return Err(validate::too_large(limit)),
-        Err(e) => {
-            return Err(Rejection::invalid(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("the body did not arrive whole: {e}"),
-            ));
-        }
+        Err(_) => return Err(validate::framing("a malformed request body")),
     };
     let document = schema::parse_body(&bytes).map_err(Rejection::bad_json)?;
     schema.check(&document).map_err(|v| Rejection::unprocessable("body", v))?;

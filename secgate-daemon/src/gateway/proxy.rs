@@ -4,7 +4,14 @@
 //! client sent, which would otherwise let it claim any address), and hop-by-hop headers are
 //! dropped in both directions.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{
@@ -56,10 +63,13 @@ pub type UpBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The client's body, streamed upstream and cut at `limit` bytes; its frames count as the
-/// connection's progress.
-pub fn streaming(body: Incoming, activity: Arc<Activity>, limit: u64) -> UpBody {
+/// connection's progress, and its failure (malformed chunked framing) is told apart from
+/// the upstream's through `origin.client_body_failed`.
+pub fn streaming(body: Incoming, origin: &Origin, limit: u64) -> UpBody {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    http_body_util::Limited::new(Tracked::new(body, activity, ()), limit).boxed()
+    let mut tracked = Tracked::new(body, origin.activity.clone(), ());
+    tracked.failed = Some(origin.client_body_failed.clone());
+    http_body_util::Limited::new(tracked, limit).boxed()
 }
 
 /// A body the gateway has already read whole.
@@ -91,6 +101,8 @@ pub struct Origin {
     pub host: Option<String>,
     /// Where the request's body frames count as progress.
     pub activity: Arc<Activity>,
+    /// Set if the client's body failed on its way upstream.
+    pub client_body_failed: Arc<AtomicBool>,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -185,6 +197,9 @@ impl Upstream {
         let response = match answer {
             Err(_) => return Err(Rejection::gateway_timeout()),
             Ok(Err(e)) if validate::over_limit(&e) => return Err(validate::too_large(body_limit)),
+            Ok(Err(_)) if origin.client_body_failed.load(Ordering::Relaxed) => {
+                return Err(validate::framing("a malformed request body"));
+            }
             Ok(Err(e)) => return Err(Rejection::bad_gateway(e.to_string())),
             Ok(Ok(r)) => r,
         };
@@ -257,11 +272,13 @@ pub struct Tracked<B, G> {
     inner: B,
     activity: Arc<Activity>,
     _held: G,
+    /// Set when the inner body fails (a client's malformed chunked body).
+    failed: Option<Arc<AtomicBool>>,
 }
 
 impl<B, G> Tracked<B, G> {
     pub fn new(inner: B, activity: Arc<Activity>, held: G) -> Tracked<B, G> {
-        Tracked { inner, activity, _held: held }
+        Tracked { inner, activity, _held: held, failed: None }
     }
 }
 
@@ -284,10 +301,14 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && frame.is_data()
-        {
-            self.activity.progress();
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) if frame.is_data() => self.activity.progress(),
+            std::task::Poll::Ready(Some(Err(_))) => {
+                if let Some(failed) = &self.failed {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -325,6 +346,7 @@ mod tests {
                 client: "fd00::7".parse().unwrap(),
                 host: Some("api.test".into()),
                 activity: Activity::new(),
+                client_body_failed: Arc::default(),
             },
         );
         for gone in

@@ -40,6 +40,8 @@ pub struct Rejection {
     allow: Option<Box<str>>,
     /// Schema violations, listed in the body (422).
     violations: Option<Box<[Violation]>>,
+    /// Close the connection after the answer (HTTP/1.1 `Connection: close`).
+    close: bool,
 }
 
 impl Rejection {
@@ -58,7 +60,13 @@ impl Rejection {
             www_authenticate: None,
             allow: None,
             violations: None,
+            close: false,
         }
+    }
+
+    pub fn closing(mut self) -> Rejection {
+        self.close = true;
+        self
     }
 
     fn detail(mut self, detail: impl Into<String>) -> Rejection {
@@ -131,6 +139,7 @@ impl Rejection {
             Fault::Client,
         )
         .detail(why)
+        .closing()
     }
 
     /// 421: the request is for another host than the connection's (RFC 9110 §15.5.20).
@@ -322,6 +331,9 @@ impl Rejection {
         }
         if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
             headers.insert(header::ALLOW, allow);
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -7,8 +7,20 @@ use http::{HeaderMap, Method, StatusCode, header};
 
 use super::{respond::Rejection, routes::Route, settings::RequestLimits};
 
-/// Refuses a request head over the global limits.
+/// Refuses a request head over the global limits, or whose framing servers could read
+/// differently (request smuggling): `Transfer-Encoding` with `Content-Length`, or any
+/// `Transfer-Encoding` but one `chunked` (RFC 9112 §6.1, §6.3). hyper refuses differing
+/// lengths, obs-fold, spaces before colons and control bytes itself.
 pub fn head(headers: &HeaderMap, uri: &http::Uri, limits: &RequestLimits) -> Result<(), Rejection> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(framing("both Transfer-Encoding and Content-Length"));
+        }
+        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(framing("a Transfer-Encoding other than one `chunked`"));
+        }
+    }
     if headers.len() > limits.max_headers as usize {
         return Err(Rejection::invalid(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -83,14 +95,19 @@ pub fn too_large(limit: u64) -> Rejection {
 fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, Rejection> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else { return Ok(None) };
-    let bad = || {
-        Rejection::invalid(StatusCode::BAD_REQUEST, "bad_framing", "invalid Content-Length".into())
-    };
+    let bad = || framing("an invalid Content-Length");
     let n: u64 = first.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     if values.any(|v| v != first) {
         return Err(bad());
     }
     Ok(Some(n))
+}
+
+/// 400 for a request whose framing is ambiguous; the connection is closed after it, since
+/// where the next request starts is unknown.
+pub fn framing(why: &str) -> Rejection {
+    Rejection::invalid(StatusCode::BAD_REQUEST, "bad_framing", format!("ambiguous framing: {why}"))
+        .closing()
 }
 
 /// The lower-case `type/subtype` of a media type, parameters dropped; `None` if it is not
