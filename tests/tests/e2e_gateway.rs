@@ -1032,6 +1032,43 @@ fn tls_is_h2(
 }
 
 #[test]
+fn a_principal_over_its_rate_limit_gets_429s_while_others_pass() {
+    if !privileged("a_principal_over_its_rate_limit_gets_429s_while_others_pass") {
+        return;
+    }
+    let gw = Gw::start("gwl", Opts::default());
+    let (admin, user) = (bearer(gw.key("admin-key")), bearer(gw.key("user-key")));
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| gw.get(CLIENT_V4, "/limited/x", &[("authorization", &admin)]).status)
+        .collect();
+    assert_eq!(&statuses[..3], &[200, 200, 200], "the burst passes: {statuses:?}");
+    assert!(statuses[3..].iter().all(|&s| s == 429), "then 429s: {statuses:?}");
+    let r = gw.get(CLIENT_V4, "/limited/x", &[("authorization", &admin)]);
+    assert_json_error(&r, 429, "rate_limited");
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"limited\";q=3;w=3"));
+    assert_eq!(r.header("ratelimit"), Some(format!("\"limited\";r=0;t={retry}").as_str()));
+    for _ in 0..3 {
+        assert_eq!(
+            gw.get(OTHER_V4, "/limited/x", &[("authorization", &user)]).status,
+            200,
+            "another principal"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        gw.get(CLIENT_V4, "/limited/x", &[("authorization", &admin)]).status,
+        200,
+        "refilled"
+    );
+    assert!(
+        metric(&gw, "secgate_gateway_requests_total", &[("route", "limited"), ("status", "429")])
+            >= 3.0
+    );
+}
+
+#[test]
 fn every_response_carries_the_security_headers() {
     if !privileged("every_response_carries_the_security_headers") {
         return;

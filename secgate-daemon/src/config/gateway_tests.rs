@@ -309,6 +309,30 @@ fn schemas_are_compiled_at_load() {
 }
 
 #[test]
+fn rate_limits_are_checked() {
+    let f = Files::new("rates");
+    let text = replace(
+        &good(&f),
+        &[
+            (
+                "auth = [\"none\"]",
+                "auth = [\"none\"]\nrate_limit = { per = \"principal\", rps = 1, burst = 1 }",
+            ),
+            (
+                "allow_roles = [\"deploy\"]",
+                "allow_roles = [\"deploy\"]\nrate_limit = { per = \"ip\", rps = 0, burst = 5 }",
+            ),
+        ],
+    );
+    let shown: Vec<String> =
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect();
+    for needle in ["no caller has a principal", "\"ip\"", "rps 0"] {
+        assert!(shown.iter().any(|p| p.contains(needle)), "{needle}: {shown:#?}");
+    }
+    assert_eq!(shown.len(), 3, "{shown:#?}");
+}
+
+#[test]
 fn gateway_timeouts_are_bounded() {
     let f = Files::new("timeouts");
     let text = good(&f).replacen(

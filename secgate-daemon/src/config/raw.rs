@@ -295,4 +295,13 @@ pub struct RawRoute {
     /// A JSON Schema file successful responses must match; one that does not, or is not
     /// JSON, is not forwarded (502).
     pub response_schema: Option<S<String>>,
+    /// Requests per second and burst, counted per `"principal"`, `"source"` or `"route"`.
+    pub rate_limit: Option<S<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRateLimit {
+    pub per: S<String>,
+    pub rps: S<i64>,
+    pub burst: S<i64>,
 }

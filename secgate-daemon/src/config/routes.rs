@@ -6,9 +6,15 @@ use std::sync::Arc;
 use http::Method;
 use toml::Spanned;
 
-use super::{auth::names, raw::RawRoute, validate::Check, values};
+use super::{
+    auth::names,
+    raw::{RawRateLimit, RawRoute},
+    validate::Check,
+    values,
+};
 use crate::gateway::{
     authn::{self, Methods},
+    ratelimit::{Per, RateLimit},
     routes::{PathPattern, Route},
     schema::Schema,
     validate,
@@ -88,6 +94,8 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
     let body_schema = schema(c, &r.body_schema, "body_schema");
     let query_schema = schema(c, &r.query_schema, "query_schema");
     let response_schema = schema(c, &r.response_schema, "response_schema");
+    let rate_limit =
+        r.rate_limit.as_ref().map_or(Some(None), |l| rate_limit(c, l, accepts.as_ref()).map(Some));
     if let Some(accepts) = &accepts
         && accepts.none()
         && let Some(first) = r.allow_roles.first().or(r.allow_principals.first())
@@ -117,7 +125,24 @@ fn route(c: &mut Check<'_>, r: &RawRoute, configured: Methods) -> Option<Route> 
         body_schema: body_schema?,
         query_schema: query_schema?,
         response_schema: response_schema?,
+        rate_limit: rate_limit?,
     })
+}
+
+fn rate_limit(
+    c: &mut Check<'_>,
+    raw: &Spanned<RawRateLimit>,
+    accepts: Option<&Methods>,
+) -> Option<Arc<RateLimit>> {
+    let l = raw.get_ref();
+    let per = c.take(&l.per, Per::parse(l.per.get_ref()));
+    if per == Some(Per::Principal) && accepts.is_some_and(Methods::none) {
+        c.say(&l.per, "rate_limit.per = \"principal\" on a route with auth = [\"none\"]: no caller has a principal; use \"source\"".into());
+        return None;
+    }
+    let rps = c.take(&l.rps, values::range("rps", *l.rps.get_ref(), 1, 1_000_000));
+    let burst = c.take(&l.burst, values::range("burst", *l.burst.get_ref(), 1, 1_000_000));
+    Some(Arc::new(RateLimit::new(per?, rps? as u32, burst? as u32)))
 }
 
 /// A schema file, compiled; `Some(None)` when not configured, `None` if invalid (recorded).

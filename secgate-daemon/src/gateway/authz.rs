@@ -59,6 +59,7 @@ mod tests {
             body_schema: None,
             query_schema: None,
             response_schema: None,
+            rate_limit: None,
         }
     }
 

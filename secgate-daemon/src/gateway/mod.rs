@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod normalize;
 mod pipeline;
 pub mod proxy;
+pub mod ratelimit;
 pub mod respond;
 pub mod routes;
 pub mod schema;

@@ -161,6 +161,11 @@ async fn stages(
     };
     line.principal = principal.as_ref().map(Principal::qualified);
     authz::authorize(route, principal.as_ref()).map_err(Rejection::forbidden)?;
+    if let Some(limit) = &route.rate_limit {
+        limit
+            .check(principal.as_ref(), conn.peer.ip())
+            .map_err(|l| Rejection::rate_limited(&route.name, limit, &l))?;
+    }
     let body_limit = validate::for_route(req.method(), req.headers(), route, &policy.limits)?;
     // An API key is the gateway's secret to check, not the upstream's to see, whichever
     // method authenticated the request; a JWT is made to be passed on, and an open route's

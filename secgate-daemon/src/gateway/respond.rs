@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{
     authn::Failure,
     normalize::PathError,
+    ratelimit::{self, Limited, RateLimit},
     schema::{JsonError, Violation},
 };
 
@@ -37,7 +38,8 @@ pub struct Rejection {
     /// For the log and the audit only.
     pub detail: String,
     www_authenticate: Option<&'static str>,
-    allow: Option<Box<str>>,
+    /// More headers for the answer (`Allow`, `Retry-After`, `RateLimit-*`).
+    headers: Vec<(header::HeaderName, HeaderValue)>,
     /// Schema violations, listed in the body (422).
     violations: Option<Box<[Violation]>>,
     /// Close the connection after the answer (HTTP/1.1 `Connection: close`).
@@ -58,7 +60,7 @@ impl Rejection {
             fault,
             detail: String::new(),
             www_authenticate: None,
-            allow: None,
+            headers: Vec::new(),
             violations: None,
             close: false,
         }
@@ -167,8 +169,10 @@ impl Rejection {
             "the route does not take this method",
             Fault::Client,
         );
-        r.allow =
-            Some(allow.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ").into());
+        let allow = allow.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            r.headers.push((header::ALLOW, v));
+        }
         r
     }
 
@@ -208,6 +212,28 @@ impl Rejection {
         let mut r =
             Rejection::new(StatusCode::UNAUTHORIZED, code, message, Fault::Client).detail(detail);
         r.www_authenticate = Some(challenge);
+        r
+    }
+
+    /// 429 with when to come back and the route's policy (draft-ietf-httpapi-ratelimit-headers).
+    pub fn rate_limited(route: &str, limit: &RateLimit, limited: &Limited) -> Rejection {
+        let mut r = Rejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; retry later",
+            Fault::Client,
+        )
+        .detail(format!("over {} rps (burst {}) per {:?}", limit.rps, limit.burst, limit.per));
+        let retry = ratelimit::ceil_secs(limited.retry_after).max(1);
+        for (name, value) in [
+            (header::RETRY_AFTER, retry.to_string()),
+            (header::HeaderName::from_static("ratelimit-policy"), limit.policy(route)),
+            (header::HeaderName::from_static("ratelimit"), limit.state(route, limited)),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                r.headers.push((name, v));
+            }
+        }
         r
     }
 
@@ -329,8 +355,8 @@ impl Rejection {
         if let Some(challenge) = self.www_authenticate {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
-        if let Some(allow) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
-            headers.insert(header::ALLOW, allow);
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
         }
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

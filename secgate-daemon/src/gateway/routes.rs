@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::Method;
 use ipnet::IpNet;
 
-use super::{authn::Methods, schema::Schema};
+use super::{authn::Methods, ratelimit::RateLimit, schema::Schema};
 
 /// A configured route: what it matches, how callers authenticate, and who may call it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,7 @@ pub struct Route {
     pub body_schema: Option<Arc<Schema>>,
     pub query_schema: Option<Arc<Schema>>,
     pub response_schema: Option<Arc<Schema>>,
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl Routed for Route {

@@ -80,7 +80,8 @@ impl Drop for Slot {
     }
 }
 
-fn source_key(ip: IpAddr) -> IpAddr {
+/// The source a connection or request is counted as: an IPv4 address, or an IPv6 /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),

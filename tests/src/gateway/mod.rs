@@ -75,6 +75,13 @@ path = "/closed"
 auth = ["api_key"]
 
 [[routes]]
+name = "limited"
+path = "/limited/*"
+auth = ["api_key"]
+allow_roles = ["admin", "user"]
+rate_limit = { per = "principal", rps = 1, burst = 3 }
+
+[[routes]]
 name = "svc"
 path = "/svc/*"
 auth = ["mtls"]
