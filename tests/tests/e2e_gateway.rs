@@ -1112,6 +1112,42 @@ fn every_response_carries_the_security_headers() {
 }
 
 #[test]
+fn a_slowloris_client_is_cut_by_the_header_timeout() {
+    if !privileged("a_slowloris_client_is_cut_by_the_header_timeout") {
+        return;
+    }
+    let limits = "\n[gateway.limits]\nheader_timeout = \"1s\"\n";
+    let gw = Gw::start("gwo", Opts { routes_extra: limits, ..Opts::default() });
+    let (open_for, answer) = gw.rt.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tls =
+            gw.tls(H1, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+        let started = Instant::now();
+        tls.write_all(format!("GET /public/x HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        // One header line every 300 ms, for at most 10 s: the head never ends.
+        while started.elapsed() < Duration::from_secs(10) {
+            if tls.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), tls.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        (started.elapsed(), answer)
+    });
+    assert!(open_for < Duration::from_secs(5), "still open after {open_for:?}");
+    assert!(open_for >= Duration::from_millis(900), "cut before the timeout: {open_for:?}");
+    assert!(!String::from_utf8_lossy(&answer).contains("200"), "never answered as a request");
+    assert_eq!(gw.get(CLIENT_V4, "/health", &[]).status, 200, "others (and it, anew) are served");
+}
+
+#[test]
 fn a_client_that_stops_reading_is_cut_as_idle() {
     if !privileged("a_client_that_stops_reading_is_cut_as_idle") {
         return;
