@@ -16,7 +16,7 @@ use crate::gateway::{
     proxy::UpstreamSettings,
     settings::{
         ConnLimits, DEFAULT_LIMITS, DEFAULT_REQUEST_LIMITS, DEFAULT_TIMEOUTS,
-        DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings, RequestLimits, Timeouts,
+        DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings, MAX_HEADERS_ACCEPTED, RequestLimits, Timeouts,
     },
     tls::{self, ClientAuth, MinVersion, TlsSettings},
 };
@@ -168,7 +168,8 @@ fn request_limits(c: &mut Check<'_>, l: &RawGatewayLimits) -> Option<RequestLimi
         None => Some(default),
         Some(v) => c.take(v, values::range(name, *v.get_ref(), lo, hi)),
     };
-    let max_headers = int(&l.max_headers, "max_headers", 1, 1000, d.max_headers.into());
+    let max_headers =
+        int(&l.max_headers, "max_headers", 1, MAX_HEADERS_ACCEPTED as u64, d.max_headers.into());
     let max_uri_bytes = int(&l.max_uri_bytes, "max_uri_bytes", 256, 65536, d.max_uri_bytes.into());
     let max_body_bytes =
         int(&l.max_body_bytes, "max_body_bytes", 1, MAX_BODY_BYTES, d.max_body_bytes);

@@ -50,7 +50,7 @@ use self::{
     metrics::GatewayMetrics,
     proxy::Upstream,
     routes::Route,
-    settings::{ConnLimits, RequestLimits, Timeouts},
+    settings::{ConnLimits, MAX_HEADERS_ACCEPTED, RequestLimits, Timeouts},
     slots::{Slot, Slots},
     tls::TlsSettings,
 };
@@ -377,6 +377,9 @@ fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(settings.timeouts.header)
         .max_buf_size(header_bytes as usize)
+        // hyper's own cap (100 by default) must not undercut `max_headers`, which is
+        // checked, with a JSON answer, in `validate::head`.
+        .max_headers(MAX_HEADERS_ACCEPTED)
         .keep_alive(true);
     builder
         .http2()

@@ -30,6 +30,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     conn.activity.progress();
+    let version = req.version();
     let mut pending = Pending {
         conn: conn.clone(),
         line: Line::new(conn.peer.ip(), req.method()),
@@ -54,6 +55,10 @@ pub async fn handle(
             }
         };
     respond::harden(&mut response, keep_cache_control);
+    if version == http::Version::HTTP_2 {
+        // HTTP/2 has no Connection header (hyper would drop it, with a warning per answer).
+        response.headers_mut().remove(http::header::CONNECTION);
+    }
     pending.finish(response.status().as_u16());
     conn.activity.progress();
     Ok(response)
@@ -166,7 +171,9 @@ async fn stages(
             .check(principal.as_ref(), conn.peer.ip())
             .map_err(|l| Rejection::rate_limited(&route.name, limit, &l))?;
     }
-    let body_limit = validate::for_route(req.method(), req.headers(), route, &policy.limits)?;
+    // Asked of the body itself: exact on both protocols, whatever the headers claim.
+    let has_body = !hyper::body::Body::is_end_stream(req.body());
+    let body_limit = validate::for_route(has_body, req.headers(), route, &policy.limits)?;
     // An API key is the gateway's secret to check, not the upstream's to see, whichever
     // method authenticated the request; a JWT is made to be passed on, and an open route's
     // Authorization is the upstream's business.
@@ -188,8 +195,18 @@ async fn stages(
     };
     let (parts, body) = req.into_parts();
     let body = match &route.body_schema {
-        Some(schema) if validate::has_body(&parts.method, &parts.headers) => {
-            proxy::buffered(checked_body(body, body_limit, schema).await?)
+        Some(schema) if has_body => {
+            proxy::buffered(checked_body(body, body_limit, schema, &origin).await?)
+        }
+        // A schema route that takes bodies gets one: frameworks read a missing body as `{}`,
+        // which would skip the schema's `required`.
+        Some(_)
+            if matches!(
+                parts.method,
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            ) =>
+        {
+            return Err(Rejection::bad_json(schema::JsonError::Missing));
         }
         _ => proxy::streaming(body, &origin, body_limit),
     };
@@ -209,7 +226,14 @@ async fn stages(
 
 /// Reads a body whole (at most `limit` bytes) and checks it against `schema`: the one place
 /// a request body is buffered, because a schema can only judge a whole document.
-async fn checked_body(body: Incoming, limit: u64, schema: &Schema) -> Result<Bytes, Rejection> {
+async fn checked_body(
+    body: Incoming,
+    limit: u64,
+    schema: &Schema,
+    origin: &Origin,
+) -> Result<Bytes, Rejection> {
+    // Tracked, so that a slow but moving upload is not cut as idle.
+    let body = proxy::Tracked::new(body, origin.activity.clone(), ());
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),

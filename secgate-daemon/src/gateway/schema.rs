@@ -87,6 +87,8 @@ pub enum JsonError {
     Malformed,
     #[error("the body nests deeper than {MAX_JSON_DEPTH} levels")]
     TooDeep,
+    #[error("the route needs a JSON body")]
+    Missing,
 }
 
 /// Parses a JSON body, refusing malformed text and deep nesting.

@@ -42,6 +42,9 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
 }
 
+/// The most header fields `max_headers` may allow; hyper is told to read this many.
+pub const MAX_HEADERS_ACCEPTED: usize = 1000;
+
 pub const DEFAULT_REQUEST_LIMITS: RequestLimits =
     RequestLimits { max_headers: 100, max_uri_bytes: 8 * 1024, max_body_bytes: 1 << 20 };
 

@@ -3,7 +3,7 @@
 //! route (declared body size, content type). The body is limited while it streams: an
 //! upload over the limit is cut with 413 without being buffered.
 
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 
 use super::{respond::Rejection, routes::Route, settings::RequestLimits};
 
@@ -42,7 +42,7 @@ pub fn head(headers: &HeaderMap, uri: &http::Uri, limits: &RequestLimits) -> Res
 /// The body limit for `route`, after refusing a declared length over it and a content type
 /// the route does not take.
 pub fn for_route(
-    method: &Method,
+    has_body: bool,
     headers: &HeaderMap,
     route: &Route,
     limits: &RequestLimits,
@@ -53,7 +53,7 @@ pub fn for_route(
         return Err(too_large(limit));
     }
     if let Some(allowed) = &route.content_types
-        && has_body(method, headers)
+        && has_body
     {
         let essence =
             headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(essence);
@@ -66,19 +66,6 @@ pub fn for_route(
         }
     }
     Ok(limit)
-}
-
-/// Whether a request comes with a body: a declared length over zero, chunked framing, or no
-/// framing on a method that usually has one (HTTP/2 may leave the length out).
-pub fn has_body(method: &Method, headers: &HeaderMap) -> bool {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
-    declared.is_some_and(|n| n > 0)
-        || headers.contains_key(header::TRANSFER_ENCODING)
-        || (declared.is_none()
-            && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE))
 }
 
 /// 413 for a body over `limit` bytes.
@@ -184,15 +171,14 @@ mod tests {
     #[test]
     fn bodies_and_types_are_checked_per_route() {
         let json = Some(&["application/json"][..]);
-        let post = Method::POST;
         let r = route(None, json);
         assert_eq!(
-            status(for_route(&post, &headers(&[("content-length", "101")]), &r, &LIMITS)),
+            status(for_route(true, &headers(&[("content-length", "101")]), &r, &LIMITS)),
             413
         );
         assert_eq!(
             status(for_route(
-                &post,
+                true,
                 &headers(&[
                     ("content-length", "100"),
                     ("content-type", "Application/JSON; charset=utf-8")
@@ -204,7 +190,7 @@ mod tests {
         );
         assert_eq!(
             status(for_route(
-                &post,
+                true,
                 &headers(&[("content-length", "5"), ("content-type", "text/plain")]),
                 &r,
                 &LIMITS
@@ -212,22 +198,22 @@ mod tests {
             415
         );
         assert_eq!(
-            status(for_route(&post, &headers(&[("content-length", "5")]), &r, &LIMITS)),
+            status(for_route(true, &headers(&[("content-length", "5")]), &r, &LIMITS)),
             415,
             "a body without a type"
         );
         assert_eq!(
-            status(for_route(&post, &headers(&[("transfer-encoding", "chunked")]), &r, &LIMITS)),
+            status(for_route(true, &headers(&[("transfer-encoding", "chunked")]), &r, &LIMITS)),
             415
         );
         assert_eq!(
-            status(for_route(&Method::GET, &HeaderMap::new(), &r, &LIMITS)),
+            status(for_route(false, &HeaderMap::new(), &r, &LIMITS)),
             200,
             "no body, no type needed"
         );
         assert_eq!(
             status(for_route(
-                &post,
+                true,
                 &headers(&[("content-length", "5"), ("content-length", "6")]),
                 &r,
                 &LIMITS
@@ -235,11 +221,11 @@ mod tests {
             400
         );
         assert_eq!(
-            status(for_route(&post, &headers(&[("content-length", "-1")]), &r, &LIMITS)),
+            status(for_route(true, &headers(&[("content-length", "-1")]), &r, &LIMITS)),
             400
         );
         assert_eq!(
-            for_route(&post, &HeaderMap::new(), &route(Some(7), None), &LIMITS).ok(),
+            for_route(true, &HeaderMap::new(), &route(Some(7), None), &LIMITS).ok(),
             Some(7),
             "the route's own limit"
         );
