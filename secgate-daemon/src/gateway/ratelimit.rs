@@ -121,10 +121,11 @@ impl RateLimit {
         self.limiter.len() < MAX_KEYS
     }
 
-    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the burst as the quota,
-    /// over the time the bucket takes to refill.
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): over a window as long as
+    /// the bucket takes to refill (at least a second), the requests the rate allows in it.
     pub fn policy(&self, name: &str) -> String {
-        format!("\"{name}\";q={};w={}", self.burst, self.window_secs())
+        let window = self.window_secs();
+        format!("\"{name}\";q={};w={window}", u64::from(self.rps.max(1)) * window)
     }
 
     /// `RateLimit` for a refused request: nothing left, back after `retry_after`.
@@ -166,6 +167,8 @@ mod tests {
         );
         assert!(rl.check(Some(&who("b")), src).is_ok(), "another principal is unaffected");
         assert_eq!(rl.policy("r"), "\"r\";q=3;w=3");
+        assert_eq!(RateLimit::new(Per::Route, 100, 1).policy("r"), "\"r\";q=100;w=1");
+        assert_eq!(RateLimit::new(Per::Route, 2, 3).policy("r"), "\"r\";q=4;w=2");
         assert_eq!(rl.state("r", &limited), "\"r\";r=0;t=1");
     }
 

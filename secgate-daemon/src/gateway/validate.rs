@@ -21,11 +21,14 @@ pub fn head(headers: &HeaderMap, uri: &http::Uri, limits: &RequestLimits) -> Res
             return Err(framing("a Transfer-Encoding other than one `chunked`"));
         }
     }
-    if headers.len() > limits.max_headers as usize {
+    // HTTP/2 clients may split one Cookie field into crumbs (RFC 9113 §8.2.3): one field.
+    let crumbs = headers.get_all(header::COOKIE).iter().count().saturating_sub(1);
+    let fields = headers.len() - crumbs;
+    if fields > limits.max_headers as usize {
         return Err(Rejection::invalid(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_many_headers",
-            format!("{} header fields, more than {}", headers.len(), limits.max_headers),
+            format!("{fields} header fields, more than {}", limits.max_headers),
         ));
     }
     let uri_bytes = uri.path_and_query().map_or(0, |p| p.as_str().len());
@@ -48,6 +51,14 @@ pub fn for_route(
     limits: &RequestLimits,
 ) -> Result<u64, Rejection> {
     let limit = route.max_body_bytes.unwrap_or(limits.max_body_bytes);
+    if headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+        // Servers differ on which one counts.
+        return Err(Rejection::invalid(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_content_type",
+            "more than one Content-Type".into(),
+        ));
+    }
     let declared = declared_length(headers)?;
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
@@ -164,6 +175,11 @@ mod tests {
         let uri: http::Uri = "/ok".parse().unwrap();
         assert!(head(&headers(&many[..10]), &uri, &LIMITS).is_ok());
         assert_eq!(head(&headers(&many), &uri, &LIMITS).unwrap_err().status, 431);
+        let mut crumbs = headers(&many[..9]);
+        for _ in 0..5 {
+            crumbs.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        }
+        assert!(head(&crumbs, &uri, &LIMITS).is_ok(), "cookie crumbs are one field");
         let long: http::Uri = format!("/{}", "a".repeat(64)).parse().unwrap();
         assert_eq!(head(&HeaderMap::new(), &long, &LIMITS).unwrap_err().status, 414);
     }
@@ -211,6 +227,8 @@ mod tests {
             200,
             "no body, no type needed"
         );
+        let two = headers(&[("content-type", "application/json"), ("content-type", "text/plain")]);
+        assert_eq!(status(for_route(true, &two, &r, &LIMITS)), 400);
         assert_eq!(
             status(for_route(
                 true,
