@@ -1025,26 +1025,8 @@ async fn streaming_upload(
         .header("content-type", "application/json")
         .body(body)
         .unwrap();
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let response = if tls_is_h2(&io) {
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .ok()?;
-        tokio::spawn(conn);
-        send.send_request(req).await.ok()?
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
-        tokio::spawn(conn);
-        send.send_request(req).await.ok()?
-    };
+    let response = Http::over(tls).await.head(req).await.ok()?;
     Some(response.status().as_u16())
-}
-
-fn tls_is_h2(
-    io: &hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-) -> bool {
-    io.inner().get_ref().1.alpn_protocol() == Some(b"h2")
 }
 
 #[test]

@@ -4,8 +4,9 @@
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, Request, Response, Version};
 use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{
     ClientConfig, RootCertStore,
@@ -110,15 +111,20 @@ impl Reply {
     }
 }
 
-/// An HTTP connection over TLS.
-pub enum Http {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+/// An HTTP connection over TLS, sending bodies of type `B`.
+pub enum Http<B = Full<Bytes>> {
+    H1(hyper::client::conn::http1::SendRequest<B>),
+    H2(hyper::client::conn::http2::SendRequest<B>),
 }
 
-impl Http {
+impl<B> Http<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Speaks whatever ALPN chose over `tls`.
-    pub async fn over(tls: TlsStream<TcpStream>) -> Http {
+    pub async fn over(tls: TlsStream<TcpStream>) -> Http<B> {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {
@@ -135,44 +141,35 @@ impl Http {
         }
     }
 
-    /// Sends `req` and returns the first chunk of the response body, as soon as it arrives.
-    pub async fn first_chunk(&mut self, req: Request<Full<Bytes>>) -> Result<Bytes, hyper::Error> {
-        let resp = match self {
+    /// Sends `req` and returns the response as soon as its head is in.
+    pub async fn head(&mut self, req: Request<B>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
             Http::H1(s) => {
                 s.ready().await?;
-                s.send_request(req).await?
+                s.send_request(req).await
             }
             Http::H2(s) => {
                 s.ready().await?;
-                s.send_request(req).await?
-            }
-        };
-        let mut body = resp.into_body();
-        loop {
-            match body.frame().await {
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data()
-                        && !data.is_empty()
-                    {
-                        return Ok(data);
-                    }
-                }
-                None => return Ok(Bytes::new()),
+                s.send_request(req).await
             }
         }
     }
 
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
-        let resp = match self {
-            Http::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await?
+    /// Sends `req` and returns the first chunk of the response body, as soon as it arrives.
+    pub async fn first_chunk(&mut self, req: Request<B>) -> Result<Bytes, hyper::Error> {
+        let mut body = self.head(req).await?.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data()
+                && !data.is_empty()
+            {
+                return Ok(data);
             }
-            Http::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await?
-            }
-        };
+        }
+        Ok(Bytes::new())
+    }
+
+    pub async fn send(&mut self, req: Request<B>) -> Result<Reply, hyper::Error> {
+        let resp = self.head(req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes().to_vec();
         Ok(Reply {
