@@ -18,11 +18,16 @@ use crate::gateway::{
         ConnLimits, DEFAULT_LIMITS, DEFAULT_REQUEST_LIMITS, DEFAULT_TIMEOUTS,
         DEFAULT_UPSTREAM_TIMEOUT, GatewaySettings, MAX_HEADERS_ACCEPTED, RequestLimits, Timeouts,
     },
+    slots::SourceKey,
     tls::{self, ClientAuth, MinVersion, TlsSettings},
 };
 
 /// The gateway settings: `Some(None)` without a `[gateway]`; `None` if invalid (recorded).
-pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<GatewaySettings>> {
+pub(super) fn settings(
+    c: &mut Check<'_>,
+    raw: &RawConfig,
+    sources: Option<SourceKey>,
+) -> Option<Option<GatewaySettings>> {
     let Some(g) = &raw.gateway else {
         if let Some(auth) = &raw.auth {
             c.say(auth, "[auth] is for the gateway; add a [gateway] table or remove [auth]".into());
@@ -77,6 +82,7 @@ pub(super) fn settings(c: &mut Check<'_>, raw: &RawConfig) -> Option<Option<Gate
         timeouts: timeouts?,
         limits: limits?,
         request_limits: request_limits?,
+        sources: sources?,
         routes: routes?,
         auth: auth?,
     }))

@@ -10,6 +10,7 @@ use super::{
     unknown::line_of,
     values,
 };
+use crate::gateway::slots::SourceKey;
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/secgate";
 const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/secgate";
@@ -49,7 +50,9 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let control_socket = path(&raw.control.socket, DEFAULT_SOCKET);
     let audit_log = path(&raw.audit.path, DEFAULT_AUDIT_LOG);
     let metrics_listen = metrics(&mut c, &raw.metrics);
-    let gateway = super::gateway::settings(&mut c, &raw);
+    // The gateway counts sources as the datapath keys them.
+    let sources = datapath.as_ref().map(|d| SourceKey::new(d.ipv4_prefix, d.ipv6_prefix));
+    let gateway = super::gateway::settings(&mut c, &raw, sources);
     for (p, at) in [
         (&state_dir, &raw.state_dir),
         (&control_socket, &raw.control.socket),

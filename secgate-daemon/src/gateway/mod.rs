@@ -20,12 +20,12 @@ pub mod respond;
 pub mod routes;
 pub mod schema;
 pub mod settings;
-mod slots;
+pub mod slots;
 pub mod tls;
 pub mod validate;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -51,7 +51,7 @@ use self::{
     proxy::Upstream,
     routes::Route,
     settings::{ConnLimits, MAX_HEADERS_ACCEPTED, RequestLimits, Timeouts},
-    slots::{Slot, Slots},
+    slots::{Slot, Slots, SourceKey},
     tls::TlsSettings,
 };
 use crate::{
@@ -128,6 +128,7 @@ type Tickets = Arc<dyn rustls::server::ProducesTickets>;
 struct ConnSettings {
     timeouts: Timeouts,
     limits: ConnLimits,
+    sources: SourceKey,
 }
 
 /// What the gateway knows about a client connection.
@@ -139,6 +140,8 @@ pub struct Conn {
     pub client_cert: Option<Vec<u8>>,
     /// For the idle timer: requests mark themselves in flight.
     pub activity: Arc<Activity>,
+    /// The source it counts as (see `SourceKey`).
+    pub source: IpAddr,
     /// The hosts its requests may be for.
     pub hosts: host::Expected,
     /// Why the gateway cut the connection, if it did: for the audit of requests it ends.
@@ -186,6 +189,7 @@ impl Gateway {
             conn: ArcSwap::from_pointee(ConnSettings {
                 timeouts: settings.timeouts,
                 limits: settings.limits,
+                sources: settings.sources,
             }),
             listen: settings.listen.clone(),
             service,
@@ -233,9 +237,10 @@ impl Gateway {
                 reset(stream);
                 continue;
             }
-            let limits = self.conn.load().limits;
+            let settings = **self.conn.load();
+            let (limits, source) = (settings.limits, settings.sources.of(peer.ip()));
             let slot = match self.slots.take(
-                peer.ip(),
+                source,
                 limits.max_connections,
                 limits.max_connections_per_source,
             ) {
@@ -246,11 +251,17 @@ impl Gateway {
                     continue;
                 }
             };
-            tokio::spawn(self.clone().connection(stream, peer, slot));
+            tokio::spawn(self.clone().connection(stream, peer, source, slot));
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, _slot: Slot) {
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        source: IpAddr,
+        _slot: Slot,
+    ) {
         let _ = stream.set_nodelay(true);
         let settings = **self.conn.load();
         let tls_now = self.tls.load_full();
@@ -280,6 +291,7 @@ impl Gateway {
         let hosts = host::Expected::from_sni(session.server_name(), &tls_now.served);
         let conn = Arc::new(Conn {
             peer,
+            source,
             client_cert,
             activity: activity.clone(),
             hosts,
@@ -429,7 +441,7 @@ impl Reloadable for GatewayReload {
             .then(|| Upstream::new(g.upstream.clone(), gateway.upstream_slots.clone()));
         let rules =
             Rules { routes: g.routes.clone(), auth: g.auth.clone(), limits: g.request_limits };
-        let conn = ConnSettings { timeouts: g.timeouts, limits: g.limits };
+        let conn = ConnSettings { timeouts: g.timeouts, limits: g.limits, sources: g.sources };
         Ok(Box::new(move || {
             gateway.rules.store(Arc::new(rules));
             gateway.tls.store(Arc::new(tls));

@@ -168,7 +168,7 @@ async fn stages(
     authz::authorize(route, principal.as_ref()).map_err(Rejection::forbidden)?;
     if let Some(limit) = &route.rate_limit {
         limit
-            .check(principal.as_ref(), conn.peer.ip())
+            .check(principal.as_ref(), conn.source)
             .map_err(|l| Rejection::rate_limited(&route.name, limit, &l))?;
     }
     // Asked of the body itself: exact on both protocols, whatever the headers claim.
@@ -189,6 +189,7 @@ async fn stages(
     }
     let origin = Origin {
         client: conn.peer.ip(),
+        source: conn.source,
         host,
         activity: conn.activity.clone(),
         client_body_failed: Arc::default(),

@@ -97,6 +97,8 @@ const MAX_IDLE_UPSTREAM: usize = 256;
 /// What the gateway knows about the connection a request came on.
 pub struct Origin {
     pub client: IpAddr,
+    /// The client as a source is counted (see `SourceKey`).
+    pub source: IpAddr,
     /// The host the client asked for (`Host`, or the HTTP/2 `:authority`), checked.
     pub host: Option<String>,
     /// Where the request's body frames count as progress.
@@ -174,7 +176,7 @@ impl Upstream {
     ) -> Result<Response<Body>, Rejection> {
         let slot = self
             .in_flight
-            .take(origin.client, MAX_UPSTREAM_IN_FLIGHT, MAX_UPSTREAM_IN_FLIGHT_PER_SOURCE)
+            .take(origin.source, MAX_UPSTREAM_IN_FLIGHT, MAX_UPSTREAM_IN_FLIGHT_PER_SOURCE)
             .map_err(|_| Rejection::upstream_busy())?;
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query() {
@@ -344,6 +346,7 @@ mod tests {
             &mut h,
             &Origin {
                 client: "fd00::7".parse().unwrap(),
+                source: "fd00::".parse().unwrap(),
                 host: Some("api.test".into()),
                 activity: Activity::new(),
                 client_body_failed: Arc::default(),

@@ -19,7 +19,7 @@ use governor::{
     state::keyed::DefaultKeyedStateStore,
 };
 
-use super::{authn::Principal, slots::source_key};
+use super::authn::Principal;
 
 /// Keys one route's limiter holds at most.
 pub const MAX_KEYS: usize = 100_000;
@@ -95,12 +95,13 @@ impl RateLimit {
         RateLimit { per, rps, burst, limiter, clock, last_sweep: Mutex::new(Instant::now()) }
     }
 
-    /// Counts one request from `source` (by `principal`, if it has one).
+    /// Counts one request from `source` (keyed by [`super::slots::SourceKey`]), by
+    /// `principal` if it has one and the limit is per principal.
     pub fn check(&self, principal: Option<&Principal>, source: IpAddr) -> Result<(), Limited> {
         let key = match (self.per, principal) {
             (Per::Route, _) => Key::Route,
             (Per::Principal, Some(p)) => Key::Principal(p.qualified()),
-            (Per::Principal | Per::Source, _) => Key::Source(source_key(source)),
+            (Per::Principal | Per::Source, _) => Key::Source(source),
         };
         if self.limiter.len() >= MAX_KEYS && !self.sweep() {
             return Err(Limited { retry_after: Duration::from_secs(1) });
@@ -173,11 +174,13 @@ mod tests {
     }
 
     #[test]
-    fn sources_are_counted_by_64_and_routes_as_one() {
+    fn sources_are_counted_by_their_key_and_routes_as_one() {
+        let key = crate::gateway::slots::SourceKey::new(32, 64);
+        let of = |s: &str| key.of(s.parse().unwrap());
         let rl = RateLimit::new(Per::Source, 1, 1);
-        assert!(rl.check(None, "fd00:18::1".parse().unwrap()).is_ok());
-        assert!(rl.check(None, "fd00:18::2".parse().unwrap()).is_err(), "the same /64");
-        assert!(rl.check(None, "fd00:18:0:1::1".parse().unwrap()).is_ok());
+        assert!(rl.check(None, of("fd00:18::1")).is_ok());
+        assert!(rl.check(None, of("fd00:18::2")).is_err(), "the same /64");
+        assert!(rl.check(None, of("fd00:18:0:1::1")).is_ok());
         let route = RateLimit::new(Per::Route, 1, 1);
         assert!(route.check(None, "198.18.0.2".parse().unwrap()).is_ok());
         assert!(route.check(Some(&who("x")), "198.18.0.3".parse().unwrap()).is_err());

@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use super::{authn::Authenticator, proxy::UpstreamSettings, routes::Route, tls::TlsSettings};
+use super::{
+    authn::Authenticator, proxy::UpstreamSettings, routes::Route, slots::SourceKey,
+    tls::TlsSettings,
+};
 
 #[derive(Clone, Debug)]
 pub struct GatewaySettings {
@@ -14,6 +17,8 @@ pub struct GatewaySettings {
     pub timeouts: Timeouts,
     pub limits: ConnLimits,
     pub request_limits: RequestLimits,
+    /// How sources are counted: as the datapath keys them.
+    pub sources: SourceKey,
     pub routes: Vec<Route>,
     pub auth: Authenticator,
 }

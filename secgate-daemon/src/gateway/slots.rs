@@ -1,15 +1,18 @@
 //! Connection slots: at most `max_connections` open client connections, and at most
 //! `max_connections_per_source` from one source, so that one host cannot take them all.
 //!
-//! Sources are counted as the datapath keys them by default: an IPv4 address, or the /64 of
-//! an IPv6 address (one host usually holds a whole /64). The count lives in a map behind a
-//! lock taken once per accept and once per close, which is far from a connection's cost.
+//! Sources are counted as the datapath keys them ([`SourceKey`]: by default an IPv4 address,
+//! or the /64 of an IPv6 address, since one host usually holds a whole /64). The count lives
+//! in a map behind a lock taken once per accept and once per close, far from a connection's
+//! cost.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
+
+use secgate_common::model::prefix_mask;
 
 /// Why a connection got no slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +49,13 @@ pub struct Slot {
 }
 
 impl Slots {
-    pub fn take(self: &Arc<Self>, ip: IpAddr, total: u32, per_source: u32) -> Result<Slot, Full> {
-        let source = source_key(ip);
+    /// A slot for `source` (already keyed by [`SourceKey::of`]).
+    pub fn take(
+        self: &Arc<Self>,
+        source: IpAddr,
+        total: u32,
+        per_source: u32,
+    ) -> Result<Slot, Full> {
         let mut open = self.open.lock().expect("slot counts are never left inconsistent");
         if open.total >= total {
             return Err(Full::Total);
@@ -80,11 +88,30 @@ impl Drop for Slot {
     }
 }
 
-/// The source a connection or request is counted as: an IPv4 address, or an IPv6 /64.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+/// What a connection or request is counted as: its address masked to the datapath's
+/// `ipv4_prefix` / `ipv6_prefix`, so that the gateway and XDP agree on what one source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceKey {
+    v4: [u8; 4],
+    v6: [u8; 16],
+}
+
+impl SourceKey {
+    pub fn new(ipv4_prefix: u8, ipv6_prefix: u8) -> SourceKey {
+        SourceKey {
+            v4: prefix_mask(u32::from(ipv4_prefix)),
+            v6: prefix_mask(u32::from(ipv6_prefix)),
+        }
+    }
+
+    pub fn of(&self, ip: IpAddr) -> IpAddr {
+        fn masked<const N: usize>(octets: [u8; N], mask: [u8; N]) -> [u8; N] {
+            std::array::from_fn(|i| octets[i] & mask[i])
+        }
+        match ip {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(masked(a.octets(), self.v4))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(masked(a.octets(), self.v6))),
+        }
     }
 }
 
@@ -109,9 +136,20 @@ mod tests {
 
     #[test]
     fn an_ipv6_64_is_one_source() {
+        let key = SourceKey::new(32, 64);
+        let of = |s: &str| key.of(s.parse().unwrap());
         let slots = Arc::new(Slots::default());
-        let _one = slots.take("fd00:18::1".parse().unwrap(), 10, 1).unwrap();
-        assert_eq!(slots.take("fd00:18::ffff:2".parse().unwrap(), 10, 1).err(), Some(Full::Source));
-        assert!(slots.take("fd00:18:0:1::1".parse().unwrap(), 10, 1).is_ok(), "another /64");
+        let _one = slots.take(of("fd00:18::1"), 10, 1).unwrap();
+        assert_eq!(slots.take(of("fd00:18::ffff:2"), 10, 1).err(), Some(Full::Source));
+        assert!(slots.take(of("fd00:18:0:1::1"), 10, 1).is_ok(), "another /64");
+        let wide = SourceKey::new(24, 48);
+        assert_eq!(
+            wide.of("198.18.0.77".parse().unwrap()),
+            "198.18.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            wide.of("fd00:18:0:1::1".parse().unwrap()),
+            "fd00:18::".parse::<IpAddr>().unwrap()
+        );
     }
 }
