@@ -19,6 +19,7 @@ use crate::{
     config::Config,
     control::server,
     datapath::{self, Datapath},
+    escalate::{Escalation, EscalationReload},
     events,
     gateway::{Gateway, GatewayReload, NoGateway, audit::RequestLog, metrics::GatewayMetrics},
     link_watch,
@@ -69,7 +70,13 @@ pub async fn run(
     }
     let service = Arc::new(service);
     let mut registry = metrics::registry(service.clone());
-    start_gateway(&config, &service, &audit, &mut registry).await?;
+    let (escalation, warning) = Escalation::start(&config, service.clone());
+    if let Some(w) = warning {
+        error!("{w}");
+    }
+    escalation.register(&mut registry);
+    service.on_reload(Arc::new(EscalationReload(escalation.clone())));
+    start_gateway(&config, &service, &escalation, &audit, &mut registry).await?;
     // The control socket last of the listeners: once it answers, the gateway is listening
     // (scripts and tests wait for the socket).
     let socket = socket_path(&config, socket.as_deref());
@@ -86,9 +93,10 @@ pub async fn run(
     tokio::spawn(link_watch::watch(service.clone()));
     tokio::spawn(sweep(service.clone()));
     if let Some(ring) = ring {
-        tokio::spawn(events::drain(ring, service.clone()));
+        tokio::spawn(events::drain(ring, service.clone(), escalation.clone()));
     }
     signals(&service).await?;
+    escalation.save();
     let _ = std::fs::remove_file(&socket);
     tokio::task::spawn_blocking(move || service.shutdown()).await?;
     info!(
@@ -102,6 +110,7 @@ pub async fn run(
 async fn start_gateway(
     config: &Config,
     service: &Arc<Service>,
+    escalation: &Arc<Escalation>,
     audit: &Arc<Audit>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<()> {
@@ -112,7 +121,8 @@ async fn start_gateway(
     let log = RequestLog::start(audit.clone());
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     gateway_metrics.register(registry, log.clone());
-    let gateway = Gateway::new(settings, service.clone(), gateway_metrics, log)?;
+    let gateway =
+        Gateway::new(settings, service.clone(), escalation.clone(), gateway_metrics, log)?;
     let listeners = gateway.bind().await?;
     gateway.serve(listeners);
     service.on_reload(Arc::new(GatewayReload(gateway)));

@@ -1,5 +1,7 @@
-//! Drains over-limit events from the datapath's ring buffer: counts them per source and logs
-//! a summary at most once per `LOG_EVERY`, so an attack cannot turn into a log flood.
+//! Drains over-limit events from the datapath's ring buffer: counts them per source, hands
+//! them to the escalation (a source that stays over its limit gets banned, so the cheaper
+//! deny path drops it) and logs a summary at most once per `LOG_EVERY`, so an attack cannot
+//! turn into a log flood.
 
 use std::{
     collections::HashMap,
@@ -15,7 +17,10 @@ use secgate_common::maps::{FAMILY_V4, OverLimitEvent};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::service::Service;
+use crate::{
+    escalate::{Escalation, Kind},
+    service::Service,
+};
 
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -80,7 +85,7 @@ fn decode(bytes: &[u8]) -> Option<OverLimitEvent> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OverLimitEvent>()) })
 }
 
-pub async fn drain(ring: RingBuf<MapData>, service: Arc<Service>) {
+pub async fn drain(ring: RingBuf<MapData>, service: Arc<Service>, escalation: Arc<Escalation>) {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd,
     // which owns the ring buffer, lives.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -102,6 +107,7 @@ pub async fn drain(ring: RingBuf<MapData>, service: Arc<Service>) {
                 let src = source(&ev);
                 *pending.entry(src).or_default() += 1;
                 service.record_event(src);
+                escalation.report(src, Kind::OverlimitEvent, "over_packet_limit");
             }
         }
         guard.clear_ready();

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod escalate;
 pub mod events;
 pub mod gateway;
 pub mod link_watch;

@@ -198,6 +198,11 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 /// A registry with the daemon's metrics; the gateway adds its own.
 pub fn registry(service: Arc<Service>) -> Registry {
     let mut registry = Registry::default();
+    registry.register(
+        "secgate_escalation_enforcement_seconds",
+        "Time from the offence that tripped an escalation ban to the ban being in the kernel's deny map",
+        service.enforcement().histogram.clone(),
+    );
     registry.register_collector(Box::new(DaemonCollector(service)));
     registry
 }

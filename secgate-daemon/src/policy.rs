@@ -602,6 +602,7 @@ impl Policy {
             sources: created.min(u64::from(self.datapath.maps.sources_capacity())),
             buckets_created: created,
             uptime_secs: self.started.elapsed().as_secs(),
+            enforcement: Default::default(),
         })
     }
 

@@ -28,6 +28,30 @@ pub fn status(s: &StatusView) -> String {
     let _ = writeln!(out, "overrides:  {}", s.overrides);
     let _ = writeln!(out, "sources:    {} ({} buckets created)", s.sources, s.buckets_created);
     let _ = writeln!(out, "uptime:     {}s", s.uptime_secs);
+    let e = &s.enforcement;
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3} ms"));
+    let _ = writeln!(
+        out,
+        "escalation: {} bans, offence to kernel map p50 {} p99 {} max {}",
+        e.bans,
+        ms(e.p50_ms),
+        ms(e.p99_ms),
+        ms(e.max_ms)
+    );
+    if e.would_ban_total > 0 {
+        let _ = writeln!(out, "would ban:  {} (monitor mode), latest:", e.would_ban_total);
+        for w in &e.would_ban {
+            let _ = writeln!(
+                out,
+                "  {:<43} {:>8.0}s  {} ({}, {})",
+                w.cidr.to_string(),
+                w.ttl_secs,
+                w.rule,
+                w.reason,
+                w.at
+            );
+        }
+    }
     out
 }
 

@@ -152,23 +152,7 @@ impl StateFile {
 
     /// Replaces the state file with `data` atomically and durably.
     pub fn write(&self, data: &[u8]) -> Result<(), StateError> {
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io { what, path, source }
-        };
-        fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".state.json.")
-            .tempfile_in(&self.dir)
-            .map_err(io("creating a temporary file in", &self.dir))?;
-        tmp.write_all(data).map_err(io("writing", tmp.path()))?;
-        tmp.as_file().sync_all().map_err(io("syncing", tmp.path()))?;
-        tmp.persist(self.path()).map_err(|e| StateError::Io {
-            what: "replacing",
-            path: self.path(),
-            source: e.error,
-        })?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("syncing", &self.dir))
+        write_atomically(&self.dir, FILE, data)
     }
 
     /// Removes the state file (for `secgate detach`).
@@ -179,6 +163,25 @@ impl StateFile {
             Err(source) => Err(StateError::Io { what: "removing", path: self.path(), source }),
         }
     }
+}
+
+/// Replaces `dir/name` with `data` atomically and durably: a crash leaves the old file or
+/// the new one, never a torn one.
+pub fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> Result<(), StateError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Io { what, path, source }
+    };
+    let path = dir.join(name);
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .map_err(io("creating a temporary file in", dir))?;
+    tmp.write_all(data).map_err(io("writing", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io("syncing", tmp.path()))?;
+    tmp.persist(&path).map_err(|e| StateError::Io { what: "replacing", path, source: e.error })?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing", dir))
 }
 
 #[cfg(test)]

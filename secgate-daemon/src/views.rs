@@ -74,4 +74,30 @@ pub struct StatusView {
     /// Limiter buckets created since the maps were made.
     pub buckets_created: u64,
     pub uptime_secs: u64,
+    /// Escalation bans and how fast they reached the kernel.
+    #[serde(default)]
+    pub enforcement: EnforcementView,
+}
+
+/// The escalation's bans: how many, the time from the offence to the ban being in the
+/// kernel's deny map (over the last few thousand bans), and, in `monitor` mode, who would
+/// have been banned.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnforcementView {
+    pub bans: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub would_ban_total: u64,
+    /// The latest would-be bans, newest first.
+    pub would_ban: Vec<WouldBanView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WouldBanView {
+    pub cidr: IpNet,
+    pub rule: String,
+    pub ttl_secs: f64,
+    pub reason: String,
+    pub at: String,
 }

@@ -2,6 +2,7 @@
 //! [`Config`] the daemon uses, collecting every problem (with its line) before failing.
 
 mod auth;
+mod escalation;
 mod gateway;
 mod raw;
 mod routes;
@@ -152,6 +153,8 @@ pub struct Config {
     pub audit_log: PathBuf,
     /// `None`: no `[gateway]`, the datapath runs alone.
     pub gateway: Option<crate::gateway::GatewaySettings>,
+    /// `None`: no `[escalation]`, nobody is banned automatically.
+    pub escalation: Option<crate::escalate::EscalationSettings>,
 }
 
 /// One problem in a config file.

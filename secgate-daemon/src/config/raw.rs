@@ -26,6 +26,49 @@ pub struct RawConfig {
     /// The gateway's routes, matched in order.
     #[serde(default)]
     pub routes: Vec<S<RawRoute>>,
+    /// Banning sources that keep offending. Absent: nobody is banned automatically.
+    pub escalation: Option<S<RawEscalation>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawEscalation {
+    /// Offences are counted over this sliding window. Default `1m`.
+    pub window: Option<S<String>>,
+    /// Failed authentications (bad credentials, refused by an ACL) in the window that ban a
+    /// source; 0 never bans for them. Default 10.
+    pub auth_failures: Option<S<i64>>,
+    /// Invalid requests (limits, types, schemas, framing, slowloris) in the window; 0 off.
+    /// Default 20.
+    pub validation_failures: Option<S<i64>>,
+    /// Requests answered 429 in the window; 0 off. Default 100.
+    pub rate_limited: Option<S<i64>>,
+    /// Failed TLS handshakes in the window; 0 off. Default 20.
+    pub tls_failures: Option<S<i64>>,
+    /// The datapath's over-limit events (at most one per source per `event_interval`) in the
+    /// window; 0 off. Default 10.
+    pub overlimit_events: Option<S<i64>>,
+    /// A first ban's length. Default `10m`.
+    pub ban_ttl: Option<S<String>>,
+    /// Each further ban of the same source lasts this many times the last one, 1–100.
+    /// Default 2.
+    pub ttl_factor: Option<S<toml::Value>>,
+    /// No ban lasts longer. Default `1d`.
+    pub max_ttl: Option<S<String>>,
+    /// `enforce` bans; `monitor` only logs, audits and counts who would be banned.
+    /// Default `enforce`.
+    pub mode: Option<S<String>>,
+    /// Bans a whole prefix once this many of its sources are banned.
+    pub widen: Option<S<RawWiden>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawWiden {
+    /// The IPv4 prefix length to widen to, 8–32. Default 24.
+    pub v4_prefix: Option<S<i64>>,
+    /// The IPv6 prefix length to widen to, 16–128. Default 48.
+    pub v6_prefix: Option<S<i64>>,
+    /// How many banned sources in one prefix ban the prefix, 2–65536.
+    pub sources: S<i64>,
 }
 
 #[derive(Debug, Deserialize)]

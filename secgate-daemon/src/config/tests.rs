@@ -152,3 +152,66 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn escalation_parses_with_defaults_and_every_key() {
+    let cfg = Config::parse(GOOD).unwrap();
+    assert!(cfg.escalation.is_none(), "no [escalation]: nobody is banned automatically");
+    let cfg = Config::parse(&format!("{GOOD}[escalation]\n")).unwrap();
+    let e = cfg.escalation.unwrap();
+    assert_eq!(
+        (e.window, e.thresholds, e.mode),
+        (Duration::from_secs(60), [10, 20, 100, 20, 10], Mode::Enforce)
+    );
+    let src = format!(
+        "{GOOD}[escalation]\nwindow = \"30s\"\nauth_failures = 3\nvalidation_failures = 0\nrate_limited = 50\ntls_failures = 5\noverlimit_events = 2\nban_ttl = \"2m\"\nttl_factor = 1.5\nmax_ttl = \"1h\"\nmode = \"monitor\"\nwiden = {{ v4_prefix = 24, v6_prefix = 56, sources = 4 }}\n"
+    );
+    let e = Config::parse(&src).unwrap().escalation.unwrap();
+    assert_eq!(e.thresholds, [3, 0, 50, 5, 2]);
+    assert_eq!(
+        (e.ban_ttl, e.ttl_factor, e.max_ttl),
+        (Duration::from_secs(120), 1.5, Duration::from_secs(3600))
+    );
+    assert_eq!(e.mode, Mode::Monitor);
+    let w = e.widen.unwrap();
+    assert_eq!((w.v4_prefix, w.v6_prefix, w.sources), (24, 56, 4));
+    // ban_ttl × 1.5^n, capped at max_ttl.
+    assert_eq!(e.ttl(0), Duration::from_secs(120));
+    assert_eq!(e.ttl(2), Duration::from_secs(270));
+    assert_eq!(e.ttl(40), Duration::from_secs(3600));
+}
+
+#[test]
+fn escalation_problems_are_all_reported_at_their_lines() {
+    let src = format!(
+        "{GOOD}[escalation]\nwindow = \"soon\"\nauth_failures = -1\nttl_factor = 0.5\nban_ttl = \"2h\"\nmax_ttl = \"1h\"\nmode = \"ban\"\nwiden = {{ v4_prefix = 40, sources = 1 }}\n"
+    );
+    let problems = Config::parse(&src).unwrap_err();
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let base = GOOD.lines().count() + 1; // the line of [escalation]
+    for (line, needle) in [
+        (base + 1, "invalid duration \"soon\""),
+        (base + 2, "auth_failures"),
+        (base + 3, "ttl_factor 0.5 is out of range"),
+        (base + 5, "max_ttl (3600s) is shorter than ban_ttl (7200s)"),
+        (base + 6, "invalid mode \"ban\""),
+        (base + 7, "widen.v4_prefix"),
+        (base + 7, "widen.sources"),
+    ] {
+        assert!(
+            text.iter().any(|t| t.contains(needle) && t.starts_with(&format!("line {line}:"))),
+            "{needle:?} at line {line} in {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn widening_must_be_wider_than_a_source() {
+    let src =
+        format!("{GOOD}[escalation]\nwiden = {{ v4_prefix = 32, v6_prefix = 48, sources = 3 }}\n");
+    let problems = Config::parse(&src).unwrap_err();
+    assert!(
+        problems[0].message.contains("must be shorter than the datapath's source prefixes"),
+        "{problems:?}"
+    );
+}

@@ -53,6 +53,19 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
     // The gateway counts sources as the datapath keys them.
     let sources = datapath.as_ref().map(|d| SourceKey::new(d.ipv4_prefix, d.ipv6_prefix));
     let gateway = super::gateway::settings(&mut c, &raw, sources);
+    let escalation = super::escalation::settings(&mut c, raw.escalation.as_ref());
+    if let (Some(d), Some(Some(e)), Some(raw)) = (&datapath, &escalation, &raw.escalation)
+        && let Some(w) = &e.widen
+        && (w.v4_prefix >= d.ipv4_prefix || w.v6_prefix >= d.ipv6_prefix)
+    {
+        c.say(
+            raw,
+            format!(
+                "escalation.widen prefixes (/{}, /{}) must be shorter than the datapath's source prefixes (/{}, /{}): a source is already that wide",
+                w.v4_prefix, w.v6_prefix, d.ipv4_prefix, d.ipv6_prefix
+            ),
+        );
+    }
     for (p, at) in [
         (&state_dir, &raw.state_dir),
         (&control_socket, &raw.control.socket),
@@ -64,14 +77,15 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
             c.say(at, format!("path {:?} must be absolute", p.display().to_string()));
         }
     }
-    match (datapath, gateway) {
-        (Some(datapath), Some(gateway)) if c.problems.is_empty() => Ok(Config {
+    match (datapath, gateway, escalation) {
+        (Some(datapath), Some(gateway), Some(escalation)) if c.problems.is_empty() => Ok(Config {
             state_dir,
             datapath,
             control_socket,
             metrics_listen: metrics_listen.flatten(),
             audit_log,
             gateway,
+            escalation,
         }),
         _ => Err(c.problems),
     }

@@ -56,6 +56,7 @@ use self::{
 };
 use crate::{
     config::Config,
+    escalate::{Escalation, Kind},
     service::{Reloadable, Service},
 };
 
@@ -155,6 +156,7 @@ pub struct Gateway {
     conn: ArcSwap<ConnSettings>,
     listen: Vec<SocketAddr>,
     service: Arc<Service>,
+    escalation: Arc<Escalation>,
     metrics: Arc<GatewayMetrics>,
     log: Arc<RequestLog>,
     slots: Arc<Slots>,
@@ -167,6 +169,7 @@ impl Gateway {
     pub fn new(
         settings: &GatewaySettings,
         service: Arc<Service>,
+        escalation: Arc<Escalation>,
         metrics: Arc<GatewayMetrics>,
         log: Arc<RequestLog>,
     ) -> Result<Arc<Gateway>, GatewayError> {
@@ -193,6 +196,7 @@ impl Gateway {
             }),
             listen: settings.listen.clone(),
             service,
+            escalation,
             metrics,
             log,
             slots: Arc::default(),
@@ -269,11 +273,11 @@ impl Gateway {
         let tls = match tokio::time::timeout(settings.timeouts.handshake, acceptor.accept(stream))
             .await
         {
-            Err(_) => return self.metrics.handshake("timeout"),
+            Err(_) => return self.handshake_failed(source, "timeout"),
             Ok(Err(e)) => {
                 let outcome = handshake_failure(&e);
                 debug!(%peer, error = %e, outcome, "TLS handshake failed");
-                return self.metrics.handshake(outcome);
+                return self.handshake_failed(source, outcome);
             }
             Ok(Ok(tls)) => tls,
         };
@@ -285,7 +289,7 @@ impl Gateway {
             && client_cert.is_none()
             && tls_now.settings.client_auth == tls::ClientAuth::Required
         {
-            return self.metrics.handshake("bad_certificate");
+            return self.handshake_failed(source, "bad_certificate");
         }
         let activity = Activity::new();
         let hosts = host::Expected::from_sni(session.server_name(), &tls_now.served);
@@ -297,7 +301,8 @@ impl Gateway {
             hosts,
             cut: std::sync::OnceLock::new(),
         });
-        let (metrics, cut) = (self.metrics.clone(), conn.clone());
+        let (metrics, cut, escalation) =
+            (self.metrics.clone(), conn.clone(), self.escalation.clone());
         let io = Guarded::new(
             tls,
             activity.clone(),
@@ -305,6 +310,7 @@ impl Gateway {
                 warn!(%peer, ?abuse, "HTTP/2 connection cut");
                 let _ = cut.cut.set("rapid_reset");
                 metrics.closed("rapid_reset");
+                escalation.report(source, Kind::ValidationFailure, "rapid_reset");
             }),
         );
         let gateway = self.clone();
@@ -323,7 +329,7 @@ impl Gateway {
         let mut closing = false;
         loop {
             tokio::select! {
-                _ = served.as_mut() => return,
+                ended = served.as_mut() => return self.ended(source, ended),
                 _ = tick.tick() => {
                     // A source banned while connected is cut at the next tick.
                     if self.service.refuses(peer.ip()) {
@@ -342,6 +348,32 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Counts a failed handshake; those the client's side caused count toward its
+    /// escalation (not a connection closed before a byte, which port scanners, load balancer
+    /// probes and impatient clients do all day).
+    fn handshake_failed(&self, source: IpAddr, outcome: &'static str) {
+        self.metrics.handshake(outcome);
+        if !matches!(outcome, "eof" | "io") {
+            self.escalation.report(source, Kind::TlsFailure, outcome);
+        }
+    }
+
+    /// A connection hyper ended with an error: a head that did not arrive within the header
+    /// timeout (slowloris) or that hyper could not parse counts against the client.
+    fn ended(&self, source: IpAddr, ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+        let Err(e) = ended else { return };
+        let Some(e) = e.downcast_ref::<hyper::Error>() else { return };
+        let what = if e.is_timeout() {
+            "header_timeout"
+        } else if e.is_parse() || e.is_parse_too_large() {
+            "malformed_head"
+        } else {
+            return;
+        };
+        debug!(%source, error = %e, "HTTP connection ended by the client's fault");
+        self.escalation.report(source, Kind::ValidationFailure, what);
     }
 
     async fn watch_certs(self: Arc<Self>) {

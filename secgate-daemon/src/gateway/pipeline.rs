@@ -42,6 +42,9 @@ pub async fn handle(
         match stages(&gateway, &conn, req, &mut pending.line).await {
             Ok(proxied) => proxied,
             Err(rejection) => {
+                if let Some(kind) = rejection.offence() {
+                    gateway.escalation.report(conn.source, kind, rejection.code);
+                }
                 pending.line.decision = rejection.code;
                 pending.line.reason = rejection.detail.chars().take(MAX_REASON_CHARS).collect();
                 tracing::debug!(
@@ -239,7 +242,10 @@ async fn checked_body(
     let bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if validate::over_limit(e.as_ref()) => return Err(validate::too_large(limit)),
-        Err(_) => return Err(validate::framing("a malformed request body")),
+        Err(e) if validate::malformed(e.as_ref()) => {
+            return Err(validate::framing("a malformed request body"));
+        }
+        Err(_) => return Err(Rejection::incomplete_body()),
     };
     let document = schema::parse_body(&bytes).map_err(Rejection::bad_json)?;
     schema.check(&document).map_err(|v| Rejection::unprocessable("body", v))?;

@@ -274,7 +274,7 @@ pub struct Tracked<B, G> {
     inner: B,
     activity: Arc<Activity>,
     _held: G,
-    /// Set when the inner body fails (a client's malformed chunked body).
+    /// Set when the inner body is malformed (a client's invalid chunked framing).
     failed: Option<Arc<AtomicBool>>,
 }
 
@@ -293,6 +293,7 @@ impl<B, G> Drop for Tracked<B, G> {
 impl<B, G> hyper::body::Body for Tracked<B, G>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
     G: Unpin,
 {
     type Data = Bytes;
@@ -305,7 +306,9 @@ where
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) if frame.is_data() => self.activity.progress(),
-            std::task::Poll::Ready(Some(Err(_))) => {
+            // Only a malformed body is the client's fault; one cut short is the client
+            // going away.
+            std::task::Poll::Ready(Some(Err(e))) if validate::malformed(e) => {
                 if let Some(failed) = &self.failed {
                     failed.store(true, Ordering::Relaxed);
                 }

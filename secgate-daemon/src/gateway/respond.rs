@@ -9,6 +9,7 @@ use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use serde::Serialize;
 
 use super::{
+    super::escalate::Kind,
     authn::Failure,
     normalize::PathError,
     ratelimit::{self, Limited, RateLimit},
@@ -44,6 +45,9 @@ pub struct Rejection {
     violations: Option<Box<[Violation]>>,
     /// Close the connection after the answer (HTTP/1.1 `Connection: close`).
     close: bool,
+    /// What it counts as toward escalation; `None`: nothing (not the client's fault, or a
+    /// mistake honest clients make: a missing credential, an unknown path, a wrong host).
+    offence: Option<Kind>,
 }
 
 impl Rejection {
@@ -63,7 +67,30 @@ impl Rejection {
             headers: Vec::new(),
             violations: None,
             close: false,
+            offence: None,
         }
+    }
+
+    fn offending(mut self, kind: Kind) -> Rejection {
+        debug_assert_eq!(self.fault, Fault::Client, "only client faults are offences");
+        self.offence = Some(kind);
+        self
+    }
+
+    /// What this refusal counts as toward the client's escalation.
+    pub fn offence(&self) -> Option<Kind> {
+        self.offence
+    }
+
+    /// 400 for a body the client stopped sending: not an offence (networks fail).
+    pub fn incomplete_body() -> Rejection {
+        Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "incomplete_body",
+            "the request body ended early",
+            Fault::Client,
+        )
+        .closing()
     }
 
     pub fn closing(mut self) -> Rejection {
@@ -86,7 +113,9 @@ impl Rejection {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "the request has too many header fields",
             _ => "the request is malformed",
         };
-        Rejection::new(status, code, message, Fault::Client).detail(detail)
+        Rejection::new(status, code, message, Fault::Client)
+            .detail(detail)
+            .offending(Kind::ValidationFailure)
     }
 
     /// 422 with where and how the document breaks its schema.
@@ -97,7 +126,8 @@ impl Rejection {
             "the request does not match the route's schema",
             Fault::Client,
         )
-        .detail(format!("{} {what} violation(s)", violations.len()));
+        .detail(format!("{} {what} violation(s)", violations.len()))
+        .offending(Kind::ValidationFailure);
         r.violations = Some(violations.into_boxed_slice());
         r
     }
@@ -110,6 +140,7 @@ impl Rejection {
             Fault::Client,
         )
         .detail(e.to_string())
+        .offending(Kind::ValidationFailure)
     }
 
     /// 502: the upstream's answer breaks the route's response schema; its body is not sent.
@@ -131,6 +162,7 @@ impl Rejection {
             Fault::Client,
         )
         .detail(e.to_string())
+        .offending(Kind::ValidationFailure)
     }
 
     pub fn bad_host(why: &'static str) -> Rejection {
@@ -142,6 +174,7 @@ impl Rejection {
         )
         .detail(why)
         .closing()
+        .offending(Kind::ValidationFailure)
     }
 
     /// 421: the request is for another host than the connection's (RFC 9110 §15.5.20).
@@ -186,7 +219,8 @@ impl Rejection {
                     "send one credential",
                     Fault::Client,
                 )
-                .detail(why);
+                .detail(why)
+                .offending(Kind::AuthFailure);
             }
             Failure::Busy => {
                 return Rejection::new(
@@ -211,6 +245,9 @@ impl Rejection {
         };
         let mut r =
             Rejection::new(StatusCode::UNAUTHORIZED, code, message, Fault::Client).detail(detail);
+        if code == "invalid_token" {
+            r = r.offending(Kind::AuthFailure);
+        }
         r.www_authenticate = Some(challenge);
         r
     }
@@ -223,7 +260,8 @@ impl Rejection {
             "too many requests; retry later",
             Fault::Client,
         )
-        .detail(format!("over {} rps (burst {}) per {:?}", limit.rps, limit.burst, limit.per));
+        .detail(format!("over {} rps (burst {}) per {:?}", limit.rps, limit.burst, limit.per))
+        .offending(Kind::RateLimited);
         let retry = ratelimit::ceil_secs(limited.retry_after).max(1);
         for (name, value) in [
             (header::RETRY_AFTER, retry.to_string()),
@@ -238,7 +276,9 @@ impl Rejection {
     }
 
     pub fn forbidden(why: &'static str) -> Rejection {
-        Rejection::new(StatusCode::FORBIDDEN, "forbidden", "not allowed", Fault::Client).detail(why)
+        Rejection::new(StatusCode::FORBIDDEN, "forbidden", "not allowed", Fault::Client)
+            .detail(why)
+            .offending(Kind::AuthFailure)
     }
 
     pub fn bad_gateway(detail: impl Into<String>) -> Rejection {

@@ -115,6 +115,22 @@ pub fn essence(value: &str) -> Option<String> {
     Some(m.essence_str().to_ascii_lowercase())
 }
 
+/// Whether a client's body failed for its framing (an invalid chunk: hyper's decoder says
+/// `InvalidData` or `InvalidInput`), rather than because the client went away mid-body.
+pub fn malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Whether an upstream request failed because its body went over the limit
 /// (`http_body_util::Limited`), somewhere down the error's sources.
 pub fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -9,6 +9,7 @@
 //! Changes that arrive while one write is under way share the next one, so a thousand bans
 //! issued at once cost a handful of fsyncs instead of a thousand rewrites of the file.
 
+mod enforcement;
 mod journal;
 pub mod validate;
 
@@ -17,7 +18,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Condvar, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -37,6 +38,7 @@ use crate::{
     views::{BanView, LimitsView, StatsView, StatusView},
 };
 
+pub use enforcement::Enforcement;
 pub use journal::JournalStats;
 
 /// Who asks for a change; recorded in every audit line.
@@ -141,6 +143,31 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Parts outside the policy that take settings from the config on reload.
     reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
+    enforcement: Enforcement,
+}
+
+/// A ban the escalation orders, with what it is for.
+pub struct EscalatedBan<'a> {
+    /// The threshold it tripped (`auth_failures`, …, or `widen`).
+    pub rule: &'a str,
+    pub cidr: IpNet,
+    pub ttl: Duration,
+    pub reason: String,
+    /// The offences that caused it, for the audit.
+    pub offences: serde_json::Value,
+    /// When the offence that tripped it was seen: the enforcement latency runs from here.
+    pub since: Instant,
+}
+
+impl EscalatedBan<'_> {
+    fn request(&self) -> serde_json::Value {
+        json!({
+            "cidr": self.cidr,
+            "ttl_secs": self.ttl.as_secs_f64(),
+            "reason": self.reason,
+            "offences": self.offences,
+        })
+    }
 }
 
 /// A part of the daemon outside the policy (the gateway) that takes its settings from the
@@ -205,6 +232,7 @@ impl Service {
             sources,
             clock,
             reloadables: Mutex::default(),
+            enforcement: Enforcement::default(),
         };
         Ok((service, warnings))
     }
@@ -284,6 +312,48 @@ impl Service {
             Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
         })
         .await
+    }
+
+    /// Bans for the escalation: in the kernel's deny map when this returns (the latency from
+    /// the offence to here is recorded), on disk once [`Service::saved`] says so. Never
+    /// shortens a longer ban.
+    pub fn ban_escalated(&self, ban: &EscalatedBan<'_>) -> Result<(BanView, u64)> {
+        let caller = Caller::Escalation { rule: ban.rule.to_owned() };
+        let reason = ban.reason.clone();
+        let (cidr, ttl) = (ban.cidr, Some(ban.ttl));
+        let done = self.apply(&caller, "ban_add", ban.request(), |p| {
+            valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
+            Ok(p.ban_add(cidr, ttl, reason, false)?)
+        })?;
+        self.enforcement.observe(ban.since.elapsed());
+        Ok(done)
+    }
+
+    /// Waits until change `version` (from [`Service::ban_escalated`]) is on disk.
+    pub async fn saved(&self, version: u64) -> Result<()> {
+        self.durable(version).await
+    }
+
+    /// Records a ban that `monitor` mode does not make: audited, counted and listed in
+    /// `status`, and nothing else.
+    pub fn would_ban(&self, ban: &EscalatedBan<'_>) {
+        let caller = Caller::Escalation { rule: ban.rule.to_owned() };
+        self.audit.record(&caller, "would_ban", &ban.request(), Ok(()));
+        self.enforcement.would_ban(ban.cidr, ban.rule, ban.ttl, &ban.reason);
+    }
+
+    /// Whether `ip` is allow-listed (the escalation never bans it).
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        match self.sources.verdict(ip, self.clock.monotonic_ns()) {
+            Ok(v) => v == SourceVerdict::Allowed,
+            // Unknown: not banning is the safe side.
+            Err(_) => true,
+        }
+    }
+
+    /// The enforcement-latency histogram, for the metrics registry.
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
     }
 
     pub async fn ban_del(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
@@ -441,6 +511,7 @@ impl Service {
     /// a round trip per interface has no business holding up changes.
     pub fn status(&self) -> std::result::Result<StatusView, PolicyError> {
         let mut status = self.core.lock().policy.status()?;
+        status.enforcement = self.enforcement.view();
         for a in &mut status.attachments {
             if let Some(ifindex) = a.ifindex {
                 a.xdp = crate::datapath::kernel_mode(ifindex).unwrap_or("unknown").into();
