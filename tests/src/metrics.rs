@@ -46,3 +46,18 @@ pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str
 pub fn metric(topo: &Topology, name: &str) -> f64 {
     sample(&scrape(topo), name, None)
 }
+
+/// Sum of `name` over the samples whose labels include all of `labels`, scraped now.
+pub fn sum(topo: &Topology, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape(topo)
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}

@@ -89,6 +89,9 @@ pub mod addr {
     pub const CLIENT_V6_SAME_64: &str = "fd00:18::3";
     /// In another /64 than `CLIENT_V6`.
     pub const OTHER_V6: &str = "fd00:19::2";
+    /// The neighbour namespace's address, and the gateway's on that link.
+    pub const NEIGHBOUR_V4: &str = "198.18.1.2";
+    pub const GW_NEIGHBOUR_V4: &str = "198.18.1.1";
     pub const GW_V6_OTHER: &str = "fd00:19::1";
 }
 
@@ -174,6 +177,33 @@ impl Topology {
         gw_if.to_string()
     }
 
+    /// A second client namespace on its own veth pair (`sg-n` on the gateway side), with
+    /// address `NEIGHBOUR_V4` and a route to the gateway's addresses: a client that shares
+    /// nothing with the one in `client`.
+    pub fn add_neighbour(&self, tag: &str) -> NetNs {
+        use addr::*;
+        let id = std::process::id() % 100_000;
+        let ns = NetNs::new(&format!("sgn-{tag}-{id}"));
+        ns.ip(&[
+            "link",
+            "add",
+            "sg-nc",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NEIGHBOUR_IF,
+            "netns",
+            &self.gw.name,
+        ]);
+        ns.ip(&["addr", "add", &format!("{NEIGHBOUR_V4}/24"), "dev", "sg-nc"]);
+        ns.ip(&["link", "set", "sg-nc", "up"]);
+        self.gw.ip(&["addr", "add", &format!("{GW_NEIGHBOUR_V4}/24"), "dev", NEIGHBOUR_IF]);
+        self.gw.ip(&["link", "set", NEIGHBOUR_IF, "up"]);
+        ns.ip(&["route", "add", "198.18.0.0/24", "via", GW_NEIGHBOUR_V4]);
+        ns
+    }
+
     /// Whether an XDP program is attached to `dev` in the gateway namespace.
     pub fn gw_has_xdp(&self, dev: &str) -> bool {
         let out = self.gw.ip(&["link", "show", dev]);
@@ -218,6 +248,9 @@ impl Topology {
     }
 }
 
+/// The gateway side of the neighbour's link (see [`Topology::add_neighbour`]).
+pub const NEIGHBOUR_IF: &str = "sg-n";
+
 /// Path of the `secgate` binary built next to this test (`cargo xtask test` builds it).
 pub fn secgate_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SECGATE_BIN") {
@@ -256,6 +289,17 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with `extra` tables (the gateway's) in the config.
     pub fn start_with(topo: &Topology, tag: &str, datapath_extra: &str, extra: String) -> Daemon {
+        Daemon::start_on(topo, &[&topo.gw_if], tag, datapath_extra, extra)
+    }
+
+    /// Like [`Daemon::start_with`], with XDP on each of `interfaces`.
+    pub fn start_on(
+        topo: &Topology,
+        interfaces: &[&str],
+        tag: &str,
+        datapath_extra: &str,
+        extra: String,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("secgate-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("tmp dir");
@@ -273,7 +317,7 @@ impl Daemon {
             dir,
             extra,
         };
-        d.write_config(&topo.gw_if, datapath_extra);
+        d.write_config_for(interfaces, datapath_extra);
         d.spawn();
         d
     }
@@ -343,6 +387,16 @@ impl Daemon {
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.pid(), signal).expect("signal daemon");
+    }
+
+    /// SIGTERM, and waits (at most 10 s) for the daemon to finish its shutdown.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+            let out = wait_bounded(child, std::time::Duration::from_secs(10), "secgate shutdown");
+            assert!(out.status.success(), "secgate run exited with {}", out.status);
+        }
     }
 
     /// SIGKILL, as a crash would: no cleanup runs.

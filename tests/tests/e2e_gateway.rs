@@ -12,7 +12,7 @@ use secgate_tests::{
         jwt::{self, Issuer, claims, hs256, unsigned},
         pki::Pki,
     },
-    metrics::scrape,
+    metrics::{scrape, sum},
     netns::addr::*,
     privileged,
 };
@@ -20,21 +20,6 @@ use serde_json::json;
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
-}
-
-/// Sum of `name` over the samples whose labels include all of `labels`.
-fn metric(gw: &Gw, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape(&gw.topo)
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 fn assert_json_error(r: &Reply, status: u16, code: &str) {
@@ -261,25 +246,25 @@ fn every_auth_method_and_role_is_allowed_or_refused_as_configured() {
     }
 
     assert!(
-        metric(
-            &gw,
+        sum(
+            &gw.topo,
             "secgate_gateway_requests_total",
             &[("route", "admin"), ("status", "200"), ("decision", "allow")]
         ) >= 5.0
     );
     assert!(
-        metric(&gw, "secgate_gateway_requests_total", &[("route", "admin"), ("status", "401")])
+        sum(&gw.topo, "secgate_gateway_requests_total", &[("route", "admin"), ("status", "401")])
             >= 5.0
     );
     assert!(
-        metric(
-            &gw,
+        sum(
+            &gw.topo,
             "secgate_gateway_requests_total",
             &[("status", "404"), ("decision", "not_found")]
         ) >= 1.0
     );
-    assert!(metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "ok")]) >= 20.0);
-    assert!(metric(&gw, "secgate_gateway_upstream_seconds_count", &[]) >= 10.0);
+    assert!(sum(&gw.topo, "secgate_gateway_tls_handshakes_total", &[("outcome", "ok")]) >= 20.0);
+    assert!(sum(&gw.topo, "secgate_gateway_upstream_seconds_count", &[]) >= 10.0);
     let lost =
         secgate_tests::metrics::sample(&scrape(&gw.topo), "secgate_gateway_audit_lost_total", None);
     assert_eq!(lost, 0.0, "no audit line is lost at this rate");
@@ -553,7 +538,8 @@ fn tls_versions_sni_and_client_certificates() {
         );
     }
     assert!(
-        metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "incompatible")]) >= 2.0
+        sum(&gw.topo, "secgate_gateway_tls_handshakes_total", &[("outcome", "incompatible")])
+            >= 2.0
     );
     let tls12 = Tls::with_versions(&gw.pki.ca_pem, HOST, H1, None, &[&rustls::version::TLS12]);
     assert!(!refused(&gw, &tls12), "TLS 1.2 is accepted with min_version 1.2");
@@ -582,7 +568,7 @@ fn tls_versions_sni_and_client_certificates() {
     // Tickets resume sessions, and the certificate a ticket brings back is verified again:
     // once its CA is no longer trusted, a resumed session carries no principal.
     let resumed =
-        |gw: &Gw| metric(gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "resumed")]);
+        |gw: &Gw| sum(&gw.topo, "secgate_gateway_tls_handshakes_total", &[("outcome", "resumed")]);
     let resuming = gw.tls(H1, Some(svc_a.clone()));
     assert_eq!(gw.send(&resuming, CLIENT_V4, "GET", "/svc/x", &[]).status, 200);
     let before = resumed(&gw);
@@ -606,7 +592,7 @@ fn tls_versions_sni_and_client_certificates() {
         200
     );
     assert!(
-        metric(&gw, "secgate_gateway_tls_handshakes_total", &[("outcome", "no_certificate")])
+        sum(&gw.topo, "secgate_gateway_tls_handshakes_total", &[("outcome", "no_certificate")])
             >= 1.0
     );
 
@@ -644,8 +630,8 @@ fn a_banned_source_is_closed_before_any_tls_byte() {
     });
     assert!(plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello).is_empty(), "a 4th connection");
     assert!(
-        metric(
-            &gw,
+        sum(
+            &gw.topo,
             "secgate_gateway_connections_closed_total",
             &[("reason", "source_connection_limit")]
         ) >= 1.0
@@ -663,7 +649,7 @@ fn a_banned_source_is_closed_before_any_tls_byte() {
         assert!(after.is_err(), "a banned source's open connection is cut: {after:?}");
     }
     gw.daemon.ok(&["ban", "add", "fd00:18::/64"]);
-    let before = metric(&gw, "secgate_gateway_connections_closed_total", &[("reason", "banned")]);
+    let before = sum(&gw.topo, "secgate_gateway_connections_closed_total", &[("reason", "banned")]);
     assert!(before >= 3.0, "the three cut connections are counted");
     assert!(
         plain_exchange(&gw, CLIENT_V4, gw.addr(), &hello).is_empty(),
@@ -675,7 +661,7 @@ fn a_banned_source_is_closed_before_any_tls_byte() {
         "a banned /64: not one byte back"
     );
     assert_eq!(
-        metric(&gw, "secgate_gateway_connections_closed_total", &[("reason", "banned")]) - before,
+        sum(&gw.topo, "secgate_gateway_connections_closed_total", &[("reason", "banned")]) - before,
         2.0
     );
     let stats = gw.daemon.json(&["stats", "--json"]);
@@ -1061,7 +1047,7 @@ fn a_principal_over_its_rate_limit_gets_429s_while_others_pass() {
         "refilled"
     );
     assert!(
-        metric(&gw, "secgate_gateway_requests_total", &[("route", "limited"), ("status", "429")])
+        sum(&gw.topo, "secgate_gateway_requests_total", &[("route", "limited"), ("status", "429")])
             >= 3.0
     );
 }
@@ -1302,8 +1288,8 @@ fn proxying_streams_rewrites_headers_and_reports_upstream_failures() {
     assert_eq!(code, 0, "{err}");
     assert_json_error(&gw.get(CLIENT_V4, "/public/x", &[]), 502, "bad_gateway");
     assert!(
-        metric(
-            &gw,
+        sum(
+            &gw.topo,
             "secgate_gateway_requests_total",
             &[("status", "502"), ("decision", "bad_gateway")]
         ) >= 1.0

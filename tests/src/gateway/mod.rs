@@ -16,7 +16,7 @@ use self::{
     pki::{ClientCert, Pki},
     upstream::Upstream,
 };
-use crate::netns::{Daemon, Topology, addr::GW_V4, secgate_bin};
+use crate::netns::{Daemon, NEIGHBOUR_IF, NetNs, Topology, addr::GW_V4, secgate_bin};
 
 pub const PORT: u16 = 8443;
 pub const HOST: &str = "api.test";
@@ -125,6 +125,10 @@ pub struct Opts {
     pub client_ca: Option<PathBuf>,
     /// Lines added to the `[gateway]` table.
     pub gateway_extra: &'static str,
+    /// The `[escalation]` table's lines; `None`: no escalation.
+    pub escalation: Option<String>,
+    /// A second client namespace (see `Topology::add_neighbour`), XDP on its link too.
+    pub neighbour: bool,
 }
 
 impl Default for Opts {
@@ -138,12 +142,16 @@ impl Default for Opts {
             argon2_keys: false,
             client_ca: None,
             gateway_extra: "",
+            escalation: None,
+            neighbour: false,
         }
     }
 }
 
 pub struct Gw {
     pub daemon: Daemon,
+    /// The second client's namespace, with `Opts::neighbour`.
+    pub neighbour: Option<NetNs>,
     pub up: Upstream,
     pub topo: Topology,
     pub rt: tokio::runtime::Runtime,
@@ -205,8 +213,15 @@ impl Gw {
             key_entries.push('\n');
         }
         let extra = config_text(&dir, &pki.ca_pem, &key_entries, &up, &opts);
+        let neighbour = opts.neighbour.then(|| topo.add_neighbour(tag));
+        let mut interfaces = vec![topo.gw_if.as_str()];
+        if neighbour.is_some() {
+            interfaces.push(NEIGHBOUR_IF);
+        }
+        let daemon = Daemon::start_on(&topo, &interfaces, tag, opts.datapath_extra, extra);
         Gw {
-            daemon: Daemon::start_with(&topo, tag, opts.datapath_extra, extra),
+            daemon,
+            neighbour,
             up,
             topo,
             rt,
@@ -229,7 +244,11 @@ impl Gw {
     /// Rewrites the config with `opts` and reloads; returns the CLI's (code, stdout, stderr).
     pub fn reload(&mut self, opts: &Opts) -> (i32, String, String) {
         self.daemon.extra = self.config(opts);
-        self.daemon.write_config(&self.topo.gw_if, opts.datapath_extra);
+        let mut interfaces = vec![self.topo.gw_if.as_str()];
+        if self.neighbour.is_some() {
+            interfaces.push(NEIGHBOUR_IF);
+        }
+        self.daemon.write_config_for(&interfaces, opts.datapath_extra);
         self.daemon.cli(&["reload"])
     }
 
@@ -245,6 +264,16 @@ impl Gw {
     /// One request on a fresh HTTP/1.1 connection from `src`.
     pub fn get(&self, src: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send(&self.tls(H1, None), src, "GET", path, headers)
+    }
+
+    /// One request on a fresh HTTP/1.1 connection from `src`, an address of `ns`.
+    pub fn get_in(&self, ns: &NetNs, src: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let tls = self.tls(H1, None);
+        self.rt.block_on(async {
+            let stream = tls.connect(ns, src, self.addr()).await.expect("TLS connect");
+            let mut http = Http::over(stream).await;
+            http.send(request("GET", HOST, path, headers, Vec::new())).await.expect("request")
+        })
     }
 
     /// One request on a fresh connection made with `tls` from `src`.
@@ -346,7 +375,7 @@ response_schema = "{profile_schema}"
         order_schema = d("order.schema.json"),
         query_schema = d("query.schema.json"),
         profile_schema = d("profile.schema.json"),
-    )
+    ) + &opts.escalation.as_ref().map_or(String::new(), |e| format!("\n[escalation]\n{e}\n"))
 }
 
 impl Drop for Gw {
