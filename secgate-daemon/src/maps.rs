@@ -232,6 +232,33 @@ pub struct SourceCheck {
     deny_v6: LpmTrie<MapData, [u8; 16], DenyEntry>,
 }
 
+/// A handle of its own on the deny tries, for the escalation's first write of a ban: made
+/// without the policy lock, which a thread that an attack keeps off the CPU (the journal
+/// copying the table, a sweep) may be holding. See `Service::ban_escalated`.
+pub struct FirstDeny(Tries<DenyEntry>);
+
+impl FirstDeny {
+    pub fn open(maps_dir: &std::path::Path) -> Result<FirstDeny> {
+        let trie = |name: &'static str| -> Result<Map> {
+            Ok(Map::LpmTrie(MapData::from_pin(maps_dir.join(name)).map_err(wrap(name))?))
+        };
+        Ok(FirstDeny(Tries {
+            v4: LpmTrie::try_from(trie(names::DENY_V4)?).map_err(wrap(names::DENY_V4))?,
+            v6: LpmTrie::try_from(trie(names::DENY_V6)?).map_err(wrap(names::DENY_V6))?,
+            names: [names::DENY_V4, names::DENY_V6],
+            capacity: names::MAX_DENY,
+        }))
+    }
+
+    pub fn insert(&mut self, net: IpNet, expires_ns: u64) -> Result<()> {
+        self.0.insert(net, DenyEntry { expires_ns })
+    }
+
+    pub fn remove(&mut self, net: IpNet) -> Result<bool> {
+        self.0.remove(net)
+    }
+}
+
 /// What the datapath's tries say about a source, as the XDP program reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceVerdict {

@@ -256,9 +256,11 @@ pub fn secgate_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SECGATE_BIN") {
         return p.into();
     }
+    // Next to a binary (`target/release/secgate-bench`), or one up from a test's `deps/`.
     let exe = std::env::current_exe().expect("current_exe");
+    let beside = exe.with_file_name("secgate");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("secgate");
+    let bin = if beside.exists() { beside } else { dir.join("secgate") };
     assert!(
         bin.exists(),
         "{} is missing: build it first (`cargo build -p secgate-daemon`; `cargo xtask test` does)",

@@ -42,8 +42,8 @@ enum Cmd {
     },
     /// Run the benchmarks and print ratios against baselines measured in the same run.
     Bench {
-        /// `datapath` (per-packet cost and live drop rates) or `bans` (service layer);
-        /// both when omitted.
+        /// `datapath` (per-packet cost and live drop rates), `bans` (service layer) or
+        /// `escalation` (offence-to-ban latency through the real daemon); all when omitted.
         what: Option<String>,
     },
 }

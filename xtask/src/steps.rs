@@ -88,6 +88,8 @@ pub fn test(skip_privileged: bool) -> Result<()> {
 }
 
 pub fn bench(what: Option<&str>) -> Result<()> {
+    // The escalation benchmark runs the real daemon, built as it ships.
+    build(true)?;
     run_cmd(
         cargo()
             .args(["run", "--release", "-p", "secgate-tests", "--bin", "secgate-bench", "--"])

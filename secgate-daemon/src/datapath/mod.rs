@@ -131,6 +131,10 @@ impl Datapath {
         Ok(crate::maps::SourceCheck::open(&pins::maps_dir(&self.pin_path))?)
     }
 
+    pub fn first_deny(&self) -> Result<crate::maps::FirstDeny> {
+        Ok(crate::maps::FirstDeny::open(&pins::maps_dir(&self.pin_path))?)
+    }
+
     /// Runs one frame through the loaded program (`BPF_PROG_TEST_RUN`) and returns the XDP
     /// action, so tests can check what the kernel does with the maps the service wrote.
     #[cfg(any(test, feature = "test-util"))]

@@ -37,7 +37,7 @@ struct Saved {
     offenders: Vec<(IpNet, Strikes)>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct History {
     dir: PathBuf,
     offenders: HashMap<IpNet, Strikes>,
@@ -122,10 +122,11 @@ impl History {
         }
     }
 
-    /// Writes the history if it changed since the last write.
-    pub fn save(&mut self, now_ms: u64, memory: Duration) -> Result<(), StateError> {
-        if !self.dirty {
-            return Ok(());
+    /// The file's new contents if the history changed since the last call, to be written
+    /// with [`save`] (outside whatever lock guards the history).
+    pub fn changes(&mut self, now_ms: u64, memory: Duration) -> Option<Vec<u8>> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
         }
         self.offenders.retain(|_, s| !forgotten(s, now_ms, memory));
         let saved = Saved {
@@ -134,11 +135,25 @@ impl History {
         };
         let mut data = serde_json::to_vec(&saved).expect("history serializes");
         data.push(b'\n');
-        write_atomically(&self.dir, FILE, &data)?;
-        self.dirty = false;
-        Ok(())
+        Some(data)
+    }
+
+    /// Marks the history changed again (after a failed save).
+    pub fn unsaved(&mut self) {
+        self.dirty = true;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
+
+/// Replaces the history file in `dir` with `data` (from [`History::changes`]).
+pub fn save(dir: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_atomically(dir, FILE, data)
+}
+
+impl History {}
 
 fn forgotten(s: &Strikes, now_ms: u64, memory: Duration) -> bool {
     now_ms > s.until_unix_ms.saturating_add(memory.as_millis() as u64)
@@ -158,7 +173,8 @@ mod tests {
         assert!(warning.is_none());
         h.banned(cidr, Duration::from_secs(60), 1_000, DAY);
         h.banned(cidr, Duration::from_secs(120), 2_000, DAY);
-        h.save(2_000, DAY).unwrap();
+        save(dir.path(), &h.changes(2_000, DAY).unwrap()).unwrap();
+        assert!(h.changes(2_000, DAY).is_none(), "nothing new to write");
         let (h, warning) = History::load(dir.path());
         assert!(warning.is_none());
         assert_eq!(h.strikes(&cidr, 3_000, DAY), 2);

@@ -3,10 +3,15 @@
 //! failing TLS handshakes or flooding past its packet limit ends up in the XDP deny map,
 //! where its packets cost nothing.
 //!
-//! Reporting an offence costs a non-blocking send to one worker task, which counts, decides,
-//! and bans through [`Service::ban_escalated`]: the ban is in the kernel map before the
-//! worker moves on (the state file is written afterwards, off its path). A full queue drops
-//! the offence and counts it: an attack must never slow the requests that report it.
+//! Reporting an offence costs a non-blocking send to one worker thread, which counts,
+//! decides, and writes the ban into the kernel's deny map ([`Service::deny_first`]) before
+//! it moves on. A second thread, the recorder, then makes it a ban of the policy
+//! ([`Service::ban_escalated`]: audited, listed, swept, saved), so that neither the policy
+//! lock nor a disk write ever stands between an offence and the next ban. The worker is a
+//! real-time thread of its own, not a task, so that a gateway busy with thousands of
+//! handshakes cannot keep it waiting for a turn: the latency to the ban is the point of it.
+//! A full offence queue drops the offence and counts it: an attack must never slow the
+//! requests that report it.
 
 pub mod counts;
 pub mod history;
@@ -15,7 +20,12 @@ mod widen;
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        mpsc::{
+            Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, channel, sync_channel,
+        },
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -27,7 +37,6 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use self::settings::{EscalationSettings, Kind};
@@ -44,6 +53,8 @@ use crate::{
 
 /// Offences waiting for the worker at most.
 const QUEUE: usize = 65_536;
+/// Bans waiting for the recorder at most; past it the worker records them itself.
+const ORDERS: usize = 65_536;
 /// How often a changed repeat-offender history is written.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -90,11 +101,29 @@ struct Metrics {
     lost: Counter,
 }
 
+/// A ban for the recorder: in the kernel already if `first`; only to be reported if
+/// `monitor`.
+struct Order {
+    ban: EscalatedBan<'static>,
+    first: bool,
+    monitor: bool,
+    strikes: u32,
+}
+
 pub struct Escalation {
-    tx: mpsc::Sender<Offence>,
+    tx: SyncSender<Offence>,
     live: ArcSwapOption<Live>,
-    history: Mutex<History>,
+    /// The copy of the repeat-offender history that is saved, and the worker's changes to
+    /// it not yet applied. The worker keeps its own copy, so that it never waits for a lock
+    /// a saving thread holds.
+    saved: Mutex<Saved>,
     metrics: Metrics,
+}
+
+struct Saved {
+    history: History,
+    /// Bans the worker made: (prefix, length, unix ms).
+    changes: Receiver<(IpNet, Duration, u64)>,
 }
 
 impl Escalation {
@@ -102,14 +131,32 @@ impl Escalation {
     /// it). Returns a warning for the log when the repeat-offender history was unusable.
     pub fn start(config: &Config, service: Arc<Service>) -> (Arc<Escalation>, Option<String>) {
         let (history, warning) = History::load(&config.state_dir);
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = sync_channel(QUEUE);
+        let (strikes, changes) = channel();
         let escalation = Arc::new(Escalation {
             tx,
             live: ArcSwapOption::from(Live::of(config).map(Arc::new)),
-            history: Mutex::new(history),
+            saved: Mutex::new(Saved { history: history.clone(), changes }),
             metrics: Metrics::default(),
         });
-        tokio::spawn(escalation.clone().run(rx, service));
+        let runtime = tokio::runtime::Handle::current();
+        let (orders, pending) = sync_channel(ORDERS);
+        let recorder = Recorder { service, runtime };
+        let worker = Worker { recorder: recorder.clone(), orders, history, strikes };
+        let this = escalation.clone();
+        std::thread::Builder::new()
+            .name("secgate-escalate".into())
+            .spawn(move || this.run(rx, worker))
+            .expect("spawn the escalation thread");
+        let this = escalation.clone();
+        std::thread::Builder::new()
+            .name("secgate-escalate-record".into())
+            .spawn(move || {
+                for order in pending {
+                    this.record(&recorder, order);
+                }
+            })
+            .expect("spawn the escalation recorder thread");
         (escalation, warning)
     }
 
@@ -121,7 +168,7 @@ impl Escalation {
         }
         self.metrics.offences.get_or_create(&KindLabels { kind: kind.key(), what }).inc();
         let offence = Offence { source, kind, what, at: Instant::now() };
-        if self.tx.try_send(offence).is_err() {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(offence) {
             self.metrics.lost.inc();
         }
     }
@@ -154,42 +201,59 @@ impl Escalation {
         );
     }
 
-    /// Writes the repeat-offender history if it changed (also at shutdown).
+    /// Writes the repeat-offender history if it changed (also at shutdown). Only taking the
+    /// copy holds the history up; the write and fsync happen outside its lock.
     pub fn save(&self) {
         let Some(live) = self.live.load_full() else { return };
-        let memory = live.settings.max_ttl;
         let now = unix_ms(SystemTime::now());
-        if let Err(e) = self.history().save(now, memory) {
+        let memory = live.settings.max_ttl;
+        let (dir, data) = {
+            let mut saved = self.saved();
+            let Saved { history, changes } = &mut *saved;
+            for (cidr, ttl, at) in changes.try_iter() {
+                history.banned(cidr, ttl, at, memory);
+            }
+            (history.dir().to_owned(), history.changes(now, memory))
+        };
+        let Some(data) = data else { return };
+        if let Err(e) = history::save(&dir, &data) {
             warn!(error = %e, "saving the repeat-offender history failed; retrying in a second");
+            self.saved().history.unsaved();
         }
     }
 
-    fn history(&self) -> MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    fn saved(&self) -> MutexGuard<'_, Saved> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Offence>, service: Arc<Service>) {
+    /// The worker: counts offences as they come; hands the history to a blocking task to
+    /// save about once a second, so no write ever stands between an offence and its ban.
+    fn run(self: Arc<Self>, rx: Receiver<Offence>, mut worker: Worker) {
+        realtime();
         let mut counts = Counts::default();
         let mut neighbours = Neighbours::default();
-        let mut save = tokio::time::interval(SAVE_EVERY);
+        let mut next_save = Instant::now() + SAVE_EVERY;
         loop {
-            tokio::select! {
-                offence = rx.recv() => {
-                    let Some(offence) = offence else { return };
+            match rx.recv_timeout(next_save.saturating_duration_since(Instant::now())) {
+                Ok(offence) => {
                     let Some(live) = self.live.load_full() else { continue };
                     if let Some(trip) = counts.offend(offence, &live.settings) {
-                        self.trip(&service, &live, trip, &mut neighbours);
+                        self.trip(&mut worker, &live, trip, &mut neighbours);
                     }
                 }
-                _ = save.tick() => {
-                    let this = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || this.save()).await;
-                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_save {
+                let this = self.clone();
+                worker.recorder.runtime.spawn_blocking(move || this.save());
+                next_save = Instant::now() + SAVE_EVERY;
             }
         }
     }
 
-    fn trip(&self, service: &Arc<Service>, live: &Live, trip: Trip, neighbours: &mut Neighbours) {
+    fn trip(&self, worker: &mut Worker, live: &Live, trip: Trip, neighbours: &mut Neighbours) {
+        let service = worker.recorder.service.clone();
         let s = &live.settings;
         if service.allowed(trip.source) {
             self.metrics.spared.inc();
@@ -209,7 +273,7 @@ impl Escalation {
         );
         let offences = listed(&trip.offences);
         let cidr = live.cidr(trip.source);
-        let Some(ttl) = self.order(service, s, trip.kind.key(), cidr, reason, offences, since)
+        let Some(ttl) = self.order(worker, s, trip.kind.key(), cidr, reason, offences, since)
         else {
             return;
         };
@@ -222,22 +286,15 @@ impl Escalation {
             return;
         }
         let reason = format!("escalation: {} banned sources in {prefix}", members.len());
-        self.order(
-            service,
-            s,
-            "widen",
-            prefix,
-            reason,
-            json!({ "banned_sources": members }),
-            since,
-        );
+        self.order(worker, s, "widen", prefix, reason, json!({ "banned_sources": members }), since);
     }
 
-    /// Bans `cidr` (or, in monitor mode, reports that it would); returns the ban's length.
+    /// Bans `cidr` in the kernel (or, in monitor mode, does not) and hands the ban to the
+    /// recorder; returns the ban's length.
     #[allow(clippy::too_many_arguments)]
     fn order(
         &self,
-        service: &Arc<Service>,
+        worker: &mut Worker,
         s: &EscalationSettings,
         rule: &'static str,
         cidr: IpNet,
@@ -246,34 +303,82 @@ impl Escalation {
         since: Instant,
     ) -> Option<Duration> {
         let now_ms = unix_ms(SystemTime::now());
-        let strikes = self.history().strikes(&cidr, now_ms, s.max_ttl);
+        let strikes = worker.history.strikes(&cidr, now_ms, s.max_ttl);
         let ttl = s.ttl(strikes);
         let ban = EscalatedBan { rule, cidr, ttl, reason, offences, since };
-        if s.mode == Mode::Monitor {
-            service.would_ban(&ban);
-            self.metrics.would_ban.get_or_create(&RuleLabels { rule }).inc();
-            info!(%cidr, rule, ttl = ?ttl, reason = %ban.reason, "escalation would ban (monitor mode)");
-            return Some(ttl);
+        let monitor = s.mode == Mode::Monitor;
+        let first = !monitor && worker.recorder.service.deny_first(&ban);
+        if !monitor {
+            worker.history.banned(cidr, ttl, now_ms, s.max_ttl);
+            let _ = worker.strikes.send((cidr, ttl, now_ms));
         }
-        match service.ban_escalated(&ban) {
+        let order = Order { ban, first, monitor, strikes };
+        match worker.orders.try_send(order) {
+            Ok(()) => Some(ttl),
+            // The recorder is behind by a whole queue: record it here, waiting as it must.
+            Err(TrySendError::Full(order)) => self.record(&worker.recorder, order).then_some(ttl),
+            Err(TrySendError::Disconnected(_)) => None,
+        }
+    }
+
+    /// Makes an order a ban of the policy (audited, listed, saved) or, in monitor mode,
+    /// reports it; whether it holds.
+    fn record(&self, worker: &Recorder, order: Order) -> bool {
+        let Order { ban, first, monitor, strikes } = order;
+        let (cidr, rule, ttl) = (ban.cidr, ban.rule, ban.ttl);
+        if monitor {
+            worker.service.would_ban(&ban);
+            self.metrics.would_ban.get_or_create(&RuleLabels { rule }).inc();
+            info!(%cidr, rule, ?ttl, reason = %ban.reason, "escalation would ban (monitor mode)");
+            return true;
+        }
+        match worker.service.ban_escalated(&ban, first) {
             Ok((_, version)) => {
-                self.history().banned(cidr, ttl, now_ms, s.max_ttl);
                 self.metrics.bans.get_or_create(&RuleLabels { rule }).inc();
-                warn!(%cidr, rule, ttl = ?ttl, strikes, reason = %ban.reason, "escalation banned a source");
-                let service = service.clone();
-                tokio::spawn(async move {
+                warn!(%cidr, rule, ?ttl, strikes, reason = %ban.reason, "escalation banned a source");
+                let service = worker.service.clone();
+                worker.runtime.spawn(async move {
                     if let Err(e) = service.saved(version).await {
                         warn!(%cidr, error = %e, "escalation ban is in force but not saved");
                     }
                 });
-                Some(ttl)
+                true
             }
             Err(e) => {
                 warn!(%cidr, rule, error = %e, "escalation could not ban a source");
-                None
+                false
             }
         }
     }
+}
+
+/// Puts the calling thread (the worker) in the lowest real-time class, so that it runs as
+/// soon as an offence wakes it instead of waiting out the time slices of a gateway busy
+/// with an attack. Its work per offence is a few microseconds and bounded by the queue, so
+/// it cannot starve the host. Without the privilege it stays as it is, with a warning.
+fn realtime() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        let e = std::io::Error::last_os_error();
+        warn!(error = %e, "escalation runs without real-time priority: bans may wait behind a busy gateway");
+    }
+}
+
+/// What the recorder bans through, and where it waits for bans to be saved.
+#[derive(Clone)]
+struct Recorder {
+    service: Arc<Service>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The worker's way to the recorder, its own copy of the repeat-offender history, and the
+/// way its changes reach the saved one.
+struct Worker {
+    recorder: Recorder,
+    orders: SyncSender<Order>,
+    history: History,
+    strikes: Sender<(IpNet, Duration, u64)>,
 }
 
 /// The offences as the ban's audit record lists them, with their wall-clock times.

@@ -32,7 +32,7 @@ use crate::{
     config::{Config, Mode, Rate, Selector, describe},
     datapath::DatapathError,
     events::EventCounts,
-    maps::{SourceCheck, SourceVerdict},
+    maps::{FirstDeny, SourceCheck, SourceVerdict},
     policy::{Policy, PolicyError, Started},
     state::{Loaded, StateFile},
     views::{BanView, LimitsView, StatsView, StatusView},
@@ -144,6 +144,8 @@ pub struct Service {
     /// Parts outside the policy that take settings from the config on reload.
     reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
     enforcement: Enforcement,
+    /// Only the escalation's worker writes through it.
+    first_deny: Mutex<FirstDeny>,
 }
 
 /// A ban the escalation orders, with what it is for.
@@ -195,6 +197,7 @@ impl Service {
         clock: Arc<dyn Clock>,
     ) -> std::result::Result<(Service, Vec<String>), PolicyError> {
         let sources = datapath.source_check()?;
+        let first_deny = Mutex::new(datapath.first_deny()?);
         let frozen = match &loaded {
             Loaded::Unreadable(e) => Some(e.to_string()),
             _ => None,
@@ -233,6 +236,7 @@ impl Service {
             clock,
             reloadables: Mutex::default(),
             enforcement: Enforcement::default(),
+            first_deny,
         };
         Ok((service, warnings))
     }
@@ -314,19 +318,57 @@ impl Service {
         .await
     }
 
-    /// Bans for the escalation: in the kernel's deny map when this returns (the latency from
-    /// the offence to here is recorded), on disk once [`Service::saved`] says so. Never
-    /// shortens a longer ban.
-    pub fn ban_escalated(&self, ban: &EscalatedBan<'_>) -> Result<(BanView, u64)> {
+    /// The first half of an escalation ban: the kernel entry, written on a handle of its
+    /// own without the policy lock; whether it was written (the latency from the offence to
+    /// here is recorded then). [`Service::ban_escalated`] records it next.
+    ///
+    /// Under attack the policy lock may be held by a thread the scheduler has put aside
+    /// (the journal copying the table), and an attacker's packets must not pass meanwhile.
+    /// The entry is written only where none denies the address yet, so it never cuts short
+    /// a ban the policy keeps (a longer one, or a nested one outlasting its parent).
+    pub fn deny_first(&self, ban: &EscalatedBan<'_>) -> bool {
+        let valid = validate::cidr(&ban.cidr)
+            .and(validate::ttl(Some(ban.ttl)))
+            .and(validate::reason(&ban.reason));
+        let now = self.clock.monotonic_ns();
+        if valid.is_err()
+            || self.sources.verdict(ban.cidr.network(), now).ok() != Some(SourceVerdict::Neither)
+        {
+            return false;
+        }
+        let expires = crate::clock::after(now, ban.ttl);
+        match lock(&self.first_deny).insert(ban.cidr, expires) {
+            Ok(()) => {
+                self.enforcement.observe(ban.since.elapsed());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(cidr = %ban.cidr, error = %e, "first write of an escalation ban failed; the policy makes it");
+                false
+            }
+        }
+    }
+
+    /// Bans for the escalation, after [`Service::deny_first`] (`first`: it wrote the entry):
+    /// in the policy and the kernel's deny map when this returns, on disk once
+    /// [`Service::saved`] says so. Never shortens a longer ban. If the policy refuses it, a
+    /// first write is taken back.
+    pub fn ban_escalated(&self, ban: &EscalatedBan<'_>, first: bool) -> Result<(BanView, u64)> {
         let caller = Caller::Escalation { rule: ban.rule.to_owned() };
         let reason = ban.reason.clone();
         let (cidr, ttl) = (ban.cidr, Some(ban.ttl));
         let done = self.apply(&caller, "ban_add", ban.request(), |p| {
             valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
             Ok(p.ban_add(cidr, ttl, reason, false)?)
-        })?;
-        self.enforcement.observe(ban.since.elapsed());
-        Ok(done)
+        });
+        match (&done, first) {
+            (Err(_), true) => {
+                let _ = lock(&self.first_deny).remove(cidr);
+            }
+            (Ok(_), false) => self.enforcement.observe(ban.since.elapsed()),
+            _ => {}
+        }
+        done
     }
 
     /// Waits until change `version` (from [`Service::ban_escalated`]) is on disk.

@@ -1,9 +1,11 @@
-//! `cargo xtask bench [datapath|bans]`: the datapath and the ban path of the service layer,
-//! each measured against a baseline in the same run, interleaved round by round so machine
-//! noise hits all alike, and printed as ratios. Nothing here asserts a timing.
+//! `cargo xtask bench [datapath|bans|escalation]`: the datapath, the ban path of the service
+//! layer and the enforcement latency of escalation bans, each measured against a baseline in
+//! the same run, interleaved round by round so machine noise hits all alike, and printed as
+//! ratios. Nothing here asserts a timing.
 
 mod bans;
 mod cost;
+mod escalation;
 mod live;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -29,8 +31,12 @@ fn main() {
         }
         bans::run();
     }
+    if matches!(what.as_str(), "all" | "escalation") {
+        println!();
+        escalation::run();
+    }
     assert!(
-        matches!(what.as_str(), "all" | "datapath" | "bans"),
-        "unknown benchmark {what:?}: all, datapath or bans"
+        matches!(what.as_str(), "all" | "datapath" | "bans" | "escalation"),
+        "unknown benchmark {what:?}: all, datapath, bans or escalation"
     );
 }
