@@ -40,6 +40,17 @@ pub struct Line {
 }
 
 impl Line {
+    /// A request refused before it was parsed (its head broke the framing rules).
+    pub fn refused(source: IpAddr, status: u16, decision: &'static str, why: &str) -> Line {
+        Line {
+            method: "-".into(),
+            status,
+            decision,
+            reason: why.into(),
+            ..Line::new(source, &http::Method::GET)
+        }
+    }
+
     pub fn new(source: IpAddr, method: &http::Method) -> Line {
         Line {
             kind: "request",

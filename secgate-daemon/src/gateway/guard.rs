@@ -1,6 +1,7 @@
 //! A watch on each client connection: when its decrypted bytes last moved and when its
-//! requests last made progress (for the idle timeout), and, on HTTP/2, how fast the client
-//! resets streams.
+//! requests last made progress (for the idle timeout); on HTTP/1.1, a strict check of each
+//! request's framing before hyper reads it ([`super::framing`]); and, on HTTP/2, how fast
+//! the client resets streams.
 //!
 //! Hand-rolled because hyper exposes neither. h2 bounds resets only of streams the server
 //! has not accepted yet (`max_pending_accept_reset_streams`); a gateway that accepts
@@ -22,6 +23,14 @@ use std::{
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{
+    framing::{H1Scan, Refused},
+    validate,
+};
+
+/// Bytes read from the client at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -104,6 +113,8 @@ pub struct FrameScan {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Abuse {
     RapidReset,
+    /// An HTTP/1.1 head with ambiguous framing (or too large): answered by the guard itself.
+    Framing(Refused),
 }
 
 impl FrameScan {
@@ -184,6 +195,12 @@ pub struct Guarded<S> {
     inner: S,
     activity: Arc<Activity>,
     scan: FrameScan,
+    h1: H1Scan,
+    /// Client bytes the HTTP/1.1 scan has released and hyper has not read yet.
+    ready: Vec<u8>,
+    /// The answer to a refused head, written before the connection is shut down; hyper
+    /// reads the end of the stream from then on.
+    refusal: Option<Vec<u8>>,
     /// Called once when the connection is cut.
     on_abuse: Option<Box<dyn FnOnce(Abuse) + Send>>,
 }
@@ -192,37 +209,67 @@ impl<S> Guarded<S> {
     pub fn new(
         inner: S,
         activity: Arc<Activity>,
+        http1_max_head: Option<usize>,
         on_abuse: Box<dyn FnOnce(Abuse) + Send>,
     ) -> Guarded<S> {
-        Guarded { inner, activity, scan: FrameScan::new(), on_abuse: Some(on_abuse) }
+        Guarded {
+            inner,
+            activity,
+            scan: FrameScan::new(),
+            h1: http1_max_head.map_or_else(H1Scan::off, H1Scan::new),
+            ready: Vec::new(),
+            refusal: None,
+            on_abuse: Some(on_abuse),
+        }
+    }
+
+    fn report(&mut self, abuse: Abuse) {
+        if let Some(report) = self.on_abuse.take() {
+            report(abuse);
+        }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    /// Reads the client through both scans. A refused HTTP/1.1 head never reaches hyper:
+    /// what came before it is delivered, then the end of the stream, so hyper finishes the
+    /// answers it owes and shuts the connection down, which writes the refusal last.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let fresh = &buf.filled()[before..];
-            if !fresh.is_empty() {
-                this.activity.touch();
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.drain(..n);
+                return Poll::Ready(Ok(()));
             }
+            if this.refusal.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let fresh = read.filled();
+            if fresh.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.activity.touch();
             if let Err(abuse) = this.scan.feed(fresh, Instant::now()) {
-                if let Some(report) = this.on_abuse.take() {
-                    report(abuse);
-                }
+                this.report(abuse);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "HTTP/2 stream resets over budget",
                 )));
             }
+            if let Err(refused) = this.h1.feed(fresh, &mut this.ready) {
+                this.refusal = Some(validate::refused_head(refused).http1_bytes());
+                this.report(Abuse::Framing(refused));
+            }
         }
-        polled
     }
 }
 
@@ -247,7 +294,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Some(answer) = &mut this.refusal {
+            while !answer.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, answer))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                answer.drain(..n);
+            }
+            std::task::ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(

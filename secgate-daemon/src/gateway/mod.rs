@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod authn;
 pub mod authz;
+mod framing;
 mod guard;
 mod host;
 pub mod metrics;
@@ -46,7 +47,7 @@ pub use settings::GatewaySettings;
 use self::{
     audit::RequestLog,
     authn::Authenticator,
-    guard::{Activity, Guarded},
+    guard::{Abuse, Activity, Guarded},
     metrics::GatewayMetrics,
     proxy::Upstream,
     routes::Route,
@@ -303,21 +304,37 @@ impl Gateway {
         });
         let (metrics, cut, escalation) =
             (self.metrics.clone(), conn.clone(), self.escalation.clone());
+        let log = self.log.clone();
+        // The protocol is the one ALPN settled on (HTTP/1.1 without ALPN): hyper is not left
+        // to guess it from the first bytes, which the HTTP/1.1 scan holds back until a head
+        // is whole.
+        let h2 = session.alpn_protocol() == Some(b"h2");
         let io = Guarded::new(
             tls,
             activity.clone(),
-            Box::new(move |abuse| {
-                warn!(%peer, ?abuse, "HTTP/2 connection cut");
-                let _ = cut.cut.set("rapid_reset");
-                metrics.closed("rapid_reset");
-                escalation.report(source, Kind::ValidationFailure, "rapid_reset");
+            (!h2).then_some(settings.limits.max_header_bytes as usize),
+            Box::new(move |abuse| match abuse {
+                Abuse::RapidReset => {
+                    warn!(%peer, "HTTP/2 connection cut: stream resets over budget");
+                    let _ = cut.cut.set("rapid_reset");
+                    metrics.closed("rapid_reset");
+                    escalation.report(source, Kind::ValidationFailure, "rapid_reset");
+                }
+                Abuse::Framing(refused) => {
+                    debug!(%peer, why = refused.why, "HTTP/1.1 head refused");
+                    metrics.closed("bad_framing");
+                    let code =
+                        if refused.status == 431 { "headers_too_large" } else { "bad_framing" };
+                    log.record(audit::Line::refused(peer.ip(), refused.status, code, refused.why));
+                    escalation.report(source, Kind::ValidationFailure, code);
+                }
             }),
         );
         let gateway = self.clone();
         let on_conn = conn.clone();
         let service =
             service_fn(move |req| pipeline::handle(gateway.clone(), on_conn.clone(), req));
-        let builder = http_builder(&settings);
+        let builder = http_builder(&settings, h2);
         let served = builder.serve_connection(TokioIo::new(io), service);
         // Closed gracefully once it has been idle (see `Activity::quiet`) for `idle`; dropped
         // if it is still open after another `idle`.
@@ -413,8 +430,9 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-fn http_builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http_builder(settings: &ConnSettings, h2: bool) -> auto::Builder<TokioExecutor> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = if h2 { builder.http2_only() } else { builder.http1_only() };
     let header_bytes = settings.limits.max_header_bytes;
     builder
         .http1()

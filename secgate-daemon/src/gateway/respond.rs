@@ -381,16 +381,40 @@ pub fn harden(response: &mut Response<Body>, keep_cache_control: bool) {
 }
 
 impl Rejection {
-    pub fn response(&self) -> Response<Body> {
-        let body = ErrorBody {
+    fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
             error: ErrorFields {
                 status: self.status.as_u16(),
                 code: self.code,
                 message: self.message,
             },
             violations: self.violations.as_deref(),
-        };
-        let mut resp = json(self.status, &body);
+        }
+    }
+
+    /// The whole HTTP/1.1 answer as bytes, for a head refused before hyper saw it (see
+    /// `framing`): the same JSON body and security headers as any refusal, and
+    /// `Connection: close`.
+    pub fn http1_bytes(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self.body()).expect("gateway bodies serialize");
+        let status = self.status;
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        for (name, value) in SECURITY_HEADERS {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        let mut resp = json(self.status, &self.body());
         let headers = resp.headers_mut();
         if let Some(challenge) = self.www_authenticate {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));

@@ -108,6 +108,20 @@ pub fn framing(why: &str) -> Rejection {
         .closing()
 }
 
+/// The refusal of a head the framing scanner stopped before hyper (see `framing`).
+pub fn refused_head(r: super::framing::Refused) -> Rejection {
+    if r.status == 431 {
+        Rejection::invalid(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            r.why.into(),
+        )
+        .closing()
+    } else {
+        framing(r.why)
+    }
+}
+
 /// The lower-case `type/subtype` of a media type, parameters dropped; `None` if it is not
 /// one (RFC 9110 §8.3.1, parsed by the `mime` crate).
 pub fn essence(value: &str) -> Option<String> {

@@ -1,0 +1,146 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const MAX: usize = 16 * 1024;
+
+/// Feeds `input` in pieces cut at `cuts`; returns what was released and the refusal.
+fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<Refused>) {
+    let mut scan = H1Scan::new(MAX);
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(input.len());
+    for p in points {
+        if p < at {
+            continue;
+        }
+        if let Err(r) = scan.feed(&input[at..p], &mut out) {
+            return (out, Some(r));
+        }
+        at = p;
+    }
+    (out, None)
+}
+
+const GOOD: &[&str] = &[
+    "GET /a HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    "\r\nGET /b?x=1 HTTP/1.1\r\nHost: api.test\r\nX-Tab:\tv\r\n\r\n",
+    "POST /c HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello",
+    "POST /d HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+    "PUT /e HTTP/1.1\r\nHost: api.test\r\ncontent-length: 0\r\n\r\n",
+];
+
+fn good_stream() -> Vec<u8> {
+    GOOD.concat().into_bytes()
+}
+
+#[test]
+fn valid_pipelined_requests_pass_byte_for_byte() {
+    let input = good_stream();
+    assert_eq!(run(&input, &[]), (input.clone(), None));
+    // Body bytes that look like a bad head are a body, not a head.
+    let tricky = b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 30\r\n\r\nGET / HTTP/1.1\nX: y\n\n12345678GET /g HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(run(tricky, &[]), (tricky.to_vec(), None));
+}
+
+#[test]
+fn an_http2_preface_turns_the_scan_off() {
+    let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, b'\n', b'\n']);
+    assert_eq!(run(&input, &[3, 20]), (input.clone(), None));
+}
+
+#[test]
+fn ambiguous_heads_are_refused_and_never_released() {
+    let h = "Host: api.test\r\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "POST /a HTTP/1.1\r\n{h}Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            "both",
+        ),
+        (
+            format!(
+                "POST /a HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"
+            ),
+            "both",
+        ),
+        (format!("GET /a HTTP/1.1\n{h}\r\n"), "bare LF"),
+        (format!("GET /a HTTP/1.1\r\n{h}X: 1\n\n"), "bare LF"),
+        (format!("GET /a HTTP/1.1\r\n{h}X: 1\rY: 2\r\n\r\n"), "bare CR"),
+        (format!("GET /a HTTP/1.1\r\n{h}X: 1\r\n folded\r\n\r\n"), "obs-fold"),
+        (format!("GET /a HTTP/1.1\r\n{h}X : 1\r\n\r\n"), "whitespace before the colon"),
+        (format!("GET /a HTTP/1.1\r\n{h}X: a\0b\r\n\r\n"), "control byte"),
+        (
+            format!("POST /a HTTP/1.1\r\n{h}Content-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            "differing",
+        ),
+        (format!("POST /a HTTP/1.1\r\n{h}Content-Length: +1\r\n\r\n"), "invalid Content-Length"),
+        (format!("POST /a HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\n\r\n"), "other than one"),
+        (
+            format!(
+                "POST /a HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            "more than one",
+        ),
+        (format!("POST /a HTTP/1.0\r\n{h}Transfer-Encoding: chunked\r\n\r\n"), "other than one"),
+        (format!("GET /a HTTP/1.1\r\n{h}NoColon\r\n\r\n"), "without a colon"),
+    ];
+    for (bad, why) in cases {
+        let first = GOOD[2];
+        let input = format!("{first}{bad}GET /smuggled HTTP/1.1\r\n{h}\r\n");
+        let (out, refused) = run(input.as_bytes(), &[]);
+        let refused = refused.unwrap_or_else(|| panic!("not refused: {bad:?}"));
+        assert!(refused.why.contains(why), "{bad:?}: {refused:?}");
+        assert_eq!(refused.status, 400);
+        assert_eq!(out, first.as_bytes(), "only the request before it is released: {bad:?}");
+    }
+}
+
+#[test]
+fn an_endless_head_is_refused_as_too_large() {
+    let mut scan = H1Scan::new(MAX);
+    let mut out = Vec::new();
+    scan.feed(b"GET / HTTP/1.1\r\n", &mut out).unwrap();
+    let mut refused = None;
+    for _ in 0..2000 {
+        if let Err(r) = scan.feed(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaa\r\n", &mut out) {
+            refused = Some(r);
+            break;
+        }
+    }
+    assert_eq!(refused.map(|r| r.status), Some(431));
+    assert!(out.is_empty(), "nothing of it reached hyper");
+}
+
+proptest! {
+    #[test]
+    fn however_the_bytes_arrive_valid_streams_pass_unchanged(cuts in prop::collection::vec(any::<usize>(), 0..40)) {
+        let input = good_stream();
+        prop_assert_eq!(run(&input, &cuts), (input.clone(), None));
+    }
+
+    #[test]
+    fn however_the_bytes_arrive_a_smuggling_head_is_refused(cuts in prop::collection::vec(any::<usize>(), 0..40), bare_lf in any::<bool>()) {
+        let bad = if bare_lf {
+            "GET /x HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n"
+        } else {
+            "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        };
+        let input = format!("{}{bad}0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", GOOD.concat());
+        let (out, refused) = run(input.as_bytes(), &cuts);
+        prop_assert!(refused.is_some());
+        prop_assert_eq!(out, good_stream());
+    }
+
+    /// Whatever the client sends, the scanner releases a prefix of it, in order, and never
+    /// panics.
+    #[test]
+    fn any_bytes_release_a_prefix(input in prop::collection::vec(any::<u8>(), 0..2048), cuts in prop::collection::vec(any::<usize>(), 0..10)) {
+        let (out, _) = run(&input, &cuts);
+        prop_assert!(input.starts_with(&out));
+    }
+}
