@@ -222,6 +222,8 @@ fn the_example_gateway_section_is_valid_uncommented() {
         ],
     );
     let cfg = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
+    let e = cfg.escalation.as_ref().expect("the escalation section is in force");
+    assert_eq!(e.widen.map(|w| w.sources), Some(8));
     let g = cfg.gateway.expect("the gateway section is in force");
     assert_eq!((g.listen.len(), g.routes.len()), (2, 3));
 }
