@@ -265,7 +265,7 @@ async fn checked_response(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(validate::essence)
-        .is_some_and(|e| e == "application/json" || e.ends_with("+json"));
+        .is_some_and(|e| validate::is_json(&e));
     if !json {
         return Err(Rejection::response_invalid("the answer is not JSON".into()));
     }

@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, MapAccess, SeqAccess, Visitor},
+};
 use serde_json::Value;
 
 /// Deepest nesting of arrays and objects accepted in a JSON body: real APIs stay far below,
@@ -89,17 +92,90 @@ pub enum JsonError {
     TooDeep,
     #[error("the route needs a JSON body")]
     Missing,
+    #[error("an object in the body repeats a key")]
+    DuplicateKey,
 }
 
-/// Parses a JSON body, refusing malformed text and deep nesting.
+/// Parses a JSON body, refusing malformed text, deep nesting and repeated keys. A repeated
+/// key is refused because parsers disagree on which value counts (serde_json keeps the
+/// last, others the first): the schema would judge one value and the upstream read another.
 pub fn parse_body(bytes: &[u8]) -> Result<Value, JsonError> {
     // serde_json stops at 128 levels itself; deeper text is malformed to it, and still too
     // deep to us.
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) if depth(&v) > MAX_JSON_DEPTH => Err(JsonError::TooDeep),
-        Ok(v) => Ok(v),
+    match serde_json::from_slice::<Unique>(bytes) {
+        Ok(Unique(v)) if depth(&v) > MAX_JSON_DEPTH => Err(JsonError::TooDeep),
+        Ok(Unique(v)) => Ok(v),
         Err(e) if e.to_string().contains("recursion limit") => Err(JsonError::TooDeep),
+        Err(e) if e.to_string().contains(DUPLICATE) => Err(JsonError::DuplicateKey),
         Err(_) => Err(JsonError::Malformed),
+    }
+}
+
+const DUPLICATE: &str = "duplicate object key";
+
+/// A JSON value whose objects repeat no key (serde_json's own `Value` keeps the last).
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        d.deserialize_any(UniqueVisitor)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Unique;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Unique, E> {
+        Ok(Unique(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Unique, E> {
+        Ok(Unique(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Unique, E> {
+        Ok(Unique(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Unique, E> {
+        Ok(Unique(Value::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Unique, E> {
+        Ok(Unique(Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Unique, E> {
+        Ok(Unique(Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Unique, E> {
+        Ok(Unique(Value::Null))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Unique(Value::Array(items)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if fields.insert(key, v).is_some() {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(Unique(Value::Object(fields)))
     }
 }
 
@@ -186,6 +262,51 @@ mod tests {
         assert!(parse_body(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
         assert_eq!(parse_body(deep(MAX_JSON_DEPTH + 1).as_bytes()), Err(JsonError::TooDeep));
         assert_eq!(parse_body(deep(10_000).as_bytes()), Err(JsonError::TooDeep));
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_at_any_depth() {
+        assert!(parse_body(br#"{"qty": 1, "item": "x"}"#).is_ok());
+        assert_eq!(parse_body(br#"{"qty": 1, "qty": -5}"#), Err(JsonError::DuplicateKey));
+        assert_eq!(parse_body(br#"[{"a": {"b": 1, "b": 2}}]"#), Err(JsonError::DuplicateKey));
+        // Escapes spell the same key.
+        assert_eq!(parse_body(br#"{"a": 1, "a": 2}"#), Err(JsonError::DuplicateKey));
+        let v = parse_body(
+            br#"{"n": -1, "u": 18446744073709551615, "f": 1.5, "s": "x", "z": null, "t": true}"#,
+        );
+        assert_eq!(
+            v,
+            Ok(
+                json!({"n": -1, "u": 18446744073709551615u64, "f": 1.5, "s": "x", "z": null, "t": true})
+            )
+        );
+    }
+
+    proptest::proptest! {
+        /// Without repeated keys, the strict parse is serde_json's own.
+        #[test]
+        fn the_strict_parse_agrees_with_serde_json(doc in json_doc()) {
+            let text = doc.to_string();
+            proptest::prop_assert_eq!(parse_body(text.as_bytes()), Ok(doc));
+        }
+    }
+
+    fn json_doc() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            "[a-z\\u{e9}\"]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]

@@ -63,20 +63,38 @@ pub fn for_route(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
+    if !has_body {
+        return Ok(limit);
+    }
+    let essence = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(essence);
     if let Some(allowed) = &route.content_types
-        && has_body
+        && !essence.as_ref().is_some_and(|e| allowed.contains(e))
     {
-        let essence =
-            headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(essence);
-        if !essence.as_ref().is_some_and(|e| allowed.contains(e)) {
-            return Err(Rejection::invalid(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("content type not among {allowed:?}"),
-            ));
+        return Err(unsupported(format!("content type not among {allowed:?}")));
+    }
+    if route.body_schema.is_some() {
+        // What the schema judged must be what the upstream reads: JSON, as sent.
+        if !essence.as_deref().is_some_and(is_json) {
+            return Err(unsupported("a schema route takes JSON bodies only".into()));
+        }
+        let coded = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if coded {
+            return Err(unsupported("a schema route takes bodies without a content coding".into()));
         }
     }
     Ok(limit)
+}
+
+/// Whether a media type's essence is JSON (`application/json` or a `+json` type).
+pub fn is_json(essence: &str) -> bool {
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+fn unsupported(detail: String) -> Rejection {
+    Rejection::invalid(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
 }
 
 /// 413 for a body over `limit` bytes.
@@ -212,6 +230,31 @@ mod tests {
         assert!(head(&crumbs, &uri, &LIMITS).is_ok(), "cookie crumbs are one field");
         let long: http::Uri = format!("/{}", "a".repeat(64)).parse().unwrap();
         assert_eq!(head(&HeaderMap::new(), &long, &LIMITS).unwrap_err().status, 414);
+    }
+
+    #[test]
+    fn schema_routes_take_json_without_a_content_coding() {
+        let path =
+            std::env::temp_dir().join(format!("secgate-vschema-{}.json", std::process::id()));
+        std::fs::write(&path, "{}").unwrap();
+        let mut r = route(None, None);
+        r.body_schema =
+            Some(crate::gateway::schema::Schema::load(&path, "body_schema").unwrap().into());
+        std::fs::remove_file(&path).unwrap();
+        let check =
+            |h: &[(&'static str, &'static str)]| status(for_route(true, &headers(h), &r, &LIMITS));
+        assert_eq!(check(&[("content-type", "application/json")]), 200);
+        assert_eq!(check(&[("content-type", "application/problem+json")]), 200);
+        assert_eq!(check(&[("content-type", "text/plain")]), 415, "JSON sent as text");
+        assert_eq!(check(&[]), 415, "an untyped body");
+        assert_eq!(
+            check(&[("content-type", "application/json"), ("content-encoding", "gzip")]),
+            415
+        );
+        assert_eq!(
+            check(&[("content-type", "application/json"), ("content-encoding", "identity")]),
+            200
+        );
     }
 
     #[test]
