@@ -140,6 +140,12 @@ impl Bans {
         self.slots.get(net).and_then(Slot::own)
     }
 
+    /// The entry the tries must hold for exactly `net` (its own bans, or a covering one's
+    /// if that outlasts them); `None`: no entry.
+    pub fn effective(&self, net: &IpNet) -> Option<DenyEntry> {
+        self.effective_under(Some(*net)).get(net).copied()
+    }
+
     /// The ban on exactly `net`, if one is in force.
     pub fn list_one(&self, net: &IpNet, now_ns: u64) -> Option<BanView> {
         view(net, self.slots.get(net)?, now_ns)

@@ -234,7 +234,7 @@ pub struct SourceCheck {
 
 /// A handle of its own on the deny tries, for the escalation's first write of a ban: made
 /// without the policy lock, which a thread that an attack keeps off the CPU (the journal
-/// copying the table, a sweep) may be holding. See `Service::ban_escalated`.
+/// copying the table, a sweep) may be holding. See `Service::deny_first`.
 pub struct FirstDeny(Tries<DenyEntry>);
 
 impl FirstDeny {

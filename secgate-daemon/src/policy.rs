@@ -398,6 +398,18 @@ impl Policy {
         Ok(BanView { cidr, expires_in_secs: ttl.map(|t| t.as_secs_f64()), reason })
     }
 
+    /// Writes the entry the bans need for exactly `cidr` into the deny trie (or removes it),
+    /// over whatever another writer left there.
+    pub fn resync_deny(&mut self, cidr: IpNet) -> Result<()> {
+        match self.bans.effective(&cidr) {
+            Some(entry) => self.datapath.maps.set_deny(cidr, entry)?,
+            None => {
+                self.datapath.maps.remove_deny(cidr)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn ban_del(&mut self, cidr: IpNet) -> Result<bool> {
         if self.bans.is_config(&cidr) {
             return Err(PolicyError::Invalid(format!(

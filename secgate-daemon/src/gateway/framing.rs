@@ -6,20 +6,31 @@
 //! client's bytes pass through this scanner first.
 //!
 //! Each request head is held back until it is complete and checked, then released whole;
-//! body bytes pass as they come (their framing is followed only to find where the next head
-//! starts, and checked by hyper). Hand-rolled because no HTTP parser offers a strict mode for
-//! line ends and framing headers; it reads only what decides where messages start and end.
+//! body bytes pass as they come, their framing followed (strictly: CRLF line ends, bounded
+//! chunk lines, well-formed trailers) to know where the next head starts. Whatever the
+//! scanner cannot follow exactly is refused, never passed on unchecked. Hand-rolled because
+//! no HTTP parser offers a strict mode for line ends and framing headers; it reads only what
+//! decides where messages start and end.
 
-/// Why a head was refused, with the status to answer.
+/// Why a head (or a body's framing) was refused, with the status to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
     pub status: u16,
     pub why: &'static str,
+    /// Refused in the middle of a message (its chunked framing), after part of it went on.
+    pub in_body: bool,
 }
 
 const fn refuse(why: &'static str) -> Refused {
-    Refused { status: 400, why }
+    Refused { status: 400, why, in_body: false }
 }
+
+const fn refuse_body(why: &'static str) -> Refused {
+    Refused { status: 400, why, in_body: true }
+}
+
+const TOO_LARGE: Refused =
+    Refused { status: 431, why: "the request head is too large", in_body: false };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -33,7 +44,7 @@ enum State {
     ChunkData(u64),
     /// Reading trailer lines after the last chunk, until an empty one.
     Trailers,
-    /// Not (or no longer) HTTP/1 framing to follow: everything passes.
+    /// An HTTP/2 connection: nothing to scan, everything passes.
     Off,
 }
 
@@ -44,15 +55,18 @@ pub struct H1Scan {
     max_head: usize,
 }
 
-/// The HTTP/2 connection preface, which reads as a head: seen first, the connection is
-/// HTTP/2 and nothing is scanned.
-const PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
-/// A chunk-size line (size and extensions) or trailer line at most.
+/// A chunk-size line (size and extensions) or trailer line at most; longer is refused.
 const MAX_LINE: usize = 4096;
 
 impl H1Scan {
     pub fn new(max_head: usize) -> H1Scan {
         H1Scan { state: State::Head, held: Vec::new(), max_head }
+    }
+
+    /// Whether part of a request head has come and the rest has not: a head timeout then
+    /// is a client trickling its head (slowloris), not a keep-alive connection at rest.
+    pub fn mid_head(&self) -> bool {
+        self.state == State::Head && self.held.iter().any(|&b| b != b'\r' && b != b'\n')
     }
 
     /// A scanner that passes everything (an HTTP/2 connection).
@@ -86,7 +100,7 @@ impl H1Scan {
                     self.state = if left == 0 { State::ChunkSize } else { State::ChunkData(left) };
                     &input[take..]
                 }
-                State::ChunkSize | State::Trailers => self.line(input, out),
+                State::ChunkSize | State::Trailers => self.line(input, out)?,
             };
         }
         Ok(())
@@ -98,46 +112,55 @@ impl H1Scan {
         // Search from just before the new bytes: the end may straddle two reads.
         let Some(end) = find_end(&self.held, start.saturating_sub(3)) else {
             if self.held.len() > self.max_head {
-                return Err(Refused { status: 431, why: "the request head is too large" });
+                return Err(TOO_LARGE);
             }
             return Ok(&[]);
         };
         if end > self.max_head {
-            return Err(Refused { status: 431, why: "the request head is too large" });
+            return Err(TOO_LARGE);
         }
         let rest = &input[end - start..];
         let head = std::mem::take(&mut self.held);
         let head = &head[..end];
-        self.state =
-            if trim_leading_empty_lines(head) == PREFACE_HEAD { State::Off } else { check(head)? };
+        self.state = check(head)?;
         out.extend_from_slice(head);
         Ok(rest)
     }
 
-    /// A chunk-size or trailer line: passed on at once, its end looked for.
-    fn line<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+    /// A chunk-size or trailer line: held until its end, checked, then passed on.
+    fn line<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Refused> {
         let Some(nl) = input.iter().position(|&b| b == b'\n') else {
             self.held.extend_from_slice(input);
-            out.extend_from_slice(input);
             if self.held.len() > MAX_LINE {
-                // hyper refuses it; nothing left here to follow.
-                self.state = State::Off;
+                return Err(refuse_body("a chunk or trailer line is too long"));
             }
-            return &[];
+            return Ok(&[]);
         };
-        self.held.extend_from_slice(&input[..nl]);
-        out.extend_from_slice(&input[..=nl]);
+        self.held.extend_from_slice(&input[..=nl]);
+        if self.held.len() > MAX_LINE + 2 {
+            return Err(refuse_body("a chunk or trailer line is too long"));
+        }
         let line = std::mem::take(&mut self.held);
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let text = line
+            .strip_suffix(b"\r\n")
+            .ok_or(refuse_body("a bare LF ends a chunk or trailer line"))?;
+        if text.contains(&b'\r') {
+            return Err(refuse_body("a bare CR in a chunk or trailer line"));
+        }
         self.state = match self.state {
-            State::ChunkSize => chunk_size(line).map_or(State::Off, |size| match size {
-                0 => State::Trailers,
-                n => State::ChunkData(n.saturating_add(2)),
-            }),
-            _ if line.is_empty() => State::Head,
-            other => other,
+            State::ChunkSize => match chunk_size(text) {
+                Some(0) => State::Trailers,
+                Some(n) => State::ChunkData(n.saturating_add(2)),
+                None => return Err(refuse_body("an invalid chunk size")),
+            },
+            _ if text.is_empty() => State::Head,
+            other => {
+                field(text).map_err(|r| refuse_body(r.why))?;
+                other
+            }
         };
-        &input[nl + 1..]
+        out.extend_from_slice(&line);
+        Ok(&input[nl + 1..])
     }
 }
 
@@ -155,14 +178,19 @@ fn find_end(held: &[u8], from: usize) -> Option<usize> {
     })
 }
 
-/// The size of a chunk from its size line; `None` if it is not one.
+/// The size of a chunk from its size line (hex digits, then extensions after `;`); `None`
+/// if it is not one or does not fit 64 bits (leading zeros aside, as hyper reads it).
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|&b| b == b';').next()?;
-    let digits = digits.trim_ascii_end();
-    if digits.is_empty() || digits.len() > 16 {
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii_end();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    let significant = &digits[digits.iter().take_while(|&&b| b == b'0').count()..];
+    match significant.len() {
+        0 => Some(0),
+        17.. => None,
+        _ => u64::from_str_radix(std::str::from_utf8(significant).ok()?, 16).ok(),
+    }
 }
 
 /// Checks a complete head strictly; returns how its body is framed.
@@ -176,8 +204,7 @@ fn check(head: &[u8]) -> Result<State, Refused> {
         }
     }
     let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let http10 = request_line.ends_with(b" HTTP/1.0");
+    let http10 = request_line(lines.next().unwrap_or_default())?;
     let (mut length, mut chunked, mut te) = (None::<&[u8]>, false, false);
     for line in lines.take_while(|l| !l.is_empty()) {
         let (name, value) = field(line)?;
@@ -210,6 +237,28 @@ fn check(head: &[u8]) -> Result<State, Refused> {
             None => Err(refuse("an invalid Content-Length")),
         },
         (None, false) => Ok(State::Head),
+    }
+}
+
+/// Checks `METHOD SP target SP HTTP/1.x` (RFC 9112 §3) strictly: one space each, a token
+/// method, a target of visible characters; returns whether it is HTTP/1.0.
+fn request_line(line: &[u8]) -> Result<bool, Refused> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(refuse("a malformed request line"));
+    };
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(refuse("an invalid method"));
+    }
+    if target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(refuse("an invalid request target"));
+    }
+    match version {
+        b"HTTP/1.1" => Ok(false),
+        b"HTTP/1.0" => Ok(true),
+        _ => Err(refuse("an HTTP version other than 1.0 or 1.1")),
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
@@ -51,6 +51,8 @@ pub struct Activity {
     start: Instant,
     bytes_ms: AtomicU64,
     request_ms: AtomicU64,
+    /// Part of an HTTP/1.1 head has come, not all of it.
+    mid_head: AtomicBool,
 }
 
 impl Activity {
@@ -59,6 +61,7 @@ impl Activity {
             start: Instant::now(),
             bytes_ms: AtomicU64::new(0),
             request_ms: AtomicU64::new(0),
+            mid_head: AtomicBool::new(false),
         })
     }
 
@@ -68,6 +71,11 @@ impl Activity {
 
     fn touch(&self) {
         self.bytes_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the connection is in the middle of sending a request head.
+    pub fn mid_head(&self) -> bool {
+        self.mid_head.load(Ordering::Relaxed)
     }
 
     /// A request began, moved a body frame, or ended.
@@ -201,6 +209,9 @@ pub struct Guarded<S> {
     /// The answer to a refused head, written before the connection is shut down; hyper
     /// reads the end of the stream from then on.
     refusal: Option<Vec<u8>>,
+    /// A body's framing was refused midway: hyper reads an error, which fails the request
+    /// (the pipeline answers it as malformed framing).
+    broken: bool,
     /// Called once when the connection is cut.
     on_abuse: Option<Box<dyn FnOnce(Abuse) + Send>>,
 }
@@ -219,6 +230,7 @@ impl<S> Guarded<S> {
             h1: http1_max_head.map_or_else(H1Scan::off, H1Scan::new),
             ready: Vec::new(),
             refusal: None,
+            broken: false,
             on_abuse: Some(on_abuse),
         }
     }
@@ -250,6 +262,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             if this.refusal.is_some() {
                 return Poll::Ready(Ok(()));
             }
+            if this.broken {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed chunked framing",
+                )));
+            }
             let mut chunk = [0u8; READ_CHUNK];
             let mut read = ReadBuf::new(&mut chunk);
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
@@ -265,8 +283,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     "HTTP/2 stream resets over budget",
                 )));
             }
-            if let Err(refused) = this.h1.feed(fresh, &mut this.ready) {
-                this.refusal = Some(validate::refused_head(refused).http1_bytes());
+            let fed = this.h1.feed(fresh, &mut this.ready);
+            this.activity.mid_head.store(this.h1.mid_head(), Ordering::Relaxed);
+            if let Err(refused) = fed {
+                if refused.in_body {
+                    this.broken = true;
+                } else {
+                    this.refusal = Some(validate::refused_head(refused).http1_bytes());
+                }
                 this.report(Abuse::Framing(refused));
             }
         }

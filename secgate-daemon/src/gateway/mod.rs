@@ -346,7 +346,7 @@ impl Gateway {
         let mut closing = false;
         loop {
             tokio::select! {
-                ended = served.as_mut() => return self.ended(source, ended),
+                ended = served.as_mut() => return self.ended(source, &activity, ended),
                 _ = tick.tick() => {
                     // A source banned while connected is cut at the next tick.
                     if self.service.refuses(peer.ip()) {
@@ -367,24 +367,33 @@ impl Gateway {
         }
     }
 
-    /// Counts a failed handshake; those the client's side caused count toward its
-    /// escalation (not a connection closed before a byte, which port scanners, load balancer
-    /// probes and impatient clients do all day).
+    /// Counts a failed handshake. Only bytes that are not TLS, or TLS no client of this
+    /// gateway could speak, count toward the client's escalation: not a connection closed
+    /// early (port scanners, load balancer probes and impatient clients do it all day), a
+    /// timeout (an overloaded gateway causes those), an alert (a client refusing our
+    /// certificate, after an operator's mistake), or a refused client certificate (an
+    /// expired one, or a CA an operator removed).
     fn handshake_failed(&self, source: IpAddr, outcome: &'static str) {
         self.metrics.handshake(outcome);
-        if !matches!(outcome, "eof" | "io") {
+        if matches!(outcome, "protocol" | "incompatible") {
             self.escalation.report(source, Kind::TlsFailure, outcome);
         }
     }
 
-    /// A connection hyper ended with an error: a head that did not arrive within the header
-    /// timeout (slowloris) or that hyper could not parse counts against the client.
-    fn ended(&self, source: IpAddr, ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    /// A connection hyper ended with an error: a head begun but not finished within the
+    /// header timeout (slowloris: not a keep-alive connection at rest, whose timer runs too),
+    /// or one hyper could not parse, counts against the client.
+    fn ended(
+        &self,
+        source: IpAddr,
+        activity: &Activity,
+        ended: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) {
         let Err(e) = ended else { return };
         let Some(e) = e.downcast_ref::<hyper::Error>() else { return };
-        let what = if e.is_timeout() {
+        let what = if e.is_timeout() && activity.mid_head() {
             "header_timeout"
-        } else if e.is_parse() || e.is_parse_too_large() {
+        } else if !e.is_timeout() && (e.is_parse() || e.is_parse_too_large()) {
             "malformed_head"
         } else {
             return;
@@ -442,6 +451,9 @@ fn http_builder(settings: &ConnSettings, h2: bool) -> auto::Builder<TokioExecuto
         // hyper's own cap (100 by default) must not undercut `max_headers`, which is
         // checked, with a JSON answer, in `validate::head`.
         .max_headers(MAX_HEADERS_ACCEPTED)
+        // A head refused after pipelined requests ends the client's stream (see `guard`):
+        // the answers already owed are still written, then the refusal.
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()

@@ -82,6 +82,10 @@ impl Eq for RateLimit {}
 #[derive(Debug, PartialEq, Eq)]
 pub struct Limited {
     pub retry_after: Duration,
+    /// Whether the client's own requests used up its limit. Not so for a route-wide bucket
+    /// (others may have drained it) or a full key table: such 429s never count against the
+    /// client.
+    pub own: bool,
 }
 
 impl RateLimit {
@@ -104,10 +108,11 @@ impl RateLimit {
             (Per::Principal | Per::Source, _) => Key::Source(source),
         };
         if self.limiter.len() >= MAX_KEYS && !self.sweep() {
-            return Err(Limited { retry_after: Duration::from_secs(1) });
+            return Err(Limited { retry_after: Duration::from_secs(1), own: false });
         }
         self.limiter.check_key(&key).map(|_| ()).map_err(|not_until| Limited {
             retry_after: not_until.wait_time_from(self.clock.now()),
+            own: self.per != Per::Route,
         })
     }
 

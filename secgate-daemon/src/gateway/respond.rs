@@ -211,6 +211,8 @@ impl Rejection {
 
     /// 401 that never tells which part of a credential was wrong.
     pub fn unauthorized(failure: Failure) -> Rejection {
+        // A wrong credential counts against the client; a missing or merely stale one not.
+        let guessed = matches!(failure, Failure::Invalid(_));
         let (code, message, challenge, detail) = match failure {
             Failure::Ambiguous(why) => {
                 return Rejection::new(
@@ -236,7 +238,7 @@ impl Rejection {
                 r#"Bearer realm="secgate", error="invalid_request""#,
                 "no credential".to_string(),
             ),
-            Failure::Invalid(why) => (
+            Failure::Invalid(why) | Failure::Lapsed(why) => (
                 "invalid_token",
                 "authentication failed",
                 r#"Bearer realm="secgate", error="invalid_token""#,
@@ -245,7 +247,7 @@ impl Rejection {
         };
         let mut r =
             Rejection::new(StatusCode::UNAUTHORIZED, code, message, Fault::Client).detail(detail);
-        if code == "invalid_token" {
+        if guessed {
             r = r.offending(Kind::AuthFailure);
         }
         r.www_authenticate = Some(challenge);
@@ -260,8 +262,10 @@ impl Rejection {
             "too many requests; retry later",
             Fault::Client,
         )
-        .detail(format!("over {} rps (burst {}) per {:?}", limit.rps, limit.burst, limit.per))
-        .offending(Kind::RateLimited);
+        .detail(format!("over {} rps (burst {}) per {:?}", limit.rps, limit.burst, limit.per));
+        if limited.own {
+            r = r.offending(Kind::RateLimited);
+        }
         let retry = ratelimit::ceil_secs(limited.retry_after).max(1);
         for (name, value) in [
             (header::RETRY_AFTER, retry.to_string()),

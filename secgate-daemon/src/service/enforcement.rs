@@ -73,9 +73,14 @@ impl Enforcement {
         });
     }
 
+    /// Sorts outside the lock: the escalation's real-time worker takes it for every ban.
     pub fn view(&self) -> EnforcementView {
-        let inner = self.lock();
-        let mut sorted: Vec<Duration> = inner.recent.iter().copied().collect();
+        let (mut sorted, bans, max, would_ban_total, would_ban) = {
+            let inner = self.lock();
+            let recent: Vec<Duration> = inner.recent.iter().copied().collect();
+            let would_ban: Vec<WouldBanView> = inner.would_ban.iter().rev().cloned().collect();
+            (recent, inner.bans, inner.max, inner.would_ban_total, would_ban)
+        };
         sorted.sort_unstable();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let quantile = |q: f64| {
@@ -83,12 +88,12 @@ impl Enforcement {
             sorted.get(rank - 1).copied().map(ms)
         };
         EnforcementView {
-            bans: inner.bans,
+            bans,
             p50_ms: quantile(0.5),
             p99_ms: quantile(0.99),
-            max_ms: (inner.bans > 0).then(|| ms(inner.max)),
-            would_ban_total: inner.would_ban_total,
-            would_ban: inner.would_ban.iter().rev().cloned().collect(),
+            max_ms: (bans > 0).then(|| ms(max)),
+            would_ban_total,
+            would_ban,
         }
     }
 

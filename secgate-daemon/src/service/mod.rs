@@ -144,7 +144,8 @@ pub struct Service {
     /// Parts outside the policy that take settings from the config on reload.
     reloadables: Mutex<Vec<Arc<dyn Reloadable>>>,
     enforcement: Enforcement,
-    /// Only the escalation's worker writes through it.
+    /// The escalation's first writes of its bans (and their undoing, should the policy
+    /// refuse one).
     first_deny: Mutex<FirstDeny>,
 }
 
@@ -351,15 +352,21 @@ impl Service {
 
     /// Bans for the escalation, after [`Service::deny_first`] (`first`: it wrote the entry):
     /// in the policy and the kernel's deny map when this returns, on disk once
-    /// [`Service::saved`] says so. Never shortens a longer ban. If the policy refuses it, a
-    /// first write is taken back.
+    /// [`Service::saved`] says so. Never shortens a longer ban. After a first write, the
+    /// policy's own entry is written over it: another writer may have banned the address
+    /// for longer between the first write's check and its insert. If the policy refuses
+    /// the ban, a first write is taken back.
     pub fn ban_escalated(&self, ban: &EscalatedBan<'_>, first: bool) -> Result<(BanView, u64)> {
         let caller = Caller::Escalation { rule: ban.rule.to_owned() };
         let reason = ban.reason.clone();
         let (cidr, ttl) = (ban.cidr, Some(ban.ttl));
         let done = self.apply(&caller, "ban_add", ban.request(), |p| {
             valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
-            Ok(p.ban_add(cidr, ttl, reason, false)?)
+            let view = p.ban_add(cidr, ttl, reason, false)?;
+            if first {
+                p.resync_deny(cidr)?;
+            }
+            Ok(view)
         });
         match (&done, first) {
             (Err(_), true) => {

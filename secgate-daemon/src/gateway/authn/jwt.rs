@@ -72,6 +72,10 @@ pub enum JwtError {
     KeyFamily,
     #[error("{0}")]
     Rejected(String),
+    /// Signed by a trusted key, but expired or not yet valid: an honest client's stale
+    /// token, not a guess.
+    #[error("{0}")]
+    Lapsed(String),
 }
 
 /// What a verified token says about its holder.
@@ -185,7 +189,13 @@ impl JwtSettings {
             ["exp", "sub", "iss", "aud"].into_iter().map(String::from).collect::<HashSet<_>>();
         validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation)
-            .map_err(|e| JwtError::Rejected(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature
+                | jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    JwtError::Lapsed(e.to_string())
+                }
+                _ => JwtError::Rejected(e.to_string()),
+            })?;
         let subject =
             data.claims.get("sub").and_then(Value::as_str).ok_or(JwtError::Malformed("sub"))?;
         Ok(Verified {

@@ -90,6 +90,9 @@ pub enum Failure {
     Missing,
     /// One was sent and failed; the reason is for the log only (`invalid_token`).
     Invalid(String),
+    /// A token with a good signature that has expired or is not valid yet (`invalid_token`,
+    /// but not counted against the client: stale tokens are an honest mistake).
+    Lapsed(String),
     /// More than one credential header of a kind: the upstream might read another one than
     /// the gateway checked (400).
     Ambiguous(&'static str),
@@ -175,7 +178,10 @@ impl Authenticator {
     fn jwt(&self, token: &str) -> Result<Principal, Failure> {
         let settings =
             self.jwt.as_ref().ok_or_else(|| Failure::Invalid("no JWT configured".into()))?;
-        let verified = settings.verify(token).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let verified = settings.verify(token).map_err(|e| match e {
+            jwt::JwtError::Lapsed(why) => Failure::Lapsed(why),
+            e => Failure::Invalid(e.to_string()),
+        })?;
         Ok(Principal {
             id: verified.subject,
             roles: verified.roles.into_iter().collect(),

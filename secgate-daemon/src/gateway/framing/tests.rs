@@ -46,10 +46,60 @@ fn valid_pipelined_requests_pass_byte_for_byte() {
 }
 
 #[test]
-fn an_http2_preface_turns_the_scan_off() {
+fn an_http2_connection_is_not_scanned_and_a_preface_on_http1_is_refused() {
     let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0, b'\n', b'\n']);
-    assert_eq!(run(&input, &[3, 20]), (input.clone(), None));
+    let mut out = Vec::new();
+    H1Scan::off().feed(&input, &mut out).unwrap();
+    assert_eq!(out, input);
+    assert_eq!(
+        run(&input, &[3, 20]).1.map(|r| r.why),
+        Some("an HTTP version other than 1.0 or 1.1")
+    );
+}
+
+#[test]
+fn chunked_framing_is_followed_strictly() {
+    let head = "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let next = "GET /n HTTP/1.1\r\nHost: a\r\n\r\n";
+    // Leading zeros are read as hyper reads them, and the next head is still found.
+    let zeros = format!("{head}00000000000000000000005\r\nhello\r\n0\r\n\r\n{next}");
+    assert_eq!(run(zeros.as_bytes(), &[]), (zeros.clone().into_bytes(), None));
+    let long_line = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_LINE));
+    for (body, why) in [
+        ("10000000000000000\r\n", "an invalid chunk size"),
+        ("zz\r\n", "an invalid chunk size"),
+        ("5\nhello\r\n0\r\n\r\n", "bare LF"),
+        ("5\r\nhello\r\n0\r\nX: a\n\r\n", "bare LF"),
+        ("5\r\nhello\r\n0\r\n folded\r\n\r\n", "obs-fold"),
+        ("5\r\nhello\r\n0\r\nX : a\r\n\r\n", "whitespace before the colon"),
+        (long_line.as_str(), "too long"),
+    ] {
+        let input = format!("{head}{body}{next}");
+        let (out, refused) = run(input.as_bytes(), &[7, 90]);
+        let refused = refused.unwrap_or_else(|| panic!("not refused: {body:?}"));
+        assert!(refused.why.contains(why) && refused.in_body, "{body:?}: {refused:?}");
+        assert!(!String::from_utf8_lossy(&out).contains("GET /n"), "the next head never passes");
+    }
+}
+
+#[test]
+fn request_lines_are_read_strictly() {
+    for line in [
+        "GET  /a HTTP/1.1",
+        "GET /a  HTTP/1.1",
+        "GET /a HTTP/1.1 ",
+        "G(T /a HTTP/1.1",
+        "GET /a\u{7f} HTTP/1.1",
+        "GET /a HTTP/2.0",
+        "GET /a HTTP/1.2",
+        "GET /a",
+    ] {
+        let input = format!("{line}\r\nHost: a\r\n\r\n");
+        assert!(run(input.as_bytes(), &[]).1.is_some(), "{line:?}");
+    }
+    let ok = "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(run(ok.as_bytes(), &[]).1, None);
 }
 
 #[test]
