@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use secgate_tests::{
     gateway::{
-        Gw, HOST, Opts,
-        client::{H1, tcp},
+        Gw, HOST, NOT_TLS, Opts,
+        client::{H1, Http, request, tcp},
     },
     metrics::sum,
     netns::addr::*,
@@ -18,8 +18,6 @@ use secgate_tests::{
 use serde_json::Value;
 
 const BAD_TOKEN: (&str, &str) = ("authorization", "Bearer not-a-token");
-/// Plain HTTP on the TLS port: the handshake fails as a protocol error.
-const NOT_TLS: &[u8] = b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n";
 
 /// Polls `cond` every 50 ms for at most `limit`.
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -121,7 +119,7 @@ fn failed_logins_get_the_source_dropped_by_xdp_and_repeat_bans_grow() {
     assert_eq!(line["rule"], "auth_failures", "{line}");
     let offences = line["request"]["offences"].as_array().expect("offences");
     assert_eq!(offences.len(), 3, "{line}");
-    assert!(offences.iter().all(|o| o["kind"] == "auth_failure" && o["what"] == "invalid_token"));
+    assert!(offences.iter().all(|o| o["kind"] == "auth_failures" && o["what"] == "invalid_token"));
     let status = gw.daemon.json(&["status", "--json"]);
     assert_eq!(status["enforcement"]["bans"], 1, "{status}");
     assert!(status["enforcement"]["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{status}");
@@ -183,10 +181,10 @@ fn failed_handshakes_from_several_addresses_widen_to_their_prefix() {
     bad_handshake(&gw, OTHER_V4);
     assert!(eventually(Duration::from_secs(2), || ban_of(&gw, "198.18.0.0/24").is_some()));
     let prefix = ban_of(&gw, "198.18.0.0/24").unwrap();
-    assert!(prefix["reason"].as_str().unwrap().contains("2 banned sources"), "{prefix}");
+    assert!(prefix["reason"].as_str().unwrap().contains("2 offending sources"), "{prefix}");
     assert!(!connects(&gw, third), "an address that never offended is in the banned prefix");
     let widened = audited(&gw, "ban_add").into_iter().find(|l| l["rule"] == "widen").unwrap();
-    assert_eq!(widened["request"]["offences"]["banned_sources"].as_array().unwrap().len(), 2);
+    assert_eq!(widened["request"]["offences"]["offending_sources"].as_array().unwrap().len(), 2);
     assert!(sum(&gw.topo, "secgate_escalation_offences_total", &[("kind", "tls_failures")]) >= 2.0);
     neighbour_served(&gw);
 }
@@ -253,15 +251,28 @@ fn slowloris_clients_count_toward_escalation() {
             ..Opts::default()
         },
     );
+    // A keep-alive connection at rest past the header timeout is closed, and not counted.
+    let idle = gw.rt.block_on(async {
+        let tls = gw.tls(H1, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+        let mut http = Http::over(tls).await;
+        let first = http.send(request("GET", HOST, "/health", &[], vec![])).await.unwrap();
+        assert_eq!(first.status, 200);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        http.send(request("GET", HOST, "/health", &[], vec![])).await.is_err()
+    });
+    assert!(idle, "the idle connection was closed by the header timeout");
+    let timeouts = || {
+        sum(
+            &gw.topo,
+            "secgate_escalation_offences_total",
+            &[("kind", "validation_failures"), ("what", "header_timeout")],
+        )
+    };
+    assert_eq!(timeouts(), 0.0, "a connection at rest is no slowloris");
     gw.rt.block_on(async { tokio::join!(slowloris(&gw, CLIENT_V4), slowloris(&gw, CLIENT_V4)) });
     assert!(eventually(Duration::from_secs(2), || ban_of(&gw, "198.18.0.2/32").is_some()));
     assert!(!connects(&gw, CLIENT_V4));
-    let cut = sum(
-        &gw.topo,
-        "secgate_escalation_offences_total",
-        &[("kind", "validation_failures"), ("what", "header_timeout")],
-    );
-    assert_eq!(cut, 2.0);
+    assert_eq!(timeouts(), 2.0);
     neighbour_served(&gw);
 }
 

@@ -1023,6 +1023,21 @@ fn ambiguous_framing_is_refused_and_the_connection_closed() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // After a pipelined good request, a refused head gets its 400 once the 200 is out.
+    let answer = gw.rt.block_on(async {
+        let mut tls =
+            gw.tls(H1, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();
+        let bytes = format!(
+            "GET /public/first HTTP/1.1\r\n{h}\r\nGET /public/a HTTP/1.1\n{h}\nGET /public/smuggled HTTP/1.1\r\n{h}\r\n"
+        );
+        raw(&mut tls, bytes.as_bytes()).await
+    });
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let statuses: Vec<&str> =
+        text.match_indices("http/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert!(text.contains(r#""code":"bad_framing""#), "{text}");
+    assert_eq!(gw.up.count("/public/first"), 1);
     // Bodies stream, so a chunked body that breaks midway has begun upstream: that request
     // is aborted there (the gateway answers 400). Nothing else, and nothing smuggled, arrives.
     assert_eq!(gw.up.count("/public/smuggled"), 0, "a smuggled request was answered upstream");

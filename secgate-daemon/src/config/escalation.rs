@@ -12,7 +12,8 @@ use super::{
 };
 use crate::escalate::settings::{
     DEFAULT_BAN_TTL, DEFAULT_MAX_TTL, DEFAULT_THRESHOLDS, DEFAULT_TTL_FACTOR, DEFAULT_WIDEN_V4,
-    DEFAULT_WIDEN_V6, DEFAULT_WINDOW, EscalationSettings, Kind, MAX_THRESHOLD, Widen,
+    DEFAULT_WIDEN_V6, DEFAULT_WINDOW, EscalationSettings, Kind, MAX_THRESHOLD, MAX_WIDEN_SOURCES,
+    Widen,
 };
 
 /// The longest window: offences are remembered this long at most.
@@ -125,7 +126,9 @@ fn widen(c: &mut Check<'_>, w: &Spanned<RawWiden>) -> Option<Widen> {
     };
     let v4 = prefix(c, &w.v4_prefix, "widen.v4_prefix", 8, 32, DEFAULT_WIDEN_V4);
     let v6 = prefix(c, &w.v6_prefix, "widen.v6_prefix", 16, 128, DEFAULT_WIDEN_V6);
-    let sources =
-        c.take(&w.sources, values::range("widen.sources", *w.sources.get_ref(), 2, 65_536));
+    let sources = c.take(
+        &w.sources,
+        values::range("widen.sources", *w.sources.get_ref(), 2, MAX_WIDEN_SOURCES),
+    );
     Some(Widen { v4_prefix: v4?, v6_prefix: v6?, sources: sources? as u32 })
 }

@@ -45,7 +45,8 @@ pub struct RawEscalation {
     /// Failed TLS handshakes in the window; 0 off. Default 20.
     pub tls_failures: Option<S<i64>>,
     /// The datapath's over-limit events (at most one per source per `event_interval`) in the
-    /// window; 0 off. Default 10.
+    /// window; 0 off. Default 0: packets' source addresses can be forged where the network
+    /// does not filter them, so a forged flood could ban the address it names.
     pub overlimit_events: Option<S<i64>>,
     /// A first ban's length. Default `10m`.
     pub ban_ttl: Option<S<String>>,
@@ -57,7 +58,7 @@ pub struct RawEscalation {
     /// `enforce` bans; `monitor` only logs, audits and counts who would be banned.
     /// Default `enforce`.
     pub mode: Option<S<String>>,
-    /// Bans a whole prefix once this many of its sources are banned.
+    /// Bans a whole prefix once this many of its addresses offended within the window.
     pub widen: Option<S<RawWiden>>,
 }
 
@@ -67,7 +68,7 @@ pub struct RawWiden {
     pub v4_prefix: Option<S<i64>>,
     /// The IPv6 prefix length to widen to, 16–128. Default 48.
     pub v6_prefix: Option<S<i64>>,
-    /// How many banned sources in one prefix ban the prefix, 2–65536.
+    /// How many distinct offending addresses in one prefix ban the prefix, 2–1024.
     pub sources: S<i64>,
 }
 

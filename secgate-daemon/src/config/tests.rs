@@ -161,7 +161,7 @@ fn escalation_parses_with_defaults_and_every_key() {
     let e = cfg.escalation.unwrap();
     assert_eq!(
         (e.window, e.thresholds, e.mode),
-        (Duration::from_secs(60), [10, 20, 100, 20, 10], Mode::Enforce)
+        (Duration::from_secs(60), [10, 20, 100, 20, 0], Mode::Enforce)
     );
     let src = format!(
         "{GOOD}[escalation]\nwindow = \"30s\"\nauth_failures = 3\nvalidation_failures = 0\nrate_limited = 50\ntls_failures = 5\noverlimit_events = 2\nban_ttl = \"2m\"\nttl_factor = 1.5\nmax_ttl = \"1h\"\nmode = \"monitor\"\nwiden = {{ v4_prefix = 24, v6_prefix = 56, sources = 4 }}\n"

@@ -1,7 +1,8 @@
 //! Offences per source over a sliding window. Exact, not sampled: a threshold of five failed
 //! logins bans on the fifth within the window, never on a rounded estimate. Each kind keeps
 //! at most its threshold's worth of timestamps per source, and the number of sources is
-//! capped, so an attacker spreading over many addresses costs bounded memory.
+//! capped so that all of it fits `MEMORY` whatever the thresholds: an attacker spreading
+//! over many addresses costs bounded memory.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,10 +12,12 @@ use std::{
 
 use super::settings::{EscalationSettings, Kind};
 
-/// Sources tracked at most. Past it, sources with no offence left in the window are
-/// forgotten first, then the ones with the fewest, so a source close to its threshold is
-/// the last to be forgotten.
+/// Sources tracked at most (fewer when the thresholds are high, see `MEMORY`). Past it,
+/// sources with no offence left in the window are forgotten first, then the half furthest
+/// from any of their thresholds, so a source close to one is the last to be forgotten.
 pub const MAX_SOURCES: usize = 100_000;
+/// What the timestamps of all tracked sources may take at most.
+const MEMORY: usize = 64 << 20;
 /// Offences listed in a ban's audit record at most (the latest ones).
 pub const LISTED: usize = 16;
 
@@ -49,6 +52,16 @@ struct Tally {
 impl Tally {
     fn in_window(&self) -> usize {
         self.by_kind.iter().map(VecDeque::len).sum()
+    }
+
+    /// How close it is to banning, in thousandths of the nearest threshold.
+    fn closeness(&self, s: &EscalationSettings) -> usize {
+        Kind::ALL
+            .iter()
+            .filter(|k| s.threshold(**k) > 0)
+            .map(|&k| self.by_kind[k.index()].len() * 1000 / s.threshold(k) as usize)
+            .max()
+            .unwrap_or(0)
     }
 
     fn forget_before(&mut self, window: Duration, now: Instant) {
@@ -87,8 +100,8 @@ impl Counts {
         if threshold == 0 {
             return None;
         }
-        if !self.tallies.contains_key(&o.source) && self.tallies.len() >= self.cap {
-            self.make_room(s.window, o.at);
+        if !self.tallies.contains_key(&o.source) && self.tallies.len() >= self.cap(s) {
+            self.make_room(s, o.at);
         }
         let tally = self.tallies.entry(o.source).or_default();
         tally.forget_before(s.window, o.at);
@@ -113,18 +126,28 @@ impl Counts {
         })
     }
 
+    /// The cap for these thresholds: `MEMORY` over what one source may hold.
+    fn cap(&self, s: &EscalationSettings) -> usize {
+        let per_source: usize = s.thresholds.iter().map(|&t| t as usize).sum::<usize>()
+            * size_of::<Instant>()
+            + size_of::<Tally>()
+            + LISTED * size_of::<Offence>();
+        self.cap.min(MEMORY / per_source.max(1)).max(2)
+    }
+
     /// Forgets sources with nothing in the window; if that is not enough for a quarter of
-    /// the cap, keeps the more offending half.
-    fn make_room(&mut self, window: Duration, now: Instant) {
+    /// the cap, keeps the half closest to a threshold.
+    fn make_room(&mut self, s: &EscalationSettings, now: Instant) {
+        let cap = self.cap(s);
         for tally in self.tallies.values_mut() {
-            tally.forget_before(window, now);
+            tally.forget_before(s.window, now);
         }
         self.tallies.retain(|_, t| t.in_window() > 0);
-        if self.tallies.len() >= self.cap - self.cap / 4 {
-            let mut counts: Vec<usize> = self.tallies.values().map(Tally::in_window).collect();
-            let middle = counts.len() / 2;
-            let threshold = *counts.select_nth_unstable(middle).1;
-            self.tallies.retain(|_, t| t.in_window() > threshold);
+        if self.tallies.len() >= cap - cap / 4 {
+            let mut close: Vec<usize> = self.tallies.values().map(|t| t.closeness(s)).collect();
+            let middle = close.len() / 2;
+            let threshold = *close.select_nth_unstable(middle).1;
+            self.tallies.retain(|_, t| t.closeness(s) > threshold);
         }
     }
 }

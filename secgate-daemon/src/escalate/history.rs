@@ -153,8 +153,6 @@ pub fn save(dir: &Path, data: &[u8]) -> Result<(), StateError> {
     write_atomically(dir, FILE, data)
 }
 
-impl History {}
-
 fn forgotten(s: &Strikes, now_ms: u64, memory: Duration) -> bool {
     now_ms > s.until_unix_ms.saturating_add(memory.as_millis() as u64)
 }

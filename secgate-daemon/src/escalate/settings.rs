@@ -3,14 +3,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::config::Mode;
 
 /// What a source did that counts against it. Only the client's faults are offences: an
 /// upstream 5xx, a gateway bug or an overloaded gateway never bans anyone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// Bad credentials, or refused by an ACL.
     AuthFailure,
@@ -90,8 +87,9 @@ impl EscalationSettings {
 }
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-/// By [`Kind::index`].
-pub const DEFAULT_THRESHOLDS: [u32; 5] = [10, 20, 100, 20, 10];
+/// By [`Kind::index`]. Over-limit events are off unless asked for: they come from packets,
+/// whose source addresses can be forged where the network does not filter them.
+pub const DEFAULT_THRESHOLDS: [u32; 5] = [10, 20, 100, 20, 0];
 pub const DEFAULT_BAN_TTL: Duration = Duration::from_secs(600);
 pub const DEFAULT_TTL_FACTOR: f64 = 2.0;
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(86_400);
@@ -100,3 +98,5 @@ pub const DEFAULT_WIDEN_V6: u8 = 48;
 /// Offences of one kind a window may need at most: each one is remembered until it leaves
 /// the window.
 pub const MAX_THRESHOLD: u64 = 10_000;
+/// Distinct offending sources that widen to their prefix, at most.
+pub const MAX_WIDEN_SOURCES: u64 = 1024;

@@ -1,44 +1,55 @@
-//! Widening: once `sources` addresses of one prefix are banned at the same time, the prefix
-//! is banned as a whole, so an attacker rotating through a range runs out of fresh addresses
-//! after a few instead of after the whole range.
+//! Widening: once `sources` distinct addresses of one prefix have offended within the
+//! window, the prefix is banned as a whole, so an attacker rotating through a range (each
+//! address staying under its own thresholds) is stopped after a few addresses instead of
+//! after the whole range.
 
-use std::{collections::HashMap, net::IpAddr, time::Instant};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use ipnet::IpNet;
 
 use super::settings::Widen;
 
-/// Prefixes tracked at most; past it those without a ban in force are forgotten.
+/// Prefixes tracked at most; past it, those with no offence left in the window are
+/// forgotten, and if that is not enough, all of them (bounded work and memory, at the cost
+/// of starting over).
 const MAX_PREFIXES: usize = 100_000;
 
 #[derive(Default)]
 pub struct Neighbours {
-    /// Banned sources per prefix, with when each ban lapses.
+    /// Offending sources per prefix, with when each last offended.
     by_prefix: HashMap<IpNet, Vec<(IpAddr, Instant)>>,
 }
 
 impl Neighbours {
-    /// Records that `source` is banned until `until`; returns the prefix to ban, and the
-    /// sources that made it, when it has `w.sources` banned sources.
-    pub fn banned(
+    /// Records an offence of `source` at `at`; returns the prefix's offending sources when
+    /// they are `w.sources` within `window` (and forgets them: the prefix's ban is next).
+    pub fn offended(
         &mut self,
         source: IpAddr,
-        until: Instant,
-        now: Instant,
+        at: Instant,
+        window: Duration,
         w: &Widen,
-    ) -> Option<(IpNet, Vec<IpAddr>)> {
+    ) -> Option<Vec<IpAddr>> {
         let prefix = of(source, w);
         if !self.by_prefix.contains_key(&prefix) && self.by_prefix.len() >= MAX_PREFIXES {
-            self.by_prefix.retain(|_, members| members.iter().any(|&(_, u)| u > now));
+            self.by_prefix
+                .retain(|_, m| m.iter().any(|&(_, t)| at.saturating_duration_since(t) <= window));
+            if self.by_prefix.len() >= MAX_PREFIXES {
+                self.by_prefix.clear();
+            }
         }
         let members = self.by_prefix.entry(prefix).or_default();
-        members.retain(|&(s, u)| u > now && s != source);
-        members.push((source, until));
+        members.retain(|&(s, t)| s != source && at.saturating_duration_since(t) <= window);
+        members.push((source, at));
         if members.len() < w.sources as usize {
             return None;
         }
         let members = self.by_prefix.remove(&prefix).unwrap_or_default();
-        Some((prefix, members.into_iter().map(|(s, _)| s).collect()))
+        Some(members.into_iter().map(|(s, _)| s).collect())
     }
 }
 
@@ -53,39 +64,47 @@ pub fn of(source: IpAddr, w: &Widen) -> IpNet {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     const W: Widen = Widen { v4_prefix: 24, v6_prefix: 48, sources: 3 };
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
 
     #[test]
-    fn the_third_banned_source_of_a_prefix_bans_the_prefix() {
+    fn the_third_offending_source_of_a_prefix_widens_to_it() {
         let now = Instant::now();
-        let later = now + Duration::from_secs(60);
         let mut n = Neighbours::default();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(n.banned(ip("198.18.1.1"), later, now, &W).is_none());
+        assert!(n.offended(ip("198.18.1.1"), now, MINUTE, &W).is_none());
         // The same source again, and one of another prefix, do not count.
-        assert!(n.banned(ip("198.18.1.1"), later, now, &W).is_none());
-        assert!(n.banned(ip("198.18.2.1"), later, now, &W).is_none());
-        assert!(n.banned(ip("198.18.1.2"), later, now, &W).is_none());
-        let (prefix, members) = n.banned(ip("198.18.1.3"), later, now, &W).unwrap();
-        assert_eq!(prefix, "198.18.1.0/24".parse::<IpNet>().unwrap());
+        assert!(n.offended(ip("198.18.1.1"), now, MINUTE, &W).is_none());
+        assert!(n.offended(ip("198.18.2.1"), now, MINUTE, &W).is_none());
+        assert!(n.offended(ip("198.18.1.2"), now, MINUTE, &W).is_none());
+        let members = n.offended(ip("198.18.1.3"), now, MINUTE, &W).unwrap();
         assert_eq!(members.len(), 3);
-        let v6 = n.banned(ip("fd00:1:2:3::"), later, now, &W);
-        assert!(v6.is_none());
+        assert!(n.offended(ip("198.18.1.4"), now, MINUTE, &W).is_none(), "it starts over");
         assert_eq!(of(ip("fd00:1:2:3::"), &W), "fd00:1:2::/48".parse::<IpNet>().unwrap());
     }
 
     #[test]
-    fn lapsed_bans_do_not_count() {
+    fn offences_out_of_the_window_do_not_count() {
         let now = Instant::now();
         let mut n = Neighbours::default();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        n.banned(ip("198.18.1.1"), now + Duration::from_secs(1), now, &W);
-        n.banned(ip("198.18.1.2"), now + Duration::from_secs(1), now, &W);
-        let after = now + Duration::from_secs(2);
-        assert!(n.banned(ip("198.18.1.3"), after + Duration::from_secs(60), after, &W).is_none());
+        n.offended(ip("198.18.1.1"), now, MINUTE, &W);
+        n.offended(ip("198.18.1.2"), now, MINUTE, &W);
+        let later = now + MINUTE + Duration::from_secs(1);
+        assert!(n.offended(ip("198.18.1.3"), later, MINUTE, &W).is_none());
+    }
+
+    #[test]
+    fn tracking_stays_bounded() {
+        let now = Instant::now();
+        let mut n = Neighbours::default();
+        for i in 0..(MAX_PREFIXES as u32 + 10) {
+            n.offended(IpAddr::from((i << 8).to_be_bytes()), now, MINUTE, &W);
+            assert!(n.by_prefix.len() <= MAX_PREFIXES);
+        }
     }
 }

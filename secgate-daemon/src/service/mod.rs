@@ -350,6 +350,13 @@ impl Service {
         }
     }
 
+    /// Takes back a first write the policy will not record (the recorder is behind).
+    pub fn undo_first(&self, cidr: IpNet) {
+        if let Err(e) = lock(&self.first_deny).remove(cidr) {
+            tracing::warn!(%cidr, error = %e, "could not take back an escalation ban's first write; it lapses with its expiry");
+        }
+    }
+
     /// Bans for the escalation, after [`Service::deny_first`] (`first`: it wrote the entry):
     /// in the policy and the kernel's deny map when this returns, on disk once
     /// [`Service::saved`] says so. Never shortens a longer ban. After a first write, the

@@ -19,6 +19,8 @@ use self::{
 use crate::netns::{Daemon, NEIGHBOUR_IF, NetNs, Topology, addr::GW_V4, secgate_bin};
 
 pub const PORT: u16 = 8443;
+/// Plain HTTP sent to the TLS port: the handshake fails as a protocol error.
+pub const NOT_TLS: &[u8] = b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n";
 pub const HOST: &str = "api.test";
 pub const OTHER_HOST: &str = "other.test";
 

@@ -94,22 +94,42 @@ proptest! {
 }
 
 #[test]
-fn a_source_close_to_its_threshold_survives_a_flood_of_new_sources() {
-    let s = settings([5, 0, 0, 0, 0], 60_000);
+fn a_source_close_to_its_threshold_survives_decoys_with_more_offences() {
+    let s = settings([5, 0, 100, 0, 0], 60_000);
     let now = Instant::now();
     let mut counts = Counts::with_cap(1000);
     let attacker = source(1);
-    let offend = |counts: &mut Counts, src| {
-        counts.offend(Offence { source: src, kind: Kind::AuthFailure, what: "x", at: now }, &s)
+    let offend = |counts: &mut Counts, src, kind| {
+        counts.offend(Offence { source: src, kind, what: "x", at: now }, &s)
     };
     for _ in 0..4 {
-        assert!(offend(&mut counts, attacker).is_none());
+        assert!(offend(&mut counts, attacker, Kind::AuthFailure).is_none());
     }
-    for i in 0..50_000u32 {
-        offend(&mut counts, IpAddr::from((0xc613_0000 | i).to_be_bytes()));
+    // Decoys with more offences each, but far from their threshold (9 of 100).
+    for i in 0..5_000u32 {
+        for _ in 0..9 {
+            offend(&mut counts, IpAddr::from((0xc613_0000 | i).to_be_bytes()), Kind::RateLimited);
+        }
     }
-    let trip = offend(&mut counts, attacker).expect("the fifth failure trips");
+    let trip = offend(&mut counts, attacker, Kind::AuthFailure).expect("the fifth failure trips");
     assert_eq!(trip.count, 5);
+}
+
+#[test]
+fn high_thresholds_track_fewer_sources() {
+    let s = settings([10_000; 5], 60_000);
+    let start = Instant::now();
+    let mut counts = Counts::default();
+    for i in 0..20_000u32 {
+        let o = Offence {
+            source: IpAddr::from(i.to_be_bytes()),
+            kind: Kind::AuthFailure,
+            what: "x",
+            at: start,
+        };
+        counts.offend(o, &s);
+    }
+    assert!(counts.tracked() < 1000, "{} sources of 50,000 timestamps each", counts.tracked());
 }
 
 #[test]

@@ -14,23 +14,21 @@ use std::{
 };
 
 use secgate::control::{client, proto::Request};
-use secgate_tests::gateway::{Gw, Opts, client::tcp};
+use secgate_tests::gateway::{Gw, NOT_TLS, Opts, client::tcp};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const ROUNDS: usize = 4;
 /// Sources offending at once in a round.
 const BURST: usize = 250;
-/// Plain HTTP on the TLS port: the handshake fails as a protocol error.
-const NOT_TLS: &[u8] = b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n";
 
 /// The `i`th offender: 198.18.4.0/22 upwards, on the client's link.
 fn offender(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(0xc612_0400u32 + 1 + i as u32)
 }
 
-/// The `i`th address the baseline bans: 198.19.0.0/16, never used for traffic.
+/// The `i`th address the baseline bans: from 198.19.200.0, never used for traffic.
 fn baseline_cidr(i: usize) -> ipnet::IpNet {
-    ipnet::IpNet::from(IpAddr::from(Ipv4Addr::from(0xc613_0000u32 + i as u32)))
+    ipnet::IpNet::from(IpAddr::from(Ipv4Addr::from(0xc613_c800u32 + i as u32)))
 }
 
 /// Gives the client namespace the offenders' addresses, and the gateway a route back and a
@@ -98,7 +96,8 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1e3
 }
 
-/// Bans already held in the loaded case: /64s in fd00::/16, away from the measured ones.
+/// Bans already held in the loaded case: IPv4 addresses from 198.18.16.0 on (in the trie the
+/// measured bans go into), away from the offenders and the baseline's.
 const LOADED: u32 = 100_000;
 
 /// Replaces the daemon's state with `LOADED` bans an hour long and restarts it on them.
@@ -107,13 +106,13 @@ fn load(gw: &mut Gw) {
     let expires = secgate::clock::unix_ms(std::time::SystemTime::now()) + 3_600_000;
     let mut runtime = secgate::state::Runtime::default();
     for n in 0..LOADED {
-        let addr = std::net::Ipv6Addr::new(0xfd00, (n >> 16) as u16, n as u16, 0, 0, 0, 0, 0);
+        let addr = Ipv4Addr::from(0xc612_1000u32 + n);
         let ban = secgate::state::StoredBan {
             expires_unix_ms: Some(expires),
             expires_mono_ns: None,
             reason: "bench load".into(),
         };
-        runtime.bans.insert(ipnet::IpNet::new(addr.into(), 64).expect("/64"), ban);
+        runtime.bans.insert(ipnet::IpNet::from(IpAddr::from(addr)), ban);
     }
     let state = secgate::state::StateFile::new(&gw.daemon.dir.join("state"));
     state.write(&secgate::state::StateFile::encode(&runtime)).expect("state file");
