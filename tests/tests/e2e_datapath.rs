@@ -58,9 +58,12 @@ fn bans_drop_all_protocols_lift_and_expire() {
     assert!(reaches(&topo, CLIENT_V4, GW_V4), "ban del restores IPv4 traffic");
     assert!(reaches(&topo, CLIENT_V6, GW_V6), "ban del restores IPv6 traffic");
 
-    daemon.ok(&["ban", "add", CLIENT_V4, "--ttl", "2s"]);
+    // Long enough to outlast the probes (UDP, an 800 ms connect, two pings), even on a busy
+    // machine: a 2 s ban could lapse before the last probe.
+    daemon.ok(&["ban", "add", CLIENT_V4, "--ttl", "5s"]);
+    let banned = std::time::Instant::now();
     assert!(!reaches(&topo, CLIENT_V4, GW_V4), "ttl ban drops at once");
-    std::thread::sleep(Duration::from_millis(2300));
+    std::thread::sleep(Duration::from_millis(5300).saturating_sub(banned.elapsed()));
     assert!(reaches(&topo, CLIENT_V4, GW_V4), "ttl ban expires by itself");
     let bans = daemon.json(&["ban", "list", "--json"]);
     assert_eq!(bans, serde_json::json!([]), "expired ban is gone from the list");

@@ -58,7 +58,8 @@ pub struct RawEscalation {
     /// `enforce` bans; `monitor` only logs, audits and counts who would be banned.
     /// Default `enforce`.
     pub mode: Option<S<String>>,
-    /// Bans a whole prefix once this many of its addresses offended within the window.
+    /// Bans a whole prefix once this many of its addresses each got halfway to a threshold
+    /// within the window.
     pub widen: Option<S<RawWiden>>,
 }
 

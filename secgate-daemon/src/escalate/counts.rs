@@ -126,6 +126,11 @@ impl Counts {
         })
     }
 
+    /// How close `source` is to a threshold, in thousandths (0 when untracked).
+    pub fn closeness(&self, source: &IpAddr, s: &EscalationSettings) -> usize {
+        self.tallies.get(source).map_or(0, |t| t.closeness(s))
+    }
+
     /// The cap for these thresholds: `MEMORY` over what one source may hold.
     fn cap(&self, s: &EscalationSettings) -> usize {
         let per_source: usize = s.thresholds.iter().map(|&t| t as usize).sum::<usize>()

@@ -38,7 +38,8 @@ impl Neighbours {
         if !self.by_prefix.contains_key(&prefix) && self.by_prefix.len() >= MAX_PREFIXES {
             self.by_prefix
                 .retain(|_, m| m.iter().any(|&(_, t)| at.saturating_duration_since(t) <= window));
-            if self.by_prefix.len() >= MAX_PREFIXES {
+            // Not enough freed to last a while: start over rather than scan again soon.
+            if self.by_prefix.len() >= MAX_PREFIXES - MAX_PREFIXES / 4 {
                 self.by_prefix.clear();
             }
         }

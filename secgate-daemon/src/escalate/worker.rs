@@ -84,10 +84,16 @@ impl Worker {
 
     fn offend(&mut self, live: &Live, offence: Offence) {
         let s = &live.settings;
+        let trip = self.counts.offend(offence, s);
+        // An address counts toward widening once it is halfway to a threshold (or over
+        // one): a single mistake by each of a few users behind one NAT is not an attack.
         // Over-limit events come from packets, whose source addresses can be forged: they
-        // may ban the address they name, never its neighbours.
+        // may ban the address they name, never its neighbours. Allow-listed ones never count.
+        let evident = trip.is_some() || self.counts.closeness(&offence.source, s) >= 500;
         if let Some(w) = &s.widen
+            && evident
             && offence.kind != Kind::OverlimitEvent
+            && !self.service.allowed(offence.source)
             && let Some(offenders) =
                 self.neighbours.offended(offence.source, offence.at, s.window, w)
         {
@@ -104,7 +110,7 @@ impl Worker {
                 self.order(live, p);
             }
         }
-        if let Some(trip) = self.counts.offend(offence, s) {
+        if let Some(trip) = trip {
             self.trip(live, trip);
         }
     }

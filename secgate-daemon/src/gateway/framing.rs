@@ -131,7 +131,8 @@ impl H1Scan {
     fn line<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Refused> {
         let Some(nl) = input.iter().position(|&b| b == b'\n') else {
             self.held.extend_from_slice(input);
-            if self.held.len() > MAX_LINE {
+            // Room for the CR: the same line is refused however it is split.
+            if self.held.len() > MAX_LINE + 1 {
                 return Err(refuse_body("a chunk or trailer line is too long"));
             }
             return Ok(&[]);
@@ -181,7 +182,7 @@ fn find_end(held: &[u8], from: usize) -> Option<usize> {
 /// The size of a chunk from its size line (hex digits, then extensions after `;`); `None`
 /// if it is not one or does not fit 64 bits (leading zeros aside, as hyper reads it).
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|&b| b == b';').next()?.trim_ascii_end();
+    let digits = trim_ows(line.split(|&b| b == b';').next()?);
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
@@ -279,11 +280,22 @@ fn field(line: &[u8]) -> Result<(&[u8], &[u8]), Refused> {
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return Err(refuse("an invalid header name (or whitespace before the colon)"));
     }
-    let value = line[colon + 1..].trim_ascii();
+    let value = trim_ows(&line[colon + 1..]);
     if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(refuse("a control byte in a header value"));
     }
     Ok((name, value))
+}
+
+/// Without the optional whitespace (space and tab only, RFC 9110 §5.6.3) around it.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
 }
 
 fn is_tchar(b: u8) -> bool {

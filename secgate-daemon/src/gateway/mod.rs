@@ -320,6 +320,9 @@ impl Gateway {
                     metrics.closed("rapid_reset");
                     escalation.report(source, Kind::ValidationFailure, "rapid_reset");
                 }
+                // A body refused midway fails its request, which the pipeline answers,
+                // audits and counts.
+                Abuse::Framing(refused) if refused.in_body => metrics.closed("bad_framing"),
                 Abuse::Framing(refused) => {
                     debug!(%peer, why = refused.why, "HTTP/1.1 head refused");
                     metrics.closed("bad_framing");

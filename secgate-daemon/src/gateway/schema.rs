@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(parse_body(br#"{"qty": 1, "qty": -5}"#), Err(JsonError::DuplicateKey));
         assert_eq!(parse_body(br#"[{"a": {"b": 1, "b": 2}}]"#), Err(JsonError::DuplicateKey));
         // Escapes spell the same key.
-        assert_eq!(parse_body(br#"{"a": 1, "a": 2}"#), Err(JsonError::DuplicateKey));
+        assert_eq!(parse_body(br#"{"a": 1, "\u0061": 2}"#), Err(JsonError::DuplicateKey));
         let v = parse_body(
             br#"{"n": -1, "u": 18446744073709551615, "f": 1.5, "s": "x", "z": null, "t": true}"#,
         );

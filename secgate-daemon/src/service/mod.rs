@@ -370,8 +370,9 @@ impl Service {
         let done = self.apply(&caller, "ban_add", ban.request(), |p| {
             valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
             let view = p.ban_add(cidr, ttl, reason, false)?;
-            if first {
-                p.resync_deny(cidr)?;
+            if first && let Err(e) = p.resync_deny(cidr) {
+                // The ban stands; the next repair of the deny map writes the entry again.
+                tracing::warn!(%cidr, error = %e, "could not rewrite an escalation ban's entry");
             }
             Ok(view)
         });

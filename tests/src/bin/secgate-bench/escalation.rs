@@ -192,7 +192,7 @@ pub fn run() {
         "{:<84} {:>8} {:>8} {:>8} {:>10}",
         "table, path", "p50 ms", "p99 ms", "max ms", "p99 ratio"
     );
-    let mut worst = 0.0f64;
+    let (mut worst, mut worst_softirq) = (0.0f64, 0.0f64);
     for (loaded, threaded) in [(false, false), (false, true), (true, false), (true, true)] {
         let table = if loaded { format!("{LOADED} bans held") } else { "empty".into() };
         let napi = if threaded { "threaded NAPI" } else { "softirq NAPI" };
@@ -200,6 +200,8 @@ pub fn run() {
         let ([p50, p99, max], bans, baseline) = measure(loaded, threaded);
         if threaded {
             worst = worst.max(p99);
+        } else {
+            worst_softirq = worst_softirq.max(p99);
         }
         println!(
             "{:<84} {p50:>8.3} {p99:>8.3} {max:>8.3} {:>10.2}",
@@ -214,8 +216,7 @@ pub fn run() {
             b99 / p99
         );
     }
-    println!(
-        "target p99 < 1 ms with threaded NAPI on the gateway interface: {}",
-        if worst < 1.0 { "met" } else { "NOT met" }
-    );
+    let verdict = |p99: f64| if p99 < 1.0 { "met" } else { "NOT met" };
+    println!("target p99 < 1 ms, softirq NAPI (the default): {}", verdict(worst_softirq));
+    println!("target p99 < 1 ms, threaded NAPI on the gateway interface: {}", verdict(worst));
 }
