@@ -69,6 +69,11 @@ impl H1Scan {
         self.state == State::Head && self.held.iter().any(|&b| b != b'\r' && b != b'\n')
     }
 
+    /// Whether it passes everything (made by [`H1Scan::off`]).
+    pub fn is_off(&self) -> bool {
+        self.state == State::Off
+    }
+
     /// A scanner that passes everything (an HTTP/2 connection).
     pub fn off() -> H1Scan {
         H1Scan { state: State::Off, held: Vec::new(), max_head: 0 }

@@ -242,8 +242,33 @@ impl<S> Guarded<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Guarded<S> {
+    /// An HTTP/2 connection's read: straight into hyper's buffer (nothing is held back),
+    /// its frame headers scanned for the reset budget.
+    fn poll_read_h2(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let fresh = &buf.filled()[before..];
+        if !fresh.is_empty() {
+            self.activity.touch();
+        }
+        if let Err(abuse) = self.scan.feed(fresh, Instant::now()) {
+            self.report(abuse);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "HTTP/2 stream resets over budget",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
-    /// Reads the client through both scans. A refused HTTP/1.1 head never reaches hyper:
+    /// Reads the client through its protocol's scan. A refused HTTP/1.1 head never reaches hyper:
     /// what came before it is delivered, then the end of the stream, so hyper finishes the
     /// answers it owes and shuts the connection down, which writes the refusal last.
     fn poll_read(
@@ -252,6 +277,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.h1.is_off() {
+            return this.poll_read_h2(cx, buf);
+        }
         loop {
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
@@ -276,13 +304,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 return Poll::Ready(Ok(()));
             }
             this.activity.touch();
-            if let Err(abuse) = this.scan.feed(fresh, Instant::now()) {
-                this.report(abuse);
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "HTTP/2 stream resets over budget",
-                )));
-            }
             let fed = this.h1.feed(fresh, &mut this.ready);
             this.activity.mid_head.store(this.h1.mid_head(), Ordering::Relaxed);
             if let Err(refused) = fed {
