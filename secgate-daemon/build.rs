@@ -39,5 +39,27 @@ fn main() -> anyhow::Result<()> {
     let built = target_dir.join(TARGET).join("release").join("secgate");
     std::fs::copy(&built, out_dir.join("secgate"))
         .with_context(|| format!("copying {}", built.display()))?;
+    git_revision(&manifest_dir);
     Ok(())
+}
+
+/// `SECGATE_GIT_REV` for `secgate --version`: the commit built, or `unknown` outside a git
+/// checkout (a source tarball). Rebuilt when HEAD moves.
+fn git_revision(manifest_dir: &std::path::Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(manifest_dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let rev = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    for file in ["HEAD", "refs/heads"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", file]) {
+            println!("cargo:rerun-if-changed={}", manifest_dir.join(path).display());
+        }
+    }
+    println!("cargo:rustc-env=SECGATE_GIT_REV={rev}");
 }

@@ -11,7 +11,7 @@ use crate::config::{Mode, Protocol, Rate, Selector, values};
 #[derive(Debug, Parser)]
 #[command(
     name = "secgate",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SECGATE_GIT_REV"), ")"),
     about = "XDP security gateway: per-source allow, deny and rate limits at the NIC"
 )]
 pub struct Cli {
@@ -33,6 +33,12 @@ pub enum Command {
     /// API keys for the gateway's `[[auth.api_keys]]` (works offline, no daemon needed).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print shell completions (for packaging: `secgate completions bash > …`).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (secgate.1 and one per subcommand) into DIR (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Commands sent to the running daemon over the control socket.
     #[command(flatten)]
     Remote(RemoteCommand),

@@ -74,6 +74,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Detach(arg) => return detach(&arg.config),
         Command::Token(cmd) => return token(cmd),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "secgate", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Remote(RemoteCommand::Stats(a)) if a.watch => return watch(&socket),
         Command::Remote(remote) => request(remote),
     };
@@ -163,23 +173,46 @@ fn request(command: RemoteCommand) -> Call {
     }
 }
 
-/// Removes links, pins and the state file: the host is left as before secgate. Refused while
-/// a daemon holds the instance lock.
+/// Removes links, pins and the state file (threaded NAPI, if set, stays). Refused while a
+/// daemon holds the instance lock.
+///
+/// With a config invalid elsewhere it still finds the pins and state (see
+/// [`Config::locations`]) and says so, rather than leave the program attached.
 fn detach(config: &Path) -> anyhow::Result<ExitCode> {
-    let config = match load_config(config) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
+    let (pin_path, state_dir) = match Config::load(config) {
+        Ok(c) => (c.datapath.pin_path, c.state_dir),
+        Err(e @ ConfigError::Invalid { .. }) => {
+            let (pin_path, state_dir) = match Config::locations(config) {
+                Ok(l) => l,
+                Err(second) => {
+                    eprintln!(
+                        "error: {e}\n{second}\nnothing was detached: the XDP program stays attached"
+                    );
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            eprintln!(
+                "warning: {e}\ndetaching anyway, with pin_path {} and state_dir {}",
+                pin_path.display(),
+                state_dir.display()
+            );
+            (pin_path, state_dir)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
     };
-    let pin_path = &config.datapath.pin_path;
-    if !pin_path.exists() && !StateFile::new(&config.state_dir).path().exists() {
+    let pin_path = &pin_path;
+    if !pin_path.exists() && !StateFile::new(&state_dir).path().exists() {
         println!("nothing to detach: {} does not exist", pin_path.display());
         return Ok(ExitCode::SUCCESS);
     }
     datapath::prepare(pin_path)?;
-    let lock = InstanceLock::acquire(pin_path, &config.state_dir)
+    let lock = InstanceLock::acquire(pin_path, &state_dir)
         .context("refusing to detach: stop the daemon first (`systemctl stop secgate`)")?;
     let detached = datapath::detach(pin_path, &lock)?;
-    let state = StateFile::new(&config.state_dir);
+    let state = StateFile::new(&state_dir);
     let removed = state.remove()?;
     println!("detached from {} interface(s): {}", detached.len(), detached.join(", "));
     if removed {

@@ -586,7 +586,7 @@ impl Policy {
     /// interfaces that failed, with why.
     pub fn sync_interfaces(&mut self) -> Vec<(String, DatapathError)> {
         let want = self.settings.interfaces.clone();
-        self.datapath.sync_links(&want, self.settings.attach)
+        self.datapath.sync_links(&want, self.settings.attach, self.settings.threaded_napi)
     }
 
     pub fn stats(&self) -> Result<StatsView> {

@@ -20,6 +20,7 @@ pub fn status(s: &StatusView) -> String {
             ("failed", Some(e)) => format!("failed: {e}"),
             _ => "waiting for it to appear".into(),
         };
+        let how = if a.napi.is_empty() { how } else { format!("{how}, NAPI {}", a.napi) };
         let _ = writeln!(out, "interface:  {} ({how})", a.interface);
     }
     let _ = writeln!(out, "pins:       {}", s.pin_path);

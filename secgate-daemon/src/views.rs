@@ -53,6 +53,10 @@ pub struct Attachment {
     /// or `unknown` when rtnetlink could not be asked.
     #[serde(default)]
     pub xdp: String,
+    /// How the interface's NAPI polling runs, as the kernel says: `threaded`, `softirq`
+    /// (with why threading it failed, under `datapath.napi = "threaded"`), or `unknown`.
+    #[serde(default)]
+    pub napi: String,
     /// Why the attach failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

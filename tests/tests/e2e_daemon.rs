@@ -412,6 +412,47 @@ fn corrupt_state_is_moved_aside_and_detach_cleans_up() {
 }
 
 #[test]
+fn detach_works_with_a_config_broken_elsewhere() {
+    if !privileged("detach_works_with_a_config_broken_elsewhere") {
+        return;
+    }
+    let topo = Topology::new("dbr");
+    let mut daemon = Daemon::start(&topo, "dbr", "");
+    daemon.ok(&["ban", "add", CLIENT_V4]);
+    daemon.kill9();
+    // A key file gone, a typo: the daemon would refuse this config, detach must not.
+    daemon.write_config(&topo.gw_if, "[gateway.tls]\ncert = \"/nonexistent.pem\"");
+    let (code, out, err) = daemon.cli(&["detach", "-c", daemon.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("missing field `key`") && err.contains("detaching anyway"),
+        "the problems are named: {err}"
+    );
+    assert!(!topo.gw_has_xdp(&topo.gw_if), "the program is detached");
+    assert!(!daemon.pin_path.exists(), "the pins are gone");
+    assert!(!daemon.dir.join("state").join("state.json").exists(), "so is the state");
+
+    // A misspelled location, or unreadable TOML, names the problem and detaches nothing:
+    // falling back to the default instance's pins would remove the wrong ones.
+    daemon.write_config(&topo.gw_if, "");
+    daemon.spawn();
+    daemon.kill9();
+    let pins = daemon.pin_path.display();
+    for broken in [
+        format!(
+            "statedir = \"/tmp\"\n[datapath]\ninterfaces = [\"sg-g\"]\npin_path = \"{pins}\"\n"
+        ),
+        "[datapath\n".to_string(),
+    ] {
+        std::fs::write(&daemon.config, &broken).unwrap();
+        let (code, _, err) = daemon.cli(&["detach", "-c", daemon.config.to_str().unwrap()]);
+        assert_eq!(code, 2, "{broken}: {err}");
+        assert!(err.contains("nothing was detached"), "{err}");
+        assert!(topo.gw_has_xdp(&topo.gw_if) && daemon.pin_path.exists(), "{broken}: kept");
+    }
+}
+
+#[test]
 fn auto_attach_falls_back_to_skb_mode_with_a_warning() {
     if !privileged("auto_attach_falls_back_to_skb_mode_with_a_warning") {
         return;
@@ -428,4 +469,76 @@ fn auto_attach_falls_back_to_skb_mode_with_a_warning() {
     assert_eq!(status["attachments"][0]["mode"], "skb", "{status}");
     assert!(daemon.log_text().contains("falling back to skb"), "{}", daemon.log_text());
     assert!(topo.gw_has_xdp("sg-ifb"));
+}
+
+/// What the gateway namespace's own sysfs says of `dev`'s NAPI polling (`ip netns exec`
+/// mounts that namespace's /sys).
+fn napi_threaded(topo: &Topology, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &topo.gw.name, "cat", &format!("/sys/class/net/{dev}/threaded")])
+        .output()
+        .expect("ip netns exec");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn threaded_napi_is_set_in_the_daemons_namespace_and_nowhere_else() {
+    if !privileged("threaded_napi_is_set_in_the_daemons_namespace_and_nowhere_else") {
+        return;
+    }
+    let mounts = || {
+        let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        all.lines().filter(|l| l.contains(" - sysfs ")).collect::<Vec<_>>().join("\n")
+    };
+    let before = mounts();
+    let topo = Topology::new("npi");
+    let daemon = Daemon::start(&topo, "npi", "");
+    assert_eq!(napi_threaded(&topo, &topo.gw_if), "0", "the default leaves NAPI alone");
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["attachments"][0]["napi"], "softirq", "{status}");
+
+    let second = topo.add_link("sg-c2", "sg-g2");
+    daemon.write_config_for(&[&topo.gw_if, &second], "napi = \"threaded\"\n");
+    daemon.ok(&["reload"]);
+    // Reload attaches (and threads) before it answers.
+    assert_eq!(
+        napi_threaded(&topo, &topo.gw_if),
+        "1",
+        "the attached interface now polls in threads"
+    );
+    assert_eq!(napi_threaded(&topo, &second), "1", "so does the interface the reload added");
+    let status = daemon.json(&["status", "--json"]);
+    for a in status["attachments"].as_array().expect("attachments") {
+        assert_eq!(a["napi"], "threaded", "{status}");
+    }
+    assert!(daemon.ok(&["status"]).contains("NAPI threaded"), "the text status says so");
+    assert_eq!(mounts(), before, "the sysfs mounted for the write stayed in its own namespace");
+
+    // An ifb device has no NAPI to thread: said in status, the program stays.
+    topo.gw.ip(&["link", "add", "sg-ifb", "type", "ifb"]);
+    topo.gw.ip(&["link", "set", "sg-ifb", "up"]);
+    daemon.write_config_for(&["sg-ifb"], "napi = \"threaded\"\n");
+    daemon.ok(&["reload"]);
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["attachments"][0]["state"], "attached", "{status}");
+    let napi = status["attachments"][0]["napi"].as_str().unwrap_or_default();
+    assert!(napi.starts_with("softirq (threading failed: "), "{status}");
+    assert!(napi.contains("has no NAPI polling to thread"), "{status}");
+    assert!(daemon.log_text().contains("could not make NAPI polling threaded"));
+
+    // A veth has no NAPI while it is down: threaded once it comes up.
+    let late = topo.add_link("sg-c3", "sg-g3");
+    topo.gw.ip(&["link", "set", &late, "down"]);
+    daemon.write_config_for(&[&late], "napi = \"threaded\"\n");
+    daemon.ok(&["reload"]);
+    assert_eq!(napi_threaded(&topo, &late), "0");
+    topo.gw.ip(&["link", "set", &late, "up"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while napi_threaded(&topo, &late) != "1" {
+        assert!(std::time::Instant::now() < deadline, "threaded once up: {}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.json(&["status", "--json"]);
+    assert_eq!(status["attachments"][0]["napi"], "threaded", "{status}");
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask setup|build|run|test|bench`: builds secgate's kernel and userspace parts and
+//! `cargo xtask setup|build|run|test|bench|demo|dist`: builds secgate's kernel and userspace parts and
 //! installs what they need, so a fresh machine needs nothing by hand.
 
 mod setup;
@@ -46,6 +46,16 @@ enum Cmd {
         /// `escalation` (offence-to-ban latency through the real daemon); all when omitted.
         what: Option<String>,
     },
+    /// Show secgate protecting a host: a lab of namespaces, the real daemon, scenarios
+    /// checked and reported, a chart under target/demo; torn down at the end or on Ctrl-C.
+    Demo {
+        /// Leave the lab running (until Ctrl-C) and print commands to explore it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build the Debian package (binary, systemd unit, example config, man pages,
+    /// completions) into target/dist.
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -66,6 +76,14 @@ fn main() -> Result<()> {
         Cmd::Bench { what } => {
             setup::run()?;
             steps::bench(what.as_deref())
+        }
+        Cmd::Demo { keep } => {
+            setup::run()?;
+            steps::demo(keep)
+        }
+        Cmd::Dist => {
+            setup::run()?;
+            steps::dist().map(|deb| println!("{}", deb.display()))
         }
     }
 }

@@ -19,7 +19,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("strace", "strace"),
     ("curl", "curl"),
+    // The package test: the unit is checked with `systemd-analyze verify`, which looks up
+    // its man page.
+    ("systemd", "systemd-analyze"),
+    ("man-db", "man"),
 ];
+const CARGO_DEB_VERSION: &str = "3";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
 
@@ -27,6 +32,7 @@ pub fn run() -> Result<()> {
     packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     bpffs()?;
     eprintln!("setup: done");
     Ok(())
@@ -102,6 +108,27 @@ fn nightly_sysroot() -> Result<PathBuf> {
 
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
+
+/// cargo-deb for `cargo xtask dist`, built with the stable toolchain.
+fn cargo_deb() -> Result<()> {
+    let ok = || {
+        Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success())
+    };
+    if ok() {
+        eprintln!("setup: cargo-deb present");
+        return Ok(());
+    }
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "cargo-deb", "--locked", "--version"])
+            .arg(format!("^{CARGO_DEB_VERSION}")),
+    )
+    .context("building cargo-deb; check network access to crates.io")?;
+    if !ok() {
+        bail!("cargo-deb was installed but `cargo deb` does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
 }
 
 fn bpf_linker_ok() -> bool {

@@ -130,6 +130,8 @@ pub struct DatapathSettings {
     pub ipv6_prefix: u8,
     pub max_sources: u32,
     pub pass_malformed: bool,
+    /// Whether attached interfaces poll in kernel threads (`napi = "threaded"`).
+    pub threaded_napi: bool,
     pub default_limit: Option<Rate>,
     /// Drop non-first fragments instead of limiting them.
     pub drop_fragments: bool,
@@ -194,6 +196,37 @@ impl Config {
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&src)
             .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
+    }
+
+    /// Where the config at `path` keeps the pins and the state, read even when the rest of
+    /// it is invalid: `secgate detach` must still work when, say, a TLS key has been
+    /// removed, or a package removal would leave a program filtering traffic. Only keys the
+    /// file names itself count: a misspelled key must not send a detach to the default
+    /// instance's pins and state.
+    pub fn locations(path: &std::path::Path) -> Result<(PathBuf, PathBuf), ConfigError> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            state_dir: Option<PathBuf>,
+            #[serde(default)]
+            datapath: RawPins,
+        }
+        #[derive(Default, serde::Deserialize)]
+        struct RawPins {
+            pin_path: Option<PathBuf>,
+        }
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![Problem { line: None, message }],
+        };
+        let raw: Raw = toml::from_str(&src).map_err(|e| invalid(e.to_string()))?;
+        match (raw.state_dir, raw.datapath.pin_path) {
+            (Some(state), Some(pins)) if state.is_absolute() && pins.is_absolute() => Ok((pins, state)),
+            _ => Err(invalid(
+                "it does not name an absolute state_dir and [datapath] pin_path itself, so the pins and state to remove are unknown: fix the config, or run `secgate detach -c` on a file holding only those two keys".into(),
+            )),
+        }
     }
 
     /// Parses and validates config text, returning every problem found.

@@ -81,6 +81,9 @@ pub struct RawDatapath {
     pub attach: Option<S<String>>,
     /// `enforce` or `monitor`. Default `enforce`.
     pub mode: Option<S<String>>,
+    /// `kernel` (leave NAPI polling as the kernel has it) or `threaded` (move it to kernel
+    /// threads on every attached interface). Default `kernel`.
+    pub napi: Option<S<String>>,
     /// Prefix length an IPv4 source is grouped by for rate limiting, 1–32. Default 32.
     pub ipv4_prefix: Option<S<i64>>,
     /// Prefix length an IPv6 source is grouped by for rate limiting, 1–128. Default 64.

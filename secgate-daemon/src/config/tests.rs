@@ -70,6 +70,40 @@ fn fragments_are_limited_or_dropped_never_free() {
 }
 
 #[test]
+fn napi_is_left_alone_unless_threaded_is_asked_for() {
+    let base = "[datapath]\ninterfaces = [\"eth0\"]\n";
+    let with = |extra: &str| Config::parse(&format!("{base}{extra}\n"));
+    assert!(!with("").unwrap().datapath.threaded_napi);
+    assert!(!with("napi = \"kernel\"").unwrap().datapath.threaded_napi);
+    assert!(with("napi = \"threaded\"").unwrap().datapath.threaded_napi);
+    let typo = with("napi = \"thread\"").unwrap_err();
+    assert_eq!(typo[0].line, Some(3), "{typo:?}");
+    assert!(typo[0].message.contains("\"thread\": expected kernel or threaded"), "{typo:?}");
+}
+
+#[test]
+fn locations_are_read_only_where_the_file_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |text: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::locations(&path)
+    };
+    let named = "state_dir = \"/srv/sg\"\n[datapath]\npin_path = \"/sys/fs/bpf/x\"\nbogus = 1\n";
+    assert_eq!(at(named).unwrap(), ("/sys/fs/bpf/x".into(), "/srv/sg".into()));
+    for wrong in [
+        "statedir = \"/srv/sg\"\n[datapath]\npin_path = \"/sys/fs/bpf/x\"\n",
+        "state_dir = \"/srv/sg\"\npin_path = \"/sys/fs/bpf/x\"\n",
+        "state_dir = \"srv\"\n[datapath]\npin_path = \"/sys/fs/bpf/x\"\n",
+        "state_dir = \"/srv/sg\"\n[datapath]\npin_path = \"x\"\n",
+        "[datapath\n",
+    ] {
+        let e = at(wrong).unwrap_err().to_string();
+        assert!(e.contains("state_dir") || e.contains("expected"), "{wrong}: {e}");
+    }
+}
+
+#[test]
 fn every_problem_is_reported_with_its_line() {
     let bad = r#"
 [datapath]

@@ -131,6 +131,7 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
     });
     let mode = d.mode.as_ref().map_or(Some(Mode::Enforce), |m| c.take(m, Mode::parse(m.get_ref())));
     let pass_malformed = choice(c, &d.malformed, "malformed", ["drop", "pass"]);
+    let threaded_napi = choice(c, &d.napi, "napi", ["kernel", "threaded"]);
     let int = |c: &mut Check<'_>,
                v: &Option<Spanned<i64>>,
                default: i64,
@@ -180,6 +181,7 @@ fn datapath(c: &mut Check<'_>, d: &RawDatapath) -> Option<DatapathSettings> {
         ipv6_prefix: ipv6_prefix? as u8,
         max_sources: max_sources? as u32,
         pass_malformed: pass_malformed?,
+        threaded_napi: threaded_napi?,
         default_limit: default_limit?,
         drop_fragments: drop_fragments?,
         fragment_limit: fragment_limit?,

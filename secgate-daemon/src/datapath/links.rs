@@ -30,6 +30,17 @@ struct Held {
     _link: FdLink,
     ifindex: u32,
     mode: &'static str,
+    napi: Napi,
+}
+
+/// What this daemon did to an attached interface's NAPI polling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Napi {
+    Untouched,
+    Threaded,
+    /// Why the last try failed; tried again on every sync (a veth has no NAPI to thread
+    /// until it is up).
+    Failed(String),
 }
 
 pub struct Links {
@@ -59,7 +70,8 @@ impl Links {
         self.want
             .iter()
             .map(|name| {
-                let (state, mode, error) = match (self.held.get(name), self.failed.get(name)) {
+                let held = self.held.get(name);
+                let (state, mode, error) = match (held, self.failed.get(name)) {
                     (Some(h), _) => ("attached", h.mode, None),
                     (None, Some(e)) => ("failed", "none", Some(e.clone())),
                     (None, None) => ("waiting", "none", None),
@@ -70,6 +82,11 @@ impl Links {
                     mode: mode.into(),
                     ifindex: self.held.get(name).map(|h| h.ifindex),
                     xdp: "none".into(),
+                    napi: match held.map(|h| &h.napi) {
+                        Some(Napi::Threaded) => "threaded".into(),
+                        Some(Napi::Failed(e)) => format!("failed: {e}"),
+                        Some(Napi::Untouched) | None => String::new(),
+                    },
                     error,
                 }
             })
@@ -79,12 +96,15 @@ impl Links {
     /// Attaches to every interface in `want` that exists and is not attached (or whose link
     /// was severed), waits for the missing ones, and detaches from interfaces no longer
     /// wanted, including links pinned by an earlier run. Tries every interface; returns the
-    /// ones that failed, with why.
+    /// ones that failed, with why. With `threaded_napi`, each attached interface's NAPI
+    /// polling is moved to kernel threads (see [`super::napi`]); a failure there is reported
+    /// in the attachment and the log, and leaves the program attached.
     pub(super) fn sync(
         &mut self,
         prog: &mut Xdp,
         want: &[String],
         mode: AttachMode,
+        threaded_napi: bool,
     ) -> Vec<(String, DatapathError)> {
         self.want = want.to_vec();
         let mut failures = Vec::new();
@@ -92,6 +112,9 @@ impl Links {
             match self.sync_one(prog, name, mode) {
                 Ok(()) => {
                     self.failed.remove(name);
+                    if threaded_napi {
+                        self.thread_napi(name);
+                    }
                 }
                 Err(e) => {
                     self.failed.insert(name.clone(), e.to_string());
@@ -115,6 +138,29 @@ impl Links {
             }
         }
         failures
+    }
+
+    /// Makes `name`'s NAPI polling threaded unless this link already has, saying so once
+    /// per outcome. Runs under the policy lock, once per link and then only while it fails:
+    /// a thread and a mount, about a millisecond.
+    fn thread_napi(&mut self, name: &str) {
+        let Some(held) = self.held.get_mut(name).filter(|h| h.napi != Napi::Threaded) else {
+            return;
+        };
+        let now = match super::napi::make_threaded(name) {
+            Ok(()) => Napi::Threaded,
+            Err(e) => Napi::Failed(e),
+        };
+        if now != held.napi {
+            match &now {
+                Napi::Threaded => info!(interface = name, "NAPI polling runs in kernel threads"),
+                Napi::Failed(e) => {
+                    warn!(interface = name, error = %e, "could not make NAPI polling threaded; it stays in softirq, where bans under bursts of offences take milliseconds")
+                }
+                Napi::Untouched => {}
+            }
+        }
+        held.napi = now;
     }
 
     fn pin(&self, name: &str) -> PathBuf {
@@ -180,7 +226,7 @@ fn adopt(prog: &mut Xdp, name: &str, path: &Path, ifindex: u32) -> Result<Held> 
         .attach_to_link(XdpLink::try_from(pinned).map_err(link_err)?)
         .map_err(|source| DatapathError::Attach { iface: name.into(), source })?;
     let link = FdLink::try_from(prog.take_link(id)?).map_err(link_err)?;
-    Ok(Held { _link: link, ifindex, mode: "adopted" })
+    Ok(Held { _link: link, ifindex, mode: "adopted", napi: Napi::Untouched })
 }
 
 fn attach_fresh(
@@ -215,7 +261,7 @@ fn attach_fresh(
         path: path.to_owned(),
         source,
     })?;
-    Ok(Held { _link: pinned.into(), ifindex, mode: how })
+    Ok(Held { _link: pinned.into(), ifindex, mode: how, napi: Napi::Untouched })
 }
 
 /// How the kernel runs XDP on `ifindex` (`IFLA_XDP_ATTACHED` from rtnetlink): `native`,

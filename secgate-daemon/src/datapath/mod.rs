@@ -6,6 +6,7 @@
 //! never without a filter. Only the holder of the [`InstanceLock`] may open the datapath.
 
 mod links;
+mod napi;
 mod pins;
 
 use std::{
@@ -21,6 +22,7 @@ use aya::{
 use secgate_common::maps as names;
 
 pub use links::{Links, kernel_mode};
+pub use napi::threaded as napi_threaded;
 pub use pins::{detach, prepare};
 
 use crate::{
@@ -113,8 +115,9 @@ impl Datapath {
         &mut self,
         want: &[String],
         mode: crate::config::AttachMode,
+        threaded_napi: bool,
     ) -> Vec<(String, DatapathError)> {
-        self.links.sync(program(&mut self.bpf), want, mode)
+        self.links.sync(program(&mut self.bpf), want, mode, threaded_napi)
     }
 
     /// Takes the over-limit event ring buffer (once).

@@ -564,14 +564,16 @@ impl Service {
         self.core.lock().policy.stats()
     }
 
-    /// Asks rtnetlink how each attached interface runs XDP after the policy lock is let go:
-    /// a round trip per interface has no business holding up changes.
+    /// Asks rtnetlink how each attached interface runs XDP, and sysfs how it polls, after
+    /// the policy lock is let go: a round trip per interface has no business holding up
+    /// changes.
     pub fn status(&self) -> std::result::Result<StatusView, PolicyError> {
         let mut status = self.core.lock().policy.status()?;
         status.enforcement = self.enforcement.view();
         for a in &mut status.attachments {
             if let Some(ifindex) = a.ifindex {
                 a.xdp = crate::datapath::kernel_mode(ifindex).unwrap_or("unknown").into();
+                a.napi = napi_view(&a.interface, &a.napi);
             }
         }
         Ok(status)
@@ -625,4 +627,15 @@ fn valid(check: std::result::Result<(), String>) -> Result<()> {
 
 fn found(found: bool, what: impl FnOnce() -> String) -> Result<()> {
     if found { Ok(()) } else { Err(ServiceError::NotFound(what())) }
+}
+
+/// How `iface` polls as the kernel says, with why threading it failed (`tried`, from the
+/// links) if it did.
+fn napi_view(iface: &str, tried: &str) -> String {
+    match (crate::datapath::napi_threaded(iface), tried.strip_prefix("failed: ")) {
+        (Ok(true), _) => "threaded".into(),
+        (Ok(false), Some(why)) => format!("softirq (threading failed: {why})"),
+        (Ok(false), None) => "softirq".into(),
+        (Err(e), _) => format!("unknown ({e})"),
+    }
 }

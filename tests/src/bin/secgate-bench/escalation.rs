@@ -64,24 +64,15 @@ fn add_addresses(gw: &Gw) {
     }
 }
 
-/// Runs the gateway interface's NAPI polling in a kernel thread (`threaded` in sysfs), which
-/// a real-time thread can preempt; softirq polling runs up to `netdev_budget_usecs` (2 ms)
-/// at a time, which it cannot on a kernel without full preemption. `ip netns exec` mounts
-/// the namespace's own /sys.
-fn threaded_napi(gw: &Gw) {
+/// The gateway interface's `threaded` attribute, read in its namespace (`ip netns exec`
+/// mounts that namespace's /sys), independently of the daemon's report.
+fn sysfs_threaded(gw: &Gw) -> String {
     let path = format!("/sys/class/net/{}/threaded", gw.topo.gw_if);
     let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &gw.topo.gw.name,
-            "sh",
-            "-c",
-            &format!("echo 1 > {path} && cat {path}"),
-        ])
+        .args(["netns", "exec", &gw.topo.gw.name, "cat", &path])
         .output()
         .expect("ip netns exec");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "threaded NAPI: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// One round of offences: `BURST` connections opened, then all send their bytes at once.
@@ -158,6 +149,7 @@ fn measure(loaded: bool, threaded: bool) -> ([f64; 3], u64, Vec<Duration>) {
             escalation: Some(escalation.into()),
             // Room for the burst at accept.
             routes_extra: "\n[gateway.limits]\nmax_connections = 100000\n",
+            datapath_extra: if threaded { "napi = \"threaded\"" } else { "" },
             ..Opts::default()
         },
     );
@@ -165,9 +157,10 @@ fn measure(loaded: bool, threaded: bool) -> ([f64; 3], u64, Vec<Duration>) {
         load(&mut gw);
     }
     add_addresses(&gw);
-    if threaded {
-        threaded_napi(&gw);
-    }
+    let status = gw.daemon.json(&["status", "--json"]);
+    let napi = &status["attachments"][0]["napi"];
+    assert_eq!(napi, if threaded { "threaded" } else { "softirq" }, "{status}");
+    assert_eq!(sysfs_threaded(&gw), if threaded { "1" } else { "0" }, "as sysfs says too");
     let mut baseline = Vec::new();
     for round in 0..ROUNDS {
         burst(&gw, round);
