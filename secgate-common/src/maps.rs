@@ -32,7 +32,26 @@ pub const EVENTS: &str = "SG_EVENTS";
 /// Name of the `PerCpuArray<u64>` holding each CPU's event-budget GCRA state.
 pub const EVENT_BUDGET: &str = "SG_EVT_BUDGET";
 
-/// Every map the program defines; the daemon pins exactly these.
+/// Names of the LPM tries of sources `secgate trace` follows (`Key<[u8; 4]>` /
+/// `Key<[u8; 16]>` → 1). Not pinned: a trace ends with the daemon that started it.
+pub const TRACE_V4: &str = "SG_TRACE_V4";
+pub const TRACE_V6: &str = "SG_TRACE_V6";
+/// Name of the `PerCpuArray<TraceBudget>` that holds trace lines to
+/// [`TRACE_LINES_PER_SEC`] per CPU (not pinned).
+pub const TRACE_BUDGET: &str = "SG_TRACE_BUDGET";
+/// Traced prefixes at once, across every `secgate trace` running.
+pub const MAX_TRACES: u32 = 64;
+/// Trace lines each CPU may emit per second, and in a burst: a flood from a traced source
+/// must not flood the daemon or the operator's terminal.
+pub const TRACE_LINES_PER_SEC: u64 = 50;
+pub const TRACE_BURST: u64 = 20;
+
+/// The program's own maps the daemon does not pin.
+pub const UNPINNED: [&str; 3] = [TRACE_V4, TRACE_V6, TRACE_BUDGET];
+/// aya-log's ring buffer of log records (the trace lines), made by `aya-log-ebpf`.
+pub const LOGS: &str = "AYA_LOGS";
+
+/// Every map the program defines that the daemon pins (the trace maps are not).
 pub const ALL: [&str; 10] =
     [CONFIG, LIMITS, ALLOW_V4, ALLOW_V6, DENY_V4, DENY_V6, SOURCES, STATS, EVENTS, EVENT_BUDGET];
 
@@ -57,6 +76,9 @@ pub const FLAG_PASS_MALFORMED: u32 = 1;
 /// `DatapathConfig::flags`: drop non-first IP fragments (reason `fragment`) instead of
 /// limiting them with `fragment_rule`.
 pub const FLAG_DROP_FRAGMENTS: u32 = 2;
+/// `DatapathConfig::flags`: some `secgate trace` is running, so packets are looked up in the
+/// trace tries. Without it tracing costs one test of this bit.
+pub const FLAG_TRACE: u32 = 4;
 
 /// Address family tags used in keys and events.
 pub const FAMILY_V4: u8 = 4;
@@ -203,4 +225,13 @@ pub struct OverLimitEvent {
     pub _pad: [u8; 3],
     pub limit: LimitKey,
     pub ts_ns: u64,
+}
+
+/// One CPU's trace budget (`SG_TRACE_BUDGET`): the GCRA state of its lines, and the lines it
+/// held back, which `secgate trace` reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceBudget {
+    pub tat_ns: u64,
+    pub suppressed: u64,
 }

@@ -2,7 +2,7 @@
 //! byte pattern the kernel hands back is a valid value.
 use crate::maps::{
     AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, OverLimitEvent, RateRule,
-    SourceState,
+    SourceState, TraceBudget,
 };
 
 macro_rules! pod {
@@ -19,4 +19,5 @@ pod!(
     OverLimitEvent,
     RateRule,
     SourceState,
+    TraceBudget,
 );

@@ -39,6 +39,9 @@ pub enum Command {
     /// Write the man pages (secgate.1 and one per subcommand) into DIR (for packaging).
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Stream the datapath's verdict for each packet from sources in CIDR (reason,
+    /// protocol, ports, the limit that applied), at most 50 lines a second per CPU.
+    Trace(TraceArgs),
     /// Commands sent to the running daemon over the control socket.
     #[command(flatten)]
     Remote(RemoteCommand),
@@ -63,6 +66,18 @@ pub enum RemoteCommand {
     Limit(LimitCommand),
     /// Switch between dropping (enforce) and only counting (monitor).
     Mode { mode: Mode },
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[arg(value_parser = values::cidr)]
+    pub cidr: IpNet,
+    /// How long to trace, e.g. 10s, 5m (at most 1h); Ctrl-C stops sooner.
+    #[arg(long = "for", value_parser = values::duration, default_value = "10s")]
+    pub length: Duration,
+    /// Print each line as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ pub mod render;
 pub mod service;
 pub mod state;
 pub mod token;
+pub mod trace;
 pub mod views;
 
 pub use policy::PolicyError;

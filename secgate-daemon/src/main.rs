@@ -85,6 +85,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Remote(RemoteCommand::Stats(a)) if a.watch => return watch(&socket),
+        Command::Trace(a) => return trace(&socket, &a),
         Command::Remote(remote) => request(remote),
     };
     let (req, json, show) = call;
@@ -219,6 +220,70 @@ fn detach(config: &Path) -> anyhow::Result<ExitCode> {
         println!("removed {}", state.path().display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `trace`: starts a trace, prints its lines as they come until its time is up or Ctrl-C,
+/// then stops it (the daemon also ends it at its deadline, should this process die).
+fn trace(socket: &Path, args: &secgate::cli::TraceArgs) -> anyhow::Result<ExitCode> {
+    use secgate::{control::proto::TraceStarted, views::TraceView};
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+        signal_hook_flag(signal, &interrupted);
+    }
+    let start = Request::TraceStart { cidr: args.cidr, secs: args.length.as_secs_f64() };
+    let started: TraceStarted = parse(client::call(socket, &start)?)?;
+    eprintln!("tracing {} for {}s (Ctrl-C stops)", args.cidr, args.length.as_secs());
+    let deadline = std::time::Instant::now() + args.length;
+    let (mut cursor, mut suppressed_at_start, mut shown) = (started.cursor, None, 0u64);
+    let mut suppressed = 0;
+    while std::time::Instant::now() < deadline
+        && !interrupted.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        let read = Request::TraceRead { id: started.id, cursor };
+        let view: TraceView = parse(client::call(socket, &read)?)?;
+        let first = *suppressed_at_start.get_or_insert(view.suppressed);
+        suppressed = view.suppressed.saturating_sub(first);
+        for line in &view.lines {
+            if args.json {
+                println!("{}", serde_json::to_string(line)?);
+            } else {
+                println!("{}", render::trace_line(line));
+            }
+        }
+        shown += view.lines.len() as u64;
+        cursor = view.cursor;
+        if !view.running {
+            break;
+        }
+    }
+    let _ = client::call(socket, &Request::TraceStop { id: started.id });
+    eprintln!("{shown} line(s); {suppressed} held back by the rate limit (all traces)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets `flag` on `signal` instead of dying, so the trace is stopped on the way out.
+fn signal_hook_flag(
+    signal: nix::sys::signal::Signal,
+    flag: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    extern "C" fn on_signal(_: libc::c_int) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _ = FLAG.set(flag.clone());
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only loads a set OnceLock and stores to an atomic.
+    unsafe {
+        let _ = nix::sys::signal::sigaction(signal, &action);
+    }
 }
 
 /// `stats --watch`: redraws rates and top sources every second until interrupted.

@@ -9,7 +9,7 @@ use aya::{
 use ipnet::IpNet;
 use secgate_common::maps::{
     self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, RateRule,
-    SourceState,
+    SourceState, TraceBudget,
 };
 
 use crate::bans::Write;
@@ -52,6 +52,9 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::STATS => map(index, size_of::<Counter>(), Some(names::STATS_SLOTS)),
         names::EVENTS => map(0, 0, Some(names::EVENTS_BYTES)),
         names::EVENT_BUDGET => map(index, size_of::<u64>(), Some(1)),
+        names::TRACE_V4 => map(lpm(4), size_of::<u8>(), Some(names::MAX_TRACES)),
+        names::TRACE_V6 => map(lpm(16), size_of::<u8>(), Some(names::MAX_TRACES)),
+        names::TRACE_BUDGET => map(index, size_of::<secgate_common::maps::TraceBudget>(), Some(1)),
         _ => None,
     }
 }
@@ -74,6 +77,34 @@ pub struct DatapathMaps {
     /// `SG_SOURCES`'s capacity as loaded (a reused pin keeps its own).
     sources_capacity: u32,
     stats: PerCpuArray<MapData, Counter>,
+    pub(crate) trace: TraceMaps,
+}
+
+/// The tries of traced sources and the trace budget (`secgate trace`; not pinned).
+pub struct TraceMaps {
+    tries: Tries<u8>,
+    budget: PerCpuArray<MapData, TraceBudget>,
+}
+
+impl TraceMaps {
+    /// Makes the tries hold exactly `nets`.
+    pub fn set(&mut self, nets: &std::collections::BTreeSet<IpNet>) -> Result<()> {
+        for (net, _) in self.tries.list()? {
+            if !nets.contains(&net) {
+                self.tries.remove(net)?;
+            }
+        }
+        for net in nets {
+            self.tries.insert(*net, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Trace lines the kernel held back to its budget, over every CPU.
+    pub fn suppressed(&self) -> Result<u64> {
+        let per_cpu = self.budget.get(&0, 0).map_err(wrap(names::TRACE_BUDGET))?;
+        Ok(per_cpu.iter().map(|b| b.suppressed).sum())
+    }
 }
 
 fn take(bpf: &mut Ebpf, name: &'static str) -> Result<Map> {
@@ -117,6 +148,15 @@ impl DatapathMaps {
             sources,
             sources_capacity,
             stats: convert(bpf, names::STATS)?,
+            trace: TraceMaps {
+                tries: Tries {
+                    v4: convert(bpf, names::TRACE_V4)?,
+                    v6: convert(bpf, names::TRACE_V6)?,
+                    names: [names::TRACE_V4, names::TRACE_V6],
+                    capacity: names::MAX_TRACES,
+                },
+                budget: convert(bpf, names::TRACE_BUDGET)?,
+            },
         })
     }
 

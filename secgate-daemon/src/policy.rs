@@ -15,7 +15,7 @@ use std::{
 
 use ipnet::IpNet;
 use secgate_common::{
-    maps::{Counter, LimitKey, MAX_DENY, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS},
+    maps::{Counter, FLAG_TRACE, LimitKey, MAX_DENY, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS},
     verdict::Reason,
 };
 
@@ -26,7 +26,8 @@ use crate::{
     datapath::{Datapath, DatapathError},
     maps::MapsError,
     state::{Loaded, Runtime, StoredBan},
-    views::{BanView, StatsView, StatusView, Traffic},
+    trace::Traces,
+    views::{BanView, StatsView, StatusView, TraceView, Traffic},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,8 @@ pub struct Policy {
     /// A map write failed and could not be undone: the deny tries are rewritten from memory
     /// when this comes due (backing off while it keeps failing).
     deny_repair: Option<Repair>,
+    /// `secgate trace` sessions: the kernel traces the union of their prefixes.
+    traces: Traces,
 }
 
 /// When to rewrite the deny tries next, and how long to wait after that if it fails again.
@@ -115,6 +118,7 @@ impl Policy {
             anchor,
             started: Instant::now(),
             deny_repair: None,
+            traces: Traces::default(),
         };
         let mut warnings = Vec::new();
         let explained = match loaded {
@@ -279,8 +283,51 @@ impl Policy {
 
     fn write_config(&mut self) -> Result<()> {
         let limits = self.limits();
-        let cfg = self.settings.datapath_config(self.mode(), limits.default, &limits.overrides);
+        let mut cfg = self.settings.datapath_config(self.mode(), limits.default, &limits.overrides);
+        if self.traces.active() {
+            cfg.flags |= FLAG_TRACE;
+        }
         Ok(self.datapath.maps.set_config(&cfg)?)
+    }
+
+    /// Starts tracing `net` for `length`; returns the trace's id and where its lines start.
+    pub fn trace_start(&mut self, net: IpNet, length: Duration) -> Result<(u64, u64)> {
+        let now = Instant::now();
+        let id = self
+            .traces
+            .start(net, now + length, now)
+            .map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        if let Err(e) = self.apply_traces() {
+            self.traces.stop(id);
+            let _ = self.apply_traces();
+            return Err(e);
+        }
+        Ok((id, self.datapath.trace.cursor()))
+    }
+
+    /// Ends trace `id`; false if it was not running.
+    pub fn trace_stop(&mut self, id: u64) -> Result<bool> {
+        let stopped = self.traces.stop(id);
+        if stopped {
+            self.apply_traces()?;
+        }
+        Ok(stopped)
+    }
+
+    /// Trace `id`'s lines after `cursor`; a trace that has ended reads as not running.
+    pub fn trace_read(&self, id: u64, cursor: u64) -> Result<TraceView> {
+        let suppressed = self.datapath.maps.trace.suppressed()?;
+        let Ok(net) = self.traces.net(id) else {
+            return Ok(TraceView { lines: Vec::new(), cursor, suppressed, running: false });
+        };
+        let (lines, cursor) = self.datapath.trace.since(cursor, net);
+        Ok(TraceView { lines, cursor, suppressed, running: true })
+    }
+
+    /// The kernel's trace tries, then its flag, in line with the sessions.
+    fn apply_traces(&mut self) -> Result<()> {
+        self.datapath.maps.trace.set(&self.traces.nets())?;
+        self.write_config()
     }
 
     fn reconcile(&mut self) -> Result<()> {
@@ -435,6 +482,9 @@ impl Policy {
             self.deny_repair = None;
             self.reconcile_deny()
                 .inspect_err(|_| self.schedule_repair((repair.backoff * 2).min(REPAIR_MAX)))?;
+        }
+        if self.traces.expire(Instant::now()) {
+            self.apply_traces()?;
         }
         let (lifted, writes) = self.bans.expire(self.now());
         // Lapsed bans no longer drop in the kernel either way, so a failed removal is only

@@ -116,3 +116,50 @@ pub fn watch(previous: Option<&(std::time::Instant, StatsReply)>, now: &StatsRep
     }
     out
 }
+
+/// One `secgate trace` line: when, who, what, the verdict and the limit that applied.
+pub fn trace_line(l: &crate::views::TraceLine) -> String {
+    let proto = match l.proto {
+        1 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        p => format!("proto {p}"),
+    };
+    let ms = l.at_ms % 86_400_000;
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let flags = match (l.syn, l.fragment) {
+        (true, _) => " SYN",
+        (_, true) => " fragment",
+        _ => "",
+    };
+    let limit = match l.limit.as_str() {
+        "none" => "no limit".to_owned(),
+        name => format!("limit {name} {} pps burst {}", l.pps, l.burst),
+    };
+    format!(
+        "{h:02}:{m:02}:{s:02}.{milli:03} {:<8} {} {}:{} -> :{}{flags}  ({limit})",
+        l.verdict, proto, l.src, l.sport, l.dport
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_trace_line_reads_as_verdict_flow_and_limit() {
+        let record = "src=198.18.0.3 proto=17 sport=40000 dport=9999 syn=0 fragment=0 verdict=rate limit_proto=17 limit_port=9999 limit_syn=0 pps=1000 burst=100";
+        let mut line = crate::trace::parse_line(record).expect("parses");
+        line.at_ms = 1_000 * 3600 * 13 + 61_234;
+        assert_eq!(
+            super::trace_line(&line),
+            "13:01:01.234 rate     udp 198.18.0.3:40000 -> :9999  (limit udp port 9999 1000 pps burst 100)"
+        );
+        let syn = record.replace("proto=17", "proto=6").replace("syn=0 f", "syn=1 f");
+        let mut line = crate::trace::parse_line(&syn.replace("pps=1000", "pps=0")).unwrap();
+        line.at_ms = 0;
+        assert_eq!(
+            super::trace_line(&line),
+            "00:00:00.000 rate     tcp 198.18.0.3:40000 -> :9999 SYN  (no limit)"
+        );
+    }
+}

@@ -105,3 +105,36 @@ pub struct WouldBanView {
     pub reason: String,
     pub at: String,
 }
+
+/// One packet's verdict, as `secgate trace` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TraceLine {
+    /// Position in the daemon's trace log, from 1.
+    pub seq: u64,
+    /// When the daemon read it (Unix milliseconds).
+    pub at_ms: u64,
+    pub src: std::net::IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub syn: bool,
+    pub fragment: bool,
+    /// The verdict reason (`pass`, `deny`, `rate`…).
+    pub verdict: String,
+    /// Which limit applied: `none`, `default`, `fragments`, or e.g. `udp port 53`.
+    pub limit: String,
+    pub pps: u64,
+    pub burst: u64,
+}
+
+/// A `trace_read` reply.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TraceView {
+    pub lines: Vec<TraceLine>,
+    /// Ask from here next time.
+    pub cursor: u64,
+    /// Lines the kernel held back to its budget since the daemon started (all traces).
+    pub suppressed: u64,
+    /// Whether the trace is still running.
+    pub running: bool,
+}

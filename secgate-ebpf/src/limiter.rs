@@ -54,7 +54,7 @@ pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
 }
 
 #[inline(always)]
-fn select_rule(cfg: &DatapathConfig, pkt: &Packet) -> (LimitKey, RateRule) {
+pub(crate) fn select_rule(cfg: &DatapathConfig, pkt: &Packet) -> (LimitKey, RateRule) {
     if pkt.fragment {
         return (LimitKey::FRAGMENTS, cfg.fragment_rule);
     }

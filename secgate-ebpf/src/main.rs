@@ -1,7 +1,8 @@
 //! secgate's XDP program: per-source allow, deny and rate-limit verdicts at the NIC.
 //!
-//! Order: parse → allowlist → denylist (unexpired) → per-source GCRA bucket → verdict. Every
-//! path leaves through [`finish`], which counts the verdict, so none goes uncounted. The logic
+//! Order: parse → allowlist → denylist (unexpired) → per-source GCRA bucket → verdict (and
+//! its trace line, while `secgate trace` runs). Every path leaves through [`finish`], which
+//! counts the verdict, so none goes uncounted. The logic
 //! mirrors `secgate_common::model`, which the differential test holds it to.
 #![no_std]
 #![no_main]
@@ -13,10 +14,11 @@ mod frame;
 mod limiter;
 mod maps;
 mod parse;
+mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use secgate_common::{
-    maps::{DatapathConfig, STATS_DROPPED},
+    maps::{DatapathConfig, FLAG_TRACE, STATS_DROPPED},
     model::{Packet, Parsed, verdict},
     verdict::{Action, Reason},
 };
@@ -32,7 +34,13 @@ pub fn secgate(ctx: XdpContext) -> u32 {
     let reason = match parse::parse(&frame) {
         Parsed::NonIp => Reason::NonIp,
         Parsed::Malformed => Reason::Malformed,
-        Parsed::Ip(pkt) => judge(cfg, &pkt),
+        Parsed::Ip(pkt) => {
+            let reason = judge(cfg, &pkt);
+            if cfg.flags & FLAG_TRACE != 0 {
+                trace::emit(&ctx, cfg, &pkt, reason);
+            }
+            reason
+        }
     };
     finish(cfg, reason, frame.len())
 }

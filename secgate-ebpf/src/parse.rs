@@ -112,15 +112,15 @@ fn l4(frame: &Frame, off: usize, proto: u8) -> Option<Option<L4>> {
             }
             let flags = frame.u8(off + 13)?;
             let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            Some(Some(L4 { dport: frame.be16(off + 2)?, syn }))
+            Some(Some(L4 { sport: frame.be16(off)?, dport: frame.be16(off + 2)?, syn }))
         }
         IPPROTO_UDP => {
             frame.need(off, UDP_HLEN)?;
-            Some(Some(L4 { dport: frame.be16(off + 2)?, syn: false }))
+            Some(Some(L4 { sport: frame.be16(off)?, dport: frame.be16(off + 2)?, syn: false }))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             frame.need(off, ICMP_MIN_HLEN)?;
-            Some(Some(L4 { dport: 0, syn: false }))
+            Some(Some(L4 { sport: 0, dport: 0, syn: false }))
         }
         _ => Some(None),
     }

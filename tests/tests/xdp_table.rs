@@ -411,23 +411,27 @@ fn every_shared_map_name_is_in_the_object() {
         return;
     }
     let bpf = aya::Ebpf::load(secgate::EBPF_OBJECT).expect("object");
-    for name in secgate_common::maps::ALL {
+    let names = secgate_common::maps::ALL.iter().chain(&secgate_common::maps::UNPINNED);
+    for name in names.clone() {
         assert!(
             bpf.map(name).is_some(),
             "secgate_common::maps names {name}, which the program does not define"
         );
     }
-    for (name, map) in bpf.maps() {
+    // aya-log's own: its ring buffer, and the section holding its level.
+    let logs = |name: &str| name == secgate_common::maps::LOGS || name.starts_with('.');
+    for (name, map) in bpf.maps().filter(|(name, _)| !logs(name)) {
         let info = map_info(map);
         let (key, value, capacity) = secgate::maps::layout(name).expect("layout known");
         let found = (info.key_size(), info.value_size(), info.max_entries());
         assert_eq!(found, (key, value, capacity.unwrap_or(found.2)), "layout of {name}");
     }
     assert_eq!(
-        bpf.maps().count(),
-        secgate_common::maps::ALL.len(),
-        "the program defines maps the shared list lacks"
+        bpf.maps().filter(|(name, _)| !logs(name)).count(),
+        names.count(),
+        "the program defines maps the shared lists lack"
     );
+    assert!(bpf.map(secgate_common::maps::LOGS).is_some(), "the trace lines' ring buffer");
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub struct Packet {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L4 {
+    /// Source port (0 for ICMP); only `secgate trace` shows it.
+    pub sport: u16,
     /// Destination port (0 for ICMP).
     pub dport: u16,
     /// TCP SYN without ACK.
@@ -142,15 +144,15 @@ fn l4(frame: &[u8], off: usize, proto: u8) -> Option<Option<L4>> {
             }
             let flags = frame[off + 13];
             let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            Some(Some(L4 { dport: be16(frame, off + 2)?, syn }))
+            Some(Some(L4 { sport: be16(frame, off)?, dport: be16(frame, off + 2)?, syn }))
         }
         IPPROTO_UDP => {
             need(frame, off, UDP_HLEN)?;
-            Some(Some(L4 { dport: be16(frame, off + 2)?, syn: false }))
+            Some(Some(L4 { sport: be16(frame, off)?, dport: be16(frame, off + 2)?, syn: false }))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             need(frame, off, ICMP_MIN_HLEN)?;
-            Some(Some(L4 { dport: 0, syn: false }))
+            Some(Some(L4 { sport: 0, dport: 0, syn: false }))
         }
         _ => Some(None),
     }

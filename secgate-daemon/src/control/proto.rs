@@ -43,6 +43,19 @@ pub enum Request {
     },
     /// Re-read and apply the config file.
     Reload {},
+    /// Start tracing the datapath's verdicts for sources in `cidr`, for `secs` seconds.
+    TraceStart {
+        cidr: IpNet,
+        secs: f64,
+    },
+    /// The lines of trace `id` after `cursor`.
+    TraceRead {
+        id: u64,
+        cursor: u64,
+    },
+    TraceStop {
+        id: u64,
+    },
 }
 
 impl Request {
@@ -62,6 +75,9 @@ impl Request {
             Request::LimitDel { .. } => "limit_del",
             Request::Mode { .. } => "mode",
             Request::Reload {} => "reload",
+            Request::TraceStart { .. } => "trace_start",
+            Request::TraceRead { .. } => "trace_read",
+            Request::TraceStop { .. } => "trace_stop",
         }
     }
 }
@@ -75,6 +91,13 @@ pub struct StatsReply {
     pub events_total: u64,
     /// Sources with the most over-limit events.
     pub top_sources: Vec<crate::events::SourceEvents>,
+}
+
+/// Reply data of `trace_start`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TraceStarted {
+    pub id: u64,
+    pub cursor: u64,
 }
 
 /// `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`.

@@ -10,7 +10,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::proto::{MAX_REQUEST_BYTES, Reply, Request, StatsReply};
+use super::proto::{MAX_REQUEST_BYTES, Reply, Request, StatsReply, TraceStarted};
 use crate::service::{Caller, Service, ServiceError};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,5 +156,20 @@ async fn dispatch(
             service.reload(caller.clone()).await?;
             Reply::data("reloaded")
         }
+        Request::TraceStart { cidr, secs } => {
+            let length = std::time::Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= crate::trace::MAX_TRACE)
+                .ok_or_else(|| {
+                    ServiceError::Invalid(format!(
+                        "trace length {secs}s is out of range: give more than 0s and at most {}s",
+                        crate::trace::MAX_TRACE.as_secs()
+                    ))
+                })?;
+            let (id, cursor) = service.trace_start(caller, cidr, length)?;
+            Reply::data(TraceStarted { id, cursor })
+        }
+        Request::TraceRead { id, cursor } => Reply::data(service.trace_read(id, cursor)?),
+        Request::TraceStop { id } => Reply::data(service.trace_stop(id)?),
     })
 }

@@ -58,6 +58,8 @@ pub enum DatapathError {
     Pin { iface: String, path: PathBuf, source: aya::pin::PinError },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error("reading the XDP program's trace log: {0}")]
+    Log(#[from] aya_log::Error),
     #[error(
         "pinned map {path} has key size, value size and capacity {found:?}, this build needs {want:?}: it was left by another secgate version; remove {dir} and start again (the state file restores dynamic bans)"
     )]
@@ -78,6 +80,8 @@ pub struct Datapath {
     pin_path: PathBuf,
     /// Whether the maps were reused from pins (and so may hold entries of an earlier run).
     reused: bool,
+    /// The program's trace lines (`secgate trace`).
+    pub(crate) trace: std::sync::Arc<crate::trace::TraceLog>,
     _lock: InstanceLock,
 }
 
@@ -94,10 +98,17 @@ impl Datapath {
         }
         loader.map_max_entries(names::SOURCES, settings.max_sources);
         let mut bpf = loader.load(EBPF_OBJECT)?;
+        // Before the program is loaded: the logger holds the ring buffer the program's
+        // relocations point at, and must stay open for as long as the program may run.
+        let trace = std::sync::Arc::new(crate::trace::TraceLog::default());
+        let logger =
+            aya_log::EbpfLogger::init_with_logger(&mut bpf, crate::trace::Sink(trace.clone()))?;
         program(&mut bpf).load()?;
+        crate::trace::spawn_reader(logger)
+            .map_err(io_err("starting the trace reader", &pin_path))?;
         let maps = DatapathMaps::take(&mut bpf)?;
         let links = Links::new(pins::links_dir(&pin_path));
-        Ok(Datapath { bpf, maps, links, pin_path, reused, _lock: lock })
+        Ok(Datapath { bpf, maps, links, pin_path, reused, trace, _lock: lock })
     }
 
     /// Whether the maps came from an earlier run's pins.

@@ -35,7 +35,7 @@ use crate::{
     maps::{FirstDeny, SourceCheck, SourceVerdict},
     policy::{Policy, PolicyError, Started},
     state::{Loaded, StateFile},
-    views::{BanView, LimitsView, StatsView, StatusView},
+    views::{BanView, LimitsView, StatsView, StatusView, TraceView},
 };
 
 pub use enforcement::Enforcement;
@@ -562,6 +562,27 @@ impl Service {
 
     pub fn stats(&self) -> std::result::Result<StatsView, PolicyError> {
         self.core.lock().policy.stats()
+    }
+
+    /// Starts `secgate trace` of `net` for `length`: (id, cursor). A diagnostic, not a policy
+    /// change: logged, not audited or saved, and gone with the daemon.
+    pub fn trace_start(
+        &self,
+        caller: &Caller,
+        net: IpNet,
+        length: Duration,
+    ) -> std::result::Result<(u64, u64), PolicyError> {
+        let started = self.core.lock().policy.trace_start(net, length)?;
+        tracing::info!(caller = ?caller, %net, secs = length.as_secs_f64(), id = started.0, "trace started");
+        Ok(started)
+    }
+
+    pub fn trace_read(&self, id: u64, cursor: u64) -> std::result::Result<TraceView, PolicyError> {
+        self.core.lock().policy.trace_read(id, cursor)
+    }
+
+    pub fn trace_stop(&self, id: u64) -> std::result::Result<bool, PolicyError> {
+        self.core.lock().policy.trace_stop(id)
     }
 
     /// Asks rtnetlink how each attached interface runs XDP, and sysfs how it polls, after

@@ -129,6 +129,10 @@ fn explore(lab: &Lab) {
     println!("  {} stats --watch", format_args!("{} --socket {sock}", bin.display()));
     println!("  {} ban list", format_args!("{} --socket {sock}", bin.display()));
     println!(
+        "  {} trace 198.18.0.0/16 --for 30s",
+        format_args!("{} --socket {sock}", bin.display())
+    );
+    println!(
         "  {} curl --cacert {} --resolve {HOST}:{PORT}:{GW_V4} https://{HOST}:{PORT}/admin/demo -H 'X-Api-Key: {}'",
         inside(&gw.topo.client.name),
         gw.pki.ca_pem.display(),
