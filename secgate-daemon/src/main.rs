@@ -234,16 +234,15 @@ fn trace(socket: &Path, args: &secgate::cli::TraceArgs) -> anyhow::Result<ExitCo
     let started: TraceStarted = parse(client::call(socket, &start)?)?;
     eprintln!("tracing {} for {}s (Ctrl-C stops)", args.cidr, args.length.as_secs());
     let deadline = std::time::Instant::now() + args.length;
-    let (mut cursor, mut suppressed_at_start, mut shown) = (started.cursor, None, 0u64);
-    let mut suppressed = 0;
+    let (mut cursor, mut shown, mut skipped, mut suppressed) = (started.cursor, 0u64, 0u64, 0);
     while std::time::Instant::now() < deadline
         && !interrupted.load(std::sync::atomic::Ordering::Relaxed)
     {
         std::thread::sleep(Duration::from_millis(200));
         let read = Request::TraceRead { id: started.id, cursor };
         let view: TraceView = parse(client::call(socket, &read)?)?;
-        let first = *suppressed_at_start.get_or_insert(view.suppressed);
-        suppressed = view.suppressed.saturating_sub(first);
+        suppressed = view.suppressed.saturating_sub(started.suppressed);
+        skipped += view.skipped;
         for line in &view.lines {
             if args.json {
                 println!("{}", serde_json::to_string(line)?);
@@ -258,7 +257,9 @@ fn trace(socket: &Path, args: &secgate::cli::TraceArgs) -> anyhow::Result<ExitCo
         }
     }
     let _ = client::call(socket, &Request::TraceStop { id: started.id });
-    eprintln!("{shown} line(s); {suppressed} held back by the rate limit (all traces)");
+    eprintln!(
+        "{shown} line(s); {suppressed} held back by the kernel's rate limit (all traces), {skipped} more than a terminal should take"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -77,7 +77,7 @@ pub struct DatapathMaps {
     /// `SG_SOURCES`'s capacity as loaded (a reused pin keeps its own).
     sources_capacity: u32,
     stats: PerCpuArray<MapData, Counter>,
-    pub(crate) trace: TraceMaps,
+    pub trace: TraceMaps,
 }
 
 /// The tries of traced sources and the trace budget (`secgate trace`; not pinned).

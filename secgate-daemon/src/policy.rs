@@ -26,8 +26,8 @@ use crate::{
     datapath::{Datapath, DatapathError},
     maps::MapsError,
     state::{Loaded, Runtime, StoredBan},
-    trace::Traces,
-    views::{BanView, StatsView, StatusView, TraceView, Traffic},
+    trace::{TraceLog, Traces},
+    views::{BanView, StatsView, StatusView, Traffic},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,8 @@ pub struct Policy {
     deny_repair: Option<Repair>,
     /// `secgate trace` sessions: the kernel traces the union of their prefixes.
     traces: Traces,
+    /// The kernel's trace tries or flag may not match `traces` (a write failed).
+    traces_dirty: bool,
 }
 
 /// When to rewrite the deny tries next, and how long to wait after that if it fails again.
@@ -119,6 +121,7 @@ impl Policy {
             started: Instant::now(),
             deny_repair: None,
             traces: Traces::default(),
+            traces_dirty: false,
         };
         let mut warnings = Vec::new();
         let explained = match loaded {
@@ -290,8 +293,9 @@ impl Policy {
         Ok(self.datapath.maps.set_config(&cfg)?)
     }
 
-    /// Starts tracing `net` for `length`; returns the trace's id and where its lines start.
-    pub fn trace_start(&mut self, net: IpNet, length: Duration) -> Result<(u64, u64)> {
+    /// Starts tracing `net` for `length`; returns the trace's id, where its lines start and
+    /// the held-back count so far.
+    pub fn trace_start(&mut self, net: IpNet, length: Duration) -> Result<(u64, u64, u64)> {
         let now = Instant::now();
         let id = self
             .traces
@@ -302,7 +306,7 @@ impl Policy {
             let _ = self.apply_traces();
             return Err(e);
         }
-        Ok((id, self.datapath.trace.cursor()))
+        Ok((id, self.datapath.trace.cursor(), self.datapath.maps.trace.suppressed()?))
     }
 
     /// Ends trace `id`; false if it was not running.
@@ -314,20 +318,27 @@ impl Policy {
         Ok(stopped)
     }
 
-    /// Trace `id`'s lines after `cursor`; a trace that has ended reads as not running.
-    pub fn trace_read(&self, id: u64, cursor: u64) -> Result<TraceView> {
-        let suppressed = self.datapath.maps.trace.suppressed()?;
-        let Ok(net) = self.traces.net(id) else {
-            return Ok(TraceView { lines: Vec::new(), cursor, suppressed, running: false });
-        };
-        let (lines, cursor) = self.datapath.trace.since(cursor, net);
-        Ok(TraceView { lines, cursor, suppressed, running: true })
+    /// Ends every trace (at shutdown): a program left attached must not keep tracing.
+    pub fn end_traces(&mut self) -> Result<()> {
+        self.traces = Traces::default();
+        self.apply_traces()
     }
 
-    /// The kernel's trace tries, then its flag, in line with the sessions.
+    /// Where trace `id` reads from: its prefix (`None` once it has ended), the log, and the
+    /// held-back count; the lines themselves are read off the policy lock.
+    pub fn trace_source(&self, id: u64) -> Result<(Option<IpNet>, Arc<TraceLog>, u64)> {
+        let suppressed = self.datapath.maps.trace.suppressed()?;
+        Ok((self.traces.net(id).ok(), self.datapath.trace.clone(), suppressed))
+    }
+
+    /// The kernel's trace tries, then its flag, in line with the sessions; a failure is
+    /// retried at the next sweep.
     fn apply_traces(&mut self) -> Result<()> {
+        self.traces_dirty = true;
         self.datapath.maps.trace.set(&self.traces.nets())?;
-        self.write_config()
+        self.write_config()?;
+        self.traces_dirty = false;
+        Ok(())
     }
 
     fn reconcile(&mut self) -> Result<()> {
@@ -483,8 +494,10 @@ impl Policy {
             self.reconcile_deny()
                 .inspect_err(|_| self.schedule_repair((repair.backoff * 2).min(REPAIR_MAX)))?;
         }
-        if self.traces.expire(Instant::now()) {
-            self.apply_traces()?;
+        if (self.traces.expire(Instant::now()) || self.traces_dirty)
+            && let Err(e) = self.apply_traces()
+        {
+            tracing::warn!(error = %e, "updating the kernel's trace sources failed; retried in a second");
         }
         let (lifted, writes) = self.bans.expire(self.now());
         // Lapsed bans no longer drop in the kernel either way, so a failed removal is only

@@ -137,9 +137,10 @@ pub fn trace_line(l: &crate::views::TraceLine) -> String {
         "none" => "no limit".to_owned(),
         name => format!("limit {name} {} pps burst {}", l.pps, l.burst),
     };
+    let from = std::net::SocketAddr::new(l.src, l.sport);
     format!(
-        "{h:02}:{m:02}:{s:02}.{milli:03} {:<8} {} {}:{} -> :{}{flags}  ({limit})",
-        l.verdict, proto, l.src, l.sport, l.dport
+        "{h:02}:{m:02}:{s:02}.{milli:03} {:<8} {proto} {from} -> :{}{flags}  ({limit})",
+        l.verdict, l.dport
     )
 }
 
@@ -161,5 +162,8 @@ mod tests {
             super::trace_line(&line),
             "00:00:00.000 rate     tcp 198.18.0.3:40000 -> :9999 SYN  (no limit)"
         );
+        let mut line = crate::trace::parse_line(&record.replace("198.18.0.3", "fd00::2")).unwrap();
+        line.at_ms = 0;
+        assert!(super::trace_line(&line).contains(" udp [fd00::2]:40000 -> :9999 "));
     }
 }

@@ -25,6 +25,16 @@ use crate::views::TraceLine;
 const KEEP: usize = 8192;
 /// The longest trace one request may ask for.
 pub const MAX_TRACE: Duration = Duration::from_secs(3600);
+/// Lines one read returns: at a read every 200 ms, 1000 lines a second reach a terminal
+/// however many CPUs write them; the rest are counted as skipped.
+pub const MAX_READ: usize = 200;
+
+/// What one read got: lines, where to read from next, and how many it left out.
+pub struct Read {
+    pub lines: Vec<TraceLine>,
+    pub cursor: u64,
+    pub skipped: u64,
+}
 
 /// The program's trace lines, newest last, numbered from 1.
 #[derive(Default)]
@@ -43,12 +53,21 @@ impl TraceLog {
         inner.0.push_back(line);
     }
 
-    /// The lines after `cursor` from sources in `net`, and the cursor to ask from next.
-    pub fn since(&self, cursor: u64, net: IpNet) -> (Vec<TraceLine>, u64) {
+    /// Up to [`MAX_READ`] lines after `cursor` from sources in `net`. Skipped: the matching
+    /// lines beyond those, and every line (of any source) dropped from the log unread.
+    pub fn since(&self, cursor: u64, net: IpNet) -> Read {
         let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let lines =
-            inner.0.iter().filter(|l| l.seq > cursor && net.contains(&l.src)).cloned().collect();
-        (lines, inner.1)
+        let oldest = inner.0.front().map_or(inner.1 + 1, |l| l.seq);
+        let mut skipped = oldest.saturating_sub(cursor + 1);
+        let mut lines = Vec::new();
+        for line in inner.0.iter().filter(|l| l.seq > cursor && net.contains(&l.src)) {
+            if lines.len() < MAX_READ {
+                lines.push(line.clone());
+            } else {
+                skipped += 1;
+            }
+        }
+        Read { lines, cursor: inner.1, skipped }
     }
 
     /// The cursor a new reader starts from: only lines from now on.
@@ -132,7 +151,12 @@ pub fn spawn_reader(mut logger: aya_log::EbpfLogger<Sink>) -> std::io::Result<()
         loop {
             let mut fds = [nix::poll::PollFd::new(logger.as_fd(), nix::poll::PollFlags::POLLIN)];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(500u16));
-            logger.flush();
+            // aya-log panics on a record it cannot decode; one bad record must not end
+            // tracing for the daemon's life.
+            let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush()));
+            if flushed.is_err() {
+                tracing::warn!("an undecodable record from the XDP program was dropped");
+            }
         }
     })?;
     Ok(())

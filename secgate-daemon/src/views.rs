@@ -133,6 +133,9 @@ pub struct TraceView {
     pub lines: Vec<TraceLine>,
     /// Ask from here next time.
     pub cursor: u64,
+    /// Lines this read left out: beyond what one read returns, or gone from the daemon's
+    /// log before they were read.
+    pub skipped: u64,
     /// Lines the kernel held back to its budget since the daemon started (all traces).
     pub suppressed: u64,
     /// Whether the trace is still running.

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`'s program: every scenario OK twice in a row with nothing left between
-//! runs, and a Ctrl-C during the flood leaves no namespace, pin, link, file or process.
+//! runs, and a Ctrl-C while the lab is built or during the flood leaves no namespace, pin,
+//! link, file or process.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -49,8 +50,8 @@ fn leftovers() -> Vec<String> {
 }
 
 #[test]
-fn demo_passes_twice_and_ctrl_c_during_the_flood_leaves_nothing() {
-    if !privileged("demo_passes_twice_and_ctrl_c_during_the_flood_leaves_nothing") {
+fn demo_passes_twice_and_ctrl_c_leaves_nothing() {
+    if !privileged("demo_passes_twice_and_ctrl_c_leaves_nothing") {
         return;
     }
     let out_dir = tempfile::tempdir().expect("tmp");
@@ -73,10 +74,18 @@ fn demo_passes_twice_and_ctrl_c_during_the_flood_leaves_nothing() {
         assert_eq!(leftovers(), Vec::<String>::new(), "after run {run}");
     }
 
-    // Ctrl-C as a terminal sends it: to the whole process group, the daemon included.
+    // Ctrl-C as a terminal sends it: to the whole process group, the daemon included;
+    // while the lab is being built, and during the flood.
+    interrupt_at(out_dir.path(), "building the lab", Duration::ZERO);
+    interrupt_at(out_dir.path(), "flood:", Duration::from_millis(500));
+}
+
+/// Runs the demo, sends SIGINT to its process group once it prints `cue` (and `after` more),
+/// and checks that it says so, exits 130 and leaves nothing.
+fn interrupt_at(out_dir: &std::path::Path, cue: &str, after: Duration) {
     let mut demo = Command::new(DEMO)
         .arg("--out")
-        .arg(out_dir.path())
+        .arg(out_dir)
         .stdout(Stdio::piped())
         .process_group(0)
         .spawn()
@@ -84,13 +93,13 @@ fn demo_passes_twice_and_ctrl_c_during_the_flood_leaves_nothing() {
     let pgid = nix::unistd::Pid::from_raw(demo.id() as i32);
     let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
     let mut seen = String::new();
-    let flooding = lines.by_ref().map_while(Result::ok).any(|l| {
+    let cued = lines.by_ref().map_while(Result::ok).any(|l| {
         seen.push_str(&l);
         seen.push('\n');
-        l.contains("flood:")
+        l.contains(cue)
     });
-    assert!(flooding, "the demo reached the flood:\n{seen}");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(cued, "the demo reached {cue:?}:\n{seen}");
+    std::thread::sleep(after);
     nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -103,5 +112,5 @@ fn demo_passes_twice_and_ctrl_c_during_the_flood_leaves_nothing() {
     let rest: String = lines.map_while(Result::ok).collect::<Vec<_>>().join("\n");
     assert_eq!(status.code(), Some(130), "{seen}{rest}");
     assert!(rest.contains("interrupted: the lab is gone"), "{rest}");
-    assert_eq!(leftovers(), Vec::<String>::new(), "after Ctrl-C");
+    assert_eq!(leftovers(), Vec::<String>::new(), "after Ctrl-C at {cue:?}");
 }

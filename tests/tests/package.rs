@@ -32,12 +32,14 @@ fn package() -> PathBuf {
         .unwrap_or_else(|| panic!("no .deb in {}: run `cargo xtask dist` first", dist.display()))
 }
 
-/// Purges the package however the test ends.
+/// Purges the package however the test ends, and removes what the test put in
+/// `/etc/secgate` (which did not exist before it).
 struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
         let _ = run("dpkg", &["--purge", "secgate"]);
+        let _ = std::fs::remove_dir_all("/etc/secgate");
     }
 }
 
@@ -56,6 +58,10 @@ fn debian_package_installs_runs_and_purges_cleanly() {
         "a secgate package is already installed on this machine; purge it before running this test"
     );
     let installed = Installed;
+    ok("dpkg", &["-i", deb.to_str().expect("utf-8 path")]);
+    use std::os::unix::fs::PermissionsExt as _;
+    let etc = std::fs::metadata("/etc/secgate").expect("the package makes /etc/secgate");
+    assert_eq!(etc.permissions().mode() & 0o777, 0o700, "root's alone");
     ok("dpkg", &["-i", deb.to_str().expect("utf-8 path")]);
     let files: Vec<PathBuf> =
         ok("dpkg", &["-L", "secgate"]).lines().map(PathBuf::from).filter(|p| p.is_file()).collect();
@@ -90,12 +96,12 @@ fn debian_package_installs_runs_and_purges_cleanly() {
     std::fs::create_dir_all("/var/lib/secgate").expect("state dir");
     std::fs::write("/var/lib/secgate/state.json", "{}").expect("state");
 
-    drop(installed);
+    ok("dpkg", &["--purge", "secgate"]);
     assert!(!run("dpkg", &["-s", "secgate"]).status.success(), "purged");
     for f in &files {
         assert!(!f.exists(), "{} is left after purge", f.display());
     }
     assert!(!Path::new("/var/lib/secgate").exists(), "purge removes the daemon's state");
     assert!(Path::new("/etc/secgate/tls/key.pem").exists(), "purge keeps the operator's files");
-    std::fs::remove_dir_all("/etc/secgate").expect("cleaning up the operator's files");
+    drop(installed);
 }

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use secgate_common::{
     maps::{
-        DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, LimitKey, MODE_MONITOR, RateRule,
-        STATS_DROPPED,
+        DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_TRACE, LimitKey, MODE_MONITOR,
+        RateRule, STATS_DROPPED, TRACE_BURST,
     },
     model::{self, prefix_mask},
     net::*,
@@ -559,4 +559,49 @@ fn a_short_ban_inside_a_longer_one_keeps_dropping() {
     expect(&kernel, "host after the sweep", &frame, XDP_DROP, Reason::Deny);
     let outside = Spec::new(ip("198.18.44.200"), udp()).build();
     expect(&kernel, "outside the /25", &outside, XDP_PASS, Reason::Pass);
+}
+
+/// `secgate trace` in the kernel: only packets from a traced prefix, and only while the flag
+/// is set, spend the trace budget (each spends a line or counts as held back); verdicts are
+/// the same traced or not.
+#[test]
+fn only_traced_sources_reach_the_trace_path() {
+    if !privileged("only_traced_sources_reach_the_trace_path") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    let cfg = DatapathConfig {
+        v4_mask: prefix_mask(32),
+        v6_mask: prefix_mask(64),
+        default_rule: RateRule::from_rate(1, 1),
+        ..Default::default()
+    };
+    kernel.maps.set_config(&cfg).unwrap();
+    let traced = ["198.18.9.0/24".parse().unwrap()].into_iter().collect();
+    kernel.maps.trace.set(&traced).unwrap();
+    let frame = |src: &str| Spec::new(ip(src), udp()).build();
+    let runs = 200;
+    // Every run counts (for the budget); the verdict is the last one's.
+    let run = |kernel: &Kernel, src: &str| {
+        let mut last = None;
+        for _ in 0..runs {
+            last = Some(kernel.run(&frame(src)));
+        }
+        last
+    };
+
+    // The flag off: nothing is traced, traced prefix or not.
+    assert_eq!(run(&kernel, "198.18.9.9"), Some(XDP_DROP));
+    assert_eq!(kernel.maps.trace.suppressed().unwrap(), 0, "no trace without the flag");
+
+    kernel.maps.set_config(&DatapathConfig { flags: FLAG_TRACE, ..cfg }).unwrap();
+    assert_eq!(run(&kernel, "198.18.1.1"), Some(XDP_DROP), "the same verdict");
+    assert_eq!(kernel.maps.trace.suppressed().unwrap(), 0, "an untraced source spends nothing");
+    assert_eq!(run(&kernel, "198.18.9.10"), Some(XDP_DROP), "the same verdict traced");
+    let held = kernel.maps.trace.suppressed().unwrap();
+    let budget = TRACE_BURST + 1;
+    assert!(
+        (runs - budget - 5..=runs - TRACE_BURST + 5).contains(&held),
+        "a traced flood gets its burst of lines, the rest held back: {held} of {runs}"
+    );
 }

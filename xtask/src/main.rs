@@ -78,7 +78,7 @@ fn main() -> Result<()> {
             steps::bench(what.as_deref())
         }
         Cmd::Demo { keep } => {
-            setup::run()?;
+            setup::build_and_run()?;
             steps::demo(keep)
         }
         Cmd::Dist => {

@@ -29,10 +29,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
 
 pub fn run() -> Result<()> {
+    build_and_run()?;
+    cargo_deb()
+}
+
+/// What building and running secgate needs (the demo); `run` adds the packaging tools.
+pub fn build_and_run() -> Result<()> {
     packages()?;
     rust_src()?;
     bpf_linker()?;
-    cargo_deb()?;
     bpffs()?;
     eprintln!("setup: done");
     Ok(())

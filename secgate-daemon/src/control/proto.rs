@@ -98,6 +98,8 @@ pub struct StatsReply {
 pub struct TraceStarted {
     pub id: u64,
     pub cursor: u64,
+    /// Lines held back by the kernel's budget so far (all traces), to count from.
+    pub suppressed: u64,
 }
 
 /// `{"ok":true,"data":…}` or `{"ok":false,"error":"…"}`.

@@ -166,8 +166,8 @@ async fn dispatch(
                         crate::trace::MAX_TRACE.as_secs()
                     ))
                 })?;
-            let (id, cursor) = service.trace_start(caller, cidr, length)?;
-            Reply::data(TraceStarted { id, cursor })
+            let (id, cursor, suppressed) = service.trace_start(caller, cidr, length)?;
+            Reply::data(TraceStarted { id, cursor, suppressed })
         }
         Request::TraceRead { id, cursor } => Reply::data(service.trace_read(id, cursor)?),
         Request::TraceStop { id } => Reply::data(service.trace_stop(id)?),

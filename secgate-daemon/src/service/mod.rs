@@ -541,6 +541,9 @@ impl Service {
 
     /// Writes what is pending and stops the journal thread (at shutdown).
     pub fn shutdown(&self) {
+        if let Err(e) = self.core.lock().policy.end_traces() {
+            tracing::warn!(error = %e, "could not end the running traces; the program keeps tracing until the next start");
+        }
         self.core.lock().stop = true;
         self.core.wake.notify_one();
         if let Some(handle) = lock(&self.journal).take() {
@@ -564,21 +567,41 @@ impl Service {
         self.core.lock().policy.stats()
     }
 
-    /// Starts `secgate trace` of `net` for `length`: (id, cursor). A diagnostic, not a policy
-    /// change: logged, not audited or saved, and gone with the daemon.
+    /// Starts `secgate trace` of `net` for `length`: (id, cursor, held back so far). A
+    /// diagnostic, not a policy change: logged, not audited or saved, and gone with the
+    /// daemon.
     pub fn trace_start(
         &self,
         caller: &Caller,
         net: IpNet,
         length: Duration,
-    ) -> std::result::Result<(u64, u64), PolicyError> {
+    ) -> std::result::Result<(u64, u64, u64), PolicyError> {
         let started = self.core.lock().policy.trace_start(net, length)?;
         tracing::info!(caller = ?caller, %net, secs = length.as_secs_f64(), id = started.0, "trace started");
         Ok(started)
     }
 
+    /// Trace `id`'s lines after `cursor`, at most `crate::trace::MAX_READ` of them (the
+    /// rest counted as skipped); a trace that has ended reads as not running.
     pub fn trace_read(&self, id: u64, cursor: u64) -> std::result::Result<TraceView, PolicyError> {
-        self.core.lock().policy.trace_read(id, cursor)
+        let (net, log, suppressed) = self.core.lock().policy.trace_source(id)?;
+        let Some(net) = net else {
+            return Ok(TraceView {
+                lines: Vec::new(),
+                cursor,
+                skipped: 0,
+                suppressed,
+                running: false,
+            });
+        };
+        let read = log.since(cursor, net);
+        Ok(TraceView {
+            lines: read.lines,
+            cursor: read.cursor,
+            skipped: read.skipped,
+            suppressed,
+            running: true,
+        })
     }
 
     pub fn trace_stop(&self, id: u64) -> std::result::Result<bool, PolicyError> {

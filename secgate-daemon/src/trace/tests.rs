@@ -66,15 +66,30 @@ fn readers_see_their_prefix_from_their_cursor_and_the_log_stays_bounded() {
     log.push(line("198.18.0.9"));
     log.push(line("10.0.0.1"));
     let net: IpNet = "198.18.0.0/24".parse().unwrap();
-    let (lines, next) = log.since(cursor, net);
-    assert_eq!(lines.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![2, 3]);
-    assert_eq!(next, 4);
-    assert!(log.since(next, net).0.is_empty());
+    let read = log.since(cursor, net);
+    assert_eq!(read.lines.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!((read.cursor, read.skipped), (4, 0));
+    assert!(log.since(read.cursor, net).lines.is_empty());
+    let before = log.cursor();
+    for _ in 0..MAX_READ + 5 {
+        log.push(line("198.18.0.3"));
+    }
+    let read = log.since(before, net);
+    assert_eq!(
+        (read.lines.len(), read.skipped),
+        (MAX_READ, 5),
+        "a read is capped, the rest counted"
+    );
     for _ in 0..KEEP * 2 {
         log.push(line("198.18.0.3"));
     }
-    let (lines, _) = log.since(0, net);
-    assert_eq!(lines.len(), KEEP, "only the newest lines are kept");
+    let read = log.since(before, net);
+    assert_eq!(
+        read.skipped as usize,
+        KEEP * 2 + MAX_READ + 5 - MAX_READ,
+        "lines gone unread are counted"
+    );
+    assert_eq!(log.inner.lock().unwrap().0.len(), KEEP, "only the newest lines are kept");
 }
 
 #[test]

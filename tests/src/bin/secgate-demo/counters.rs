@@ -19,6 +19,8 @@ pub const SOURCES: [(&str, &str); 3] =
 
 const TABLE: &str = "secgate_demo";
 pub const PERIOD: Duration = Duration::from_millis(250);
+/// Samples kept: an hour's worth, for a lab left up with `--keep`.
+const KEEP: usize = 4 * 3600;
 
 /// One sample: seconds since the start, and per source (sent, passed) so far.
 #[derive(Clone, Debug)]
@@ -109,9 +111,12 @@ impl Counters {
                         (*name, (get("sent"), get("passed")))
                     })
                     .collect();
-                s.lock()
-                    .expect("samples")
-                    .push(Sample { at: start.elapsed().as_secs_f64(), counts });
+                let mut kept = s.lock().expect("samples");
+                if kept.len() == KEEP {
+                    kept.remove(0);
+                }
+                kept.push(Sample { at: start.elapsed().as_secs_f64(), counts });
+                drop(kept);
                 std::thread::sleep(PERIOD);
             }
         });

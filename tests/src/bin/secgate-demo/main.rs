@@ -45,10 +45,11 @@ pub fn progress(line: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// The running lab.
+/// The running lab. The sampler is declared (and so dropped) first: it must stop before
+/// the namespaces it reads go.
 pub struct Lab {
-    pub gw: Gw,
     pub counters: Counters,
+    pub gw: Gw,
 }
 
 impl Lab {
@@ -119,19 +120,25 @@ fn run(lab: &Lab) -> (usize, Vec<(f64, String)>) {
     (failed, marks)
 }
 
+/// The lab's directories (keys, config, logs) under the temporary directory, should a
+/// failure have left them for debugging: a demo leaves nothing.
+fn remove_files() {
+    let pid = std::process::id();
+    for dir in [format!("secgate-gw-demo-{pid}"), format!("secgate-e2e-demo-{pid}")] {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(dir));
+    }
+}
+
 fn explore(lab: &Lab) {
     let gw = &lab.gw;
-    let bin = secgate_bin();
+    let bin = format!("sudo {}", secgate_bin().display());
     let sock = gw.daemon.socket.display();
-    let inside = |ns: &str| format!("nsenter --net=/run/netns/{ns} --");
+    let inside = |ns: &str| format!("sudo nsenter --net=/run/netns/{ns} --");
     println!("\nThe lab is up; explore it from another terminal (Ctrl-C here tears it down):");
-    println!("  {} status", format_args!("{} --socket {sock}", bin.display()));
-    println!("  {} stats --watch", format_args!("{} --socket {sock}", bin.display()));
-    println!("  {} ban list", format_args!("{} --socket {sock}", bin.display()));
-    println!(
-        "  {} trace 198.18.0.0/16 --for 30s",
-        format_args!("{} --socket {sock}", bin.display())
-    );
+    println!("  {} status", format_args!("{bin} --socket {sock}"));
+    println!("  {} stats --watch", format_args!("{bin} --socket {sock}"));
+    println!("  {} ban list", format_args!("{bin} --socket {sock}"));
+    println!("  {} trace 198.18.0.0/16 --for 30s", format_args!("{bin} --socket {sock}"));
     println!(
         "  {} curl --cacert {} --resolve {HOST}:{PORT}:{GW_V4} https://{HOST}:{PORT}/admin/demo -H 'X-Api-Key: {}'",
         inside(&gw.topo.client.name),
@@ -160,7 +167,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    // A closed terminal (SIGHUP) or Ctrl-\\ must tear the lab down too.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
@@ -177,7 +185,17 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("secgate demo: building the lab (namespaces, veths, certificates, daemon, upstream)");
-    let lab = start();
+    // Whatever `start` made before it failed is torn down by unwinding; its files too.
+    let Ok(lab) = std::panic::catch_unwind(start) else {
+        remove_files();
+        return if interrupted() {
+            println!("interrupted: the lab is gone");
+            ExitCode::from(130)
+        } else {
+            println!("building the lab failed (above)");
+            ExitCode::FAILURE
+        };
+    };
     let (failed, marks) = run(&lab);
     let samples = lab.counters.samples();
     if let Err(e) = std::fs::create_dir_all(&out)
@@ -193,7 +211,14 @@ fn main() -> ExitCode {
         explore(&lab);
     }
     println!("tearing the lab down");
+    // A second Ctrl-C must not cut the teardown short (it would also reach the `ip` and
+    // `secgate detach` it runs).
+    for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+        // SAFETY: ignoring a signal has no preconditions.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
     drop(lab);
+    remove_files();
     match (stopped, failed) {
         (true, _) => {
             println!("interrupted: the lab is gone");
