@@ -79,6 +79,9 @@ pub const FLAG_DROP_FRAGMENTS: u32 = 2;
 /// `DatapathConfig::flags`: some `secgate trace` is running, so packets are looked up in the
 /// trace tries. Without it tracing costs one test of this bit.
 pub const FLAG_TRACE: u32 = 4;
+/// `DatapathConfig::flags`: the allowlist is empty, so the program skips its lookup (a trie
+/// walk on every packet). Set only by a daemon that knows; all-zero flags look it up.
+pub const FLAG_NO_ALLOW: u32 = 8;
 
 /// Address family tags used in keys and events.
 pub const FAMILY_V4: u8 = 4;

@@ -15,7 +15,10 @@ use std::{
 
 use ipnet::IpNet;
 use secgate_common::{
-    maps::{Counter, FLAG_TRACE, LimitKey, MAX_DENY, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS},
+    maps::{
+        Counter, FLAG_NO_ALLOW, FLAG_TRACE, LimitKey, MAX_DENY, RateRule, STATS_DROPPED,
+        STATS_NEW_BUCKETS,
+    },
     verdict::Reason,
 };
 
@@ -290,6 +293,9 @@ impl Policy {
         if self.traces.active() {
             cfg.flags |= FLAG_TRACE;
         }
+        if self.settings.allow.is_empty() && self.allow.is_empty() {
+            cfg.flags |= FLAG_NO_ALLOW;
+        }
         Ok(self.datapath.maps.set_config(&cfg)?)
     }
 
@@ -508,10 +514,16 @@ impl Policy {
         Ok(lifted.len())
     }
 
+    /// The program looks the allowlist up again (the flag cleared) before the entry is
+    /// written, so it is honoured from its first packet.
     pub fn allow_add(&mut self, cidr: IpNet) -> Result<()> {
-        self.datapath.maps.set_allow(cidr)?;
-        self.allow.insert(cidr);
-        Ok(())
+        let added = self.allow.insert(cidr);
+        let written = self.write_config().and_then(|()| Ok(self.datapath.maps.set_allow(cidr)?));
+        if written.is_err() && added {
+            self.allow.remove(&cidr);
+            let _ = self.write_config();
+        }
+        written
     }
 
     pub fn allow_del(&mut self, cidr: IpNet) -> Result<bool> {
@@ -525,6 +537,7 @@ impl Policy {
         }
         self.datapath.maps.remove_allow(cidr)?;
         self.allow.remove(&cidr);
+        self.write_config()?;
         Ok(true)
     }
 

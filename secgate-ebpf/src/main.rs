@@ -18,7 +18,7 @@ mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use secgate_common::{
-    maps::{DatapathConfig, FLAG_TRACE, STATS_DROPPED},
+    maps::{DatapathConfig, FLAG_NO_ALLOW, FLAG_TRACE, STATS_DROPPED},
     model::{Packet, Parsed, verdict},
     verdict::{Action, Reason},
 };
@@ -46,7 +46,7 @@ pub fn secgate(ctx: XdpContext) -> u32 {
 }
 
 fn judge(cfg: &DatapathConfig, pkt: &Packet) -> Reason {
-    if maps::allowed(pkt) {
+    if cfg.flags & FLAG_NO_ALLOW == 0 && maps::allowed(pkt) {
         return Reason::Allow;
     }
     let mut clock = Clock::default();

@@ -1,8 +1,8 @@
-//! Two-instruction XDP programs (`return ACTION`) loaded straight through the bpf(2) syscall:
-//! the baselines benchmarks divide by (`XDP_DROP`), the pass-through that lets a veth take
-//! frames for nftables to judge (`XDP_PASS`), and the traffic generator (`XDP_TX` run with
-//! live frames). Hand-rolled because each is two instructions; shipping them inside the
-//! production object just for benchmarks would be dead code there.
+//! Tiny XDP programs loaded straight through the bpf(2) syscall: the baselines benchmarks
+//! divide by (`XDP_DROP`, `XDP_PASS`: `return ACTION`), and the traffic generators run with
+//! live frames (`XDP_TX`, and [`RawXdp::spreader`], which writes a random source of N into
+//! each frame first). Hand-rolled because each is a dozen instructions at most; shipping them
+//! inside the production object just for benchmarks would be dead code there.
 
 use std::{
     ffi::CString,
@@ -10,7 +10,9 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -50,21 +52,117 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<i64> {
 
 pub struct RawXdp {
     fd: OwnedFd,
+    /// The map a program reads (the memory ceiling's array), kept open with it.
+    _map: Option<OwnedFd>,
+}
+
+/// One instruction: opcode, registers (dst low nibble, src high), offset, immediate.
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64
+        | ((dst | src << 4) as u64) << 8
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
+}
+
+/// Where a random source goes: the 4 bytes at frame offset 26, which are the last two octets
+/// of an IPv4 source (after 14 bytes of Ethernet and 12 of IPv4) or octets 4–7 of an IPv6
+/// source, inside its /64.
+const SOURCE_AT: i16 = 26;
+
+/// How a spreader fills the source bytes at [`SOURCE_AT`].
+#[derive(Clone, Copy, Debug)]
+pub enum Spread {
+    /// 198.18.A.B, `sources` (a power of two ≤ 65536) of them.
+    V4 { sources: u32 },
+    /// A /64 per source under the frame's /32, `sources` (a power of two) of them.
+    V6 { sources: u32 },
 }
 
 impl RawXdp {
     /// Loads `r0 = action; exit`.
     pub fn load(action: u32) -> RawXdp {
-        let insns: [u64; 2] = [(u64::from(action) << 32) | 0xb7, 0x95];
+        RawXdp::from_insns(&[(u64::from(action) << 32) | 0xb7, 0x95])
+    }
+
+    /// A generator: writes a random source (`bpf_get_prandom_u32`, masked to the spread)
+    /// into the frame, then `XDP_TX`. Run with live frames, every transmitted frame gets
+    /// its own draw.
+    pub fn spreader(spread: Spread) -> RawXdp {
+        let (mask, base) = match spread {
+            // Little-endian word over [198, 18, A, B]: the draw fills A and B.
+            Spread::V4 { sources } => {
+                assert!(sources.is_power_of_two() && sources <= 1 << 16, "{sources} sources");
+                (((sources - 1) << 16) as i32, 0x12c6)
+            }
+            Spread::V6 { sources } => {
+                assert!(sources.is_power_of_two(), "{sources} sources");
+                ((sources - 1) as i32, 0)
+            }
+        };
+        RawXdp::from_insns(&[
+            insn(0xbf, 6, 1, 0, 0),                    // r6 = ctx
+            insn(0x85, 0, 0, 0, 7),                    // call bpf_get_prandom_u32
+            insn(0x61, 2, 6, 0, 0),                    // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),                    // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),                    // r4 = r2
+            insn(0x07, 4, 0, 0, SOURCE_AT as i32 + 4), // r4 += end of the source bytes
+            insn(0x2d, 4, 3, 3, 0),                    // if r4 > r3 goto tx
+            insn(0x54, 0, 0, 0, mask),                 // w0 &= mask
+            insn(0x44, 0, 0, 0, base),                 // w0 |= base
+            insn(0x63, 2, 0, SOURCE_AT, 0),            // *(u32 *)(r2 + 26) = w0
+            insn(0xb7, 0, 0, 0, XDP_TX as i32),        // tx: r0 = XDP_TX
+            insn(0x95, 0, 0, 0, 0),                    // exit
+        ])
+    }
+
+    /// The memory-latency ceiling of a per-source table of `bytes`: reads one 8-byte slot of
+    /// an array that large, chosen by a hash of the source bytes the spreader writes, then
+    /// drops. No real limiter can beat it once its state no longer fits in cache.
+    pub fn memory_ceiling(bytes: u64) -> RawXdp {
+        let slots = u32::try_from(bytes / 8).expect("slots fit in u32").max(1);
+        let mut attr = Attr::new();
+        attr.put_u32(0, BPF_MAP_TYPE_ARRAY);
+        attr.put_u32(4, 4);
+        attr.put_u32(8, 8);
+        attr.put_u32(12, slots);
+        let map = bpf(BPF_MAP_CREATE, &mut attr).expect("create the ceiling's array");
+        // SAFETY: the kernel returned a new map fd that nothing else owns.
+        let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let fd = map.as_raw_fd();
+        let mut prog = RawXdp::from_insns(&[
+            insn(0x61, 2, 1, 0, 0),                      // r2 = ctx->data
+            insn(0x61, 3, 1, 4, 0),                      // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),                      // r4 = r2
+            insn(0x07, 4, 0, 0, SOURCE_AT as i32 + 4),   // r4 += end of the source bytes
+            insn(0x2d, 4, 3, 11, 0),                     // if r4 > r3 goto drop
+            insn(0x61, 5, 2, SOURCE_AT, 0),              // w5 = the source bytes
+            insn(0x24, 5, 0, 0, 0x9e37_79b1_u32 as i32), // w5 *= golden ratio (hash)
+            insn(0x94, 5, 0, 0, slots as i32),           // w5 %= slots
+            insn(0x63, 10, 5, -4, 0),                    // *(u32 *)(fp - 4) = w5
+            insn(0xbf, 2, 10, 0, 0),                     // r2 = fp
+            insn(0x07, 2, 0, 0, -4),                     // r2 += -4
+            insn(0x18, 1, 1, 0, fd),                     // r1 = map (ld_imm64, pseudo map fd)
+            insn(0, 0, 0, 0, 0),
+            insn(0x85, 0, 0, 0, 1),               // call bpf_map_lookup_elem
+            insn(0x15, 0, 0, 1, 0),               // if r0 == 0 goto drop
+            insn(0x79, 0, 0, 0, 0),               // r0 = *(u64 *)(r0 + 0)
+            insn(0xb7, 0, 0, 0, XDP_DROP as i32), // drop: r0 = XDP_DROP
+            insn(0x95, 0, 0, 0, 0),               // exit
+        ]);
+        prog._map = Some(map);
+        prog
+    }
+
+    fn from_insns(insns: &[u64]) -> RawXdp {
         let license = c"GPL";
         let mut attr = Attr::new();
         attr.put_u32(0, BPF_PROG_TYPE_XDP);
         attr.put_u32(4, insns.len() as u32);
         attr.put_u64(8, insns.as_ptr() as u64);
         attr.put_u64(16, license.as_ptr() as u64);
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).expect("load a two-instruction XDP program");
+        let fd = bpf(BPF_PROG_LOAD, &mut attr).expect("load a benchmark's tiny XDP program");
         // SAFETY: the kernel returned a new program fd that nothing else owns.
-        RawXdp { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) } }
+        RawXdp { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) }, _map: None }
     }
 
     /// Runs `frame` `repeat` times; returns (XDP action, mean ns per run).

@@ -19,7 +19,15 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn load() -> Kernel {
-        let mut bpf = Ebpf::load(secgate::EBPF_OBJECT).expect("parse the embedded XDP object");
+        Kernel::with_sources(secgate_common::maps::DEFAULT_MAX_SOURCES)
+    }
+
+    /// With room for `capacity` limiter buckets (`datapath.max_sources`).
+    pub fn with_sources(capacity: u32) -> Kernel {
+        let mut bpf = aya::EbpfLoader::new()
+            .map_max_entries(secgate_common::maps::SOURCES, capacity)
+            .load(secgate::EBPF_OBJECT)
+            .expect("parse the embedded XDP object");
         let prog: &mut Xdp = bpf.program_mut("secgate").expect("program").try_into().expect("xdp");
         if let Err(e) = prog.load() {
             if let ProgramError::LoadError { verifier_log, .. } = &e {

@@ -280,3 +280,29 @@ fn ipv6_sources_in_one_64_share_a_limit() {
     udp_send(&topo.client, OTHER_V6, sa(GW_V6_OTHER, UDP_PORT), 10, 1);
     assert_eq!(drain(&rx), 10, "a source in another /64 has its own bucket");
 }
+
+/// The program skips the allowlist while it is empty (a flag the daemon keeps): an entry
+/// added at run time or by a reload is honoured at once, and removing the last one brings
+/// the ban back.
+#[test]
+fn the_allowlist_wins_over_a_ban_as_soon_as_it_is_added_and_until_removed() {
+    if !privileged("the_allowlist_wins_over_a_ban_as_soon_as_it_is_added_and_until_removed") {
+        return;
+    }
+    let topo = Topology::new("alw");
+    let daemon = Daemon::start(&topo, "alw", "");
+    let _tcp = tcp_listener(&topo.gw, TCP_PORT);
+    daemon.ok(&["ban", "add", "198.18.0.0/24"]);
+    assert!(!reaches(&topo, CLIENT_V4, GW_V4), "banned");
+    daemon.ok(&["allow", "add", CLIENT_V4]);
+    assert!(reaches(&topo, CLIENT_V4, GW_V4), "allowed over the ban at once");
+    assert!(!reaches(&topo, OTHER_V4, GW_V4), "only the allowed address");
+    daemon.ok(&["allow", "del", CLIENT_V4]);
+    assert!(!reaches(&topo, CLIENT_V4, GW_V4), "the last entry removed: banned again");
+    daemon.write_config(&topo.gw_if, &format!("allow = [\"{OTHER_V4}\"]"));
+    daemon.ok(&["reload"]);
+    assert!(reaches(&topo, OTHER_V4, GW_V4), "a config allow entry, by reload");
+    daemon.write_config(&topo.gw_if, "");
+    daemon.ok(&["reload"]);
+    assert!(!reaches(&topo, OTHER_V4, GW_V4), "and gone with it");
+}

@@ -22,8 +22,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use secgate::bans::{Ban, Bans};
 use secgate_common::{
     maps::{
-        Counter, DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_PASS_MALFORMED, LimitKey,
-        MODE_MONITOR, OverLimitEvent, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS, SourceState,
+        Counter, DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_NO_ALLOW,
+        FLAG_PASS_MALFORMED, LimitKey, MODE_MONITOR, OverLimitEvent, RateRule, STATS_DROPPED,
+        STATS_NEW_BUCKETS, SourceState,
     },
     model::{self, Outcome, Tables},
     net::*,
@@ -114,7 +115,7 @@ fn scenario(
 ) -> (DatapathConfig, ModelTables) {
     let mut tables = ModelTables::default();
     clear(kernel);
-    let flags = [(0.2, FLAG_PASS_MALFORMED), (0.2, FLAG_DROP_FRAGMENTS)]
+    let flags = [(0.2, FLAG_PASS_MALFORMED), (0.2, FLAG_DROP_FRAGMENTS), (0.2, FLAG_NO_ALLOW)]
         .iter()
         .filter(|(p, _)| rng.random_bool(*p))
         .fold(0, |acc, (_, f)| acc | f);

@@ -10,8 +10,8 @@ pub use parse::{L4, Packet, Parsed, parse};
 
 use crate::limit::candidates;
 use crate::maps::{
-    BucketKey, DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_PASS_MALFORMED, LimitKey,
-    MODE_MONITOR, OverLimitEvent, RateRule, SourceState,
+    BucketKey, DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_NO_ALLOW, FLAG_PASS_MALFORMED,
+    LimitKey, MODE_MONITOR, OverLimitEvent, RateRule, SourceState,
 };
 use crate::verdict::{Action, Reason, Verdict};
 
@@ -85,7 +85,7 @@ pub fn verdict(cfg: &DatapathConfig, reason: Reason) -> Verdict {
 }
 
 fn judge(cfg: &DatapathConfig, tables: &mut impl Tables, pkt: &Packet, now_ns: u64) -> Judged {
-    if tables.allowed(pkt.family, &pkt.src) {
+    if cfg.flags & FLAG_NO_ALLOW == 0 && tables.allowed(pkt.family, &pkt.src) {
         return Judged::reason(Reason::Allow);
     }
     if let Some(entry) = tables.denied(pkt.family, &pkt.src)

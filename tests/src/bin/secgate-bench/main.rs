@@ -7,6 +7,7 @@ mod bans;
 mod cost;
 mod escalation;
 mod live;
+mod report;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -23,7 +24,7 @@ fn main() {
     if datapath {
         cost::run();
         println!();
-        live::run();
+        report::write(&live::run());
     }
     if matches!(what.as_str(), "all" | "bans") {
         if datapath {

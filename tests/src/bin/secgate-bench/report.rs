@@ -1,0 +1,107 @@
+//! The live datapath results as files under `target/bench/`: JSON for tools, a Markdown
+//! table for the README, and a chart (SVG bars of each case's ratio to its baseline, per
+//! flood; hand-written like the demo's, for the same reason: no font stack needed).
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use crate::live::{Case, FLOODS};
+
+pub fn write(results: &BTreeMap<(usize, Case), f64>) {
+    let dir = Path::new("target/bench");
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("cannot write {}: {e}", dir.display());
+        return;
+    }
+    let ratio = |f: usize, c: Case| results.get(&(f, c.baseline())).map(|b| results[&(f, c)] / b);
+    let json: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(&(f, case), &pps)| {
+            serde_json::json!({
+                "flood": FLOODS[f].name, "sources": FLOODS[f].sources, "receiver": case.name(),
+                "pps": pps, "baseline": case.baseline().name(), "ratio": ratio(f, case),
+            })
+        })
+        .collect();
+    let mut md = String::from("| receiver |");
+    for flood in &FLOODS {
+        let _ = write!(md, " {} Mpps (ratio) |", flood.name);
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(FLOODS.len()));
+    md.push('\n');
+    for case in Case::ALL {
+        let _ = write!(md, "| {} |", case.name());
+        for f in 0..FLOODS.len() {
+            match (results.get(&(f, case)), ratio(f, case)) {
+                (Some(pps), Some(r)) => {
+                    let _ = write!(md, " {:.2} ({r:.2}) |", pps / 1e6);
+                }
+                _ => md.push_str(" n/a |"),
+            }
+        }
+        md.push('\n');
+    }
+    let files = [
+        ("datapath.json", serde_json::to_string_pretty(&json).expect("json")),
+        ("datapath.md", md),
+        ("datapath.svg", svg(results, &ratio)),
+    ];
+    for (name, text) in files {
+        match std::fs::write(dir.join(name), text) {
+            Ok(()) => println!("wrote {}", dir.join(name).display()),
+            Err(e) => eprintln!("cannot write {name}: {e}"),
+        }
+    }
+}
+
+fn svg(
+    results: &BTreeMap<(usize, Case), f64>,
+    ratio: &dyn Fn(usize, Case) -> Option<f64>,
+) -> String {
+    const ROW: f64 = 16.0;
+    const LEFT: f64 = 290.0;
+    const WIDTH: f64 = 420.0;
+    let rows = FLOODS.len() * (Case::ALL.len() + 2);
+    let height = rows as f64 * ROW + 40.0;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="14">secgate datapath: throughput as a share of the bare program (drop, or pass), per flood</text>"#,
+        LEFT + WIDTH + 80.0
+    );
+    let mut y = 40.0;
+    for (f, flood) in FLOODS.iter().enumerate() {
+        let _ = write!(
+            out,
+            r#"<text x="10" y="{:.0}" font-weight="bold">{}</text>"#,
+            y + 11.0,
+            flood.name
+        );
+        y += ROW;
+        for case in Case::ALL {
+            if let (Some(r), Some(pps)) = (ratio(f, case), results.get(&(f, case))) {
+                let colour = if case.name().starts_with("nftables") {
+                    "#999"
+                } else if case.name().starts_with("bare") {
+                    "#333"
+                } else {
+                    "#2a7ab0"
+                };
+                let _ = write!(
+                    out,
+                    r#"<text x="20" y="{:.0}">{}</text><rect x="{LEFT}" y="{:.0}" width="{:.1}" height="{:.0}" fill="{colour}"/><text x="{:.1}" y="{:.0}">{r:.2} ({:.2} Mpps)</text>"#,
+                    y + 11.0,
+                    case.name(),
+                    y + 2.0,
+                    (r.min(1.2) * WIDTH / 1.2).max(1.0),
+                    ROW - 4.0,
+                    LEFT + (r.min(1.2) * WIDTH / 1.2) + 4.0,
+                    y + 11.0,
+                    pps / 1e6
+                );
+            }
+            y += ROW;
+        }
+        y += ROW;
+    }
+    out.push_str("</svg>\n");
+    out
+}
