@@ -12,7 +12,7 @@ pub fn write(results: &BTreeMap<(usize, Case), f64>) {
         eprintln!("cannot write {}: {e}", dir.display());
         return;
     }
-    let ratio = |f: usize, c: Case| results.get(&(f, c.baseline())).map(|b| results[&(f, c)] / b);
+    let ratio = |f: usize, c: Case| Some(results.get(&(f, c))? / results.get(&(f, c.baseline()))?);
     let json: Vec<serde_json::Value> = results
         .iter()
         .map(|(&(f, case), &pps)| {
@@ -65,7 +65,7 @@ fn svg(
     let height = rows as f64 * ROW + 40.0;
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="14">secgate datapath: throughput as a share of the bare program (drop, or pass), per flood</text>"#,
-        LEFT + WIDTH + 80.0
+        LEFT + WIDTH + 140.0
     );
     let mut y = 40.0;
     for (f, flood) in FLOODS.iter().enumerate() {
