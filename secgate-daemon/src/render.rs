@@ -119,13 +119,8 @@ pub fn watch(previous: Option<&(std::time::Instant, StatsReply)>, now: &StatsRep
 
 /// One `secgate trace` line: when, who, what, the verdict and the limit that applied.
 pub fn trace_line(l: &crate::views::TraceLine) -> String {
-    let proto = match l.proto {
-        1 => "icmp".to_owned(),
-        6 => "tcp".to_owned(),
-        17 => "udp".to_owned(),
-        58 => "icmpv6".to_owned(),
-        p => format!("proto {p}"),
-    };
+    let proto = crate::config::Protocol::from_number(l.proto)
+        .map_or_else(|| format!("proto {}", l.proto), |p| p.name().to_owned());
     let ms = l.at_ms % 86_400_000;
     let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     let flags = match (l.syn, l.fragment) {

@@ -16,9 +16,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use secgate_common::maps::MAX_TRACES;
+use secgate_common::maps::{LimitKey, MAX_TRACES};
 
-use crate::views::TraceLine;
+use crate::{config::describe, views::TraceLine};
 
 /// Lines kept for readers: at the kernel's budget (50 per second per CPU) several seconds'
 /// worth on a large host, more than a reader polling every 200 ms needs.
@@ -88,10 +88,16 @@ pub fn parse_line(text: &str) -> Option<TraceLine> {
     let get = |k: &str| fields.get(k).copied();
     let num = |k: &str| get(k)?.parse::<u64>().ok();
     let proto = u8::try_from(num("proto")?).ok()?;
-    let limit = match (num("limit_proto")?, num("limit_port")?, num("limit_syn")?) {
+    let key = LimitKey {
+        proto: u8::try_from(num("limit_proto")?).ok()?,
+        port: u16::try_from(num("limit_port")?).ok()?,
+        syn_only: u8::try_from(num("limit_syn")?).ok()?,
+    };
+    let limit = match key {
         _ if num("pps")? == 0 => "none".to_owned(),
-        (0, 0, 0) => "default".to_owned(),
-        (p, port, syn) => describe_limit(p, port, syn == 1, num("fragment")? == 1),
+        LimitKey::DEFAULT => "default".to_owned(),
+        LimitKey::FRAGMENTS => "fragments".to_owned(),
+        key => crate::config::Selector::from_key(&key).map(|s| describe(&s))?,
     };
     Some(TraceLine {
         seq: 0,
@@ -109,19 +115,6 @@ pub fn parse_line(text: &str) -> Option<TraceLine> {
         pps: num("pps")?,
         burst: num("burst")?,
     })
-}
-
-fn describe_limit(proto: u64, port: u64, syn: bool, fragment: bool) -> String {
-    let name = match proto {
-        _ if fragment => return "fragments".into(),
-        1 => "icmp".to_owned(),
-        6 => "tcp".to_owned(),
-        17 => "udp".to_owned(),
-        58 => "icmpv6".to_owned(),
-        p => format!("proto {p}"),
-    };
-    let port = if port == 0 { String::new() } else { format!(" port {port}") };
-    format!("{name}{port}{}", if syn { " syn" } else { "" })
 }
 
 /// The `log::Log` the program's aya-log records go to: trace lines into the log, anything

@@ -121,7 +121,8 @@ pub struct TraceLine {
     pub fragment: bool,
     /// The verdict reason (`pass`, `deny`, `rate`…).
     pub verdict: String,
-    /// Which limit applied: `none`, `default`, `fragments`, or e.g. `udp port 53`.
+    /// Which limit applied: `none`, `default`, `fragments`, or an override as `limit show`
+    /// names it (`udp port 53`, `tcp port 443 (SYN only)`).
     pub limit: String,
     pub pps: u64,
     pub burst: u64,

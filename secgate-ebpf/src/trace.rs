@@ -47,6 +47,7 @@ pub fn emit(ctx: &XdpContext, cfg: &DatapathConfig, pkt: &Packet, reason: Reason
     let verdict = reason.name();
     let (proto, fragment) = (pkt.proto, u8::from(pkt.fragment));
     let (lproto, lport, lsyn) = (limit.proto, limit.port, limit.syn_only);
+    // Two calls: aya-log formats `{:i}` by the argument's type, [u8; 4] or [u8; 16].
     if pkt.family == FAMILY_V4 {
         info!(
             ctx,

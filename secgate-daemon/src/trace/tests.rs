@@ -17,13 +17,14 @@ fn the_kernels_record_becomes_a_line() {
     let v6 = v6.replace("limit_proto=17", "limit_proto=6").replace("limit_syn=0", "limit_syn=1");
     let line = parse_line(&v6).expect("parses");
     assert_eq!(line.src, "fd00:18::2".parse::<IpAddr>().unwrap());
-    assert_eq!(line.limit, "tcp port 9999 syn");
+    assert_eq!(line.limit, "tcp port 9999 (SYN only)");
     let unlimited = parse_line(&V4.replace("pps=1000", "pps=0")).unwrap();
     assert_eq!(unlimited.limit, "none");
     let default = V4.replace("limit_proto=17 limit_port=9999", "limit_proto=0 limit_port=0");
     assert_eq!(parse_line(&default).unwrap().limit, "default");
     let fragment =
-        V4.replace("fragment=0", "fragment=1").replace("limit_proto=17", "limit_proto=255");
+        V4.replace("fragment=0", "fragment=1").replace("limit_proto=17", "limit_proto=44");
+    let fragment = fragment.replace("limit_port=9999", "limit_port=0");
     assert_eq!(parse_line(&fragment).unwrap().limit, "fragments");
 }
 
@@ -36,6 +37,7 @@ fn anything_else_is_refused() {
         &V4.replace("proto=17 ", "proto=300 "),
         &V4.replace("sport=40000", "sport=70000"),
         &V4.replace(" burst=100", ""),
+        &V4.replace("limit_proto=17", "limit_proto=99"),
     ] {
         assert!(parse_line(bad).is_none(), "{bad}");
     }

@@ -3,10 +3,9 @@
 
 use std::net::IpAddr;
 
-use crate::median;
+use crate::{live::config, median};
 use secgate_common::{
-    maps::{DatapathConfig, DenyEntry, FLAG_NO_ALLOW, RateRule},
-    model::prefix_mask,
+    maps::{DatapathConfig, DenyEntry, RateRule},
     net::TCP_FLAG_SYN,
 };
 use secgate_tests::{
@@ -23,17 +22,7 @@ pub fn run() {
     let mut kernel = Kernel::load();
     let bare = RawXdp::load(XDP_DROP);
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-    // What the daemon writes with an empty allowlist.
-    let cfg = DatapathConfig {
-        flags: FLAG_NO_ALLOW,
-        v4_mask: prefix_mask(32),
-        v6_mask: prefix_mask(64),
-        default_rule: RateRule::from_rate(1_000_000_000, 1 << 24),
-        // The daemon's defaults: one event per source per second, 1000 per second per CPU.
-        event_interval_ns: 1_000_000_000,
-        event_budget: RateRule::from_rate(1000, 1000),
-        ..Default::default()
-    };
+    let cfg = config(RateRule::from_rate(1_000_000_000, 1 << 24));
     kernel.maps.set_config(&cfg).expect("config");
     kernel.maps.set_deny("198.18.66.0/24".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
     let syn = L4Spec::Tcp { dport: 443, flags: TCP_FLAG_SYN };
@@ -51,38 +40,30 @@ pub fn run() {
     );
     println!("{:<32} {:>10} {:>10} {:>8}", "case", "secgate ns", "bare ns", "ratio");
     for (name, frame) in &cases {
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            ours.push(kernel.cost(frame, REPEAT).as_nanos() as f64);
-            base.push(f64::from(bare.run(frame, REPEAT).1));
-        }
-        let (o, b) = (median(ours), median(base));
-        println!("{name:<32} {o:>10.1} {b:>10.1} {:>8.2}", o / b);
+        row(&kernel, &bare, name, frame);
     }
     // With an allowlist in use, every packet also walks its trie.
     kernel.maps.set_config(&DatapathConfig { flags: 0, ..cfg }).unwrap();
     kernel.maps.set_allow("203.0.113.0/24".parse().unwrap()).unwrap();
     let frame =
         Spec::new(ip("198.18.66.6"), L4Spec::Tcp { dport: 443, flags: TCP_FLAG_SYN }).build();
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        ours.push(kernel.cost(&frame, REPEAT).as_nanos() as f64);
-        base.push(f64::from(bare.run(&frame, REPEAT).1));
-    }
-    let (o, b) = (median(ours), median(base));
-    println!("{:<32} {o:>10.1} {b:>10.1} {:>8.2}", "ipv4 denied /24, allowlist used", o / b);
+    row(&kernel, &bare, "ipv4 denied /24, allowlist used", &frame);
     kernel.maps.remove_allow("203.0.113.0/24".parse().unwrap()).unwrap();
-    kernel.maps.set_config(&cfg).unwrap();
     // Over-limit path: a 1 pps limit keeps every run after the first over the limit.
     let mut cfg = cfg;
     cfg.default_rule = RateRule::from_rate(1, 1);
     kernel.maps.set_config(&cfg).unwrap();
     let frame = Spec::new(ip("198.18.7.7"), L4Spec::Udp { dport: 53 }).build();
+    row(&kernel, &bare, "ipv4 udp, over limit (drop)", &frame);
+}
+
+/// Medians of `frame`'s cost under secgate and under the bare drop, rounds interleaved.
+fn row(kernel: &Kernel, bare: &RawXdp, name: &str, frame: &[u8]) {
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        ours.push(kernel.cost(&frame, REPEAT).as_nanos() as f64);
-        base.push(f64::from(bare.run(&frame, REPEAT).1));
+        ours.push(kernel.cost(frame, REPEAT).as_nanos() as f64);
+        base.push(f64::from(bare.run(frame, REPEAT).1));
     }
     let (o, b) = (median(ours), median(base));
-    println!("{:<32} {o:>10.1} {b:>10.1} {:>8.2}", "ipv4 udp, over limit (drop)", o / b);
+    println!("{name:<32} {o:>10.1} {b:>10.1} {:>8.2}", o / b);
 }

@@ -383,12 +383,13 @@ impl Bench {
 }
 
 /// What the daemon writes with an empty allowlist and `default_rule`.
-fn config(default_rule: RateRule) -> DatapathConfig {
+pub fn config(default_rule: RateRule) -> DatapathConfig {
     DatapathConfig {
         flags: FLAG_NO_ALLOW,
         v4_mask: prefix_mask(32),
         v6_mask: prefix_mask(64),
         default_rule,
+        // The daemon's defaults: one event per source per second, 1000 per second per CPU.
         event_interval_ns: 1_000_000_000,
         event_budget: RateRule::from_rate(1000, 1000),
         ..Default::default()
