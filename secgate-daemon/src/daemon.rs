@@ -77,19 +77,13 @@ pub async fn run(
     escalation.register(&mut registry);
     service.on_reload(Arc::new(EscalationReload(escalation.clone())));
     start_gateway(&config, &service, &escalation, &audit, &mut registry).await?;
-    // The control socket last of the listeners: once it answers, the gateway is listening
-    // (scripts and tests wait for the socket).
+    start_metrics(config.metrics_listen, registry).await;
+    // The control socket last of the listeners: once it answers, the gateway and the metrics
+    // endpoint are listening (scripts and tests wait for the socket).
     let socket = socket_path(&config, socket.as_deref());
     let listener = server::bind(&socket)
         .with_context(|| format!("binding control socket {}", socket.display()))?;
     tokio::spawn(server::serve(listener, service.clone()));
-    if let Some(addr) = config.metrics_listen {
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, registry).await {
-                error!(%addr, error = %e, "metrics endpoint failed; fix [metrics] listen or set enabled = false");
-            }
-        });
-    }
     tokio::spawn(link_watch::watch(service.clone()));
     tokio::spawn(sweep(service.clone()));
     if let Some(ring) = ring {
@@ -103,6 +97,24 @@ pub async fn run(
         "stopping; the XDP program stays attached through its pinned links (`secgate detach` removes it)"
     );
     Ok(())
+}
+
+/// Binds and serves the metrics endpoint if the config has one. A busy address is logged, not
+/// fatal: losing metrics must not take the datapath's policy down with it.
+async fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    registry: prometheus_client::registry::Registry,
+) {
+    let Some(addr) = addr else { return };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            info!(%addr, "metrics endpoint ready");
+            tokio::spawn(metrics::serve(listener, registry));
+        }
+        Err(e) => {
+            error!(%addr, error = %e, "metrics endpoint failed; fix [metrics] listen or set enabled = false");
+        }
+    }
 }
 
 /// Binds and serves the gateway if the config has one (a listen address that cannot be bound

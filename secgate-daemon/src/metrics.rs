@@ -2,7 +2,7 @@
 //! scrape time by a collector, so a scrape always shows the live state; no value walks a
 //! map, so a scrape costs the same with one source or a million.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 
@@ -17,7 +17,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::service::Service;
 
@@ -207,12 +207,11 @@ pub fn registry(service: Arc<Service>) -> Registry {
     registry
 }
 
-/// Serves `GET /metrics` from `registry` on `addr` until the process exits.
-pub async fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<()> {
+/// Serves `GET /metrics` from `registry` on `listener` until the process exits. The caller
+/// binds, so that the endpoint answers before the daemon reports itself ready.
+pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) {
     let registry = Arc::new(registry);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    info!(%addr, "metrics endpoint ready");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
