@@ -10,9 +10,29 @@ pub const LIMITS: &str = "SG_LIMITS";
 /// Names of the allowlist LPM tries (`Key<[u8; 4]>` / `Key<[u8; 16]>` → [`AllowEntry`]).
 pub const ALLOW_V4: &str = "SG_ALLOW_V4";
 pub const ALLOW_V6: &str = "SG_ALLOW_V6";
-/// Names of the denylist LPM tries (→ [`DenyEntry`]).
+/// Names of the denylist LPM tries (→ [`DenyEntry`]): every ban that is not a single host.
 pub const DENY_V4: &str = "SG_DENY_V4";
 pub const DENY_V6: &str = "SG_DENY_V6";
+/// Names of the denylist hash maps of single hosts: IPv4 /32 (`[u8; 4]` → [`DenyEntry`]) and
+/// IPv6 /[`HOST_V6_PREFIX`] (its first 8 bytes → [`DenyEntry`]). A botnet banned source by
+/// source puts hundreds of thousands of entries in them; a hashed lookup costs the same
+/// however many there are, where a trie walk of that many nodes misses the cache at every
+/// level.
+pub const DENY_HOSTS_V4: &str = "SG_DENY_HOSTS_V4";
+pub const DENY_HOSTS_V6: &str = "SG_DENY_HOSTS_V6";
+/// The IPv6 prefix a host ban covers: one subscriber's network, the default source key.
+pub const HOST_V6_PREFIX: u8 = 64;
+/// Key of `SG_DENY_HOSTS_V6`: the first [`HOST_V6_PREFIX`] bits of the address.
+pub type HostV6Key = [u8; HOST_V6_PREFIX as usize / 8];
+
+/// The `SG_DENY_HOSTS_V6` key covering `addr`.
+#[inline(always)]
+pub fn host_v6_key(addr: &[u8; 16]) -> HostV6Key {
+    let mut key: HostV6Key = [0; HOST_V6_PREFIX as usize / 8];
+    let n = key.len();
+    key.copy_from_slice(&addr[..n]);
+    key
+}
 /// Name of the `LruHashMap<BucketKey, SourceState>` of per-source limiter state.
 pub const SOURCES: &str = "SG_SOURCES";
 /// Name of the `PerCpuArray<Counter>`: one slot per [`crate::verdict::Reason`], then
@@ -52,15 +72,30 @@ pub const UNPINNED: [&str; 3] = [TRACE_V4, TRACE_V6, TRACE_BUDGET];
 pub const LOGS: &str = "AYA_LOGS";
 
 /// Every map the program defines that the daemon pins (the trace maps are not).
-pub const ALL: [&str; 10] =
-    [CONFIG, LIMITS, ALLOW_V4, ALLOW_V6, DENY_V4, DENY_V6, SOURCES, STATS, EVENTS, EVENT_BUDGET];
+pub const ALL: [&str; 12] = [
+    CONFIG,
+    LIMITS,
+    ALLOW_V4,
+    ALLOW_V6,
+    DENY_V4,
+    DENY_V6,
+    DENY_HOSTS_V4,
+    DENY_HOSTS_V6,
+    SOURCES,
+    STATS,
+    EVENTS,
+    EVENT_BUDGET,
+];
 
 /// Override rules: protocol × port × SYN-only combinations an operator can configure.
 pub const MAX_LIMIT_RULES: u32 = 256;
 /// Allowlist entries per address family.
 pub const MAX_ALLOW: u32 = 16 * 1024;
-/// Denylist entries per address family.
+/// Prefix bans (not single hosts) per address family.
 pub const MAX_DENY: u32 = 256 * 1024;
+/// Host bans per address family: a botnet's worth, banned source by source. The maps are not
+/// preallocated, so the room costs nothing until it is used.
+pub const MAX_DENY_HOSTS: u32 = 1 << 20;
 /// Default capacity of the per-source limiter map (`max_sources` overrides it at load).
 pub const DEFAULT_MAX_SOURCES: u32 = 256 * 1024;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
@@ -178,8 +213,9 @@ pub struct AllowEntry {
 
 /// Value of a denylist entry.
 ///
-/// The kernel reads only the longest prefix that matches a source, so the daemon writes each
-/// entry with the expiry of the longest-lasting ban among itself and every prefix covering it
+/// The kernel reads the source's host entry and, unless that one is in force, the longest
+/// prefix that matches it; so the daemon writes each entry with the expiry of the
+/// longest-lasting ban among itself and every prefix covering it
 /// ([`DenyEntry::outlasting`]): a short ban inside a longer one never hides the longer one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -19,7 +19,10 @@ use std::{
 use ipnet::IpNet;
 use secgate_common::maps::DenyEntry;
 
-use crate::views::BanView;
+use crate::{
+    maps::{DENY_MAPS, holder},
+    views::BanView,
+};
 
 /// A dynamic ban: from the operator, the escalation, or adopted from pinned maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,12 +89,12 @@ pub struct Bans {
     slots: BTreeMap<IpNet, Slot>,
     /// Dynamic bans by expiry, so the sweeper finds what is due without a scan.
     due: BTreeSet<(u64, IpNet)>,
-    /// Entries per family (IPv4, IPv6): the tries' occupancy.
-    counts: [usize; 2],
+    /// Entries per deny map ([`crate::maps::holder`]): the maps' occupancy.
+    counts: [usize; DENY_MAPS],
 }
 
-fn family(net: &IpNet) -> usize {
-    usize::from(matches!(net, IpNet::V6(_)))
+fn table(net: &IpNet) -> usize {
+    holder(net).index
 }
 
 impl Bans {
@@ -103,9 +106,9 @@ impl Bans {
         self.slots.is_empty()
     }
 
-    /// Entries of `net`'s address family, i.e. of the trie it would go into.
-    pub fn count_family(&self, net: &IpNet) -> usize {
-        self.counts[family(net)]
+    /// Entries of the deny map a ban on `net` would go into.
+    pub fn count_beside(&self, net: &IpNet) -> usize {
+        self.counts[table(net)]
     }
 
     pub fn contains(&self, net: &IpNet) -> bool {
@@ -212,8 +215,8 @@ impl Bans {
             self.slots.remove(&net);
         }
         match (existed, self.slots.contains_key(&net)) {
-            (false, true) => self.counts[family(&net)] += 1,
-            (true, false) => self.counts[family(&net)] -= 1,
+            (false, true) => self.counts[table(&net)] += 1,
+            (true, false) => self.counts[table(&net)] -= 1,
             _ => {}
         }
         let after = self.effective_under(Some(net));

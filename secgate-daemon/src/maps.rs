@@ -14,6 +14,10 @@ use secgate_common::maps::{
 
 use crate::bans::Write;
 
+mod deny;
+use deny::DenyMaps;
+pub use deny::{DENY_MAPS, Holder, holder};
+
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -48,6 +52,10 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::ALLOW_V6 => map(lpm(16), size_of::<AllowEntry>(), Some(names::MAX_ALLOW)),
         names::DENY_V4 => map(lpm(4), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
         names::DENY_V6 => map(lpm(16), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
+        names::DENY_HOSTS_V4 => map(4, size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS)),
+        names::DENY_HOSTS_V6 => {
+            map(size_of::<names::HostV6Key>(), size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS))
+        }
         names::SOURCES => map(size_of::<BucketKey>(), size_of::<SourceState>(), None),
         names::STATS => map(index, size_of::<Counter>(), Some(names::STATS_SLOTS)),
         names::EVENTS => map(0, 0, Some(names::EVENTS_BYTES)),
@@ -72,7 +80,7 @@ pub struct DatapathMaps {
     config: Array<MapData, DatapathConfig>,
     limits: HashMap<MapData, LimitKey, RateRule>,
     allow: Tries<AllowEntry>,
-    deny: Tries<DenyEntry>,
+    deny: DenyMaps,
     sources: HashMap<MapData, BucketKey, SourceState>,
     /// `SG_SOURCES`'s capacity as loaded (a reused pin keeps its own).
     sources_capacity: u32,
@@ -139,12 +147,7 @@ impl DatapathMaps {
                 names: [names::ALLOW_V4, names::ALLOW_V6],
                 capacity: names::MAX_ALLOW,
             },
-            deny: Tries {
-                v4: convert(bpf, names::DENY_V4)?,
-                v6: convert(bpf, names::DENY_V6)?,
-                names: [names::DENY_V4, names::DENY_V6],
-                capacity: names::MAX_DENY,
-            },
+            deny: DenyMaps::from_object(bpf)?,
             sources,
             sources_capacity,
             stats: convert(bpf, names::STATS)?,
@@ -212,7 +215,7 @@ impl DatapathMaps {
         self.deny.remove(net)
     }
 
-    /// Applies the deny-trie writes of a [`crate::bans::Bans`] change, in order.
+    /// Applies the deny-map writes of a [`crate::bans::Bans`] change, in order.
     pub fn write_deny(&mut self, writes: &[Write]) -> Result<()> {
         for w in writes {
             match *w {
@@ -268,26 +271,17 @@ impl DatapathMaps {
 pub struct SourceCheck {
     allow_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
     allow_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
-    deny_v4: LpmTrie<MapData, [u8; 4], DenyEntry>,
-    deny_v6: LpmTrie<MapData, [u8; 16], DenyEntry>,
+    deny: DenyMaps,
 }
 
-/// A handle of its own on the deny tries, for the escalation's first write of a ban: made
+/// A handle of its own on the deny maps, for the escalation's first write of a ban: made
 /// without the policy lock, which a thread that an attack keeps off the CPU (the journal
 /// copying the table, a sweep) may be holding. See `Service::deny_first`.
-pub struct FirstDeny(Tries<DenyEntry>);
+pub struct FirstDeny(DenyMaps);
 
 impl FirstDeny {
     pub fn open(maps_dir: &std::path::Path) -> Result<FirstDeny> {
-        let trie = |name: &'static str| -> Result<Map> {
-            Ok(Map::LpmTrie(MapData::from_pin(maps_dir.join(name)).map_err(wrap(name))?))
-        };
-        Ok(FirstDeny(Tries {
-            v4: LpmTrie::try_from(trie(names::DENY_V4)?).map_err(wrap(names::DENY_V4))?,
-            v6: LpmTrie::try_from(trie(names::DENY_V6)?).map_err(wrap(names::DENY_V6))?,
-            names: [names::DENY_V4, names::DENY_V6],
-            capacity: names::MAX_DENY,
-        }))
+        Ok(FirstDeny(DenyMaps::from_pins(maps_dir)?))
     }
 
     pub fn insert(&mut self, net: IpNet, expires_ns: u64) -> Result<()> {
@@ -320,35 +314,27 @@ impl SourceCheck {
         Ok(SourceCheck {
             allow_v4: trie(maps_dir, names::ALLOW_V4)?,
             allow_v6: trie(maps_dir, names::ALLOW_V6)?,
-            deny_v4: trie(maps_dir, names::DENY_V4)?,
-            deny_v6: trie(maps_dir, names::DENY_V6)?,
+            deny: DenyMaps::from_pins(maps_dir)?,
         })
     }
 
     /// The verdict for `ip` at monotonic time `now_ns`: allowed first, then an unexpired
-    /// deny entry, in the XDP program's order. The longest matching deny prefix decides,
-    /// as in the kernel (the daemon keeps nested entries outlasting their parents).
+    /// ban in force, in the XDP program's order and as it reads the deny maps.
     pub fn verdict(&self, ip: IpAddr, now_ns: u64) -> Result<SourceVerdict> {
-        let (allowed, denied) = match ip {
+        let allowed = match ip {
             IpAddr::V4(a) => {
-                let key = Key::new(32, a.octets());
-                (
-                    found(self.allow_v4.get(&key, 0), names::ALLOW_V4)?,
-                    found(self.deny_v4.get(&key, 0), names::DENY_V4)?,
-                )
+                found(self.allow_v4.get(&Key::new(32, a.octets()), 0), names::ALLOW_V4)?
             }
             IpAddr::V6(a) => {
-                let key = Key::new(128, a.octets());
-                (
-                    found(self.allow_v6.get(&key, 0), names::ALLOW_V6)?,
-                    found(self.deny_v6.get(&key, 0), names::DENY_V6)?,
-                )
+                found(self.allow_v6.get(&Key::new(128, a.octets()), 0), names::ALLOW_V6)?
             }
         };
-        Ok(match (allowed, denied) {
-            (Some(_), _) => SourceVerdict::Allowed,
-            (None, Some(d)) if d.active(now_ns) => SourceVerdict::Denied,
-            _ => SourceVerdict::Neither,
+        Ok(if allowed.is_some() {
+            SourceVerdict::Allowed
+        } else if self.deny.in_force(ip, now_ns)? {
+            SourceVerdict::Denied
+        } else {
+            SourceVerdict::Neither
         })
     }
 }

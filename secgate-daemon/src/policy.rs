@@ -16,8 +16,7 @@ use std::{
 use ipnet::IpNet;
 use secgate_common::{
     maps::{
-        Counter, FLAG_NO_ALLOW, FLAG_TRACE, LimitKey, MAX_DENY, RateRule, STATS_DROPPED,
-        STATS_NEW_BUCKETS,
+        Counter, FLAG_NO_ALLOW, FLAG_TRACE, LimitKey, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS,
     },
     verdict::Reason,
 };
@@ -453,8 +452,9 @@ impl Policy {
                 "{cidr} is already denied permanently by the config"
             )));
         }
-        if !self.bans.contains(&cidr) && self.bans.count_family(&cidr) >= MAX_DENY as usize {
-            return Err(MapsError::Full { name: deny_map(&cidr), capacity: MAX_DENY }.into());
+        let map = crate::maps::holder(&cidr);
+        if !self.bans.contains(&cidr) && self.bans.count_beside(&cidr) >= map.capacity as usize {
+            return Err(MapsError::Full { name: map.name, capacity: map.capacity }.into());
         }
         let previous = self.bans.dynamic(&cidr).cloned();
         let writes = self.bans.ban(cidr, wanted);
@@ -698,12 +698,5 @@ impl Policy {
     #[cfg(any(test, feature = "test-util"))]
     pub fn datapath(&self) -> &Datapath {
         &self.datapath
-    }
-}
-
-fn deny_map(net: &IpNet) -> &'static str {
-    match net {
-        IpNet::V4(_) => secgate_common::maps::DENY_V4,
-        IpNet::V6(_) => secgate_common::maps::DENY_V6,
     }
 }

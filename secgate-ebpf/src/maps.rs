@@ -3,14 +3,15 @@
 
 use crate::clock::Clock;
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use secgate_common::{
     maps::{
         AllowEntry, BucketKey, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry,
-        EVENTS_BYTES, FAMILY_V4, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
-        STATS_SLOTS, SourceState,
+        EVENTS_BYTES, FAMILY_V4, HostV6Key, LimitKey, MAX_ALLOW, MAX_DENY, MAX_DENY_HOSTS,
+        MAX_LIMIT_RULES, RateRule, STATS_SLOTS, SourceState, host_v6_key,
     },
     model::Packet,
 };
@@ -27,6 +28,13 @@ static SG_ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(MA
 static SG_DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
 #[map]
 static SG_DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
+/// Not preallocated: a host that is never banned costs no memory.
+#[map]
+static SG_DENY_HOSTS_V4: HashMap<[u8; 4], DenyEntry> =
+    HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
+#[map]
+static SG_DENY_HOSTS_V6: HashMap<HostV6Key, DenyEntry> =
+    HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
 /// Capacity is the default; the daemon sets `max_sources` at load time.
 #[map]
 pub static SG_SOURCES: LruHashMap<BucketKey, SourceState> =
@@ -51,16 +59,29 @@ pub fn allowed(pkt: &Packet) -> bool {
     }
 }
 
-/// Whether the longest denylist prefix covering the source is in force; the clock is read
-/// only for entries that expire.
+/// Whether the source's host ban, or else the longest denylist prefix covering it, is in
+/// force; the clock is read only for entries that expire. A host ban in force decides alone:
+/// the daemon writes no prefix that outlasts a host inside it.
 #[inline(always)]
 pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
-    let entry = if pkt.family == FAMILY_V4 {
+    let in_force = |e: &DenyEntry, clock: &mut Clock| e.permanent() || e.active(clock.now());
+    // SAFETY: map values are plain data.
+    let host = unsafe {
+        if pkt.family == FAMILY_V4 {
+            SG_DENY_HOSTS_V4.get(&[pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
+        } else {
+            SG_DENY_HOSTS_V6.get(&host_v6_key(&pkt.src))
+        }
+    };
+    if host.is_some_and(|e| in_force(e, clock)) {
+        return true;
+    }
+    let net = if pkt.family == FAMILY_V4 {
         SG_DENY_V4.get(v4(pkt))
     } else {
         SG_DENY_V6.get(Key::new(128, pkt.src))
     };
-    entry.is_some_and(|e| e.permanent() || e.active(clock.now()))
+    net.is_some_and(|e| in_force(e, clock))
 }
 
 #[inline(always)]

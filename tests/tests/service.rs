@@ -319,4 +319,15 @@ async fn an_entry_the_state_file_never_recorded_is_kept() {
     let kept = bans.iter().find(|b| b.cidr == net("198.18.96.2/32")).expect("kept");
     assert!(kept.reason.contains("kept from the pinned maps"), "{kept:?}");
     assert_eq!(f.run(&frame("198.18.96.2")), XDP_DROP);
+    // An earlier build kept hosts in the trie; this one moved it to the host map.
+    f.service().shutdown();
+    let map = aya::maps::MapData::from_pin(&pin).expect("pinned deny map");
+    let trie: aya::maps::LpmTrie<_, [u8; 4], secgate_common::maps::DenyEntry> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).unwrap();
+    assert!(trie.get(&key, 0).is_err(), "the host left the trie");
+    let hosts = f.pin_path.join("maps").join(secgate_common::maps::DENY_HOSTS_V4);
+    let map = aya::maps::MapData::from_pin(&hosts).expect("pinned host map");
+    let hosts: aya::maps::HashMap<_, [u8; 4], secgate_common::maps::DenyEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+    assert!(hosts.get(&[198, 18, 96, 2], 0).is_ok(), "and is in the host map");
 }

@@ -406,6 +406,50 @@ fn monitor_mode_passes_but_counts() {
 }
 
 #[test]
+fn host_bans_sit_beside_the_prefixes() {
+    // Hosts (IPv4 /32, IPv6 /64) live in hash maps, everything else in the tries: a host
+    // entry in force drops alone, one that lapsed leaves the decision to the tries.
+    if !privileged("host_bans_sit_beside_the_prefixes") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let past = DenyEntry { expires_ns: monotonic_ns() - 1 };
+    let forever = DenyEntry { expires_ns: 0 };
+    let deny = |k: &mut Kernel, net: &str, e: DenyEntry| k.maps.set_deny(net.parse().unwrap(), e);
+    deny(&mut kernel, "198.18.7.7/32", forever).unwrap();
+    deny(&mut kernel, "fd00:7:0:7::/64", forever).unwrap();
+    deny(&mut kernel, "fd00:8:0:8::/64", past).unwrap();
+    deny(&mut kernel, "fd00:8:0:8::9/128", forever).unwrap();
+    deny(&mut kernel, "198.18.66.66/32", past).unwrap();
+    let frame = |a: &str| Spec::new(ip(a), udp()).build();
+    let (drop, pass) = (XDP_DROP, XDP_PASS);
+    expect(&kernel, "banned v4 host", &frame("198.18.7.7"), drop, Reason::Deny);
+    expect(&kernel, "its neighbour", &frame("198.18.7.8"), pass, Reason::Pass);
+    expect(
+        &kernel,
+        "any address of a banned /64",
+        &frame("fd00:7:0:7:1:2:3:4"),
+        drop,
+        Reason::Deny,
+    );
+    expect(&kernel, "the next /64", &frame("fd00:7:0:8::1"), pass, Reason::Pass);
+    expect(&kernel, "a /128 inside a lapsed /64", &frame("fd00:8:0:8::9"), drop, Reason::Deny);
+    expect(&kernel, "the rest of the lapsed /64", &frame("fd00:8:0:8::a"), pass, Reason::Pass);
+    expect(&kernel, "a lapsed host in a banned /24", &frame("198.18.66.66"), drop, Reason::Deny);
+    let listed: Vec<String> =
+        kernel.maps.deny().unwrap().iter().map(|(n, _)| n.to_string()).collect();
+    for net in ["198.18.7.7/32", "fd00:7:0:7::/64", "fd00:8:0:8::9/128", "198.18.66.0/24"] {
+        assert!(listed.contains(&net.to_string()), "{net} listed in {listed:?}");
+    }
+    assert!(kernel.maps.remove_deny("198.18.7.7/32".parse().unwrap()).unwrap());
+    assert!(!kernel.maps.remove_deny("198.18.7.7/32".parse().unwrap()).unwrap(), "gone");
+    assert!(kernel.maps.remove_deny("fd00:7:0:7::/64".parse().unwrap()).unwrap());
+    expect(&kernel, "an unbanned v4 host", &frame("198.18.7.7"), pass, Reason::Pass);
+    expect(&kernel, "an unbanned /64", &frame("fd00:7:0:7:1:2:3:4"), pass, Reason::Pass);
+}
+
+#[test]
 fn every_shared_map_name_is_in_the_object() {
     if !privileged("every_shared_map_name_is_in_the_object") {
         return;

@@ -21,7 +21,8 @@ pub trait Tables {
     fn allowed(&self, family: u8, addr: &[u8; 16]) -> bool;
     /// The ban in force for `addr`: of all bans covering it, the one that lasts longest
     /// ([`DenyEntry::outlasting`]), so that no ban hides another. The kernel meets this with
-    /// one longest-prefix lookup because the daemon writes every entry with that expiry.
+    /// a host lookup and one longest-prefix lookup because the daemon writes every entry with
+    /// that expiry.
     fn denied(&self, family: u8, addr: &[u8; 16]) -> Option<DenyEntry>;
     /// An override rule.
     fn rule(&self, key: &LimitKey) -> Option<RateRule>;
