@@ -357,14 +357,22 @@ impl Bench {
             Case::Rate => Reason::Rate,
             _ => Reason::Pass,
         };
-        let got = self.kernel.counters()[reason as usize].packets - before[reason as usize].packets;
+        let after = self.kernel.counters();
+        let moved = |r: Reason| after[r as usize].packets - before[r as usize].packets;
         let want = u64::from(FRAMES) * 99 / 100;
+        let all: Vec<String> = Reason::ALL
+            .iter()
+            .filter(|r| moved(**r) > 0)
+            .map(|r| format!("{} {}", r.name(), moved(*r)))
+            .collect();
         assert!(
-            got >= want,
-            "{} ({}): only {got} of {FRAMES} frames were {}",
+            moved(reason) >= want,
+            "{} ({}): only {} of {FRAMES} frames were {} ({})",
             case.name(),
             self.flood.name,
-            reason.name()
+            moved(reason),
+            reason.name(),
+            all.join(", ")
         );
     }
 
