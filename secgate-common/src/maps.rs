@@ -20,6 +20,17 @@ pub const DENY_V6: &str = "SG_DENY_V6";
 /// level.
 pub const DENY_HOSTS_V4: &str = "SG_DENY_HOSTS_V4";
 pub const DENY_HOSTS_V6: &str = "SG_DENY_HOSTS_V6";
+/// Name of the `Array<u32>` that says, per family (index 0 IPv4, 1 IPv6), that its host map
+/// is empty (1), so the program skips the lookup: in a map sized for a million hosts even a
+/// miss costs a cache miss in the bucket array. 0, the value before anyone writes it, means
+/// "look it up". Every writer inserts a host and then writes 0; every remover that may have
+/// emptied the map writes 1, checks the map really is empty, and writes 0 back if it is not,
+/// so that whatever the interleaving a non-empty map ends up looked up.
+pub const DENY_HOSTS_EMPTY: &str = "SG_DENY_HOSTS_EMPTY";
+/// `SG_DENY_HOSTS_EMPTY` index of the IPv4 and of the IPv6 host map.
+pub const HOSTS_V4: u32 = 0;
+pub const HOSTS_V6: u32 = 1;
+
 /// The IPv6 prefix a host ban covers: one subscriber's network, the default source key.
 pub const HOST_V6_PREFIX: u8 = 64;
 /// Key of `SG_DENY_HOSTS_V6`: the first [`HOST_V6_PREFIX`] bits of the address.
@@ -72,7 +83,7 @@ pub const UNPINNED: [&str; 3] = [TRACE_V4, TRACE_V6, TRACE_BUDGET];
 pub const LOGS: &str = "AYA_LOGS";
 
 /// Every map the program defines that the daemon pins (the trace maps are not).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     CONFIG,
     LIMITS,
     ALLOW_V4,
@@ -81,6 +92,7 @@ pub const ALL: [&str; 12] = [
     DENY_V6,
     DENY_HOSTS_V4,
     DENY_HOSTS_V6,
+    DENY_HOSTS_EMPTY,
     SOURCES,
     STATS,
     EVENTS,

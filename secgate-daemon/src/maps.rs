@@ -53,6 +53,7 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::DENY_V4 => map(lpm(4), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
         names::DENY_V6 => map(lpm(16), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
         names::DENY_HOSTS_V4 => map(4, size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS)),
+        names::DENY_HOSTS_EMPTY => map(index, size_of::<u32>(), Some(2)),
         names::DENY_HOSTS_V6 => {
             map(size_of::<names::HostV6Key>(), size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS))
         }

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use secgate_common::{
     maps::{
         AllowEntry, BucketKey, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry,
-        EVENTS_BYTES, FAMILY_V4, HostV6Key, LimitKey, MAX_ALLOW, MAX_DENY, MAX_DENY_HOSTS,
-        MAX_LIMIT_RULES, RateRule, STATS_SLOTS, SourceState, host_v6_key,
+        EVENTS_BYTES, FAMILY_V4, HOSTS_V4, HOSTS_V6, HostV6Key, LimitKey, MAX_ALLOW, MAX_DENY,
+        MAX_DENY_HOSTS, MAX_LIMIT_RULES, RateRule, STATS_SLOTS, SourceState, host_v6_key,
     },
     model::Packet,
 };
@@ -35,6 +35,8 @@ static SG_DENY_HOSTS_V4: HashMap<[u8; 4], DenyEntry> =
 #[map]
 static SG_DENY_HOSTS_V6: HashMap<HostV6Key, DenyEntry> =
     HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
+#[map]
+static SG_DENY_HOSTS_EMPTY: Array<u32> = Array::with_max_entries(2, 0);
 /// Capacity is the default; the daemon sets `max_sources` at load time.
 #[map]
 pub static SG_SOURCES: LruHashMap<BucketKey, SourceState> =
@@ -46,14 +48,14 @@ pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 pub static SG_EVT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-fn v4(pkt: &Packet) -> Key<[u8; 4]> {
+fn v4_key(pkt: &Packet) -> Key<[u8; 4]> {
     Key::new(32, [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
 }
 
 #[inline(always)]
 pub fn allowed(pkt: &Packet) -> bool {
     if pkt.family == FAMILY_V4 {
-        SG_ALLOW_V4.get(v4(pkt)).is_some()
+        SG_ALLOW_V4.get(v4_key(pkt)).is_some()
     } else {
         SG_ALLOW_V6.get(Key::new(128, pkt.src)).is_some()
     }
@@ -65,22 +67,22 @@ pub fn allowed(pkt: &Packet) -> bool {
 #[inline(always)]
 pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
     let in_force = |e: &DenyEntry, clock: &mut Clock| e.permanent() || e.active(clock.now());
-    // SAFETY: map values are plain data.
-    let host = unsafe {
-        if pkt.family == FAMILY_V4 {
-            SG_DENY_HOSTS_V4.get(&[pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
-        } else {
-            SG_DENY_HOSTS_V6.get(&host_v6_key(&pkt.src))
+    let v4 = pkt.family == FAMILY_V4;
+    let hosts = if v4 { HOSTS_V4 } else { HOSTS_V6 };
+    if SG_DENY_HOSTS_EMPTY.get(hosts).is_none_or(|empty| *empty == 0) {
+        // SAFETY: map values are plain data.
+        let host = unsafe {
+            if v4 {
+                SG_DENY_HOSTS_V4.get(&[pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
+            } else {
+                SG_DENY_HOSTS_V6.get(&host_v6_key(&pkt.src))
+            }
+        };
+        if host.is_some_and(|e| in_force(e, clock)) {
+            return true;
         }
-    };
-    if host.is_some_and(|e| in_force(e, clock)) {
-        return true;
     }
-    let net = if pkt.family == FAMILY_V4 {
-        SG_DENY_V4.get(v4(pkt))
-    } else {
-        SG_DENY_V6.get(Key::new(128, pkt.src))
-    };
+    let net = if v4 { SG_DENY_V4.get(v4_key(pkt)) } else { SG_DENY_V6.get(Key::new(128, pkt.src)) };
     net.is_some_and(|e| in_force(e, clock))
 }
 

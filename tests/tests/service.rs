@@ -331,3 +331,26 @@ async fn an_entry_the_state_file_never_recorded_is_kept() {
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
     assert!(hosts.get(&[198, 18, 96, 2], 0).is_ok(), "and is in the host map");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_program_skips_an_empty_host_map_and_a_start_finds_it_full() {
+    // The program skips a host map marked empty. A daemon killed between marking it empty
+    // and checking could leave the mark on a map that has hosts; the next start corrects it.
+    if !privileged("the_program_skips_an_empty_host_map_and_a_start_finds_it_full") {
+        return;
+    }
+    let mut f = Fixture::start("emp", "");
+    let host = net("198.18.97.1/32");
+    f.service().ban_add(&OPERATOR, host, None, None).await.unwrap();
+    assert_eq!(f.run(&frame("198.18.97.1")), XDP_DROP);
+    f.service().ban_del(&OPERATOR, host).await.unwrap();
+    f.service().shutdown();
+    let pin = f.pin_path.join("maps").join(secgate_common::maps::DENY_HOSTS_V4);
+    let map = aya::maps::MapData::from_pin(&pin).expect("pinned host map");
+    let mut hosts: aya::maps::HashMap<_, [u8; 4], secgate_common::maps::DenyEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+    hosts.insert([198, 18, 97, 2], secgate_common::maps::DenyEntry { expires_ns: 0 }, 0).unwrap();
+    assert_eq!(f.run(&frame("198.18.97.2")), XDP_PASS, "a map marked empty is not looked at");
+    f.restart();
+    assert_eq!(f.run(&frame("198.18.97.2")), XDP_DROP, "the start marked it in use");
+}

@@ -447,6 +447,14 @@ fn host_bans_sit_beside_the_prefixes() {
     assert!(kernel.maps.remove_deny("fd00:7:0:7::/64".parse().unwrap()).unwrap());
     expect(&kernel, "an unbanned v4 host", &frame("198.18.7.7"), pass, Reason::Pass);
     expect(&kernel, "an unbanned /64", &frame("fd00:7:0:7:1:2:3:4"), pass, Reason::Pass);
+    // The last host of each family gone, the program skips those maps; a new ban ends that.
+    for net in ["198.18.66.66/32", "fd00:8:0:8::/64"] {
+        assert!(kernel.maps.remove_deny(net.parse().unwrap()).unwrap());
+    }
+    deny(&mut kernel, "198.18.7.7/32", forever).unwrap();
+    deny(&mut kernel, "fd00:7:0:7::/64", forever).unwrap();
+    expect(&kernel, "a v4 host banned again", &frame("198.18.7.7"), drop, Reason::Deny);
+    expect(&kernel, "a /64 banned again", &frame("fd00:7:0:7::1"), drop, Reason::Deny);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, lpm_trie::Key};
+use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use secgate_common::maps::{self as names, DenyEntry, HOST_V6_PREFIX, HostV6Key, host_v6_key};
 
@@ -17,6 +17,8 @@ pub struct DenyMaps {
     nets: Tries<DenyEntry>,
     hosts_v4: HashMap<MapData, [u8; 4], DenyEntry>,
     hosts_v6: HashMap<MapData, HostV6Key, DenyEntry>,
+    /// `SG_DENY_HOSTS_EMPTY`: lets the program skip a host map while it is empty.
+    empty: Array<MapData, u32>,
 }
 
 /// Where a ban on one prefix lives.
@@ -74,6 +76,9 @@ impl DenyMaps {
     pub(super) fn from_object(bpf: &mut aya::Ebpf) -> Result<DenyMaps> {
         let mut maps = DenyMaps::build(|name, _| take(bpf, name))?;
         maps.move_hosts_out_of_the_tries()?;
+        for hosts in [names::HOSTS_V4, names::HOSTS_V6] {
+            maps.mark_if_empty(hosts)?;
+        }
         Ok(maps)
     }
 
@@ -88,6 +93,7 @@ impl DenyMaps {
         use aya::maps::LpmTrie;
         let (v4, v6) = (names::DENY_V4, names::DENY_V6);
         let (h4, h6) = (names::DENY_HOSTS_V4, names::DENY_HOSTS_V6);
+        let empty = names::DENY_HOSTS_EMPTY;
         Ok(DenyMaps {
             nets: Tries {
                 v4: LpmTrie::try_from(get(v4, Map::LpmTrie)?).map_err(wrap(v4))?,
@@ -97,6 +103,7 @@ impl DenyMaps {
             },
             hosts_v4: HashMap::try_from(get(h4, Map::HashMap)?).map_err(wrap(h4))?,
             hosts_v6: HashMap::try_from(get(h6, Map::HashMap)?).map_err(wrap(h6))?,
+            empty: Array::try_from(get(empty, Map::Array)?).map_err(wrap(empty))?,
         })
     }
 
@@ -111,9 +118,13 @@ impl DenyMaps {
     }
 
     pub fn insert(&mut self, net: IpNet, entry: DenyEntry) -> Result<()> {
-        let (res, name) = match slot(net) {
-            Slot::HostV4(k) => (self.hosts_v4.insert(k, entry, 0), names::DENY_HOSTS_V4),
-            Slot::HostV6(k) => (self.hosts_v6.insert(k, entry, 0), names::DENY_HOSTS_V6),
+        let (res, name, hosts) = match slot(net) {
+            Slot::HostV4(k) => {
+                (self.hosts_v4.insert(k, entry, 0), names::DENY_HOSTS_V4, names::HOSTS_V4)
+            }
+            Slot::HostV6(k) => {
+                (self.hosts_v6.insert(k, entry, 0), names::DENY_HOSTS_V6, names::HOSTS_V6)
+            }
             Slot::Net(net) => return self.nets.insert(net, entry),
         };
         res.map_err(|e| {
@@ -122,18 +133,50 @@ impl DenyMaps {
             } else {
                 wrap(name)(e)
             }
-        })
+        })?;
+        // After the entry: a program that sees "not empty" finds it.
+        self.set_empty(hosts, false)
+    }
+
+    fn set_empty(&mut self, hosts: u32, empty: bool) -> Result<()> {
+        self.empty.set(hosts, u32::from(empty), 0).map_err(wrap(names::DENY_HOSTS_EMPTY))
+    }
+
+    /// Lets the program skip the `hosts` map if it is empty: marks it empty first, then
+    /// looks, so a host another handle (`FirstDeny`) inserts meanwhile is either seen here or
+    /// marks the map non-empty itself after this. A map found non-empty is marked so even
+    /// when it already should be: a daemon killed between the two writes left it marked.
+    fn mark_if_empty(&mut self, hosts: u32) -> Result<()> {
+        if !self.any_host(hosts)? {
+            self.set_empty(hosts, true)?;
+            if !self.any_host(hosts)? {
+                return Ok(());
+            }
+        }
+        self.set_empty(hosts, false)
+    }
+
+    fn any_host(&self, hosts: u32) -> Result<bool> {
+        let (first, name) = if hosts == names::HOSTS_V4 {
+            (self.hosts_v4.keys().next().map(|k| k.map(drop)), names::DENY_HOSTS_V4)
+        } else {
+            (self.hosts_v6.keys().next().map(|k| k.map(drop)), names::DENY_HOSTS_V6)
+        };
+        first.transpose().map(|k| k.is_some()).map_err(wrap(name))
     }
 
     /// Removes the ban on exactly `net`; `Ok(false)` if there was none.
     pub fn remove(&mut self, net: IpNet) -> Result<bool> {
-        let (res, name) = match slot(net) {
-            Slot::HostV4(k) => (self.hosts_v4.remove(&k), names::DENY_HOSTS_V4),
-            Slot::HostV6(k) => (self.hosts_v6.remove(&k), names::DENY_HOSTS_V6),
+        let (res, name, hosts) = match slot(net) {
+            Slot::HostV4(k) => (self.hosts_v4.remove(&k), names::DENY_HOSTS_V4, names::HOSTS_V4),
+            Slot::HostV6(k) => (self.hosts_v6.remove(&k), names::DENY_HOSTS_V6, names::HOSTS_V6),
             Slot::Net(net) => return self.nets.remove(net),
         };
         match res {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.mark_if_empty(hosts)?;
+                Ok(true)
+            }
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(wrap(name)(e)),
         }
