@@ -106,7 +106,8 @@ pub const MAX_ALLOW: u32 = 16 * 1024;
 /// Prefix bans (not single hosts) per address family.
 pub const MAX_DENY: u32 = 256 * 1024;
 /// Host bans per address family: a botnet's worth, banned source by source. The maps are not
-/// preallocated, so the room costs nothing until it is used.
+/// preallocated: their elements cost memory once banned; the bucket arrays (16 MiB each) are
+/// made with the maps.
 pub const MAX_DENY_HOSTS: u32 = 1 << 20;
 /// Default capacity of the per-source limiter map (`max_sources` overrides it at load).
 pub const DEFAULT_MAX_SOURCES: u32 = 256 * 1024;

@@ -1,14 +1,15 @@
 //! Every ban the policy holds (config denies and dynamic bans), and the values the kernel's
-//! deny tries must hold so that no ban hides another.
+//! deny maps must hold so that no ban hides another.
 //!
-//! The XDP program reads only the longest prefix matching a source. A ban on a /32 that
-//! expires inside a permanent /24 would, read alone, let that host through until the entry
-//! was swept. So each entry is written with its *effective* expiry: the longest-lasting of
-//! its own ban and every ban on a prefix covering it. The prefixes covering an address form
-//! one chain, so the longest match then carries the expiry of the longest-lasting ban on the
-//! source, and the kernel needs no second lookup.
+//! The XDP program reads a source's host entry (IPv4 /32, IPv6 /64) and, unless it is in
+//! force, the longest trie prefix matching it. A ban on a /32 that expires inside a permanent
+//! /24 would, read alone, let that host through until the entry was swept. So each entry is
+//! written with its *effective* expiry: the longest-lasting of its own ban and every ban on a
+//! prefix covering it. The prefixes covering an address form one chain, so the entry the
+//! program decides by carries the expiry of the longest-lasting ban on the source.
 //!
-//! Pure: changes return the map writes they need, in an order where every intermediate
+//! Pure apart from knowing which map a prefix goes into (`maps::holder`, for occupancy):
+//! changes return the map writes they need, in an order where every intermediate
 //! state drops at least what both the old and the new policy drop for bans still in force.
 
 use std::{

@@ -216,6 +216,11 @@ impl DatapathMaps {
         self.deny.remove(net)
     }
 
+    /// See [`DenyMaps::retire_trie_hosts`].
+    pub fn retire_trie_hosts(&mut self) -> Result<usize> {
+        self.deny.retire_trie_hosts()
+    }
+
     /// Applies the deny-map writes of a [`crate::bans::Bans`] change, in order.
     pub fn write_deny(&mut self, writes: &[Write]) -> Result<()> {
         for w in writes {

@@ -657,6 +657,12 @@ impl Policy {
         }
     }
 
+    /// Removes the host bans an earlier build kept in the deny tries (see
+    /// `DenyMaps::retire_trie_hosts`); returns how many.
+    pub fn retire_trie_hosts(&mut self) -> Result<usize> {
+        Ok(self.datapath.maps.retire_trie_hosts()?)
+    }
+
     /// Brings the XDP links in line with the configured interfaces and the interfaces that
     /// exist now (called at start, on reload, on link events and every second). Returns the
     /// interfaces that failed, with why.

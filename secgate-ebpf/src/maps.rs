@@ -28,7 +28,8 @@ static SG_ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(MA
 static SG_DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
 #[map]
 static SG_DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
-/// Not preallocated: a host that is never banned costs no memory.
+/// Not preallocated: elements cost memory only once banned (the bucket array, 16 MiB at this
+/// capacity, is made with the map).
 #[map]
 static SG_DENY_HOSTS_V4: HashMap<[u8; 4], DenyEntry> =
     HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
@@ -62,8 +63,9 @@ pub fn allowed(pkt: &Packet) -> bool {
 }
 
 /// Whether the source's host ban, or else the longest denylist prefix covering it, is in
-/// force; the clock is read only for entries that expire. A host ban in force decides alone:
-/// the daemon writes no prefix that outlasts a host inside it.
+/// force; the clock is read only for entries that expire. A host ban in force decides alone,
+/// and one that lapsed leaves it to the trie: the daemon writes every entry with the longest
+/// expiry among itself and the prefixes covering it, so no prefix outlasts a host entry.
 #[inline(always)]
 pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
     let in_force = |e: &DenyEntry, clock: &mut Clock| e.permanent() || e.active(clock.now());
@@ -73,9 +75,9 @@ pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
         // SAFETY: map values are plain data.
         let host = unsafe {
             if v4 {
-                SG_DENY_HOSTS_V4.get(&[pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
+                SG_DENY_HOSTS_V4.get([pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
             } else {
-                SG_DENY_HOSTS_V6.get(&host_v6_key(&pkt.src))
+                SG_DENY_HOSTS_V6.get(host_v6_key(&pkt.src))
             }
         };
         if host.is_some_and(|e| in_force(e, clock)) {

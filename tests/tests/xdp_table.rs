@@ -437,6 +437,9 @@ fn host_bans_sit_beside_the_prefixes() {
     expect(&kernel, "a /128 inside a lapsed /64", &frame("fd00:8:0:8::9"), drop, Reason::Deny);
     expect(&kernel, "the rest of the lapsed /64", &frame("fd00:8:0:8::a"), pass, Reason::Pass);
     expect(&kernel, "a lapsed host in a banned /24", &frame("198.18.66.66"), drop, Reason::Deny);
+    deny(&mut kernel, "198.18.99.5/32", forever).unwrap();
+    expect(&kernel, "a banned host in a lapsed /24", &frame("198.18.99.5"), drop, Reason::Deny);
+    expect(&kernel, "the rest of the lapsed /24", &frame("198.18.99.6"), pass, Reason::Pass);
     let listed: Vec<String> =
         kernel.maps.deny().unwrap().iter().map(|(n, _)| n.to_string()).collect();
     for net in ["198.18.7.7/32", "fd00:7:0:7::/64", "fd00:8:0:8::9/128", "198.18.66.0/24"] {

@@ -19,6 +19,10 @@ pub struct DenyMaps {
     hosts_v6: HashMap<MapData, HostV6Key, DenyEntry>,
     /// `SG_DENY_HOSTS_EMPTY`: lets the program skip a host map while it is empty.
     empty: Array<MapData, u32>,
+    /// An earlier build left host bans in the tries, and its program may still be attached
+    /// (it reads only the tries) until this build's replaces it: until then every host write
+    /// goes to the trie as well. See [`DenyMaps::retire_trie_hosts`].
+    twins: bool,
 }
 
 /// Where a ban on one prefix lives.
@@ -71,11 +75,11 @@ fn host_v6_net(key: &HostV6Key) -> IpNet {
 type Kind = fn(MapData) -> Map;
 
 impl DenyMaps {
-    /// Takes the deny maps out of a loaded object, moving host bans that an earlier build kept
-    /// in the tries into the hash maps (the program reads a host's hash entry first).
+    /// Takes the deny maps out of a loaded object, copying host bans that an earlier build
+    /// kept in the tries into the hash maps (this build's program reads those first).
     pub(super) fn from_object(bpf: &mut aya::Ebpf) -> Result<DenyMaps> {
         let mut maps = DenyMaps::build(|name, _| take(bpf, name))?;
-        maps.move_hosts_out_of_the_tries()?;
+        maps.copy_hosts_out_of_the_tries()?;
         for hosts in [names::HOSTS_V4, names::HOSTS_V6] {
             maps.mark_if_empty(hosts)?;
         }
@@ -104,17 +108,40 @@ impl DenyMaps {
             hosts_v4: HashMap::try_from(get(h4, Map::HashMap)?).map_err(wrap(h4))?,
             hosts_v6: HashMap::try_from(get(h6, Map::HashMap)?).map_err(wrap(h6))?,
             empty: Array::try_from(get(empty, Map::Array)?).map_err(wrap(empty))?,
+            twins: false,
         })
     }
 
-    fn move_hosts_out_of_the_tries(&mut self) -> Result<()> {
-        for (net, entry) in self.nets.list()? {
-            if !matches!(slot(net), Slot::Net(_)) {
-                self.insert(net, entry)?;
-                self.nets.remove(net)?;
-            }
+    fn trie_hosts(&self) -> Result<Vec<(IpNet, DenyEntry)>> {
+        Ok(self
+            .nets
+            .list()?
+            .into_iter()
+            .filter(|(n, _)| !matches!(slot(*n), Slot::Net(_)))
+            .collect())
+    }
+
+    fn copy_hosts_out_of_the_tries(&mut self) -> Result<()> {
+        let hosts = self.trie_hosts()?;
+        self.twins = !hosts.is_empty();
+        for (net, entry) in hosts {
+            self.insert(net, entry)?;
         }
         Ok(())
+    }
+
+    /// Once this build's program is on every interface, removes the host bans an earlier
+    /// build left in the tries; returns how many.
+    pub fn retire_trie_hosts(&mut self) -> Result<usize> {
+        if !self.twins {
+            return Ok(0);
+        }
+        let hosts = self.trie_hosts()?;
+        for (net, _) in &hosts {
+            self.nets.remove(*net)?;
+        }
+        self.twins = false;
+        Ok(hosts.len())
     }
 
     pub fn insert(&mut self, net: IpNet, entry: DenyEntry) -> Result<()> {
@@ -134,6 +161,9 @@ impl DenyMaps {
                 wrap(name)(e)
             }
         })?;
+        if self.twins {
+            self.nets.insert(net, entry)?;
+        }
         // After the entry: a program that sees "not empty" finds it.
         self.set_empty(hosts, false)
     }
@@ -172,12 +202,13 @@ impl DenyMaps {
             Slot::HostV6(k) => (self.hosts_v6.remove(&k), names::DENY_HOSTS_V6, names::HOSTS_V6),
             Slot::Net(net) => return self.nets.remove(net),
         };
+        let twin = self.twins && self.nets.remove(net)?;
         match res {
             Ok(()) => {
                 self.mark_if_empty(hosts)?;
                 Ok(true)
             }
-            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(twin),
             Err(e) => Err(wrap(name)(e)),
         }
     }

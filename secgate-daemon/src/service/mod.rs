@@ -207,10 +207,21 @@ impl Service {
             Policy::start(datapath, config.datapath.clone(), loaded, clock.clone())?;
         // A missing interface only waits; one that exists and refuses the program is a
         // configuration error, as it is on reload. A lookup that failed is retried.
-        for (name, e) in policy.sync_interfaces() {
+        let not_ready = policy.sync_interfaces();
+        let synced = not_ready.is_empty();
+        for (name, e) in not_ready {
             match e {
                 DatapathError::Attach { .. } => return Err(e.into()),
                 e => tracing::warn!(interface = %name, error = %e, "interface not ready; retrying"),
+            }
+        }
+        // This build's program is on every interface there is: the tries no longer need the
+        // host bans an earlier build kept there (until then both copies were written).
+        if synced {
+            match policy.retire_trie_hosts() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(moved = n, "host bans moved out of the deny tries"),
+                Err(e) => tracing::warn!(error = %e, "host bans stay in the deny tries as well"),
             }
         }
         // What start discarded or kept is written at once, not at the next change.
