@@ -42,7 +42,7 @@ impl Ban {
     }
 }
 
-/// What the tries must change.
+/// What the deny maps must change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Write {
     Set(IpNet, DenyEntry),
@@ -108,7 +108,7 @@ impl Bans {
     }
 
     /// Entries of the deny map a ban on `net` would go into.
-    pub fn count_beside(&self, net: &IpNet) -> usize {
+    pub fn count_in_map(&self, net: &IpNet) -> usize {
         self.counts[table(net)]
     }
 
@@ -129,7 +129,7 @@ impl Bans {
         self.slots.iter().filter_map(|(n, s)| s.dynamic.as_ref().map(|b| (n, b)))
     }
 
-    /// What every entry of the tries must hold.
+    /// What every entry of the deny maps must hold.
     pub fn projection(&self) -> BTreeMap<IpNet, DenyEntry> {
         self.effective_under(None)
     }
@@ -144,7 +144,7 @@ impl Bans {
         self.slots.get(net).and_then(Slot::own)
     }
 
-    /// The entry the tries must hold for exactly `net` (its own bans, or a covering one's
+    /// The entry the deny maps must hold for exactly `net` (its own bans, or a covering one's
     /// if that outlasts them); `None`: no entry.
     pub fn effective(&self, net: &IpNet) -> Option<DenyEntry> {
         self.effective_under(Some(*net)).get(net).copied()

@@ -271,7 +271,7 @@ impl DatapathMaps {
     }
 }
 
-/// Read-only lookups in the allow and deny tries, on handles of their own, so that the
+/// Read-only lookups in the allow tries and the deny maps, on handles of their own, so that the
 /// gateway can judge a connection without the policy lock: a flood of connections must not
 /// queue behind policy changes, nor they behind it.
 pub struct SourceCheck {
@@ -308,7 +308,7 @@ pub enum SourceVerdict {
 }
 
 impl SourceCheck {
-    /// Opens the tries pinned in `maps_dir`.
+    /// Opens the maps pinned in `maps_dir`.
     pub fn open(maps_dir: &std::path::Path) -> Result<SourceCheck> {
         fn trie<K: aya::Pod, V: aya::Pod>(
             dir: &std::path::Path,

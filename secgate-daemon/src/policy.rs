@@ -81,7 +81,7 @@ pub struct Policy {
     clock: Arc<dyn Clock>,
     anchor: Anchor,
     started: Instant,
-    /// A map write failed and could not be undone: the deny tries are rewritten from memory
+    /// A map write failed and could not be undone: the deny maps are rewritten from memory
     /// when this comes due (backing off while it keeps failing).
     deny_repair: Option<Repair>,
     /// `secgate trace` sessions: the kernel traces the union of their prefixes.
@@ -90,7 +90,7 @@ pub struct Policy {
     traces_dirty: bool,
 }
 
-/// When to rewrite the deny tries next, and how long to wait after that if it fails again.
+/// When to rewrite the deny maps next, and how long to wait after that if it fails again.
 #[derive(Clone, Copy, Debug)]
 struct Repair {
     at: Instant,
@@ -390,7 +390,7 @@ impl Policy {
     }
 
     /// Writes every deny entry from memory and removes the ones memory does not hold (one
-    /// walk of the tries: at start, and after a failed write).
+    /// walk of the deny maps: at start, and after a failed write).
     fn reconcile_deny(&mut self) -> Result<()> {
         let want = self.bans.projection();
         for (net, entry) in &want {
@@ -405,8 +405,8 @@ impl Policy {
         Ok(())
     }
 
-    /// Writes a change to the deny tries. If that fails, `undo` puts memory back as it was
-    /// and its writes put back what was already written; should even that fail, the tries
+    /// Writes a change to the deny maps. If that fails, `undo` puts memory back as it was
+    /// and its writes put back what was already written; should even that fail, the maps
     /// are rewritten from memory later.
     fn write_deny(
         &mut self,
@@ -421,7 +421,7 @@ impl Policy {
         Err(e.into())
     }
 
-    /// Schedules a rewrite of the deny tries from memory. A repair already pending keeps its
+    /// Schedules a rewrite of the deny maps from memory. A repair already pending keeps its
     /// (earlier) time, so failures that keep coming cannot put it off.
     fn schedule_repair(&mut self, backoff: Duration) {
         if self.deny_repair.is_none() {
@@ -453,7 +453,7 @@ impl Policy {
             )));
         }
         let map = crate::maps::holder(&cidr);
-        if !self.bans.contains(&cidr) && self.bans.count_beside(&cidr) >= map.capacity as usize {
+        if !self.bans.contains(&cidr) && self.bans.count_in_map(&cidr) >= map.capacity as usize {
             return Err(MapsError::Full { name: map.name, capacity: map.capacity }.into());
         }
         let previous = self.bans.dynamic(&cidr).cloned();
@@ -462,7 +462,7 @@ impl Policy {
         Ok(BanView { cidr, expires_in_secs: ttl.map(|t| t.as_secs_f64()), reason })
     }
 
-    /// Writes the entry the bans need for exactly `cidr` into the deny trie (or removes it),
+    /// Writes the entry the bans need for exactly `cidr` into the deny maps (or removes it),
     /// over whatever another writer left there.
     pub fn resync_deny(&mut self, cidr: IpNet) -> Result<()> {
         match self.bans.effective(&cidr) {
@@ -491,7 +491,7 @@ impl Policy {
     }
 
     /// Lifts the dynamic bans that are due (on the kernel's clock); returns how many. Costs
-    /// nothing while none is due, and rewrites the deny tries when a repair is due.
+    /// nothing while none is due, and rewrites the deny maps when a repair is due.
     pub fn sweep(&mut self) -> Result<usize> {
         if let Some(repair) = self.deny_repair
             && Instant::now() >= repair.at

@@ -511,6 +511,27 @@ fn full_map_is_a_clear_error() {
     assert_eq!(kernel.maps.limits().unwrap().len(), 256, "existing entries are intact");
 }
 
+#[test]
+fn a_full_host_map_is_a_clear_error() {
+    if !privileged("a_full_host_map_is_a_clear_error") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    let forever = DenyEntry { expires_ns: 0 };
+    let cap = secgate_common::maps::MAX_DENY_HOSTS;
+    for i in 0..cap {
+        let [_, b, c, d] = i.to_be_bytes();
+        let host = std::net::Ipv4Addr::new(10 + b / 64, b % 64, c, d);
+        kernel.maps.set_deny(IpAddr::from(host).into(), forever).expect("within capacity");
+    }
+    let err = kernel.maps.set_deny("198.18.0.1/32".parse().unwrap(), forever).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("SG_DENY_HOSTS_V4 is full") && msg.contains(&cap.to_string()), "{msg}");
+    kernel.maps.set_deny("198.18.0.0/24".parse().unwrap(), forever).expect("prefixes have room");
+    let frame = Spec::new(ip("10.0.0.7"), udp()).build();
+    expect(&kernel, "a host banned before the map filled", &frame, XDP_DROP, Reason::Deny);
+}
+
 fn map_info(map: &aya::maps::Map) -> aya::maps::MapInfo {
     use aya::maps::Map;
     let data = match map {

