@@ -39,7 +39,7 @@ pub type HostV6Key = [u8; HOST_V6_PREFIX as usize / 8];
 /// The `SG_DENY_HOSTS_V6` key covering `addr`.
 #[inline(always)]
 pub fn host_v6_key(addr: &[u8; 16]) -> HostV6Key {
-    let mut key: HostV6Key = [0; HOST_V6_PREFIX as usize / 8];
+    let mut key = HostV6Key::default();
     let n = key.len();
     key.copy_from_slice(&addr[..n]);
     key

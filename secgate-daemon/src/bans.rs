@@ -94,10 +94,6 @@ pub struct Bans {
     counts: [usize; DENY_MAPS],
 }
 
-fn table(net: &IpNet) -> usize {
-    holder(net).index
-}
-
 impl Bans {
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -109,7 +105,7 @@ impl Bans {
 
     /// Entries of the deny map a ban on `net` would go into.
     pub fn count_in_map(&self, net: &IpNet) -> usize {
-        self.counts[table(net)]
+        self.counts[holder(net).index]
     }
 
     pub fn contains(&self, net: &IpNet) -> bool {
@@ -216,8 +212,8 @@ impl Bans {
             self.slots.remove(&net);
         }
         match (existed, self.slots.contains_key(&net)) {
-            (false, true) => self.counts[table(&net)] += 1,
-            (true, false) => self.counts[table(&net)] -= 1,
+            (false, true) => self.counts[holder(&net).index] += 1,
+            (true, false) => self.counts[holder(&net).index] -= 1,
             _ => {}
         }
         let after = self.effective_under(Some(net));

@@ -84,8 +84,11 @@ impl DenyMaps {
     pub(super) fn from_object(bpf: &mut aya::Ebpf) -> Result<DenyMaps> {
         let mut maps = DenyMaps::build(|name, _| take(bpf, name))?;
         maps.copy_hosts_out_of_the_tries()?;
+        // Whatever a daemon killed between the two writes of `mark_if_empty` left: this one
+        // holds the pin lock, and no other handle is open yet.
         for hosts in [names::HOSTS_V4, names::HOSTS_V6] {
-            maps.mark_if_empty(hosts)?;
+            let empty = !maps.any_host(hosts)?;
+            maps.set_empty(hosts, empty)?;
         }
         Ok(maps)
     }
@@ -180,16 +183,17 @@ impl DenyMaps {
 
     /// Lets the program skip the `hosts` map if it is empty: marks it empty first, then
     /// looks, so a host another handle (`FirstDeny`) inserts meanwhile is either seen here or
-    /// marks the map non-empty itself after this. A map found non-empty is marked so even
-    /// when it already should be: a daemon killed between the two writes left it marked.
+    /// marks the map non-empty itself after this. A map that still has hosts is left as its
+    /// writers marked it.
     fn mark_if_empty(&mut self, hosts: u32) -> Result<()> {
-        if !self.any_host(hosts)? {
-            self.set_empty(hosts, true)?;
-            if !self.any_host(hosts)? {
-                return Ok(());
-            }
+        if self.any_host(hosts)? {
+            return Ok(());
         }
-        self.set_empty(hosts, false)
+        self.set_empty(hosts, true)?;
+        if self.any_host(hosts)? {
+            self.set_empty(hosts, false)?;
+        }
+        Ok(())
     }
 
     fn any_host(&self, hosts: u32) -> Result<bool> {
