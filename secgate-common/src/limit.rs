@@ -67,10 +67,26 @@ impl RateRule {
     }
 }
 
+/// Ticks of the coarse clock a rule's tolerance must span for the program to read that clock.
+/// A coarse reading stands still for a tick and then jumps by one; GCRA carries over a jump
+/// no larger than the tolerance exactly, but one larger refills only the burst, so a rule
+/// whose burst lasts less than a tick (100,000 pps in bursts of 100: 1 ms) would admit only
+/// its burst each tick. Four ticks leave room for ticks the host delays.
+pub const COARSE_TICKS: u64 = 4;
+
+/// Whether every one of `rules` holds its rate exactly on a clock of `tick_ns` resolution.
+pub fn coarse_clock_fits<'a>(rules: impl IntoIterator<Item = &'a RateRule>, tick_ns: u64) -> bool {
+    rules
+        .into_iter()
+        .all(|r| r.is_unlimited() || r.tolerance_ns >= COARSE_TICKS.saturating_mul(tick_ns))
+}
+
 /// How far past the current rule's horizon a TAT must be before [`RateRule::rebase`] takes it
-/// for a leftover of an earlier rule: far more than the time between one CPU's clock read and
-/// its compare-and-swap, which is all a concurrent update can account for.
-pub const RULE_CHANGE_SLACK_NS: u64 = 1_000_000;
+/// for a leftover of an earlier rule: far more than two CPUs' clock reads can differ by, which
+/// is all a concurrent update can account for. The program reads the coarse clock, so one
+/// CPU's read may be a whole tick (up to 10 ms at `HZ=100`) behind another's; delays of the
+/// timekeeping tick on a busy virtual machine stay well inside this too.
+pub const RULE_CHANGE_SLACK_NS: u64 = 100_000_000;
 
 const fn clamp(v: u64, lo: u64, hi: u64) -> u64 {
     if v < lo {
@@ -96,6 +112,16 @@ mod tests {
         }
         assert_eq!(rule.admit(tat, now), None, "fourth packet at once is over the limit");
         assert!(rule.admit(tat, now + 100_000_000).is_some(), "one interval later one more fits");
+    }
+
+    #[test]
+    fn the_coarse_clock_fits_rules_whose_burst_spans_the_ticks() {
+        let tick = 4_000_000;
+        assert!(coarse_clock_fits([&RateRule::from_rate(1000, 50)], tick), "49 ms");
+        assert!(coarse_clock_fits([&RateRule::UNLIMITED], tick), "no limit, no clock");
+        assert!(!coarse_clock_fits([&RateRule::from_rate(100_000, 100)], tick), "990 µs");
+        let mixed = [RateRule::from_rate(10, 10), RateRule::from_rate(1, 1)];
+        assert!(!coarse_clock_fits(&mixed, tick), "one burst of 1 keeps the fine clock");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Time. Every expiry the daemon keeps or compares is on the clock the XDP program reads
-//! (`bpf_ktime_get_ns` is `CLOCK_MONOTONIC`), so the sweeper, `ban list` and the kernel agree
-//! and a wall clock stepped by NTP or an operator can neither stretch nor cut a ban short.
+//! (`CLOCK_MONOTONIC`, which the program reads coarse, a tick at a time: [`datapath_ns`]), so
+//! the sweeper, `ban list` and the kernel agree to within a tick and a wall clock stepped by
+//! NTP or an operator can neither stretch nor cut a ban short.
 //! The state file keeps wall-clock expiries too, because a reboot restarts the monotonic
 //! clock: they are converted to monotonic time once, at start, and from it at each save.
 
@@ -29,6 +30,22 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// The coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`), which the XDP program reads under
+/// `FLAG_COARSE_CLOCK`: at most a tick behind [`monotonic_ns`]. Whatever brackets the
+/// program's own clock reads starts with this one and ends with [`monotonic_ns`].
+pub fn datapath_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .expect("CLOCK_MONOTONIC_COARSE is always available on Linux");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// The coarse clock's resolution: the kernel's tick.
+pub fn coarse_tick_ns() -> u64 {
+    let res = nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .expect("CLOCK_MONOTONIC_COARSE is always available on Linux");
+    res.tv_sec() as u64 * 1_000_000_000 + res.tv_nsec() as u64
 }
 
 /// `now_ns + ttl` on the monotonic clock, saturating.

@@ -18,7 +18,7 @@ mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use secgate_common::{
-    maps::{DatapathConfig, FLAG_NO_ALLOW, FLAG_TRACE, STATS_DROPPED},
+    maps::{DatapathConfig, FLAG_COARSE_CLOCK, FLAG_NO_ALLOW, FLAG_TRACE, STATS_DROPPED},
     model::{Packet, Parsed, verdict},
     verdict::{Action, Reason},
 };
@@ -49,7 +49,7 @@ fn judge(cfg: &DatapathConfig, pkt: &Packet) -> Reason {
     if cfg.flags & FLAG_NO_ALLOW == 0 && maps::allowed(pkt) {
         return Reason::Allow;
     }
-    let mut clock = Clock::default();
+    let mut clock = Clock::new(cfg.flags & FLAG_COARSE_CLOCK != 0);
     if maps::denied(pkt, &mut clock) {
         return Reason::Deny;
     }

@@ -6,16 +6,20 @@
 
 use std::{
     ffi::CString,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+/// `expected_attach_type` of XDP programs.
+const BPF_XDP: u32 = 37;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 pub const XDP_DROP: u32 = 1;
@@ -56,6 +60,46 @@ pub struct RawXdp {
     _map: Option<OwnedFd>,
 }
 
+/// A map with 4-byte keys.
+fn create_map(kind: u32, value_size: u32, entries: u32) -> std::io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, kind);
+    attr.put_u32(4, 4);
+    attr.put_u32(8, value_size);
+    attr.put_u32(12, entries);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new map fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The start of a spreader: `r6 = ctx`, and a random source of the spread written into the
+/// frame (unless it is too short to hold one).
+fn spread_source(spread: Spread) -> [u64; 10] {
+    let (mask, base) = match spread {
+        // Little-endian word over [198, 18, A, B]: the draw fills A and B.
+        Spread::V4 { sources } => {
+            assert!(sources.is_power_of_two() && sources <= 1 << 16, "{sources} sources");
+            (((sources - 1) << 16) as i32, 0x12c6)
+        }
+        Spread::V6 { sources } => {
+            assert!(sources.is_power_of_two(), "{sources} sources");
+            ((sources - 1) as i32, 0)
+        }
+    };
+    [
+        insn(0xbf, 6, 1, 0, 0),                    // r6 = ctx
+        insn(0x85, 0, 0, 0, 7),                    // call bpf_get_prandom_u32
+        insn(0x61, 2, 6, 0, 0),                    // r2 = ctx->data
+        insn(0x61, 3, 6, 4, 0),                    // r3 = ctx->data_end
+        insn(0xbf, 4, 2, 0, 0),                    // r4 = r2
+        insn(0x07, 4, 0, 0, SOURCE_AT as i32 + 4), // r4 += end of the source bytes
+        insn(0x2d, 4, 3, 3, 0),                    // if r4 > r3 skip the write
+        insn(0x54, 0, 0, 0, mask),                 // w0 &= mask
+        insn(0x44, 0, 0, 0, base),                 // w0 |= base
+        insn(0x63, 2, 0, SOURCE_AT, 0),            // *(u32 *)(r2 + 26) = w0
+    ]
+}
+
 /// One instruction: opcode, registers (dst low nibble, src high), offset, immediate.
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     code as u64
@@ -88,31 +132,39 @@ impl RawXdp {
     /// into the frame, then `XDP_TX`. Run with live frames, every transmitted frame gets
     /// its own draw.
     pub fn spreader(spread: Spread) -> RawXdp {
-        let (mask, base) = match spread {
-            // Little-endian word over [198, 18, A, B]: the draw fills A and B.
-            Spread::V4 { sources } => {
-                assert!(sources.is_power_of_two() && sources <= 1 << 16, "{sources} sources");
-                (((sources - 1) << 16) as i32, 0x12c6)
-            }
-            Spread::V6 { sources } => {
-                assert!(sources.is_power_of_two(), "{sources} sources");
-                ((sources - 1) as i32, 0)
-            }
-        };
-        RawXdp::from_insns(&[
-            insn(0xbf, 6, 1, 0, 0),                    // r6 = ctx
-            insn(0x85, 0, 0, 0, 7),                    // call bpf_get_prandom_u32
-            insn(0x61, 2, 6, 0, 0),                    // r2 = ctx->data
-            insn(0x61, 3, 6, 4, 0),                    // r3 = ctx->data_end
-            insn(0xbf, 4, 2, 0, 0),                    // r4 = r2
-            insn(0x07, 4, 0, 0, SOURCE_AT as i32 + 4), // r4 += end of the source bytes
-            insn(0x2d, 4, 3, 3, 0),                    // if r4 > r3 goto tx
-            insn(0x54, 0, 0, 0, mask),                 // w0 &= mask
-            insn(0x44, 0, 0, 0, base),                 // w0 |= base
-            insn(0x63, 2, 0, SOURCE_AT, 0),            // *(u32 *)(r2 + 26) = w0
-            insn(0xb7, 0, 0, 0, XDP_TX as i32),        // tx: r0 = XDP_TX
-            insn(0x95, 0, 0, 0, 0),                    // exit
-        ])
+        let mut insns = spread_source(spread).to_vec();
+        insns.extend([
+            insn(0xb7, 0, 0, 0, XDP_TX as i32), // r0 = XDP_TX
+            insn(0x95, 0, 0, 0, 0),             // exit
+        ]);
+        RawXdp::from_insns(&insns)
+    }
+
+    /// A spreader that hands each frame, its source drawn, to `target` (a tail call), so
+    /// that `BPF_PROG_TEST_RUN` with `repeat` measures `target` over many sources rather
+    /// than one. Returns `XDP_ABORTED` should the tail call fail, which no target here does.
+    pub fn spread_into(spread: Spread, target: BorrowedFd<'_>) -> RawXdp {
+        let map = create_map(BPF_MAP_TYPE_PROG_ARRAY, 4, 1).expect("create the tail-call map");
+        let fd = map.as_raw_fd();
+        let mut insns = spread_source(spread).to_vec();
+        insns.extend([
+            insn(0xbf, 1, 6, 0, 0),  // r1 = ctx
+            insn(0x18, 2, 1, 0, fd), // r2 = map (ld_imm64, pseudo map fd)
+            insn(0, 0, 0, 0, 0),
+            insn(0xb7, 3, 0, 0, 0),  // r3 = 0
+            insn(0x85, 0, 0, 0, 12), // call bpf_tail_call
+            insn(0xb7, 0, 0, 0, 0),  // r0 = XDP_ABORTED
+            insn(0x95, 0, 0, 0, 0),  // exit
+        ]);
+        let mut prog = RawXdp::from_insns(&insns);
+        let mut attr = Attr::new();
+        let (key, value) = (0u32, target.as_raw_fd() as u32);
+        attr.put_u32(0, fd as u32);
+        attr.put_u64(8, &key as *const u32 as u64);
+        attr.put_u64(16, &value as *const u32 as u64);
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).expect("put the target in the tail-call map");
+        prog._map = Some(map);
+        prog
     }
 
     /// The memory-latency ceiling of a per-source table of `bytes`: reads one 8-byte slot of
@@ -120,14 +172,7 @@ impl RawXdp {
     /// drops. No real limiter can beat it once its state no longer fits in cache.
     pub fn memory_ceiling(bytes: u64) -> RawXdp {
         let slots = u32::try_from(bytes / 8).expect("slots fit in u32").max(1);
-        let mut attr = Attr::new();
-        attr.put_u32(0, BPF_MAP_TYPE_ARRAY);
-        attr.put_u32(4, 4);
-        attr.put_u32(8, 8);
-        attr.put_u32(12, slots);
-        let map = bpf(BPF_MAP_CREATE, &mut attr).expect("create the ceiling's array");
-        // SAFETY: the kernel returned a new map fd that nothing else owns.
-        let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let map = create_map(BPF_MAP_TYPE_ARRAY, 8, slots).expect("create the ceiling's array");
         let fd = map.as_raw_fd();
         let mut prog = RawXdp::from_insns(&[
             insn(0x61, 2, 1, 0, 0),                      // r2 = ctx->data
@@ -160,9 +205,16 @@ impl RawXdp {
         attr.put_u32(4, insns.len() as u32);
         attr.put_u64(8, insns.as_ptr() as u64);
         attr.put_u64(16, license.as_ptr() as u64);
+        // As aya loads secgate's program: a tail call needs both sides to agree on it.
+        attr.put_u32(68, BPF_XDP);
         let fd = bpf(BPF_PROG_LOAD, &mut attr).expect("load a benchmark's tiny XDP program");
         // SAFETY: the kernel returned a new program fd that nothing else owns.
         RawXdp { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) }, _map: None }
+    }
+
+    /// The program, for a spreader to tail-call.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Runs `frame` `repeat` times; returns (XDP action, mean ns per run).

@@ -70,6 +70,12 @@ impl Kernel {
         self.bpf.program("secgate").expect("program").try_into().expect("xdp")
     }
 
+    /// The loaded program, for a spreader to tail-call.
+    pub fn prog_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.prog().fd().expect("a loaded program has an fd").as_fd()
+    }
+
     /// Runs one frame, returning the XDP action.
     pub fn run(&self, frame: &[u8]) -> u32 {
         let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
@@ -95,7 +101,7 @@ impl Kernel {
     }
 }
 
-pub use secgate::clock::monotonic_ns;
+pub use secgate::clock::{datapath_ns, monotonic_ns};
 
 /// Pins the calling thread to `cpu`, so per-CPU state (counters, event budget) is one slot.
 pub fn pin_to_cpu(cpu: usize) {

@@ -6,8 +6,8 @@
 //! reach the kernel through the daemon's own projection (`secgate::bans`), so the test holds
 //! the daemon and the kernel together to the model's rule that no ban hides another.
 //!
-//! The kernel reads its own clock, so each run is bracketed by two `CLOCK_MONOTONIC` reads
-//! and the model is evaluated at both ends. GCRA is monotonic in time, so the kernel's state
+//! The kernel reads its own clock, fine or (under `FLAG_COARSE_CLOCK`) coarse, so each run is
+//! bracketed by two reads of that clock and the model is evaluated at both ends. GCRA is monotonic in time, so the kernel's state
 //! must lie between the two model states and its verdict must be one of the two. The model
 //! keeps its own state wherever both ends agree (then the kernel must match it exactly) and
 //! takes the kernel's only where the two ends differ, i.e. where the kernel's clock decided.
@@ -21,8 +21,9 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use secgate::bans::{Ban, Bans};
 use secgate_common::{
+    limit,
     maps::{
-        Counter, DatapathConfig, DenyEntry, FLAG_DROP_FRAGMENTS, FLAG_NO_ALLOW,
+        Counter, DatapathConfig, DenyEntry, FLAG_COARSE_CLOCK, FLAG_DROP_FRAGMENTS, FLAG_NO_ALLOW,
         FLAG_PASS_MALFORMED, LimitKey, MODE_MONITOR, OverLimitEvent, RateRule, STATS_DROPPED,
         STATS_NEW_BUCKETS, SourceState,
     },
@@ -32,7 +33,7 @@ use secgate_common::{
 };
 use secgate_tests::{
     frames::{Ext, L4Spec, Spec, packet},
-    harness::{Kernel, XDP_DROP, XDP_PASS, monotonic_ns, pin_to_cpu},
+    harness::{Kernel, XDP_DROP, XDP_PASS, datapath_ns, monotonic_ns, pin_to_cpu},
     model_tables::ModelTables,
     privileged,
 };
@@ -90,7 +91,7 @@ fn clear(kernel: &mut Kernel) {
 /// Bans on nested prefixes of the pool's sources, some expired, some permanent, some due
 /// within the scenario: written through the daemon's projection, kept as set in the model.
 fn bans(rng: &mut StdRng, kernel: &mut Kernel, tables: &mut ModelTables, sources: &[IpAddr]) {
-    let now = monotonic_ns();
+    let now = datapath_ns();
     let mut bans = Bans::default();
     for _ in 0..rng.random_range(0..6) {
         let addr = *sources.choose(rng).unwrap();
@@ -115,10 +116,15 @@ fn scenario(
 ) -> (DatapathConfig, ModelTables) {
     let mut tables = ModelTables::default();
     clear(kernel);
-    let flags = [(0.2, FLAG_PASS_MALFORMED), (0.2, FLAG_DROP_FRAGMENTS), (0.2, FLAG_NO_ALLOW)]
-        .iter()
-        .filter(|(p, _)| rng.random_bool(*p))
-        .fold(0, |acc, (_, f)| acc | f);
+    let flags = [
+        (0.2, FLAG_PASS_MALFORMED),
+        (0.2, FLAG_DROP_FRAGMENTS),
+        (0.2, FLAG_NO_ALLOW),
+        (0.5, FLAG_COARSE_CLOCK),
+    ]
+    .iter()
+    .filter(|(p, _)| rng.random_bool(*p))
+    .fold(0, |acc, (_, f)| acc | f);
     let mut cfg = DatapathConfig {
         mode: if rng.random_bool(0.1) { MODE_MONITOR } else { 0 },
         flags,
@@ -258,9 +264,10 @@ impl Step<'_> {
     fn run(self, frame: &[u8]) -> (Reason, bool) {
         let ctx = &self.ctx;
         let before = self.kernel.counters();
-        let t0 = monotonic_ns();
+        let now = clock_of(self.cfg);
+        let t0 = now();
         let action = self.kernel.run(frame);
-        let t1 = monotonic_ns();
+        let t1 = now();
         let after = self.kernel.counters();
         let reason = moved_reason(&before, &after);
         let (mut m0, mut m1) = (self.tables.clone(), self.tables.clone());
@@ -384,6 +391,11 @@ fn kernel_matches_model() {
     }
 }
 
+/// The clock the program reads under `cfg`.
+fn clock_of(cfg: &DatapathConfig) -> fn() -> u64 {
+    if cfg.flags & FLAG_COARSE_CLOCK != 0 { datapath_ns } else { monotonic_ns }
+}
+
 /// Runs `frame` `repeat` times on each CPU at once; returns each CPU's (start, end).
 fn on_both_cpus(kernel: &Kernel, frame: &[u8], repeat: u32) -> [(u64, u64); 2] {
     let barrier = Barrier::new(2);
@@ -431,7 +443,7 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
         let src = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | i));
         let frame = Spec::new(src, L4Spec::Udp { dport: 53 }).build();
         let before = kernel.counters();
-        let t0 = monotonic_ns();
+        let t0 = datapath_ns();
         let runs = on_both_cpus(&kernel, &frame, 1);
         let after = kernel.counters();
         let delta = |slot: usize| after[slot].packets - before[slot].packets;
@@ -448,12 +460,24 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
     }
     eprintln!("{both_new} of 200 insert rounds started within 20 µs on both CPUs");
 
-    // CAS races: both CPUs flood one source far above its rate.
-    let frame = Spec::new("198.19.9.9".parse().unwrap(), L4Spec::Udp { dport: 53 }).build();
+    // CAS races: both CPUs flood one source far above its rate, on the fine clock and, with a
+    // burst long enough for it, on the coarse one.
+    cas_race(&kernel, "198.19.9.9", rule);
+    let coarse = RateRule::from_rate(100_000, 4000);
+    assert!(limit::coarse_clock_fits([&coarse], secgate::clock::coarse_tick_ns()));
+    let cfg = DatapathConfig { flags: FLAG_COARSE_CLOCK, default_rule: coarse, ..cfg };
+    kernel.maps.set_config(&cfg).unwrap();
+    cas_race(&kernel, "198.19.9.10", coarse);
+}
+
+/// Both CPUs flood `src` under `rule`: what they let through stays within the rule's ceiling
+/// over the run and above a loose floor.
+fn cas_race(kernel: &Kernel, src: &str, rule: RateRule) {
+    let frame = Spec::new(src.parse().unwrap(), L4Spec::Udp { dport: 53 }).build();
     let repeat = 300_000;
     let before = kernel.counters();
-    let t0 = monotonic_ns();
-    let runs = on_both_cpus(&kernel, &frame, repeat);
+    let t0 = datapath_ns();
+    let runs = on_both_cpus(kernel, &frame, repeat);
     let t1 = monotonic_ns();
     let after = kernel.counters();
     let delta = |r: Reason| after[r as usize].packets - before[r as usize].packets;
@@ -468,7 +492,8 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
     let busiest = runs.iter().map(|(a, b)| b - a).max().unwrap();
     let floor = busiest / rule.interval_ns / 4;
     eprintln!(
-        "admitted {admitted} (pass {pass}, contended {contended}) of {}, bounds {floor}..{ceiling}",
+        "{src}: admitted {admitted} (pass {pass}, contended {contended}) of {}, bounds \
+         {floor}..{ceiling}",
         2 * repeat
     );
     assert!(

@@ -14,7 +14,7 @@ use secgate_common::{
 };
 use secgate_tests::{
     frames::{Ext, L4Spec, Spec, non_ip, packet},
-    harness::{Kernel, XDP_DROP, XDP_PASS, monotonic_ns},
+    harness::{Kernel, XDP_DROP, XDP_PASS, datapath_ns, monotonic_ns},
     privileged,
 };
 
@@ -308,7 +308,7 @@ fn setup(kernel: &mut Kernel) {
         ..Default::default()
     };
     kernel.maps.set_config(&cfg).expect("config");
-    let past = monotonic_ns() - 1;
+    let past = datapath_ns() - 1;
     kernel.maps.set_deny("198.18.66.0/24".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
     kernel.maps.set_deny("fd00:bad::/64".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
     kernel
@@ -414,7 +414,7 @@ fn host_bans_sit_beside_the_prefixes() {
     }
     let mut kernel = Kernel::load();
     setup(&mut kernel);
-    let past = DenyEntry { expires_ns: monotonic_ns() - 1 };
+    let past = DenyEntry { expires_ns: datapath_ns() - 1 };
     let forever = DenyEntry { expires_ns: 0 };
     let deny = |k: &mut Kernel, net: &str, e: DenyEntry| k.maps.set_deny(net.parse().unwrap(), e);
     deny(&mut kernel, "198.18.7.7/32", forever).unwrap();
@@ -607,7 +607,8 @@ fn a_changed_rule_binds_on_the_next_packet() {
     cfg.default_rule = RateRule::from_rate(1000, 5);
     kernel.maps.set_config(&cfg).unwrap();
     expect(&kernel, "judged by the new rule at once", &frame, XDP_DROP, Reason::Rate);
-    std::thread::sleep(std::time::Duration::from_millis(3));
+    // One new interval (1 ms) later, as the program's clock sees it: two ticks at most.
+    std::thread::sleep(std::time::Duration::from_millis(21));
     expect(&kernel, "one new interval later it passes", &frame, XDP_PASS, Reason::Pass);
 }
 

@@ -42,7 +42,8 @@ enum Cmd {
     },
     /// Run the benchmarks and print ratios against baselines measured in the same run.
     Bench {
-        /// `datapath` (per-packet cost and live drop rates), `bans` (service layer) or
+        /// `datapath` (per-packet cost and live drop rates), `cost` (the per-packet cost
+        /// alone), `bans` (service layer) or
         /// `escalation` (offence-to-ban latency through the real daemon); all when omitted.
         what: Option<String>,
     },

@@ -14,12 +14,15 @@ use std::{path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use secgate_common::{
+    limit::coarse_clock_fits,
     maps::{
-        DatapathConfig, FLAG_DROP_FRAGMENTS, FLAG_PASS_MALFORMED, LimitKey, MODE_ENFORCE,
-        MODE_MONITOR, RateRule,
+        DatapathConfig, FLAG_COARSE_CLOCK, FLAG_DROP_FRAGMENTS, FLAG_PASS_MALFORMED, LimitKey,
+        MODE_ENFORCE, MODE_MONITOR, RateRule,
     },
     model::prefix_mask,
 };
+
+use crate::clock;
 
 pub use validate::{describe, selector_problem};
 pub use values::Protocol;
@@ -251,21 +254,26 @@ impl DatapathSettings {
         let override_protos =
             limits.iter().flat_map(|o| o.selector.keys()).fold(0u64, |acc, k| acc | (1 << k.proto));
         let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+        let default_rule = default_limit.map_or(RateRule::UNLIMITED, Rate::rule);
+        let event_budget = RateRule::from_rate(self.events_per_sec, self.events_per_sec.max(1));
+        let fragment_rule =
+            self.fragment_limit(default_limit, limits).0.map_or(RateRule::UNLIMITED, Rate::rule);
+        let overrides: Vec<RateRule> = limits.iter().map(|o| o.rate.rule()).collect();
+        let rules = [default_rule, event_budget, fragment_rule];
+        let coarse = coarse_clock_fits(rules.iter().chain(&overrides), clock::coarse_tick_ns());
         DatapathConfig {
             mode: mode.raw(),
             flags: flag(self.pass_malformed, FLAG_PASS_MALFORMED)
-                | flag(self.drop_fragments, FLAG_DROP_FRAGMENTS),
+                | flag(self.drop_fragments, FLAG_DROP_FRAGMENTS)
+                | flag(coarse, FLAG_COARSE_CLOCK),
             v4_mask: prefix_mask(u32::from(self.ipv4_prefix)),
             _pad: 0,
             v6_mask: prefix_mask(u32::from(self.ipv6_prefix)),
             override_protos,
-            default_rule: default_limit.map_or(RateRule::UNLIMITED, Rate::rule),
+            default_rule,
             event_interval_ns: self.event_interval.as_nanos() as u64,
-            event_budget: RateRule::from_rate(self.events_per_sec, self.events_per_sec.max(1)),
-            fragment_rule: self
-                .fragment_limit(default_limit, limits)
-                .0
-                .map_or(RateRule::UNLIMITED, Rate::rule),
+            event_budget,
+            fragment_rule,
         }
     }
 

@@ -249,3 +249,18 @@ fn widening_must_be_wider_than_a_source() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_coarse_clock_is_used_only_where_every_rule_fits_it() {
+    use secgate_common::maps::FLAG_COARSE_CLOCK;
+    let flags = |src: &str| {
+        let d = Config::parse(src).expect("valid").datapath;
+        d.datapath_config(d.mode, d.default_limit, &d.limits).flags & FLAG_COARSE_CLOCK
+    };
+    assert_ne!(flags(GOOD), 0, "bursts of 50 ms and 90 ms carry over any tick");
+    // 100,000 pps in bursts of 10 last 90 µs: a coarse clock would hold it to 10 a tick.
+    let tight = GOOD.replace("pps = 1000, burst = 50", "pps = 100000, burst = 10");
+    assert_eq!(flags(&tight), 0, "one tight rule keeps the fine clock");
+    let tight_override = GOOD.replace("pps = 100\nburst = 10", "pps = 100000\nburst = 10");
+    assert_eq!(flags(&tight_override), 0, "an override counts as much as the default");
+}

@@ -1,21 +1,30 @@
 //! Per-packet cost of the secgate XDP program on each verdict path under
-//! `BPF_PROG_TEST_RUN`, against a bare `XDP_DROP` program.
+//! `BPF_PROG_TEST_RUN`, against a bare `XDP_DROP` program: first for one source, then over
+//! the live bench's floods of up to a million sources, each frame's source drawn by a
+//! spreader that tail-calls the program under test.
 
 use std::net::IpAddr;
 
-use crate::{live::config, median};
+use crate::{
+    live::{self, Case, FLOODS, WARM_DRAWS, config},
+    median,
+};
 use secgate_common::{
-    maps::{DatapathConfig, DenyEntry, RateRule},
+    maps::{DatapathConfig, DenyEntry, FLAG_COARSE_CLOCK, RateRule},
     net::TCP_FLAG_SYN,
 };
 use secgate_tests::{
     bare::{RawXdp, XDP_DROP},
     frames::{L4Spec, Spec},
-    harness::{Kernel, pin_to_cpu},
+    harness::{Kernel, monotonic_ns, pin_to_cpu},
 };
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 9;
+
+/// Runs per round of the event row: fewer than the ring buffer holds, so every event is
+/// really written (a full ring fails the reservation, which costs less).
+const EVENT_REPEAT: u32 = 2_000;
 
 pub fn run() {
     pin_to_cpu(0);
@@ -24,46 +33,145 @@ pub fn run() {
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
     let cfg = config(RateRule::from_rate(1_000_000_000, 1 << 24));
     kernel.maps.set_config(&cfg).expect("config");
-    kernel.maps.set_deny("198.18.66.0/24".parse().unwrap(), DenyEntry { expires_ns: 0 }).unwrap();
+    let ban = |kernel: &mut Kernel, net: &str, expires_ns| {
+        kernel.maps.set_deny(net.parse().expect("net"), DenyEntry { expires_ns }).expect("ban")
+    };
+    ban(&mut kernel, "198.18.66.0/24", 0);
+    ban(&mut kernel, "198.18.67.7/32", 0);
+    ban(&mut kernel, "198.18.68.0/24", monotonic_ns() + 3_600_000_000_000);
     let syn = L4Spec::Tcp { dport: 443, flags: TCP_FLAG_SYN };
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("ipv4 syn, within limit (CAS)", Spec::new(ip("198.18.1.1"), syn.clone()).build()),
-        (
-            "ipv6 udp, within limit (CAS)",
-            Spec::new(ip("fd00:1::1"), L4Spec::Udp { dport: 53 }).build(),
-        ),
-        ("ipv4 denied /24", Spec::new(ip("198.18.66.6"), syn.clone()).build()),
-        ("malformed ipv4", Spec::new(ip("198.18.1.1"), syn).build()[..30].to_vec()),
-    ];
+    let udp = L4Spec::Udp { dport: 53 };
+    let frame = |src: &str, l4: &L4Spec| Spec::new(ip(src), l4.clone()).build();
     println!(
         "datapath per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, medians)"
     );
-    println!("{:<32} {:>10} {:>10} {:>8}", "case", "secgate ns", "bare ns", "ratio");
-    for (name, frame) in &cases {
-        row(&kernel, &bare, name, frame);
-    }
+    println!("{:<40} {:>10} {:>10} {:>8}", "case", "secgate ns", "bare ns", "ratio");
+    let within = row(&kernel, &bare, "ipv4 syn, within limit (CAS)", &frame("198.18.1.1", &syn));
+    row(&kernel, &bare, "ipv6 udp, within limit (CAS)", &frame("fd00:1::1", &udp));
+    let prefix = row(&kernel, &bare, "ipv4 denied /24", &frame("198.18.66.6", &syn));
+    let host = row(&kernel, &bare, "ipv4 host banned (hash map)", &frame("198.18.67.7", &syn));
+    let expiring = row(&kernel, &bare, "ipv4 denied /24, expiring", &frame("198.18.68.6", &syn));
+    kernel
+        .maps
+        .set_config(&DatapathConfig { flags: cfg.flags & !FLAG_COARSE_CLOCK, ..cfg })
+        .unwrap();
+    let fine =
+        row(&kernel, &bare, "ipv4 denied /24, expiring, fine clock", &frame("198.18.68.6", &syn));
+    kernel.maps.set_config(&cfg).unwrap();
+    let malformed = frame("198.18.1.1", &syn)[..30].to_vec();
+    let parse_only = row(&kernel, &bare, "malformed ipv4", &malformed);
     // With an allowlist in use, every packet also walks its trie.
     kernel.maps.set_config(&DatapathConfig { flags: 0, ..cfg }).unwrap();
     kernel.maps.set_allow("203.0.113.0/24".parse().unwrap()).unwrap();
-    let frame =
-        Spec::new(ip("198.18.66.6"), L4Spec::Tcp { dport: 443, flags: TCP_FLAG_SYN }).build();
-    row(&kernel, &bare, "ipv4 denied /24, allowlist used", &frame);
+    let allow = row(&kernel, &bare, "ipv4 denied /24, allowlist used", &frame("198.18.66.6", &syn));
     kernel.maps.remove_allow("203.0.113.0/24".parse().unwrap()).unwrap();
-    // Over-limit path: a 1 pps limit keeps every run after the first over the limit.
-    let mut cfg = cfg;
-    cfg.default_rule = RateRule::from_rate(1, 1);
+    // Over-limit path: a 1 pps limit keeps every run after the first two over the limit.
+    let mut cfg = config(RateRule::from_rate(1, 2));
     kernel.maps.set_config(&cfg).unwrap();
-    let frame = Spec::new(ip("198.18.7.7"), L4Spec::Udp { dport: 53 }).build();
-    row(&kernel, &bare, "ipv4 udp, over limit (drop)", &frame);
+    let over = row(&kernel, &bare, "ipv4 udp, over limit (drop)", &frame("198.18.7.7", &udp));
+    // The same with an event for every packet: no per-bucket gap, an ample budget.
+    cfg.event_interval_ns = 0;
+    cfg.event_budget = RateRule::from_rate(1_000_000_000, 1 << 24);
+    kernel.maps.set_config(&cfg).unwrap();
+    let event = row_of(&mut kernel, &bare, "ipv4 udp, over limit, an event each", EVENT_REPEAT, &{
+        frame("198.18.7.7", &udp)
+    });
+    println!("\nwhat each step costs (differences of the rows above, ns)");
+    let steps = [
+        ("parse, config, count, exit (malformed)", parse_only.0),
+        ("allowlist trie walk (one entry)", allow.0 - prefix.0),
+        ("clock read, coarse (bpf_ktime_get_coarse_ns)", expiring.0 - prefix.0),
+        ("clock read, fine (bpf_ktime_get_ns)", fine.0 - prefix.0),
+        ("host hash lookup instead of the trie walk", host.0 - prefix.0),
+        ("limiter, within (key, lookup, clock, CAS) over deny", within.0 - prefix.0),
+        ("limiter, over (key, lookup, clock, gate) over deny", over.0 - prefix.0),
+        ("ring-buffer event", event.0 - over.0),
+    ];
+    for (name, ns) in steps {
+        println!("{name:<52} {ns:>8.1}");
+    }
 }
 
 /// Medians of `frame`'s cost under secgate and under the bare drop, rounds interleaved.
-fn row(kernel: &Kernel, bare: &RawXdp, name: &str, frame: &[u8]) {
+fn row(kernel: &Kernel, bare: &RawXdp, name: &str, frame: &[u8]) -> (f64, f64) {
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         ours.push(kernel.cost(frame, REPEAT).as_nanos() as f64);
         base.push(f64::from(bare.run(frame, REPEAT).1));
     }
-    let (o, b) = (median(ours), median(base));
-    println!("{name:<32} {o:>10.1} {b:>10.1} {:>8.2}", o / b);
+    print_row(name, median(ours), median(base))
+}
+
+/// [`row`] with `repeat` runs a round, the ring buffer drained between rounds.
+fn row_of(kernel: &mut Kernel, bare: &RawXdp, name: &str, repeat: u32, frame: &[u8]) -> (f64, f64) {
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        kernel.events();
+        ours.push(kernel.cost(frame, repeat).as_nanos() as f64);
+        base.push(f64::from(bare.run(frame, repeat).1));
+    }
+    print_row(name, median(ours), median(base))
+}
+
+fn print_row(name: &str, ours: f64, bare: f64) -> (f64, f64) {
+    println!("{name:<40} {ours:>10.1} {bare:>10.1} {:>8.2}", ours / bare);
+    (ours, bare)
+}
+
+/// Draws per measured run over many sources: every source of the largest flood about once.
+const MANY_REPEAT: u32 = 1 << 20;
+const MANY_ROUNDS: usize = 3;
+
+/// Per-packet cost over each live flood's sources. Every run goes through a spreader (one
+/// random draw and a tail call), so the spreader's own cost, the spreader into a bare drop
+/// less the bare drop alone, is taken off every figure.
+pub fn many_sources() {
+    pin_to_cpu(0);
+    println!(
+        "\nper-packet cost over many sources (BPF_PROG_TEST_RUN, {MANY_REPEAT} random draws x \
+         {MANY_ROUNDS} rounds, medians, the spreader's cost taken off)"
+    );
+    let bare = RawXdp::load(XDP_DROP);
+    let ceiling = RawXdp::memory_ceiling(live::bucket_bytes());
+    let cases = [Case::BanPrefix, Case::BanHosts, Case::Rate, Case::Pass];
+    for flood in &FLOODS {
+        let mut kernel = Kernel::with_sources(live::BUCKETS);
+        let frame = flood.frame();
+        let into_bare = RawXdp::spread_into(flood.spread, bare.fd());
+        let into_ceiling = RawXdp::spread_into(flood.spread, ceiling.fd());
+        let into_secgate = RawXdp::spread_into(flood.spread, kernel.prog_fd());
+        let run = |p: &RawXdp| {
+            let (action, ns) = p.run(&frame, MANY_REPEAT);
+            assert_ne!(action, 0, "the spreader's tail call failed");
+            f64::from(ns)
+        };
+        let (mut drop, mut spreader, mut ceil) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ours: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        for (i, case) in cases.iter().enumerate() {
+            live::prepare(&mut kernel, flood, *case);
+            if case.warm() {
+                into_secgate.run(&frame, WARM_DRAWS * flood.sources);
+            }
+            let before = kernel.counters();
+            for _ in 0..MANY_ROUNDS {
+                ours[i].push(run(&into_secgate));
+                let into = run(&into_bare);
+                let alone = f64::from(bare.run(&frame, MANY_REPEAT).1);
+                drop.push(alone);
+                spreader.push(into - alone);
+                ceil.push(run(&into_ceiling) - (into - alone));
+            }
+            live::check_verdicts(&kernel, *case, flood, &before, MANY_REPEAT * MANY_ROUNDS as u32);
+            live::reset(&mut kernel);
+        }
+        let (b, spread) = (median(drop), median(spreader));
+        println!("\n{} (spreader {spread:.1} ns, bare drop {b:.1} ns)", flood.name);
+        println!("{:<42} {:>10} {:>8}", "program", "ns", "x bare");
+        let c = median(ceil);
+        println!("{:<42} {c:>10.1} {:>8.2}", Case::Ceiling.name(), c / b);
+        for (case, v) in cases.iter().zip(ours) {
+            let ns = median(v) - spread;
+            println!("{:<42} {ns:>10.1} {:>8.2}", case.name(), ns / b);
+        }
+    }
 }

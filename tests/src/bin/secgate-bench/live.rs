@@ -11,8 +11,10 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use ipnet::IpNet;
+use secgate::clock::coarse_tick_ns;
 use secgate_common::{
-    maps::{DatapathConfig, DenyEntry, FLAG_NO_ALLOW, RateRule},
+    limit::coarse_clock_fits,
+    maps::{DatapathConfig, DenyEntry, FLAG_COARSE_CLOCK, FLAG_NO_ALLOW, RateRule},
     model::prefix_mask,
     verdict::Reason,
 };
@@ -30,13 +32,15 @@ const ROUNDS: usize = 3;
 /// Every source over its limit: one packet an hour, so after its first packet (in the warm-up)
 /// every packet of every source is over. A limit of a packet a second let a few percent of
 /// a large flood through each run, and those passes (an skb each) dominated the rate.
-const LIMIT: RateRule = RateRule { interval_ns: 3_600_000_000_000, tolerance_ns: 0 };
+/// A burst of two, as a real limit has, which lets the program read the coarse clock.
+const LIMIT: RateRule =
+    RateRule { interval_ns: 3_600_000_000_000, tolerance_ns: 3_600_000_000_000 };
 /// Warm-up frames per source: random draws reach all but e^-8 (0.03%) of the sources.
-const WARM_DRAWS: u32 = 8;
+pub const WARM_DRAWS: u32 = 8;
 /// Every source within its limit, through its bucket.
 const GENEROUS: RateRule = RateRule::from_rate(1_000_000_000, 1 << 24);
 /// Limiter buckets: room for every source of the largest flood.
-const BUCKETS: u32 = 1 << 21;
+pub const BUCKETS: u32 = 1 << 21;
 
 /// A flood: who sends it.
 #[derive(Clone, Copy)]
@@ -74,6 +78,52 @@ pub const FLOODS: [Flood; 4] = [
         prefix: "fd00:1::/32",
     },
 ];
+
+impl Flood {
+    /// One ban per source the spreader can draw: an IPv4 /32 or an IPv6 /64.
+    pub fn hosts(&self) -> Vec<IpNet> {
+        let base: IpNet = self.prefix.parse().expect("prefix");
+        (0..self.sources)
+            .map(|i| match base {
+                IpNet::V4(n) => {
+                    let mut o = n.addr().octets();
+                    // The spreader's draw lands in the last two octets (little-endian word).
+                    o[2] = (i & 0xff) as u8;
+                    o[3] = (i >> 8) as u8;
+                    IpNet::from(std::net::IpAddr::from(o))
+                }
+                IpNet::V6(n) => {
+                    // The draw is a little-endian word at bytes 4..8: the /64 of the source.
+                    let mut o = n.addr().octets();
+                    o[4..8].copy_from_slice(&i.to_le_bytes());
+                    IpNet::new(std::net::IpAddr::from(o), 64).expect("a /64")
+                }
+            })
+            .collect()
+    }
+
+    /// The UDP frame the spreader draws sources into.
+    pub fn frame(&self) -> Vec<u8> {
+        let src = match self.spread {
+            Spread::V4 { .. } => "198.18.0.2",
+            Spread::V6 { .. } => "fd00:1::2",
+        };
+        Spec::new(src.parse().expect("ip"), L4Spec::Udp { dport: 9 }).build()
+    }
+
+    /// [`Flood::frame`] addressed to the receiving end of `topo`.
+    pub fn frame_to(&self, topo: &Topology) -> Vec<u8> {
+        let mut frame = self.frame();
+        let mac: Vec<u8> = topo
+            .gw
+            .mac(&topo.gw_if)
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).expect("mac"))
+            .collect();
+        frame[..6].copy_from_slice(&mac);
+        frame
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Case {
@@ -125,7 +175,7 @@ impl Case {
 
     /// Whether the case needs a run before the measured one (every source's bucket or meter
     /// made, so that the measured run is about the verdict, not about making state).
-    fn warm(self) -> bool {
+    pub fn warm(self) -> bool {
         matches!(self, Case::Rate | Case::NftRate | Case::Pass)
     }
 }
@@ -170,25 +220,13 @@ impl Bench {
         let gen_ifindex = topo
             .client
             .within(move || nix::net::if_::if_nametoindex(gen_if.as_str()).expect("ifindex"));
-        let src = match flood.spread {
-            Spread::V4 { .. } => "198.18.0.2",
-            Spread::V6 { .. } => "fd00:1::2",
-        };
-        let mut frame = Spec::new(src.parse().expect("ip"), L4Spec::Udp { dport: 9 }).build();
-        let mac: Vec<u8> = topo
-            .gw
-            .mac(&topo.gw_if)
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).expect("mac"))
-            .collect();
-        frame[..6].copy_from_slice(&mac);
+        let frame = flood.frame_to(&topo);
         let mut kernel = Kernel::with_sources(BUCKETS);
-        // As many bytes as the bucket map holds, keys and values.
-        let bucket_bytes = u64::from(BUCKETS)
-            * (size_of::<secgate_common::maps::BucketKey>()
-                + size_of::<secgate_common::maps::SourceState>()) as u64;
-        let pins =
-            [RawXdp::load(XDP_DROP), RawXdp::load(XDP_PASS), RawXdp::memory_ceiling(bucket_bytes)];
+        let pins = [
+            RawXdp::load(XDP_DROP),
+            RawXdp::load(XDP_PASS),
+            RawXdp::memory_ceiling(bucket_bytes()),
+        ];
         let id = std::process::id();
         let pin = |what: &str| PathBuf::from(format!("/sys/fs/bpf/secgate-bench-{what}-{id}"));
         let (drop_pin, pass_pin, ceiling_pin) = (pin("drop"), pin("pass"), pin("ceiling"));
@@ -224,28 +262,6 @@ impl Bench {
         assert!(out.status.success(), "ip xdp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// One ban per source the spreader can draw: an IPv4 /32 or an IPv6 /64.
-    fn hosts(&self) -> Vec<IpNet> {
-        let base: IpNet = self.flood.prefix.parse().expect("prefix");
-        (0..self.flood.sources)
-            .map(|i| match base {
-                IpNet::V4(n) => {
-                    let mut o = n.addr().octets();
-                    // The spreader's draw lands in the last two octets (little-endian word).
-                    o[2] = (i & 0xff) as u8;
-                    o[3] = (i >> 8) as u8;
-                    IpNet::from(std::net::IpAddr::from(o))
-                }
-                IpNet::V6(n) => {
-                    // The draw is a little-endian word at bytes 4..8: the /64 of the source.
-                    let mut o = n.addr().octets();
-                    o[4..8].copy_from_slice(&i.to_le_bytes());
-                    IpNet::new(std::net::IpAddr::from(o), 64).expect("a /64")
-                }
-            })
-            .collect()
-    }
-
     fn nft_rules(&self, case: Case) -> String {
         let v6 = matches!(self.flood.spread, Spread::V6 { .. });
         let (family, addr, key) = if v6 {
@@ -256,7 +272,7 @@ impl Bench {
         let rule = match case {
             Case::NftBan => format!("{family} saddr @ban counter drop"),
             _ => format!(
-                "add @persrc {{ {key} limit rate over 1/hour burst 1 packets }} counter drop"
+                "add @persrc {{ {key} limit rate over 1/hour burst 2 packets }} counter drop"
             ),
         };
         format!(
@@ -277,20 +293,7 @@ impl Bench {
                 nft(&self.topo.gw, &self.nft_rules(case));
             }
             Case::BanPrefix | Case::BanHosts | Case::Rate | Case::Pass => {
-                let nets = match case {
-                    Case::BanPrefix => vec![self.flood.prefix.parse().expect("prefix")],
-                    Case::BanHosts => self.hosts(),
-                    _ => Vec::new(),
-                };
-                for net in nets {
-                    self.kernel.maps.set_deny(net, DenyEntry { expires_ns: 0 }).expect("ban");
-                }
-                let rule = match case {
-                    Case::Rate => LIMIT,
-                    Case::Pass => GENEROUS,
-                    _ => RateRule::UNLIMITED,
-                };
-                self.kernel.maps.set_config(&config(rule)).expect("config");
+                prepare(&mut self.kernel, &self.flood, case);
                 let gw_if = self.topo.gw_if.clone();
                 let kernel = &mut self.kernel;
                 return Some(self.topo.gw.within(move || kernel.attach(&gw_if)));
@@ -308,11 +311,7 @@ impl Bench {
             }
             _ => {
                 self.kernel.detach(link.expect("attached"));
-                for (net, _) in self.kernel.maps.deny().expect("deny entries") {
-                    self.kernel.maps.remove_deny(net).expect("lift");
-                }
-                self.kernel.maps.clear_sources().expect("empty the buckets");
-                self.kernel.maps.set_config(&config(RateRule::UNLIMITED)).expect("config");
+                reset(&mut self.kernel);
             }
         }
     }
@@ -337,7 +336,7 @@ impl Bench {
         let elapsed = self.generate(FRAMES);
         let processed = self.xdp_packets() - before;
         if link.is_some() {
-            self.check_verdicts(case, &counters_before);
+            check_verdicts(&self.kernel, case, &self.flood, &counters_before, FRAMES);
         }
         self.tear_down(case, link);
         // A few stray frames of the namespaces' own (neighbour discovery, MLD) may add to it.
@@ -348,32 +347,6 @@ impl Bench {
             self.flood.name
         );
         processed as f64 / elapsed
-    }
-
-    /// The frames got the verdict the case is about, not another.
-    fn check_verdicts(&self, case: Case, before: &[secgate_common::maps::Counter]) {
-        let reason = match case {
-            Case::BanPrefix | Case::BanHosts => Reason::Deny,
-            Case::Rate => Reason::Rate,
-            _ => Reason::Pass,
-        };
-        let after = self.kernel.counters();
-        let moved = |r: Reason| after[r as usize].packets - before[r as usize].packets;
-        let want = u64::from(FRAMES) * 99 / 100;
-        let all: Vec<String> = Reason::ALL
-            .iter()
-            .filter(|r| moved(**r) > 0)
-            .map(|r| format!("{} {}", r.name(), moved(*r)))
-            .collect();
-        assert!(
-            moved(reason) >= want,
-            "{} ({}): only {} of {FRAMES} frames were {} ({})",
-            case.name(),
-            self.flood.name,
-            moved(reason),
-            reason.name(),
-            all.join(", ")
-        );
     }
 
     /// Frames the receiving veth ran its XDP program on (veth's own counters, independent of
@@ -396,16 +369,85 @@ impl Bench {
     }
 }
 
-/// What the daemon writes with an empty allowlist and `default_rule`.
+/// The `frames` run since `before` got the verdict `case` is about, not another.
+pub fn check_verdicts(
+    kernel: &Kernel,
+    case: Case,
+    flood: &Flood,
+    before: &[secgate_common::maps::Counter],
+    frames: u32,
+) {
+    let reason = match case {
+        Case::BanPrefix | Case::BanHosts => Reason::Deny,
+        Case::Rate => Reason::Rate,
+        _ => Reason::Pass,
+    };
+    let after = kernel.counters();
+    let moved = |r: Reason| after[r as usize].packets - before[r as usize].packets;
+    let want = u64::from(frames) * 99 / 100;
+    let all: Vec<String> = Reason::ALL
+        .iter()
+        .filter(|r| moved(**r) > 0)
+        .map(|r| format!("{} {}", r.name(), moved(*r)))
+        .collect();
+    assert!(
+        moved(reason) >= want,
+        "{} ({}): only {} of {frames} frames were {} ({})",
+        case.name(),
+        flood.name,
+        moved(reason),
+        reason.name(),
+        all.join(", ")
+    );
+}
+
+/// Writes what one of secgate's cases needs into its maps: the bans and the default rule.
+pub fn prepare(kernel: &mut Kernel, flood: &Flood, case: Case) {
+    let nets = match case {
+        Case::BanPrefix => vec![flood.prefix.parse().expect("prefix")],
+        Case::BanHosts => flood.hosts(),
+        _ => Vec::new(),
+    };
+    for net in nets {
+        kernel.maps.set_deny(net, DenyEntry { expires_ns: 0 }).expect("ban");
+    }
+    let rule = match case {
+        Case::Rate => LIMIT,
+        Case::Pass => GENEROUS,
+        _ => RateRule::UNLIMITED,
+    };
+    kernel.maps.set_config(&config(rule)).expect("config");
+}
+
+/// Undoes [`prepare`] and forgets every bucket.
+pub fn reset(kernel: &mut Kernel) {
+    for (net, _) in kernel.maps.deny().expect("deny entries") {
+        kernel.maps.remove_deny(net).expect("lift");
+    }
+    kernel.maps.clear_sources().expect("empty the buckets");
+    kernel.maps.set_config(&config(RateRule::UNLIMITED)).expect("config");
+}
+
+/// The memory ceiling's array: as many bytes as the bucket map holds, keys and values.
+pub fn bucket_bytes() -> u64 {
+    u64::from(BUCKETS)
+        * (size_of::<secgate_common::maps::BucketKey>()
+            + size_of::<secgate_common::maps::SourceState>()) as u64
+}
+
+/// What the daemon writes with an empty allowlist and `default_rule` (and, as the daemon
+/// does, the coarse clock where every rule fits it).
 pub fn config(default_rule: RateRule) -> DatapathConfig {
+    let event_budget = RateRule::from_rate(1000, 1000);
+    let coarse = coarse_clock_fits([&default_rule, &event_budget], coarse_tick_ns());
     DatapathConfig {
-        flags: FLAG_NO_ALLOW,
+        flags: FLAG_NO_ALLOW | if coarse { FLAG_COARSE_CLOCK } else { 0 },
         v4_mask: prefix_mask(32),
         v6_mask: prefix_mask(64),
         default_rule,
         // The daemon's defaults: one event per source per second, 1000 per second per CPU.
         event_interval_ns: 1_000_000_000,
-        event_budget: RateRule::from_rate(1000, 1000),
+        event_budget,
         ..Default::default()
     }
 }

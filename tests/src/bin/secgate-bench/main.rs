@@ -1,8 +1,10 @@
-//! `cargo xtask bench [datapath|bans|escalation]`: the datapath, the ban path of the service
+//! `cargo xtask bench [datapath|cost|bans|escalation]`: the datapath (`cost`: only its
+//! per-packet cost under `BPF_PROG_TEST_RUN`), the ban path of the service
 //! layer and the enforcement latency of escalation bans, each measured against a baseline in
 //! the same run, interleaved round by round so machine noise hits all alike, and printed as
 //! ratios. Nothing here asserts a timing.
 
+mod accuracy;
 mod bans;
 mod cost;
 mod escalation;
@@ -21,10 +23,14 @@ fn main() {
     );
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let datapath = matches!(what.as_str(), "all" | "datapath");
-    if datapath {
+    if datapath || what == "cost" {
         cost::run();
+        cost::many_sources();
+    }
+    if datapath {
         println!();
-        report::write(&live::run());
+        let live = live::run();
+        report::write(&live, &accuracy::run());
     }
     if matches!(what.as_str(), "all" | "bans") {
         if datapath {
@@ -37,7 +43,8 @@ fn main() {
         escalation::run();
     }
     assert!(
-        matches!(what.as_str(), "all" | "datapath" | "bans" | "escalation"),
-        "unknown benchmark {what:?}: all, datapath, bans or escalation"
+        matches!(what.as_str(), "all" | "datapath" | "cost" | "bans" | "escalation"),
+        "unknown benchmark {what:?}: all, datapath, cost (its per-packet cost alone), bans or \
+         escalation"
     );
 }

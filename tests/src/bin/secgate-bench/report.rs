@@ -1,4 +1,4 @@
-//! The live datapath results as files under `target/bench/`: JSON for tools, a Markdown
+//! The live datapath results (throughput and rate accuracy) as files under `target/bench/`: JSON for tools, a Markdown
 //! table for the README, and a chart (SVG bars of each case's ratio to its baseline, per
 //! flood; hand-written like the demo's, for the same reason: no font stack needed).
 
@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use crate::live::{Case, FLOODS};
 
-pub fn write(results: &BTreeMap<(usize, Case), f64>) {
+pub fn write(results: &BTreeMap<(usize, Case), f64>, accuracy: &[(&str, f64)]) {
     let dir = Path::new("target/bench");
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("cannot write {}: {e}", dir.display());
@@ -22,6 +22,13 @@ pub fn write(results: &BTreeMap<(usize, Case), f64>) {
             })
         })
         .collect();
+    let json = serde_json::json!({
+        "throughput": json,
+        "rate_accuracy": accuracy
+            .iter()
+            .map(|(case, r)| serde_json::json!({ "case": case, "admitted_rate_per_limit": r }))
+            .collect::<Vec<_>>(),
+    });
     let mut md = String::from("| receiver |");
     for flood in &FLOODS {
         let _ = write!(md, " {} Mpps (ratio) |", flood.name);
@@ -40,6 +47,10 @@ pub fn write(results: &BTreeMap<(usize, Case), f64>) {
             }
         }
         md.push('\n');
+    }
+    md.push_str("\n| rate limit, flooded from two CPUs | admitted / allowed |\n|---|---|\n");
+    for (case, r) in accuracy {
+        let _ = writeln!(md, "| {case} | {r:.3} |");
     }
     let files = [
         ("datapath.json", serde_json::to_string_pretty(&json).expect("json")),
