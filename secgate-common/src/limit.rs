@@ -73,19 +73,27 @@ impl RateRule {
 /// whose burst lasts less than a tick (100,000 pps in bursts of 100: 1 ms) would admit only
 /// its burst each tick. Four ticks leave room for ticks the host delays.
 pub const COARSE_TICKS: u64 = 4;
+/// Ticks a rule's interval must span for the coarse clock to do without a tolerance: each
+/// admission then comes at most a tick late, which costs at most 1% of the rate.
+pub const COARSE_INTERVAL_TICKS: u64 = 100;
 
-/// Whether every one of `rules` holds its rate exactly on a clock of `tick_ns` resolution.
+/// Whether every one of `rules` holds its rate on a clock of `tick_ns` resolution: exactly,
+/// when its tolerance spans [`COARSE_TICKS`], or to within 1%, when its interval spans
+/// [`COARSE_INTERVAL_TICKS`] (one packet a second, say, at any burst).
 pub fn coarse_clock_fits<'a>(rules: impl IntoIterator<Item = &'a RateRule>, tick_ns: u64) -> bool {
-    rules
-        .into_iter()
-        .all(|r| r.is_unlimited() || r.tolerance_ns >= COARSE_TICKS.saturating_mul(tick_ns))
+    rules.into_iter().all(|r| {
+        r.is_unlimited()
+            || r.tolerance_ns >= COARSE_TICKS.saturating_mul(tick_ns)
+            || r.interval_ns >= COARSE_INTERVAL_TICKS.saturating_mul(tick_ns)
+    })
 }
 
 /// How far past the current rule's horizon a TAT must be before [`RateRule::rebase`] takes it
 /// for a leftover of an earlier rule: far more than two CPUs' clock reads can differ by, which
-/// is all a concurrent update can account for. The program reads the coarse clock, so one
-/// CPU's read may be a whole tick (up to 10 ms at `HZ=100`) behind another's; delays of the
-/// timekeeping tick on a busy virtual machine stay well inside this too.
+/// is all a concurrent update can account for. Under `FLAG_COARSE_CLOCK` the program reads the
+/// coarse clock, so one CPU's read may be a whole tick (up to 10 ms at `HZ=100`) behind
+/// another's, and a switch from the fine clock to the coarse one steps back by up to a tick;
+/// delays of the timekeeping tick on a busy virtual machine stay well inside this too.
 pub const RULE_CHANGE_SLACK_NS: u64 = 100_000_000;
 
 const fn clamp(v: u64, lo: u64, hi: u64) -> u64 {
@@ -120,8 +128,9 @@ mod tests {
         assert!(coarse_clock_fits([&RateRule::from_rate(1000, 50)], tick), "49 ms");
         assert!(coarse_clock_fits([&RateRule::UNLIMITED], tick), "no limit, no clock");
         assert!(!coarse_clock_fits([&RateRule::from_rate(100_000, 100)], tick), "990 µs");
-        let mixed = [RateRule::from_rate(10, 10), RateRule::from_rate(1, 1)];
-        assert!(!coarse_clock_fits(&mixed, tick), "one burst of 1 keeps the fine clock");
+        assert!(coarse_clock_fits([&RateRule::from_rate(1, 1)], tick), "1 pps: a tick is 0.4%");
+        let mixed = [RateRule::from_rate(10, 10), RateRule::from_rate(100, 1)];
+        assert!(!coarse_clock_fits(&mixed, tick), "10 ms intervals, no burst: fine clock");
     }
 
     #[test]

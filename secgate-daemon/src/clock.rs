@@ -1,7 +1,8 @@
 //! Time. Every expiry the daemon keeps or compares is on the clock the XDP program reads
-//! (`CLOCK_MONOTONIC`, which the program reads coarse, a tick at a time: [`datapath_ns`]), so
-//! the sweeper, `ban list` and the kernel agree to within a tick and a wall clock stepped by
-//! NTP or an operator can neither stretch nor cut a ban short.
+//! (`CLOCK_MONOTONIC`, which the program reads a tick at a time under `FLAG_COARSE_CLOCK`:
+//! [`datapath_ns`]), so the sweeper, `ban list` and the kernel agree to within a tick (the
+//! kernel never lifts a ban before the daemon does) and a wall clock stepped by NTP or an
+//! operator can neither stretch nor cut a ban short.
 //! The state file keeps wall-clock expiries too, because a reboot restarts the monotonic
 //! clock: they are converted to monotonic time once, at start, and from it at each save.
 

@@ -6,8 +6,8 @@
 //! reach the kernel through the daemon's own projection (`secgate::bans`), so the test holds
 //! the daemon and the kernel together to the model's rule that no ban hides another.
 //!
-//! The kernel reads its own clock, fine or (under `FLAG_COARSE_CLOCK`) coarse, so each run is
-//! bracketed by two reads of that clock and the model is evaluated at both ends. GCRA is monotonic in time, so the kernel's state
+//! The kernel reads its own clock, fine or (under `FLAG_COARSE_CLOCK`) coarse, so each run
+//! is bracketed by two reads of that clock and the model is evaluated at both ends. GCRA is monotonic in time, so the kernel's state
 //! must lie between the two model states and its verdict must be one of the two. The model
 //! keeps its own state wherever both ends agree (then the kernel must match it exactly) and
 //! takes the kernel's only where the two ends differ, i.e. where the kernel's clock decided.
@@ -443,7 +443,7 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
         let src = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | i));
         let frame = Spec::new(src, L4Spec::Udp { dport: 53 }).build();
         let before = kernel.counters();
-        let t0 = datapath_ns();
+        let t0 = monotonic_ns();
         let runs = on_both_cpus(&kernel, &frame, 1);
         let after = kernel.counters();
         let delta = |slot: usize| after[slot].packets - before[slot].packets;
@@ -462,23 +462,25 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
 
     // CAS races: both CPUs flood one source far above its rate, on the fine clock and, with a
     // burst long enough for it, on the coarse one.
-    cas_race(&kernel, "198.19.9.9", rule);
-    let coarse = RateRule::from_rate(100_000, 4000);
-    assert!(limit::coarse_clock_fits([&coarse], secgate::clock::coarse_tick_ns()));
+    cas_race(&kernel, "198.19.9.9", rule, monotonic_ns);
+    let tick = secgate::clock::coarse_tick_ns();
+    let coarse = RateRule::from_rate(100_000, limit::COARSE_TICKS * tick / rule.interval_ns + 2);
+    assert!(limit::coarse_clock_fits([&coarse], tick));
     let cfg = DatapathConfig { flags: FLAG_COARSE_CLOCK, default_rule: coarse, ..cfg };
     kernel.maps.set_config(&cfg).unwrap();
-    cas_race(&kernel, "198.19.9.10", coarse);
+    cas_race(&kernel, "198.19.9.10", coarse, datapath_ns);
 }
 
 /// Both CPUs flood `src` under `rule`: what they let through stays within the rule's ceiling
 /// over the run and above a loose floor.
-fn cas_race(kernel: &Kernel, src: &str, rule: RateRule) {
+/// `now` is the clock the program reads, so the ceiling holds exactly.
+fn cas_race(kernel: &Kernel, src: &str, rule: RateRule, now: fn() -> u64) {
     let frame = Spec::new(src.parse().unwrap(), L4Spec::Udp { dport: 53 }).build();
     let repeat = 300_000;
     let before = kernel.counters();
-    let t0 = datapath_ns();
+    let t0 = now();
     let runs = on_both_cpus(kernel, &frame, repeat);
-    let t1 = monotonic_ns();
+    let t1 = now();
     let after = kernel.counters();
     let delta = |r: Reason| after[r as usize].packets - before[r as usize].packets;
     let (pass, rate, contended) =

@@ -8,7 +8,12 @@
 
 use std::{sync::Barrier, time::Instant};
 
-use secgate_common::{maps::RateRule, verdict::Reason};
+use secgate::clock::coarse_tick_ns;
+use secgate_common::{
+    limit::COARSE_TICKS,
+    maps::{FLAG_COARSE_CLOCK, RateRule},
+    verdict::Reason,
+};
 use secgate_tests::{
     bare::{RawXdp, Spread},
     harness::{Kernel, pin_to_cpu},
@@ -25,23 +30,29 @@ const SHORT: u32 = 1_000_000;
 const LONG: u32 = 4_000_000;
 const ROUNDS: usize = 3;
 
-/// One source at 100,000 pps, and 1,024 sources at 100 pps each: every source stays far over
-/// its limit (the flood offers each of them thousands of times more), and what passes (an
-/// skb each) stays small beside the flood.
-const CASES: [(&str, u32, u64, u64); 2] = [
-    ("1 source, 100,000 pps, burst 100", 1, 100_000, 100),
-    ("1,024 sources, 100 pps, burst 10", 1 << 10, 100, 10),
-];
+/// (name, sources, pps, burst): one source at 100,000 pps in a burst too short for the coarse
+/// clock and in one long enough, and 1,024 sources at 100 pps each. Every source stays far
+/// over its limit (the flood offers each thousands of times more), and what passes (an skb
+/// each) stays small beside the flood.
+fn cases() -> [(&'static str, u32, u64, u64); 3] {
+    let tick_burst = COARSE_TICKS * coarse_tick_ns() / (1_000_000_000 / 100_000) + 2;
+    [
+        ("1 source, 100,000 pps, burst 100", 1, 100_000, 100),
+        ("1 source, 100,000 pps, burst of 4 ticks", 1, 100_000, tick_burst),
+        ("1,024 sources, 100 pps, burst 10", 1 << 10, 100, 10),
+    ]
+}
 
-/// (case, admitted rate ÷ configured rate) for each case, medians of the rounds.
-pub fn run() -> Vec<(&'static str, f64)> {
+/// (case and the clock the program read, admitted rate ÷ configured rate) for each case,
+/// medians of the rounds.
+pub fn run() -> Vec<(String, f64)> {
     println!(
         "\nrate accuracy on two CPUs (a live flood from each, {SHORT} and {LONG} frames per CPU \
          x {ROUNDS} rounds, medians; admitted rate / configured rate)"
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(cpus >= 2, "the accuracy bench needs two CPUs, this machine has {cpus}");
-    CASES
+    cases()
         .iter()
         .map(|&(name, sources, pps, burst)| {
             let ratio = median(
@@ -54,7 +65,10 @@ pub fn run() -> Vec<(&'static str, f64)> {
                     })
                     .collect(),
             );
-            println!("{name:<42} {ratio:>8.3}");
+            let cfg = config(RateRule::from_rate(pps, burst));
+            let clock = if cfg.flags & FLAG_COARSE_CLOCK != 0 { "coarse" } else { "fine" };
+            let name = format!("{name} ({clock} clock)");
+            println!("{name:<52} {ratio:>8.3}");
             (name, ratio)
         })
         .collect()

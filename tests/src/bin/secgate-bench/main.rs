@@ -25,7 +25,7 @@ fn main() {
     let datapath = matches!(what.as_str(), "all" | "datapath");
     if datapath || what == "cost" {
         cost::run();
-        cost::many_sources();
+        report::write_cost(&cost::many_sources());
     }
     if datapath {
         println!();

@@ -1,4 +1,5 @@
-//! The live datapath results (throughput and rate accuracy) as files under `target/bench/`: JSON for tools, a Markdown
+//! The datapath results as files under `target/bench/`: the per-packet cost over many sources
+//! as JSON; throughput and rate accuracy as JSON for tools, a Markdown
 //! table for the README, and a chart (SVG bars of each case's ratio to its baseline, per
 //! flood; hand-written like the demo's, for the same reason: no font stack needed).
 
@@ -6,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use crate::live::{Case, FLOODS};
 
-pub fn write(results: &BTreeMap<(usize, Case), f64>, accuracy: &[(&str, f64)]) {
+pub fn write(results: &BTreeMap<(usize, Case), f64>, accuracy: &[(String, f64)]) {
     let dir = Path::new("target/bench");
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("cannot write {}: {e}", dir.display());
@@ -115,4 +116,14 @@ fn svg(
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// The per-packet cost over many sources as `target/bench/cost.json`.
+pub fn write_cost(rows: &[serde_json::Value]) {
+    let path = Path::new("target/bench/cost.json");
+    let text = serde_json::to_string_pretty(rows).expect("json");
+    match std::fs::create_dir_all("target/bench").and_then(|()| std::fs::write(path, text)) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
 }
