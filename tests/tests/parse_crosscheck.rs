@@ -237,11 +237,13 @@ fn check(spec: &Spec, frame: &[u8], corrupted: Option<Corrupt>) -> Result<(), Te
             prop_assert_eq!((family, src, proto, fragment), (f, s, p, frag));
             if let Some(l4) = l4 {
                 // etherparse wants 8 bytes of ICMP where the model reads 4, and a TCP header
-                // with all its options where the model reads the first 20 bytes; beyond
-                // that, and for first fragments (whose L4 etherparse leaves alone), it must
-                // agree.
+                // with all its options (and a data offset of at least 5) where the model
+                // reads the first 20 bytes; a resized IPv4 header puts the TCP header among
+                // the options or the payload, so its data offset is whatever lies there.
+                // Beyond that, and for first fragments (whose L4 etherparse leaves alone), it
+                // must agree.
                 let icmp_short = proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
-                let tcp_options = doff_changed && proto == IPPROTO_TCP;
+                let tcp_options = (doff_changed || resized) && proto == IPPROTO_TCP;
                 let first_fragment = spec.src.is_ipv4() && spec.v4_frag == 0x2000;
                 match their_l4(frame) {
                     Some(theirs) => prop_assert_eq!((l4.dport, l4.syn), theirs),
