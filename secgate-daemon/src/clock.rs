@@ -28,25 +28,29 @@ impl Clock for SystemClock {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always available on Linux");
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    read(nix::time::ClockId::CLOCK_MONOTONIC)
 }
 
 /// The coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`), which the XDP program reads under
 /// `FLAG_COARSE_CLOCK`: at most a tick behind [`monotonic_ns`]. Whatever brackets the
-/// program's own clock reads starts with this one and ends with [`monotonic_ns`].
+/// program's coarse reads uses this one.
 pub fn datapath_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .expect("CLOCK_MONOTONIC_COARSE is always available on Linux");
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    read(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
 }
 
 /// The coarse clock's resolution: the kernel's tick.
 pub fn coarse_tick_ns() -> u64 {
     let res = nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .expect("CLOCK_MONOTONIC_COARSE is always available on Linux");
-    res.tv_sec() as u64 * 1_000_000_000 + res.tv_nsec() as u64
+    ns(res)
+}
+
+fn read(clock: nix::time::ClockId) -> u64 {
+    ns(nix::time::clock_gettime(clock).expect("the monotonic clocks are always available on Linux"))
+}
+
+fn ns(ts: nix::sys::time::TimeSpec) -> u64 {
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// `now_ns + ttl` on the monotonic clock, saturating.

@@ -21,7 +21,7 @@ use secgate_tests::{
 };
 
 use crate::{
-    live::{Flood, config},
+    live::{Flood, config, rx_queue_packets},
     median,
 };
 
@@ -135,16 +135,4 @@ fn flood(sources: u32, pps: u64, burst: u64, frames: u32) -> (u64, f64) {
         "the program judged {judged} frames, under ten times the {allowed:.0} the limits allow"
     );
     (admitted, span)
-}
-
-/// XDP packets per receive queue of the receiving veth, from its own counters.
-fn rx_queue_packets(topo: &Topology) -> Vec<u64> {
-    let out = topo.gw.command("ethtool").args(["-S", &topo.gw_if]).output().expect("ethtool");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.trim().strip_prefix("rx_queue_").and_then(|l| l.split_once("_xdp_packets: "))
-        })
-        .map(|(_, n)| n.trim().parse::<u64>().expect("counter"))
-        .collect()
 }

@@ -45,39 +45,53 @@ pub fn run() {
         "datapath per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, medians)"
     );
     println!("{:<40} {:>10} {:>10} {:>8}", "case", "secgate ns", "bare ns", "ratio");
-    let within = row(&kernel, &bare, "ipv4 syn, within limit (CAS)", &frame("198.18.1.1", &syn));
-    row(&kernel, &bare, "ipv6 udp, within limit (CAS)", &frame("fd00:1::1", &udp));
-    let prefix = row(&kernel, &bare, "ipv4 denied /24", &frame("198.18.66.6", &syn));
+    let within =
+        row(&mut kernel, &bare, "ipv4 syn, within limit (CAS)", REPEAT, &frame("198.18.1.1", &syn));
+    row(&mut kernel, &bare, "ipv6 udp, within limit (CAS)", REPEAT, &frame("fd00:1::1", &udp));
+    let prefix = row(&mut kernel, &bare, "ipv4 denied /24", REPEAT, &frame("198.18.66.6", &syn));
     // Only while this row runs, lest every other row pay a miss in the host map.
     ban(&mut kernel, "198.18.67.7/32", 0);
-    let host = row(&kernel, &bare, "ipv4 host banned (hash map)", &frame("198.18.67.7", &syn));
+    let host =
+        row(&mut kernel, &bare, "ipv4 host banned (hash map)", REPEAT, &frame("198.18.67.7", &syn));
     kernel.maps.remove_deny("198.18.67.7/32".parse().expect("net")).expect("lift");
-    let expiring = row(&kernel, &bare, "ipv4 denied /24, expiring", &frame("198.18.68.6", &syn));
+    let expiring =
+        row(&mut kernel, &bare, "ipv4 denied /24, expiring", REPEAT, &frame("198.18.68.6", &syn));
     kernel
         .maps
         .set_config(&DatapathConfig { flags: cfg.flags & !FLAG_COARSE_CLOCK, ..cfg })
         .unwrap();
-    let fine =
-        row(&kernel, &bare, "ipv4 denied /24, expiring, fine clock", &frame("198.18.68.6", &syn));
+    let fine = row(
+        &mut kernel,
+        &bare,
+        "ipv4 denied /24, expiring, fine clock",
+        REPEAT,
+        &frame("198.18.68.6", &syn),
+    );
     kernel.maps.set_config(&cfg).unwrap();
     let malformed = frame("198.18.1.1", &syn)[..30].to_vec();
-    let parse_only = row(&kernel, &bare, "malformed ipv4", &malformed);
+    let parse_only = row(&mut kernel, &bare, "malformed ipv4", REPEAT, &malformed);
     // With an allowlist in use, every packet also walks its trie.
     kernel.maps.set_config(&DatapathConfig { flags: 0, ..cfg }).unwrap();
     kernel.maps.set_allow("203.0.113.0/24".parse().unwrap()).unwrap();
-    let allow = row(&kernel, &bare, "ipv4 denied /24, allowlist used", &frame("198.18.66.6", &syn));
+    let allow = row(
+        &mut kernel,
+        &bare,
+        "ipv4 denied /24, allowlist used",
+        REPEAT,
+        &frame("198.18.66.6", &syn),
+    );
     kernel.maps.remove_allow("203.0.113.0/24".parse().unwrap()).unwrap();
     // Over-limit path: a 1 pps limit keeps every run after the first two over the limit.
     let mut cfg = config(RateRule::from_rate(1, 2));
     kernel.maps.set_config(&cfg).unwrap();
-    let over = row(&kernel, &bare, "ipv4 udp, over limit (drop)", &frame("198.18.7.7", &udp));
+    let over =
+        row(&mut kernel, &bare, "ipv4 udp, over limit (drop)", REPEAT, &frame("198.18.7.7", &udp));
     // The same with an event for every packet: no per-bucket gap, an ample budget.
     cfg.event_interval_ns = 0;
     cfg.event_budget = RateRule::from_rate(1_000_000_000, 1 << 24);
     kernel.maps.set_config(&cfg).unwrap();
-    let event = row_of(&mut kernel, &bare, "ipv4 udp, over limit, an event each", EVENT_REPEAT, &{
-        frame("198.18.7.7", &udp)
-    });
+    let name = "ipv4 udp, over limit, an event each";
+    let event = row(&mut kernel, &bare, name, EVENT_REPEAT, &frame("198.18.7.7", &udp));
     println!("\nwhat each step costs (differences of the rows above, ns)");
     let steps = [
         ("parse, config, count, exit (malformed)", parse_only.0),
@@ -94,18 +108,9 @@ pub fn run() {
     }
 }
 
-/// Medians of `frame`'s cost under secgate and under the bare drop, rounds interleaved.
-fn row(kernel: &Kernel, bare: &RawXdp, name: &str, frame: &[u8]) -> (f64, f64) {
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        ours.push(kernel.cost(frame, REPEAT).as_nanos() as f64);
-        base.push(f64::from(bare.run(frame, REPEAT).1));
-    }
-    print_row(name, median(ours), median(base))
-}
-
-/// [`row`] with `repeat` runs a round, the ring buffer drained between rounds.
-fn row_of(kernel: &mut Kernel, bare: &RawXdp, name: &str, repeat: u32, frame: &[u8]) -> (f64, f64) {
+/// Medians of `frame`'s cost under secgate and under the bare drop, rounds interleaved, with
+/// `repeat` runs a round and the ring buffer drained before each.
+fn row(kernel: &mut Kernel, bare: &RawXdp, name: &str, repeat: u32, frame: &[u8]) -> (f64, f64) {
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         kernel.events();
@@ -126,8 +131,8 @@ const MANY_ROUNDS: usize = 3;
 
 /// Per-packet cost over each live flood's sources. Every run goes through a spreader (one
 /// random draw and a tail call), so the spreader's own cost, the spreader into a bare drop
-/// less the bare drop alone, is taken off every figure.
-/// Prints the table and returns its rows (flood, program, ns, ratio to the bare drop).
+/// less the bare drop alone, is taken off every figure. Prints the table and returns its rows
+/// (flood, program, ns, ratio to the bare drop).
 pub fn many_sources() -> Vec<serde_json::Value> {
     pin_to_cpu(0);
     println!(

@@ -352,21 +352,20 @@ impl Bench {
     /// Frames the receiving veth ran its XDP program on (veth's own counters, independent of
     /// the program under test).
     fn xdp_packets(&self) -> u64 {
-        let out = self
-            .topo
-            .gw
-            .command("ethtool")
-            .args(["-S", &self.topo.gw_if])
-            .output()
-            .expect("ethtool");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                l.trim().strip_prefix("rx_queue_").and_then(|l| l.split_once("_xdp_packets: "))
-            })
-            .map(|(_, n)| n.trim().parse::<u64>().expect("counter"))
-            .sum()
+        rx_queue_packets(&self.topo).iter().sum()
     }
+}
+
+/// XDP packets per receive queue of the receiving veth, from its own counters.
+pub fn rx_queue_packets(topo: &Topology) -> Vec<u64> {
+    let out = topo.gw.command("ethtool").args(["-S", &topo.gw_if]).output().expect("ethtool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.trim().strip_prefix("rx_queue_").and_then(|l| l.split_once("_xdp_packets: "))
+        })
+        .map(|(_, n)| n.trim().parse::<u64>().expect("counter"))
+        .collect()
 }
 
 /// The `frames` run since `before` got the verdict `case` is about, not another.
