@@ -1,7 +1,7 @@
 //! Everything the XDP program and the daemon must agree on, defined once.
 //!
 //! `maps` holds map names, capacities and the `#[repr(C)]` key and value types;
-//! `limit` the GCRA arithmetic; `model` a plain-Rust reference of the per-packet decision
+//! `limit` the GCRA arithmetic; `sources` the layout of the per-source limiter table; `model` a plain-Rust reference of the per-packet decision
 //! that the kernel program mirrors and the tests compare it against.
 #![no_std]
 
@@ -9,6 +9,7 @@ pub mod limit;
 pub mod maps;
 pub mod model;
 pub mod net;
+pub mod sources;
 pub mod verdict;
 
 #[cfg(feature = "user")]

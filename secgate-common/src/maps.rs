@@ -44,7 +44,7 @@ pub fn host_v6_key(addr: &[u8; 16]) -> HostV6Key {
     key.copy_from_slice(&addr[..n]);
     key
 }
-/// Name of the `LruHashMap<BucketKey, SourceState>` of per-source limiter state.
+/// Name of the `Array<SourceSet>` of per-source limiter state (`crate::sources`).
 pub const SOURCES: &str = "SG_SOURCES";
 /// Name of the `PerCpuArray<Counter>`: one slot per [`crate::verdict::Reason`], then
 /// [`STATS_DROPPED`] and [`STATS_NEW_BUCKETS`].
@@ -62,6 +62,9 @@ pub const STATS_SLOTS: u32 = STATS_NEW_BUCKETS + 1;
 pub const EVENTS: &str = "SG_EVENTS";
 /// Name of the `PerCpuArray<u64>` holding each CPU's event-budget GCRA state.
 pub const EVENT_BUDGET: &str = "SG_EVT_BUDGET";
+/// Name of the `PerCpuArray<sources::Pick>` through which the limiter passes the slot it
+/// chose to the code that uses it (not pinned: it holds one packet's choice).
+pub const PICK: &str = "SG_PICK";
 
 /// Names of the LPM tries of sources `secgate trace` follows (`Key<[u8; 4]>` /
 /// `Key<[u8; 16]>` → 1). Not pinned: a trace ends with the daemon that started it.
@@ -78,7 +81,7 @@ pub const TRACE_LINES_PER_SEC: u64 = 50;
 pub const TRACE_BURST: u64 = 20;
 
 /// The program's own maps the daemon does not pin.
-pub const UNPINNED: [&str; 3] = [TRACE_V4, TRACE_V6, TRACE_BUDGET];
+pub const UNPINNED: [&str; 4] = [TRACE_V4, TRACE_V6, TRACE_BUDGET, PICK];
 /// aya-log's ring buffer of log records (the trace lines), made by `aya-log-ebpf`.
 pub const LOGS: &str = "AYA_LOGS";
 
@@ -109,7 +112,8 @@ pub const MAX_DENY: u32 = 256 * 1024;
 /// preallocated: their elements cost memory once banned; the bucket arrays (16 MiB each) are
 /// made with the maps.
 pub const MAX_DENY_HOSTS: u32 = 1 << 20;
-/// Default capacity of the per-source limiter map (`max_sources` overrides it at load).
+/// Default number of sources the limiter table holds (`max_sources` overrides it at load;
+/// the table then has [`crate::sources::sets_for`] sets).
 pub const DEFAULT_MAX_SOURCES: u32 = 256 * 1024;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -160,7 +164,8 @@ pub struct DatapathConfig {
     pub flags: u32,
     /// Mask applied to an IPv4 source before it keys a limiter bucket (network order).
     pub v4_mask: [u8; 4],
-    pub _pad: u32,
+    /// Sets in `SG_SOURCES` as the daemon made it (`crate::sources::place` reduces onto it).
+    pub source_sets: u32,
     /// Mask applied to an IPv6 source before it keys a limiter bucket (network order).
     pub v6_mask: [u8; 16],
     /// Bit `p` set: `SG_LIMITS` holds overrides for IP protocol `p` (`p < 64`), so the
@@ -176,6 +181,8 @@ pub struct DatapathConfig {
     /// ports, so no port override can match them, and without a bucket of their own a
     /// fragment flood would pass wherever only overrides are set.
     pub fragment_rule: RateRule,
+    /// Random key of the limiter table's hash, kept with the table for as long as it lives.
+    pub source_seed: u64,
 }
 
 /// Which limit applies: protocol, destination port (0 = any) and SYN-only.
@@ -200,7 +207,8 @@ impl LimitKey {
 }
 
 /// Key of a per-source limiter bucket: the masked source plus the limit it is counted against.
-#[repr(C)]
+/// Aligned to 8 so the program can hash it as three words off its stack.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketKey {
     /// Masked source address; IPv4 uses the first four bytes, the rest stay zero.
@@ -210,14 +218,30 @@ pub struct BucketKey {
     pub limit: LimitKey,
 }
 
-/// Limiter state of one bucket.
-#[repr(C)]
+impl BucketKey {
+    /// The key as the three words [`crate::sources::place`] hashes.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 3] {
+        let a = &self.addr;
+        let l = &self.limit;
+        let port = l.port.to_ne_bytes();
+        let last = [self.family, 0, 0, 0, port[0], port[1], l.proto, l.syn_only];
+        [
+            u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+            u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+            u64::from_ne_bytes(last),
+        ]
+    }
+}
+
+/// Limiter state of one bucket, as the model keeps it and the daemon reads it back from its
+/// slot (`crate::sources::SourceSlot`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    /// GCRA theoretical arrival time (ns, `CLOCK_MONOTONIC`), updated by compare-and-swap.
+    /// GCRA theoretical arrival time (ns, the datapath clock).
     pub tat_ns: u64,
-    /// When this bucket last produced an over-limit event (0: never).
-    pub last_event_ns: u64,
+    /// `crate::sources::event_stamp` of the bucket's last over-limit event (0: never).
+    pub event_stamp: u32,
 }
 
 /// Value of an allowlist entry.

@@ -2,8 +2,9 @@
 //! byte pattern the kernel hands back is a valid value.
 use crate::maps::{
     AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, OverLimitEvent, RateRule,
-    SourceState, TraceBudget,
+    TraceBudget,
 };
+use crate::sources::SourceSet;
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
@@ -18,6 +19,6 @@ pod!(
     LimitKey,
     OverLimitEvent,
     RateRule,
-    SourceState,
+    SourceSet,
     TraceBudget,
 );

@@ -7,16 +7,21 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use ipnet::IpNet;
-use secgate_common::maps::{
-    self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, RateRule,
-    SourceState, TraceBudget,
+use secgate_common::{
+    maps::{
+        self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey,
+        RateRule, SourceState, TraceBudget,
+    },
+    sources::SourceSet,
 };
 
 use crate::bans::Write;
 
 mod deny;
+mod sources;
 use deny::DenyMaps;
 pub use deny::{DENY_MAPS, Holder, holder};
+use sources::SourceTable;
 
 /// Why a map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,8 @@ type Result<T> = std::result::Result<T, MapsError>;
 /// Key size, value size and, where fixed, capacity of each map as this build defines them,
 /// to recognise pinned maps left by a build with another layout before the program is
 /// loaded against them. `SG_SOURCES` has no fixed capacity: `max_sources` sets it.
+/// `SG_CONFIG` and `SG_SOURCES` hold nothing the daemon cannot rebuild (see
+/// [`replaceable`]).
 pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
     use std::mem::size_of;
     let map = |k: usize, v: usize, cap: Option<u32>| Some((k as u32, v as u32, cap));
@@ -57,15 +64,23 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::DENY_HOSTS_V6 => {
             map(size_of::<names::HostV6Key>(), size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS))
         }
-        names::SOURCES => map(size_of::<BucketKey>(), size_of::<SourceState>(), None),
+        names::SOURCES => map(index, size_of::<SourceSet>(), None),
         names::STATS => map(index, size_of::<Counter>(), Some(names::STATS_SLOTS)),
         names::EVENTS => map(0, 0, Some(names::EVENTS_BYTES)),
         names::EVENT_BUDGET => map(index, size_of::<u64>(), Some(1)),
+        names::PICK => map(index, size_of::<secgate_common::sources::Pick>(), Some(1)),
         names::TRACE_V4 => map(lpm(4), size_of::<u8>(), Some(names::MAX_TRACES)),
         names::TRACE_V6 => map(lpm(16), size_of::<u8>(), Some(names::MAX_TRACES)),
         names::TRACE_BUDGET => map(index, size_of::<secgate_common::maps::TraceBudget>(), Some(1)),
         _ => None,
     }
+}
+
+/// Whether a pinned map left by a build with another layout may simply be replaced: the
+/// config is rewritten at every start and the limiter table holds only soft state (a source
+/// it forgets gets a fresh bucket), while the bans and rules in the others must not be lost.
+pub fn replaceable(name: &str) -> bool {
+    matches!(name, names::CONFIG | names::SOURCES)
 }
 
 /// One LPM trie per address family.
@@ -82,9 +97,7 @@ pub struct DatapathMaps {
     limits: HashMap<MapData, LimitKey, RateRule>,
     allow: Tries<AllowEntry>,
     deny: DenyMaps,
-    sources: HashMap<MapData, BucketKey, SourceState>,
-    /// `SG_SOURCES`'s capacity as loaded (a reused pin keeps its own).
-    sources_capacity: u32,
+    sources: SourceTable,
     stats: PerCpuArray<MapData, Counter>,
     pub trace: TraceMaps,
 }
@@ -137,10 +150,11 @@ fn is_full(err: &MapError) -> bool {
 impl DatapathMaps {
     /// Takes the maps out of a loaded object (the program keeps its own references).
     pub fn take(bpf: &mut Ebpf) -> Result<DatapathMaps> {
-        let sources: HashMap<MapData, BucketKey, SourceState> = convert(bpf, names::SOURCES)?;
-        let sources_capacity = sources_info(&sources).map_err(wrap(names::SOURCES))?.max_entries();
+        let config: Array<MapData, DatapathConfig> = convert(bpf, names::CONFIG)?;
+        let stored = config.get(&0, 0).map_err(wrap(names::CONFIG))?;
+        let sources = SourceTable::new(convert(bpf, names::SOURCES)?, &stored);
         Ok(DatapathMaps {
-            config: convert(bpf, names::CONFIG)?,
+            config,
             limits: convert(bpf, names::LIMITS)?,
             allow: Tries {
                 v4: convert(bpf, names::ALLOW_V4)?,
@@ -150,7 +164,6 @@ impl DatapathMaps {
             },
             deny: DenyMaps::from_object(bpf)?,
             sources,
-            sources_capacity,
             stats: convert(bpf, names::STATS)?,
             trace: TraceMaps {
                 tries: Tries {
@@ -168,8 +181,9 @@ impl DatapathMaps {
         self.config.get(&0, 0).map_err(wrap(names::CONFIG))
     }
 
+    /// Writes `cfg` with the limiter table's geometry, which only this layer knows.
     pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<()> {
-        self.config.set(0, cfg, 0).map_err(wrap(names::CONFIG))
+        self.config.set(0, self.sources.configure(cfg), 0).map_err(wrap(names::CONFIG))
     }
 
     pub fn limits(&self) -> Result<Vec<(LimitKey, RateRule)>> {
@@ -235,26 +249,18 @@ impl DatapathMaps {
     }
 
     pub fn source(&self, key: &BucketKey) -> Result<Option<SourceState>> {
-        match self.sources.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(wrap(names::SOURCES)(e)),
-        }
+        self.sources.get(key)
     }
 
+    /// Buckets the limiter table holds without evicting any.
     pub fn sources_capacity(&self) -> u32 {
-        self.sources_capacity
+        self.sources.capacity()
     }
 
-    /// Empties the limiter map. Walks it, which may never end while packets churn the LRU:
-    /// for tests that drive the program themselves, never for the daemon.
+    /// Empties the limiter table: for tests that drive the program themselves.
     #[cfg(any(test, feature = "test-util"))]
     pub fn clear_sources(&mut self) -> Result<()> {
-        let keys: Vec<BucketKey> = self.sources.keys().filter_map(|k| k.ok()).collect();
-        for key in keys {
-            ignore_missing(self.sources.remove(&key)).map_err(wrap(names::SOURCES))?;
-        }
-        Ok(())
+        self.sources.clear()
     }
 
     /// `SG_STATS` summed over CPUs: indexed by `Reason as usize`, then `STATS_DROPPED`.
@@ -352,12 +358,6 @@ fn found<V>(r: std::result::Result<V, MapError>, name: &'static str) -> Result<O
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(wrap(name)(e)),
     }
-}
-
-fn sources_info(
-    map: &HashMap<MapData, BucketKey, SourceState>,
-) -> std::result::Result<aya::maps::MapInfo, MapError> {
-    aya::maps::IterableMap::map(map).info()
 }
 
 fn is_not_found(err: &MapError) -> bool {

@@ -1,30 +1,36 @@
-//! Per-source GCRA limiter over the shared LRU map.
+//! Per-source GCRA limiter over the shared set-associative table (`secgate_common::sources`).
 //!
 //! One `u64` TAT per bucket, advanced with compare-and-swap, so a source whose flows RSS
 //! spreads over several CPUs is still held to one rate. Buckets of the same source on other
-//! CPUs race only for the CAS; the loser re-reads and retries.
+//! CPUs race only for the CAS; the loser re-reads and retries. A new bucket claims its slot
+//! with a compare-and-swap of the slot's tag, so two CPUs cannot both take one
+//! slot.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::bindings::BPF_NOEXIST;
 use secgate_common::{
     limit::candidates,
     maps::{
         BucketKey, DatapathConfig, FLAG_DROP_FRAGMENTS, LimitKey, OverLimitEvent, RateRule,
-        STATS_NEW_BUCKETS, SourceState,
+        STATS_NEW_BUCKETS,
     },
     model::{Packet, bucket_key},
+    sources::{self, PICK_EVICT, PICK_FOUND, PICK_NONE, Pick, Place, SET_WAYS, SourceSlot},
     verdict::Reason,
 };
 
 use crate::{
     clock::Clock,
-    maps::{SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_SOURCES, count},
+    maps::{SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_PICK, SG_SOURCES, count},
 };
 
 /// CAS attempts before a contended packet is let through (reason `contended`): bounded for
 /// the verifier, and more attempts than CPUs that can realistically collide on one bucket.
 const CAS_ATTEMPTS: u32 = 8;
+/// Slot choices tried before a new source's packet is let through (reason `contended`):
+/// another CPU that took the chosen slot first most often took it for this very source
+/// (its first packets reaching two CPUs at once), whose bucket the second choice finds.
+const CLAIM_ATTEMPTS: u32 = 2;
 
 #[inline(always)]
 pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
@@ -37,20 +43,71 @@ pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
     }
     let now = clock.now();
     let key = bucket_key(cfg, pkt, limit);
-    let Some(state) = SG_SOURCES.get_ptr_mut(key) else {
-        let fresh = SourceState { tat_ns: now + rule.interval_ns, last_event_ns: 0 };
-        if SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
-            count(STATS_NEW_BUCKETS, 0);
-            return Reason::Pass;
-        }
-        // Another CPU created the bucket first: count against it. Should the LRU already have
-        // evicted it again, the packet was let through by contention, not by the limit.
-        return match SG_SOURCES.get_ptr_mut(key) {
-            Some(state) => admit(cfg, &key, state, &rule, now),
-            None => Reason::Contended,
-        };
+    let place = sources::place(cfg.source_seed, cfg.source_sets, &key);
+    let Some(scratch) = SG_PICK.get_ptr_mut(0) else {
+        return Reason::Contended;
     };
-    admit(cfg, &key, state, &rule, now)
+    for _ in 0..CLAIM_ATTEMPTS {
+        choose(&place, now, scratch);
+        // SAFETY: this CPU's slot, written just above.
+        let pick = unsafe { core::ptr::read_volatile(scratch) };
+        if let Some(at) = bucket(&place, &pick) {
+            return admit(cfg, &key, at, &rule, now);
+        }
+    }
+    Reason::Contended
+}
+
+/// Writes to `out` where the bucket of `place` is or goes ([`sources::pick`]): through a
+/// map, so the verifier walks the rest of the limiter once, not once per way of choosing
+/// (see [`Pick`]). Its own frame keeps the limiter's stack within what BPF allows.
+#[inline(never)]
+fn choose(place: &Place, now: u64, out: *mut Pick) {
+    let pick = match (SG_SOURCES.get_ptr(place.sets[0]), SG_SOURCES.get_ptr(place.sets[1])) {
+        // SAFETY: both point at live array values. Other CPUs write them meanwhile, which
+        // only misleads the choice; every change it leads to is a compare-and-swap.
+        (Some(a), Some(b)) => unsafe { sources::pick([&*a, &*b], place.tag, now) },
+        _ => Pick { action: PICK_NONE, ..Pick::default() },
+    };
+    // SAFETY: `out` is this CPU's slot of `SG_PICK`.
+    unsafe { core::ptr::write_volatile(out, pick) };
+}
+
+/// The slot `pick` chose, claimed first if it is for a new bucket. None when the sets could
+/// not be read or another CPU took the slot first.
+#[inline(always)]
+fn bucket(place: &Place, pick: &Pick) -> Option<*mut SourceSlot> {
+    if pick.action == PICK_NONE {
+        return None;
+    }
+    let (set, i) = pick.at();
+    let set = SG_SOURCES.get_ptr_mut(if set == 0 { place.sets[0] } else { place.sets[1] })?;
+    // SAFETY: `set` is a live array value of SET_WAYS slots and `i < SET_WAYS`.
+    let at = unsafe { (set as *mut SourceSlot).add(i % SET_WAYS) };
+    if pick.action != PICK_FOUND && !claim(at, pick, place.tag) {
+        return None;
+    }
+    Some(at)
+}
+
+/// Takes the slot `at` for the bucket tagged `tag`, counted as a new bucket, if it still
+/// holds what `pick` saw. An evicted bucket's TAT is not the new one's: it is reset, as a
+/// lapsed slot's would be (losing that race only means its owner moved it meanwhile).
+#[inline(always)]
+fn claim(at: *mut SourceSlot, pick: &Pick, tag: u32) -> bool {
+    // SAFETY: `at` points into a live array value; its fields are aligned.
+    let (at_tag, tat) =
+        unsafe { (core::ptr::addr_of_mut!((*at).tag), core::ptr::addr_of_mut!((*at).tat_ns)) };
+    if !cas32(at_tag, pick.tag_seen, tag) {
+        return false;
+    }
+    count(STATS_NEW_BUCKETS, 0);
+    // SAFETY: as above; a racing writer of this field is the bucket evicted.
+    unsafe { (*at).event_stamp = 0 };
+    if pick.action == PICK_EVICT {
+        cas(tat, pick.tat_seen, 0);
+    }
+    true
 }
 
 #[inline(always)]
@@ -58,7 +115,7 @@ pub(crate) fn select_rule(cfg: &DatapathConfig, pkt: &Packet) -> (LimitKey, Rate
     if pkt.fragment {
         return (LimitKey::FRAGMENTS, cfg.fragment_rule);
     }
-    if let Some(l4) = pkt.l4
+    if let Some(l4) = pkt.l4()
         && pkt.proto < 64
         && cfg.override_protos & (1u64 << pkt.proto) != 0
     {
@@ -73,15 +130,16 @@ pub(crate) fn select_rule(cfg: &DatapathConfig, pkt: &Packet) -> (LimitKey, Rate
     (LimitKey::DEFAULT, cfg.default_rule)
 }
 
-#[inline(always)]
+/// In a frame of its own, beside [`choose`]'s, for the stack's sake.
+#[inline(never)]
 fn admit(
     cfg: &DatapathConfig,
     key: &BucketKey,
-    state: *mut SourceState,
+    state: *mut SourceSlot,
     rule: &RateRule,
     now: u64,
 ) -> Reason {
-    // SAFETY: `state` points at a live LRU map value; `tat_ns` is 8-byte aligned.
+    // SAFETY: `state` points at a live array value; `tat_ns` is 8-byte aligned.
     let tat = unsafe { core::ptr::addr_of_mut!((*state).tat_ns) };
     let mut seen = unsafe { core::ptr::read_volatile(tat) };
     for _ in 0..CAS_ATTEMPTS {
@@ -95,7 +153,7 @@ fn admit(
             over_limit(cfg, key, state, now);
             return Reason::Rate;
         };
-        let (prev, ok) = cas(tat, seen, next);
+        let (prev, ok) = cas_seen(tat, seen, next);
         if ok {
             return Reason::Pass;
         }
@@ -105,22 +163,35 @@ fn admit(
 }
 
 #[inline(always)]
-fn cas(tat: *mut u64, seen: u64, next: u64) -> (u64, bool) {
+fn cas_seen(tat: *mut u64, seen: u64, next: u64) -> (u64, bool) {
     // SAFETY: `tat` points into a live map value; the kernel accepts BPF_CMPXCHG on map values.
     unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(tat, seen, next)
     }
 }
 
+#[inline(always)]
+fn cas(tat: *mut u64, seen: u64, next: u64) -> bool {
+    cas_seen(tat, seen, next).1
+}
+
+#[inline(always)]
+fn cas32(tag: *mut u32, seen: u32, next: u32) -> bool {
+    // SAFETY: as `cas_seen`, on a 4-byte field (BPF_W cmpxchg, eBPF v3).
+    unsafe {
+        atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(tag, seen, next)
+            .1
+    }
+}
+
 /// Emits a sampled over-limit event: at most one per bucket per `event_interval_ns` and
 /// within this CPU's event budget, so a flood cannot flood the daemon.
 #[inline(always)]
-fn over_limit(cfg: &DatapathConfig, key: &BucketKey, state: *mut SourceState, now: u64) {
-    // SAFETY: `state` is a live map value; a racy read or write of `last_event_ns` only
+fn over_limit(cfg: &DatapathConfig, key: &BucketKey, state: *mut SourceSlot, now: u64) {
+    // SAFETY: `state` is a live map value; a racy read or write of `event_stamp` only
     // changes which packet of a burst reports the event.
-    let last = unsafe { (*state).last_event_ns };
-    // Saturating: another CPU may have stamped a later event than this packet's clock read.
-    if last != 0 && now.saturating_sub(last) < cfg.event_interval_ns {
+    let last = unsafe { (*state).event_stamp };
+    if !sources::event_due(last, now, cfg.event_interval_ns) {
         return;
     }
     let Some(budget) = SG_EVT_BUDGET.get_ptr_mut(0) else {
@@ -133,7 +204,7 @@ fn over_limit(cfg: &DatapathConfig, key: &BucketKey, state: *mut SourceState, no
         return;
     };
     unsafe { *budget = next };
-    unsafe { (*state).last_event_ns = now };
+    unsafe { (*state).event_stamp = sources::event_stamp(now) };
     if let Some(mut entry) = SG_EVENTS.reserve::<OverLimitEvent>(0) {
         entry.write(OverLimitEvent {
             addr: key.addr,

@@ -3,17 +3,18 @@
 
 use crate::clock::Clock;
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use secgate_common::{
     maps::{
-        AllowEntry, BucketKey, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry,
-        EVENTS_BYTES, FAMILY_V4, HOSTS_V4, HOSTS_V6, HostV6Key, LimitKey, MAX_ALLOW, MAX_DENY,
-        MAX_DENY_HOSTS, MAX_LIMIT_RULES, RateRule, STATS_SLOTS, SourceState, host_v6_key,
+        AllowEntry, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry, EVENTS_BYTES,
+        FAMILY_V4, HOSTS_V4, HOSTS_V6, HostV6Key, LimitKey, MAX_ALLOW, MAX_DENY, MAX_DENY_HOSTS,
+        MAX_LIMIT_RULES, RateRule, STATS_SLOTS, host_v6_key,
     },
     model::Packet,
+    sources::{Pick, SourceSet, sets_for},
 };
 
 #[map]
@@ -38,16 +39,19 @@ static SG_DENY_HOSTS_V6: HashMap<HostV6Key, DenyEntry> =
     HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
 #[map]
 static SG_DENY_HOSTS_EMPTY: Array<u32> = Array::with_max_entries(2, 0);
-/// Capacity is the default; the daemon sets `max_sources` at load time.
+/// Sets for the default `max_sources`; the daemon sizes it at load time. Mmapable only for
+/// the page-aligned values that makes: each set is then exactly one cache line.
 #[map]
-pub static SG_SOURCES: LruHashMap<BucketKey, SourceState> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+pub static SG_SOURCES: Array<SourceSet> =
+    Array::with_max_entries(sets_for(DEFAULT_MAX_SOURCES), BPF_F_MMAPABLE);
 #[map]
 static SG_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 #[map]
 pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 pub static SG_EVT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SG_PICK: PerCpuArray<Pick> = PerCpuArray::with_max_entries(1, 0);
 
 fn v4_key(pkt: &Packet) -> Key<[u8; 4]> {
     Key::new(32, [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])

@@ -55,7 +55,7 @@ fn ipv4(frame: &Frame, off: usize) -> Option<Packet> {
     let proto = frame.u8(off + 9)?;
     let fragment = frame.be16(off + 6)? & 0x1fff != 0;
     let l4 = if fragment { None } else { l4(frame, off + hlen, proto)? };
-    Some(Packet { family: FAMILY_V4, src, proto, l4, fragment })
+    Some(Packet::new(FAMILY_V4, src, proto, l4, fragment))
 }
 
 #[inline(always)]
@@ -78,19 +78,13 @@ fn ipv6(frame: &Frame, off: usize) -> Option<Packet> {
                 frame.need(off, 8)?;
                 if frame.be16(off + 2)? >> 3 != 0 {
                     let proto = frame.u8(off)?;
-                    return Some(Packet {
-                        family: FAMILY_V6,
-                        src,
-                        proto,
-                        l4: None,
-                        fragment: true,
-                    });
+                    return Some(Packet::new(FAMILY_V6, src, proto, None, true));
                 }
                 8
             }
             proto => {
                 let l4 = l4(frame, off, proto)?;
-                return Some(Packet { family: FAMILY_V6, src, proto, l4, fragment: false });
+                return Some(Packet::new(FAMILY_V6, src, proto, l4, false));
             }
         };
         frame.need(off, 8)?;

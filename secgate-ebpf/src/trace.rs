@@ -42,7 +42,7 @@ pub fn emit(ctx: &XdpContext, cfg: &DatapathConfig, pkt: &Packet, reason: Reason
         return;
     }
     let (limit, rule) = crate::limiter::select_rule(cfg, pkt);
-    let (sport, dport, syn) = pkt.l4.map_or((0, 0, 0), |l| (l.sport, l.dport, u8::from(l.syn)));
+    let (sport, dport, syn) = pkt.l4().map_or((0, 0, 0), |l| (l.sport, l.dport, u8::from(l.syn)));
     let (pps, burst) = if rule.is_unlimited() { (0, 0) } else { (rule.pps(), rule.burst()) };
     let verdict = reason.name();
     let (proto, fragment) = (pkt.proto, u8::from(pkt.fragment));

@@ -25,7 +25,10 @@ impl Kernel {
     /// With room for `capacity` limiter buckets (`datapath.max_sources`).
     pub fn with_sources(capacity: u32) -> Kernel {
         let mut bpf = aya::EbpfLoader::new()
-            .map_max_entries(secgate_common::maps::SOURCES, capacity)
+            .map_max_entries(
+                secgate_common::maps::SOURCES,
+                secgate_common::sources::sets_for(capacity),
+            )
             .load(secgate::EBPF_OBJECT)
             .expect("parse the embedded XDP object");
         let prog: &mut Xdp = bpf.program_mut("secgate").expect("program").try_into().expect("xdp");

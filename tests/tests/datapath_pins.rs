@@ -1,5 +1,6 @@
 //! Pinned maps from a build with another layout are refused before the program is loaded
-//! against them, with a message that says what to do.
+//! against them, with a message that says what to do, unless they hold only what the daemon
+//! rebuilds.
 
 use aya::maps::{Array, MapData};
 use secgate::{config::Config, datapath::Datapath, lock::InstanceLock};
@@ -14,24 +15,53 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// A directory of pins under bpffs, removed however the test ends.
+fn pin_dir(what: &str) -> (RemoveOnDrop, std::path::PathBuf) {
+    let pins = RemoveOnDrop(format!("/sys/fs/bpf/secgate-{what}-{}", std::process::id()).into());
+    let maps = pins.0.join("maps");
+    std::fs::create_dir_all(&maps).expect("bpffs (cargo xtask setup mounts it)");
+    (pins, maps)
+}
+
+fn open(pins: &std::path::Path) -> Result<Datapath, secgate::datapath::DatapathError> {
+    let toml = format!("[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n", pins.display());
+    let config = Config::parse(&toml).expect("valid config");
+    let state = tempfile::tempdir().expect("state dir");
+    let lock = InstanceLock::acquire(pins, state.path()).expect("lock");
+    Datapath::open(&config.datapath, lock)
+}
+
 #[test]
 fn stale_pinned_map_is_refused_with_advice() {
     if !privileged("stale_pinned_map_is_refused_with_advice") {
         return;
     }
-    let pins = RemoveOnDrop(format!("/sys/fs/bpf/secgate-stale-{}", std::process::id()).into());
-    let maps = pins.0.join("maps");
-    std::fs::create_dir_all(&maps).expect("bpffs (cargo xtask setup mounts it)");
+    let (pins, maps) = pin_dir("stale");
     let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
-    wrong.pin(maps.join(secgate_common::maps::CONFIG)).expect("pin it");
-    let toml = format!("[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n", pins.0.display());
-    let config = Config::parse(&toml).expect("valid config");
-    let state = tempfile::tempdir().expect("state dir");
-    let lock = InstanceLock::acquire(&pins.0, state.path()).expect("lock");
-    let err = Datapath::open(&config.datapath, lock)
-        .err()
-        .expect("a stale pin must be refused")
-        .to_string();
-    assert!(err.contains("SG_CONFIG") && err.contains("another secgate version"), "{err}");
+    wrong.pin(maps.join(secgate_common::maps::LIMITS)).expect("pin it");
+    let err = open(&pins.0).err().expect("a stale pin must be refused").to_string();
+    assert!(err.contains("SG_LIMITS") && err.contains("another secgate version"), "{err}");
     assert!(err.contains(&maps.display().to_string()), "the message names what to remove: {err}");
+}
+
+/// The config and the limiter table hold nothing the daemon cannot rebuild, so an upgrade that
+/// changes their layout replaces their pins instead of asking the operator to remove every
+/// pin (and with them the bans).
+#[test]
+fn stale_config_and_limiter_pins_are_replaced() {
+    if !privileged("stale_config_and_limiter_pins_are_replaced") {
+        return;
+    }
+    let (pins, maps) = pin_dir("replace");
+    for name in [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES] {
+        let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
+        wrong.pin(maps.join(name)).expect("pin it");
+    }
+    let datapath = open(&pins.0).expect("replaceable pins are replaced");
+    drop(datapath);
+    for name in [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES] {
+        let info = aya::maps::MapInfo::from_pin(maps.join(name)).expect("a new pin");
+        let (key, value, _) = secgate::maps::layout(name).expect("a known map");
+        assert_eq!((info.key_size(), info.value_size()), (key, value), "{name} was replaced");
+    }
 }

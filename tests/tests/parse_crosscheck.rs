@@ -226,7 +226,9 @@ fn check(spec: &Spec, frame: &[u8], corrupted: Option<Corrupt>) -> Result<(), Te
                 prop_assert!(broken, "etherparse parses a frame the model calls malformed");
             }
         }
-        Parsed::Ip(Packet { family, src, proto, l4, fragment }) => {
+        Parsed::Ip(pkt) => {
+            let Packet { family, src, proto, fragment, .. } = pkt;
+            let l4 = pkt.l4();
             prop_assert!(tags <= MAX_VLAN_TAGS, "{} VLAN tags accepted", tags);
             if !fragment && !resized {
                 let end = headers_end(spec, l4.is_some());

@@ -231,7 +231,7 @@ fn moved(before: &[Counter], after: &[Counter], slot: u32) -> bool {
 fn between(lo: &SourceState, hi: &SourceState, k: &SourceState) -> bool {
     let within = |a: u64, b: u64, x: u64| a.min(b) <= x && x <= a.max(b);
     within(lo.tat_ns, hi.tat_ns, k.tat_ns)
-        && within(lo.last_event_ns, hi.last_event_ns, k.last_event_ns)
+        && within(lo.event_stamp.into(), hi.event_stamp.into(), k.event_stamp.into())
 }
 
 /// The kernel's event agrees with one end's, the timestamp within the run.

@@ -4,18 +4,49 @@
 use crate::maps::{FAMILY_V4, FAMILY_V6};
 use crate::net::*;
 
-/// What the limiter needs to know about an IP packet.
+/// What the limiter needs to know about an IP packet. The source address comes first and
+/// 8-aligned, so the datapath masks and hashes it as two words rather than 16 bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
-    pub family: u8,
     /// Source address; IPv4 in the first four bytes.
     pub src: [u8; 16],
+    pub family: u8,
     /// Final protocol (after IPv6 extension headers).
     pub proto: u8,
-    /// L4 facts, absent for non-first fragments and protocols without ports.
-    pub l4: Option<L4>,
     /// A non-first fragment: it carries no L4 header and is limited in its own bucket.
     pub fragment: bool,
+    /// Whether `ports` holds an L4 header's facts (see [`Packet::l4`]).
+    has_l4: bool,
+    /// Zero without an L4 header. Not an `Option`: the bytes of a `None` are undefined, and
+    /// the compiler filled them from whatever register was at hand, once a pointer, which
+    /// the verifier refuses to see stored in part.
+    ports: L4,
+}
+
+const _: () = assert!(core::mem::offset_of!(Packet, src) == 0, "src_words reads it aligned");
+
+impl Packet {
+    #[inline(always)]
+    pub fn new(family: u8, src: [u8; 16], proto: u8, l4: Option<L4>, fragment: bool) -> Packet {
+        let ports = l4.unwrap_or(L4 { sport: 0, dport: 0, syn: false });
+        Packet { src, family, proto, fragment, has_l4: l4.is_some(), ports }
+    }
+
+    /// L4 facts, absent for non-first fragments and protocols without ports.
+    #[inline(always)]
+    pub fn l4(&self) -> Option<L4> {
+        if self.has_l4 { Some(self.ports) } else { None }
+    }
+
+    /// The source address as two words in memory order, read as such: built from bytes, the
+    /// compiler for BPF (which has no unaligned loads) would load them one by one.
+    #[inline(always)]
+    pub fn src_words(&self) -> [u64; 2] {
+        // SAFETY: `src` is the first field of an 8-aligned struct (asserted above), and any
+        // 16 bytes are a valid `[u64; 2]`.
+        unsafe { *self.src.as_ptr().cast::<[u64; 2]>() }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +116,7 @@ fn ipv4(frame: &[u8], off: usize) -> Option<Packet> {
     let proto = frame[off + 9];
     let fragment = be16(frame, off + 6)? & 0x1fff != 0;
     let l4 = if fragment { None } else { l4(frame, off + hlen, proto)? };
-    Some(Packet { family: FAMILY_V4, src, proto, l4, fragment })
+    Some(Packet::new(FAMILY_V4, src, proto, l4, fragment))
 }
 
 fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
@@ -112,19 +143,13 @@ fn ipv6(frame: &[u8], off: usize) -> Option<Packet> {
                 need(frame, off, 8)?;
                 if be16(frame, off + 2)? >> 3 != 0 {
                     let proto = frame[off];
-                    return Some(Packet {
-                        family: FAMILY_V6,
-                        src,
-                        proto,
-                        l4: None,
-                        fragment: true,
-                    });
+                    return Some(Packet::new(FAMILY_V6, src, proto, None, true));
                 }
                 8
             }
             proto => {
                 let l4 = l4(frame, off, proto)?;
-                return Some(Packet { family: FAMILY_V6, src, proto, l4, fragment: false });
+                return Some(Packet::new(FAMILY_V6, src, proto, l4, false));
             }
         };
         need(frame, off, hlen)?;

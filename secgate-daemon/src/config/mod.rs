@@ -267,13 +267,15 @@ impl DatapathSettings {
                 | flag(self.drop_fragments, FLAG_DROP_FRAGMENTS)
                 | flag(coarse, FLAG_COARSE_CLOCK),
             v4_mask: prefix_mask(u32::from(self.ipv4_prefix)),
-            _pad: 0,
+            source_sets: 0,
             v6_mask: prefix_mask(u32::from(self.ipv6_prefix)),
             override_protos,
             default_rule,
             event_interval_ns: self.event_interval.as_nanos() as u64,
             event_budget,
             fragment_rule,
+            // The maps layer fills in its table's geometry when it writes the config.
+            source_seed: 0,
         }
     }
 

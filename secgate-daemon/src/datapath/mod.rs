@@ -96,7 +96,10 @@ impl Datapath {
         for name in names::ALL {
             loader.map_pin_path(name, pins::maps_dir(&pin_path).join(name));
         }
-        loader.map_max_entries(names::SOURCES, settings.max_sources);
+        loader.map_max_entries(
+            names::SOURCES,
+            secgate_common::sources::sets_for(settings.max_sources),
+        );
         let mut bpf = loader.load(EBPF_OBJECT)?;
         // Before the program is loaded: the logger holds the ring buffer the program's
         // relocations point at, and must stay open for as long as the program may run.

@@ -30,10 +30,12 @@ pub fn prepare(pin_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Refuses pinned maps whose layout differs from this build's; warns when the limiter map
-/// keeps a capacity other than `max_sources` (it is reused, so the change waits for new pins).
-/// Returns whether any map is pinned already.
+/// Refuses pinned maps whose layout differs from this build's, except those it can rebuild
+/// ([`crate::maps::replaceable`]), whose pins it removes so that new ones are made; warns when
+/// the limiter table keeps a size other than `max_sources` needs (it is reused, so the change
+/// waits for new pins). Returns whether any map is pinned already.
 pub fn check(pin_path: &Path, max_sources: u32) -> Result<bool> {
+    let sets = secgate_common::sources::sets_for(max_sources);
     let mut reused = false;
     for name in names::ALL {
         let path = maps_dir(pin_path).join(name);
@@ -45,13 +47,19 @@ pub fn check(pin_path: &Path, max_sources: u32) -> Result<bool> {
         reused = true;
         let found = (info.key_size(), info.value_size(), info.max_entries());
         let want = (key, value, capacity.unwrap_or(found.2));
+        if found != want && crate::maps::replaceable(name) {
+            warn!(map = name, ?found, ?want, "replacing a pinned map another build left");
+            std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            continue;
+        }
         if found != want {
             return Err(DatapathError::StalePin { path, dir: maps_dir(pin_path), found, want });
         }
-        if name == names::SOURCES && found.2 != max_sources {
+        if name == names::SOURCES && found.2 != sets {
             warn!(
-                pinned = found.2,
+                pinned_sets = found.2,
                 configured = max_sources,
+                needs_sets = sets,
                 "the pinned limiter map keeps its capacity; remove the pins to apply max_sources"
             );
         }

@@ -427,11 +427,10 @@ pub fn reset(kernel: &mut Kernel) {
     kernel.maps.set_config(&config(RateRule::UNLIMITED)).expect("config");
 }
 
-/// The memory ceiling's array: as many bytes as the bucket map holds, keys and values.
+/// The memory ceiling's array: as many bytes as the limiter table.
 pub fn bucket_bytes() -> u64 {
-    u64::from(BUCKETS)
-        * (size_of::<secgate_common::maps::BucketKey>()
-            + size_of::<secgate_common::maps::SourceState>()) as u64
+    u64::from(secgate_common::sources::sets_for(BUCKETS))
+        * size_of::<secgate_common::sources::SourceSet>() as u64
 }
 
 /// What the daemon writes with an empty allowlist and `default_rule` (and, as the daemon
