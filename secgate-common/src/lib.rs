@@ -1,8 +1,9 @@
 //! Everything the XDP program and the daemon must agree on, defined once.
 //!
 //! `maps` holds map names, capacities and the `#[repr(C)]` key and value types;
-//! `limit` the GCRA arithmetic; `sources` the layout of the per-source limiter table; `model` a plain-Rust reference of the per-packet decision
-//! that the kernel program mirrors and the tests compare it against.
+//! `limit` the GCRA arithmetic; `sources` the per-source limiter table (where a bucket lives);
+//! `model` a plain-Rust reference of the per-packet decision that the kernel program mirrors
+//! and the tests compare it against.
 #![no_std]
 
 pub mod limit;

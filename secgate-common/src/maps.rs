@@ -53,8 +53,8 @@ pub const STATS: &str = "SG_STATS";
 /// monitor mode too, so drops cannot be derived from them and the current mode.
 pub const STATS_DROPPED: u32 = crate::verdict::REASON_COUNT;
 /// `SG_STATS` slot of packets that created a limiter bucket (`packets` only; `bytes` stays
-/// 0). Counting inserts lets the daemon report how many sources it tracks without walking
-/// the LRU map, which costs a syscall per entry and may never end while entries churn.
+/// 0). Counting claims lets the daemon report how many sources it tracks without walking
+/// the limiter table, which costs a syscall per set.
 pub const STATS_NEW_BUCKETS: u32 = STATS_DROPPED + 1;
 /// Number of `SG_STATS` slots.
 pub const STATS_SLOTS: u32 = STATS_NEW_BUCKETS + 1;

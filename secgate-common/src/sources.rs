@@ -50,12 +50,21 @@ pub struct Place {
     pub tag: u32,
 }
 
-/// Sets for a table that holds `max_sources` buckets at half its slots. At that load the
-/// emptier of two sets is almost never full, so buckets are evicted only past `max_sources`.
+/// Slots per bucket the table is sized for: at half its slots in use, the emptier of two
+/// sets is almost never full, so buckets are evicted only past `max_sources`.
+const SLOTS_PER_SOURCE: u64 = 2;
+
+/// Sets for a table that holds `max_sources` buckets without evicting.
 pub const fn sets_for(max_sources: u32) -> u32 {
-    let slots = max_sources as u64 * 2;
+    let slots = max_sources as u64 * SLOTS_PER_SOURCE;
     let sets = slots.div_ceil(SET_WAYS as u64);
     if sets == 0 { 1 } else { sets as u32 }
+}
+
+/// Buckets a table of `sets` sets holds without evicting: the inverse of [`sets_for`].
+pub const fn capacity_of(sets: u32) -> u32 {
+    let buckets = sets as u64 * SET_WAYS as u64 / SLOTS_PER_SOURCE;
+    if buckets > u32::MAX as u64 { u32::MAX } else { buckets as u32 }
 }
 
 /// A 64-bit finalizer (SplitMix64's): every input bit flips about half the output bits.
@@ -108,13 +117,7 @@ impl SourceSet {
 }
 
 impl SourceSlot {
-    /// Whether the slot holds a bucket a fresh one would differ from.
-    #[inline(always)]
-    pub fn busy(&self, now_ns: u64) -> bool {
-        self.busy_bit(now_ns) == 1
-    }
-
-    /// [`Self::busy`] as 0 or 1, by arithmetic alone: the sign of `now - tat` (a TAT is never
+    /// 1 when the slot holds a bucket a fresh one would differ from, else 0, by arithmetic: the sign of `now - tat` (a TAT is never
     /// 2^63 ns ahead: at most an interval plus a burst, each capped far below) and the carry
     /// of `tag + 2^32 - 1`, set for every tag but 0.
     #[inline(always)]
@@ -254,16 +257,25 @@ pub const fn event_stamp(now_ns: u64) -> u32 {
     if stamp == 0 { 1 } else { stamp }
 }
 
+/// How far (in stamps, about 134 ms) a stamp may lie ahead of `now_ns` and still be recent:
+/// another CPU read a later clock. Further ahead, it is one so old that it wrapped.
+pub const EVENT_STAMP_SKEW: i64 = 128;
+
 /// Whether a bucket whose last event bears `stamp` may raise another at `now_ns`, at least
-/// `interval_ns` (rounded up to whole stamps) after it. A stamp ahead of `now_ns` (another CPU
-/// read a later clock) is recent; one 26 days old reads as recent or old by the sign of its
-/// wrapped distance, which at worst holds one event back by one interval.
+/// `interval_ns` (rounded up to whole stamps) after it. Stamps wrap every 52 days, which
+/// a quiet source keeping its slot may outlive: read as a distance modulo 2^32, a stamp is
+/// old unless it lies within [`EVENT_STAMP_SKEW`] ahead of now or within the interval
+/// behind, so a wrapped one holds an event back by at most one interval (were every stamp
+/// ahead read as recent, one 26 to 52 days old would silence the source for weeks).
 #[inline(always)]
 pub const fn event_due(stamp: u32, now_ns: u64, interval_ns: u64) -> bool {
     if stamp == 0 || interval_ns == 0 {
         return true;
     }
     let ago = event_stamp(now_ns).wrapping_sub(stamp) as i32 as i64;
+    if ago < -EVENT_STAMP_SKEW {
+        return true;
+    }
     let interval = interval_ns.div_ceil(1 << EVENT_STAMP_SHIFT);
     let interval = if interval > i32::MAX as u64 { i32::MAX as i64 } else { interval as i64 };
     ago >= interval

@@ -152,7 +152,7 @@ impl DatapathMaps {
     pub fn take(bpf: &mut Ebpf) -> Result<DatapathMaps> {
         let config: Array<MapData, DatapathConfig> = convert(bpf, names::CONFIG)?;
         let stored = config.get(&0, 0).map_err(wrap(names::CONFIG))?;
-        let sources = SourceTable::new(convert(bpf, names::SOURCES)?, &stored);
+        let sources = SourceTable::take(bpf, &stored)?;
         Ok(DatapathMaps {
             config,
             limits: convert(bpf, names::LIMITS)?,

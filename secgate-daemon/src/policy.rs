@@ -213,9 +213,11 @@ impl Policy {
 
     /// Without a usable state file, a mode or limits the pinned maps hold that differ from the
     /// config were run-time changes: keep them, so that a bad state file cannot switch
-    /// enforcement off or loosen a limit. Returns what it kept, for the log.
+    /// enforcement off or loosen a limit. Returns what it kept, for the log. A config map
+    /// made anew (none pinned, or one of another build replaced) holds no such change, and
+    /// its zeroed limits must not be read as one.
     fn adopt_settings(&mut self) -> Result<Vec<String>> {
-        if !self.datapath.reused() {
+        if !self.datapath.config_reused() {
             return Ok(Vec::new());
         }
         let cfg = self.datapath.maps.config()?;
@@ -683,7 +685,7 @@ impl Policy {
     }
 
     /// A fixed number of syscalls whatever the number of sources or bans: sources are
-    /// counted from the bucket-insert counter, never by walking the LRU map.
+    /// counted from the bucket-insert counter, never by walking the limiter table.
     pub fn status(&self) -> Result<StatusView> {
         let created = self.datapath.maps.stats()?[STATS_NEW_BUCKETS as usize].packets;
         Ok(StatusView {

@@ -72,8 +72,8 @@ pub struct StatusView {
     pub allow: usize,
     pub overrides: usize,
     /// Limiter buckets in use, as an upper bound: the buckets the program created, capped at
-    /// the map's capacity. The LRU map evicts without telling, so once sources outnumber its
-    /// capacity (or close to it: its free lists are per CPU) this reads the capacity.
+    /// `max_sources`. Buckets lapse and their slots are reused without telling, so once that
+    /// many sources have been seen this reads `max_sources`.
     pub sources: u64,
     /// Limiter buckets created since the maps were made.
     pub buckets_created: u64,

@@ -3,8 +3,13 @@
 //! One `u64` TAT per bucket, advanced with compare-and-swap, so a source whose flows RSS
 //! spreads over several CPUs is still held to one rate. Buckets of the same source on other
 //! CPUs race only for the CAS; the loser re-reads and retries. A new bucket claims its slot
-//! with a compare-and-swap of the slot's tag, so two CPUs cannot both take one
-//! slot.
+//! with a compare-and-swap of the slot's tag, so two CPUs cannot both take one slot.
+//!
+//! The races this leaves all cost at most one packet's worth of accuracy, and none lets a
+//! source out of its limit for longer: a packet that found its bucket just as another CPU
+//! evicted it counts against the newcomer; a lapsed slot claimed just as its old owner came
+//! back hands the newcomer that owner's TAT (the owner gets a fresh bucket); an eviction
+//! whose TAT reset loses to the old owner's CAS leaves the newcomer the old owner's debt.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
@@ -91,8 +96,8 @@ fn bucket(place: &Place, pick: &Pick) -> Option<*mut SourceSlot> {
 }
 
 /// Takes the slot `at` for the bucket tagged `tag`, counted as a new bucket, if it still
-/// holds what `pick` saw. An evicted bucket's TAT is not the new one's: it is reset, as a
-/// lapsed slot's would be (losing that race only means its owner moved it meanwhile).
+/// holds the tag `pick` saw. An evicted bucket's TAT, still ahead, is not the new one's: it
+/// is reset to 0 (a free slot's TAT has passed, which GCRA reads as no bucket at all).
 #[inline(always)]
 fn claim(at: *mut SourceSlot, pick: &Pick, tag: u32) -> bool {
     // SAFETY: `at` points into a live array value; its fields are aligned.

@@ -24,7 +24,17 @@ fn pin_dir(what: &str) -> (RemoveOnDrop, std::path::PathBuf) {
 }
 
 fn open(pins: &std::path::Path) -> Result<Datapath, secgate::datapath::DatapathError> {
-    let toml = format!("[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n", pins.display());
+    open_sized(pins, secgate_common::maps::DEFAULT_MAX_SOURCES)
+}
+
+fn open_sized(
+    pins: &std::path::Path,
+    max_sources: u32,
+) -> Result<Datapath, secgate::datapath::DatapathError> {
+    let toml = format!(
+        "[datapath]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\nmax_sources = {max_sources}\n",
+        pins.display()
+    );
     let config = Config::parse(&toml).expect("valid config");
     let state = tempfile::tempdir().expect("state dir");
     let lock = InstanceLock::acquire(pins, state.path()).expect("lock");
@@ -53,15 +63,48 @@ fn stale_config_and_limiter_pins_are_replaced() {
         return;
     }
     let (pins, maps) = pin_dir("replace");
+    drop(open(&pins.0).expect("a first start pins every map"));
+    let kept = pinned_id(&maps, secgate_common::maps::DENY_V4);
     for name in [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES] {
+        std::fs::remove_file(maps.join(name)).expect("unpin");
         let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
         wrong.pin(maps.join(name)).expect("pin it");
     }
     let datapath = open(&pins.0).expect("replaceable pins are replaced");
+    assert!(datapath.reused(), "the other pins are reused");
+    assert!(!datapath.config_reused(), "a replaced config holds no run-time change to adopt");
     drop(datapath);
     for name in [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES] {
         let info = aya::maps::MapInfo::from_pin(maps.join(name)).expect("a new pin");
         let (key, value, _) = secgate::maps::layout(name).expect("a known map");
         assert_eq!((info.key_size(), info.value_size()), (key, value), "{name} was replaced");
     }
+    assert_eq!(pinned_id(&maps, secgate_common::maps::DENY_V4), kept, "the bans' map is kept");
+}
+
+fn pinned_id(maps: &std::path::Path, name: &str) -> u32 {
+    aya::maps::MapInfo::from_pin(maps.join(name)).expect("pinned").id()
+}
+
+/// `max_sources` applies at a restart: the limiter table (soft state) is rebuilt at the new
+/// size, and the bans and config are kept.
+#[test]
+fn a_changed_max_sources_rebuilds_only_the_limiter_table() {
+    if !privileged("a_changed_max_sources_rebuilds_only_the_limiter_table") {
+        return;
+    }
+    use secgate_common::{maps::*, sources::sets_for};
+    let (pins, maps) = pin_dir("resize");
+    drop(open_sized(&pins.0, 1024).expect("first start"));
+    let (table, deny, config) =
+        (pinned_id(&maps, SOURCES), pinned_id(&maps, DENY_V4), pinned_id(&maps, CONFIG));
+    let again = open_sized(&pins.0, 1024).expect("same size");
+    assert!(again.config_reused(), "a restart keeps the config");
+    drop(again);
+    assert_eq!(pinned_id(&maps, SOURCES), table, "the same size keeps the table");
+    drop(open_sized(&pins.0, 4096).expect("a larger table"));
+    let info = aya::maps::MapInfo::from_pin(maps.join(SOURCES)).expect("pinned");
+    assert_ne!(info.id(), table, "the table was rebuilt");
+    assert_eq!(info.max_entries(), sets_for(4096), "at the new size");
+    assert_eq!((pinned_id(&maps, DENY_V4), pinned_id(&maps, CONFIG)), (deny, config));
 }

@@ -537,7 +537,6 @@ fn map_info(map: &aya::maps::Map) -> aya::maps::MapInfo {
     let data = match map {
         Map::Array(m)
         | Map::HashMap(m)
-        | Map::LruHashMap(m)
         | Map::LpmTrie(m)
         | Map::PerCpuArray(m)
         | Map::RingBuf(m) => m,

@@ -20,6 +20,8 @@ fn tables_hold_max_sources_at_half_their_slots() {
     assert_eq!(sets_for(3), 2);
     assert_eq!(sets_for(256 * 1024), 128 * 1024);
     assert_eq!(sets_for(u32::MAX), (u32::MAX as u64 * 2).div_ceil(4) as u32);
+    assert_eq!(capacity_of(sets_for(256 * 1024)), 256 * 1024);
+    assert_eq!(capacity_of(u32::MAX), u32::MAX, "saturates");
     assert_eq!(core::mem::size_of::<SourceSet>(), 64, "one cache line");
 }
 
@@ -98,6 +100,11 @@ fn event_stamps_space_events_and_survive_wrapping() {
     let late = (u32::MAX as u64 + 3) << EVENT_STAMP_SHIFT;
     assert!(!event_due(event_stamp(late - (3 << EVENT_STAMP_SHIFT)), late, second));
     assert!(event_due(event_stamp(late - 2 * second), late, second), "across the wrap");
+    let wrap = (1u64 << 32) << EVENT_STAMP_SHIFT;
+    let month = 30 * 86_400 * second;
+    assert!(event_due(event_stamp(t + month), t + wrap, second), "a stamp 22 days from a wrap");
+    let skew = ((EVENT_STAMP_SKEW as u64) << EVENT_STAMP_SHIFT) - 1;
+    assert!(!event_due(event_stamp(t + skew), t, second), "ahead by clock skew: recent");
     assert_ne!(event_stamp(0), 0);
 }
 
@@ -105,7 +112,12 @@ proptest::proptest! {
     /// Every key lands in the table with a tag that is never the empty one, and its place
     /// depends on the seed.
     #[test]
-    fn places_are_in_range_and_keyed(seed in proptest::num::u64::ANY, sets in 1u32..=u32::MAX, addr in proptest::array::uniform16(0u8..), limit in proptest::num::u32::ANY) {
+    fn places_are_in_range_and_keyed(
+        seed in proptest::num::u64::ANY,
+        sets in 1u32..=u32::MAX,
+        addr in proptest::array::uniform16(0u8..),
+        limit in proptest::num::u32::ANY,
+    ) {
         let mut key = BucketKey { addr, family: crate::maps::FAMILY_V6, ..Default::default() };
         key.limit.port = limit as u16;
         key.limit.proto = (limit >> 16) as u8;
@@ -113,6 +125,8 @@ proptest::proptest! {
         proptest::prop_assert!(p.sets[0] < sets && p.sets[1] < sets);
         proptest::prop_assert_ne!(p.tag, EMPTY_TAG);
         proptest::prop_assert_eq!(p, place(seed, sets, &key));
+        let other = place(seed ^ 0x8000_0000_0000_0100, sets, &key);
+        proptest::prop_assert_ne!(p.tag, other.tag, "another seed, another tag");
     }
 }
 

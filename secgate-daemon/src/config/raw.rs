@@ -88,7 +88,8 @@ pub struct RawDatapath {
     pub ipv4_prefix: Option<S<i64>>,
     /// Prefix length an IPv6 source is grouped by for rate limiting, 1–128. Default 64.
     pub ipv6_prefix: Option<S<i64>>,
-    /// Capacity of the per-source limiter table (entries); LRU beyond. Default 262144.
+    /// Sources the limiter table holds without evicting (beyond, the bucket nearest to
+    /// lapsing goes). Default 262144.
     pub max_sources: Option<S<i64>>,
     /// `drop` or `pass` malformed IP packets (always counted). Default `drop`.
     pub malformed: Option<S<String>>,

@@ -78,8 +78,8 @@ pub struct Datapath {
     pub(crate) maps: DatapathMaps,
     links: Links,
     pin_path: PathBuf,
-    /// Whether the maps were reused from pins (and so may hold entries of an earlier run).
-    reused: bool,
+    /// What the maps reused from pins hold of an earlier run.
+    pinned: pins::Pinned,
     /// The program's trace lines (`secgate trace`).
     pub(crate) trace: std::sync::Arc<crate::trace::TraceLog>,
     _lock: InstanceLock,
@@ -91,7 +91,7 @@ impl Datapath {
     pub fn open(settings: &DatapathSettings, lock: InstanceLock) -> Result<Datapath> {
         let pin_path = settings.pin_path.clone();
         prepare(&pin_path)?;
-        let reused = pins::check(&pin_path, settings.max_sources)?;
+        let pinned = pins::check(&pin_path, settings.max_sources)?;
         let mut loader = EbpfLoader::new();
         for name in names::ALL {
             loader.map_pin_path(name, pins::maps_dir(&pin_path).join(name));
@@ -111,12 +111,18 @@ impl Datapath {
             .map_err(io_err("starting the trace reader", &pin_path))?;
         let maps = DatapathMaps::take(&mut bpf)?;
         let links = Links::new(pins::links_dir(&pin_path));
-        Ok(Datapath { bpf, maps, links, pin_path, reused, trace, _lock: lock })
+        Ok(Datapath { bpf, maps, links, pin_path, pinned, trace, _lock: lock })
     }
 
     /// Whether the maps came from an earlier run's pins.
     pub fn reused(&self) -> bool {
-        self.reused
+        self.pinned.any
+    }
+
+    /// Whether the config map came from an earlier run's pins (and so holds its mode and
+    /// default limit), rather than being made anew.
+    pub fn config_reused(&self) -> bool {
+        self.pinned.config
     }
 
     pub fn links(&self) -> &Links {

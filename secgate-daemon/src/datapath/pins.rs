@@ -30,13 +30,24 @@ pub fn prepare(pin_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What an earlier run left pinned, once [`check`] has removed what it replaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pinned {
+    /// Some map is pinned already, and may hold entries of an earlier run.
+    pub any: bool,
+    /// The config map is among them (not replaced), holding the mode and default limit that
+    /// run left.
+    pub config: bool,
+}
+
 /// Refuses pinned maps whose layout differs from this build's, except those it can rebuild
-/// ([`crate::maps::replaceable`]), whose pins it removes so that new ones are made; warns when
-/// the limiter table keeps a size other than `max_sources` needs (it is reused, so the change
-/// waits for new pins). Returns whether any map is pinned already.
-pub fn check(pin_path: &Path, max_sources: u32) -> Result<bool> {
+/// ([`crate::maps::replaceable`]), whose pins it removes so that new ones are made: the
+/// config of another build, and a limiter table of another build or of a size other than
+/// `max_sources` needs (so a changed `max_sources` applies at the restart; every source
+/// starts a fresh bucket).
+pub fn check(pin_path: &Path, max_sources: u32) -> Result<Pinned> {
     let sets = secgate_common::sources::sets_for(max_sources);
-    let mut reused = false;
+    let mut pinned = Pinned::default();
     for name in names::ALL {
         let path = maps_dir(pin_path).join(name);
         let (Ok(info), Some((key, value, capacity))) =
@@ -44,27 +55,21 @@ pub fn check(pin_path: &Path, max_sources: u32) -> Result<bool> {
         else {
             continue;
         };
-        reused = true;
+        pinned.any = true;
+        let capacity = if name == names::SOURCES { Some(sets) } else { capacity };
         let found = (info.key_size(), info.value_size(), info.max_entries());
         let want = (key, value, capacity.unwrap_or(found.2));
         if found != want && crate::maps::replaceable(name) {
-            warn!(map = name, ?found, ?want, "replacing a pinned map another build left");
+            warn!(map = name, ?found, ?want, "replacing a pinned map of another layout or size");
             std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
             continue;
         }
         if found != want {
             return Err(DatapathError::StalePin { path, dir: maps_dir(pin_path), found, want });
         }
-        if name == names::SOURCES && found.2 != sets {
-            warn!(
-                pinned_sets = found.2,
-                configured = max_sources,
-                needs_sets = sets,
-                "the pinned limiter map keeps its capacity; remove the pins to apply max_sources"
-            );
-        }
+        pinned.config |= name == names::CONFIG;
     }
-    Ok(reused)
+    Ok(pinned)
 }
 
 fn ensure_bpffs(pin_path: &Path) -> Result<()> {

@@ -4,10 +4,10 @@
 use aya::maps::{Array, MapData};
 use secgate_common::{
     maps::{self as names, BucketKey, DatapathConfig, SourceState},
-    sources::{self, SET_WAYS, SourceSet},
+    sources::{self, SourceSet},
 };
 
-use super::{Result, wrap};
+use super::{MapsError, Result, wrap};
 
 /// `SG_SOURCES` and the hash key its buckets were placed with.
 pub struct SourceTable {
@@ -22,11 +22,19 @@ impl SourceTable {
     /// with a key no longer known, and gets a fresh random one. Unknown buckets need no
     /// sweep: their tags match no key but by chance (2^-32), and their slots are free once
     /// their TATs pass, at most one interval plus burst of the slowest rule later.
-    pub fn new(sets: Array<MapData, SourceSet>, cfg: &DatapathConfig) -> SourceTable {
-        let count = sets.len();
+    ///
+    /// The size is the kernel's: a reused pin keeps its own, which the loader's would not
+    /// show, and placing buckets past its end would leave their sources unlimited.
+    pub fn take(bpf: &mut aya::Ebpf, cfg: &DatapathConfig) -> Result<SourceTable> {
+        let map = super::take(bpf, names::SOURCES)?;
+        let aya::maps::Map::Array(data) = &map else {
+            return Err(MapsError::Missing(names::SOURCES));
+        };
+        let count = data.info().map_err(wrap(names::SOURCES))?.max_entries();
+        let sets = Array::try_from(map).map_err(wrap(names::SOURCES))?;
         let known = cfg.source_seed != 0 && cfg.source_sets == count;
         let seed = if known { cfg.source_seed } else { rand::random::<u64>() | 1 };
-        SourceTable { sets, count, seed }
+        Ok(SourceTable { sets, count, seed })
     }
 
     /// `cfg` with this table's size and seed, which the program needs to find buckets.
@@ -34,10 +42,9 @@ impl SourceTable {
         DatapathConfig { source_sets: self.count, source_seed: self.seed, ..*cfg }
     }
 
-    /// Buckets the table holds without evicting any ([`sources::sets_for`]).
+    /// Buckets the table holds without evicting any.
     pub fn capacity(&self) -> u32 {
-        let slots = u64::from(self.count) * SET_WAYS as u64;
-        u32::try_from(slots / 2).unwrap_or(u32::MAX)
+        sources::capacity_of(self.count)
     }
 
     /// The bucket `key` counts against, found as the program finds it.
