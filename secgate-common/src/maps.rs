@@ -65,6 +65,9 @@ pub const EVENT_BUDGET: &str = "SG_EVT_BUDGET";
 /// Name of the `PerCpuArray<sources::Pick>` through which the limiter passes the slot it
 /// chose to the code that uses it (not pinned: it holds one packet's choice).
 pub const PICK: &str = "SG_PICK";
+/// Name of the `Array<sources::ClaimLock>` that makes CPUs seeing one new source at once
+/// agree on one bucket for it (not pinned: a claim is held only while a packet runs).
+pub const CLAIMS: &str = "SG_CLAIMS";
 
 /// Names of the LPM tries of sources `secgate trace` follows (`Key<[u8; 4]>` /
 /// `Key<[u8; 16]>` → 1). Not pinned: a trace ends with the daemon that started it.
@@ -81,7 +84,7 @@ pub const TRACE_LINES_PER_SEC: u64 = 50;
 pub const TRACE_BURST: u64 = 20;
 
 /// The program's own maps the daemon does not pin.
-pub const UNPINNED: [&str; 4] = [TRACE_V4, TRACE_V6, TRACE_BUDGET, PICK];
+pub const UNPINNED: [&str; 5] = [TRACE_V4, TRACE_V6, TRACE_BUDGET, PICK, CLAIMS];
 /// aya-log's ring buffer of log records (the trace lines), made by `aya-log-ebpf`.
 pub const LOGS: &str = "AYA_LOGS";
 

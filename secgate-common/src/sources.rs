@@ -172,6 +172,35 @@ impl Pick {
     }
 }
 
+/// Claim locks in `SG_CLAIMS`, chosen by a new bucket's tag.
+pub const CLAIM_LOCKS: u32 = 1024;
+
+/// A claim in progress: two CPUs that see a new source at once may choose different slots
+/// for it (each judges which slots are free by its own clock), and a compare-and-swap of one
+/// slot's tag cannot stop that. So a new bucket is claimed under the lock its tag selects,
+/// which names the slot being claimed: a second CPU finding it held for the same tag counts
+/// its packet in that slot. A lock held for another tag (a collision) is claimed without.
+/// Its own cache line, so CPUs claiming different sources do not contend.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimLock {
+    /// 0 when free, else [`claim_word`] of the claim in progress.
+    pub word: u64,
+    pub _pad: [u64; 7],
+}
+
+/// The lock word of a claim of slot `index` for the bucket tagged `tag` (never 0).
+#[inline(always)]
+pub const fn claim_word(tag: u32, index: u32) -> u64 {
+    (tag as u64) << 32 | (index as u64 + 1)
+}
+
+/// The slot a held lock word names, if it is held for `tag`.
+#[inline(always)]
+pub const fn claimed_slot(word: u64, tag: u32) -> Option<u32> {
+    if word >> 32 == tag as u64 && word as u32 != 0 { Some(word as u32 - 1) } else { None }
+}
+
 /// Claim scores of busy slots start here, above every free slot's (see [`claim_score`]).
 const BUSY_SCORE: u64 = 2 * SET_WAYS as u64 + 2;
 

@@ -69,6 +69,10 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::EVENTS => map(0, 0, Some(names::EVENTS_BYTES)),
         names::EVENT_BUDGET => map(index, size_of::<u64>(), Some(1)),
         names::PICK => map(index, size_of::<secgate_common::sources::Pick>(), Some(1)),
+        names::CLAIMS => {
+            let lock = size_of::<secgate_common::sources::ClaimLock>();
+            map(index, lock, Some(secgate_common::sources::CLAIM_LOCKS))
+        }
         names::TRACE_V4 => map(lpm(4), size_of::<u8>(), Some(names::MAX_TRACES)),
         names::TRACE_V6 => map(lpm(16), size_of::<u8>(), Some(names::MAX_TRACES)),
         names::TRACE_BUDGET => map(index, size_of::<secgate_common::maps::TraceBudget>(), Some(1)),

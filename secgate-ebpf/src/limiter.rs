@@ -20,22 +20,20 @@ use secgate_common::{
         STATS_NEW_BUCKETS,
     },
     model::{Packet, bucket_key},
-    sources::{self, PICK_EVICT, PICK_FOUND, PICK_NONE, Pick, Place, SET_WAYS, SourceSlot},
+    sources::{
+        self, CLAIM_LOCKS, PICK_EVICT, PICK_FOUND, PICK_NONE, Pick, Place, SET_WAYS, SourceSlot,
+    },
     verdict::Reason,
 };
 
 use crate::{
     clock::Clock,
-    maps::{SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_PICK, SG_SOURCES, count},
+    maps::{SG_CLAIMS, SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_PICK, SG_SOURCES, count},
 };
 
 /// CAS attempts before a contended packet is let through (reason `contended`): bounded for
 /// the verifier, and more attempts than CPUs that can realistically collide on one bucket.
 const CAS_ATTEMPTS: u32 = 8;
-/// Slot choices tried before a new source's packet is let through (reason `contended`):
-/// another CPU that took the chosen slot first most often took it for this very source
-/// (its first packets reaching two CPUs at once), whose bucket the second choice finds.
-const CLAIM_ATTEMPTS: u32 = 2;
 
 #[inline(always)]
 pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
@@ -52,15 +50,53 @@ pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
     let Some(scratch) = SG_PICK.get_ptr_mut(0) else {
         return Reason::Contended;
     };
-    for _ in 0..CLAIM_ATTEMPTS {
-        choose(&place, now, scratch);
-        // SAFETY: this CPU's slot, written just above.
-        let pick = unsafe { core::ptr::read_volatile(scratch) };
-        if let Some(at) = bucket(&place, &pick) {
-            return admit(cfg, &key, at, &rule, now);
-        }
+    let pick = chosen(&place, now, scratch);
+    let at = if pick.action == PICK_FOUND || pick.action == PICK_NONE {
+        bucket(&place, &pick)
+    } else {
+        new_bucket(&place, &pick, now, scratch)
+    };
+    match at {
+        Some(at) => admit(cfg, &key, at, &rule, now),
+        None => Reason::Contended,
     }
-    Reason::Contended
+}
+
+/// [`choose`]'s pick, read back from this CPU's `scratch`.
+#[inline(always)]
+fn chosen(place: &Place, now: u64, scratch: *mut Pick) -> Pick {
+    choose(place, now, scratch);
+    // SAFETY: this CPU's slot, written just above.
+    unsafe { core::ptr::read_volatile(scratch) }
+}
+
+/// The slot of a bucket `first` found no slot of, claimed under its lock
+/// ([`sources::ClaimLock`]). Holding the lock, it looks again, for a claim that ended
+/// between `first` and the lock; finding the lock held for the same bucket, it takes the
+/// slot the holder names.
+#[inline(always)]
+fn new_bucket(
+    place: &Place,
+    first: &Pick,
+    now: u64,
+    scratch: *mut Pick,
+) -> Option<*mut SourceSlot> {
+    let lock = SG_CLAIMS.get_ptr_mut(place.tag % CLAIM_LOCKS)?;
+    // SAFETY: `lock` points at a live, 8-aligned array value.
+    let word = unsafe { core::ptr::addr_of_mut!((*lock).word) };
+    let (held, locked) = cas_seen(word, 0, sources::claim_word(place.tag, first.index));
+    if !locked {
+        return match sources::claimed_slot(held, place.tag) {
+            Some(index) => bucket(place, &Pick { index, action: PICK_FOUND, ..Pick::default() }),
+            None => bucket(place, first),
+        };
+    }
+    let again = chosen(place, now, scratch);
+    let at = bucket(place, if again.action == PICK_FOUND { &again } else { first });
+    // SAFETY: as above; the claim's compare-and-swap has landed, so a CPU that takes the lock
+    // next finds its tag.
+    unsafe { core::ptr::write_volatile(word, 0) };
+    at
 }
 
 /// Writes to `out` where the bucket of `place` is or goes ([`sources::pick`]): through a

@@ -14,7 +14,7 @@ use secgate_common::{
         MAX_LIMIT_RULES, RateRule, STATS_SLOTS, host_v6_key,
     },
     model::Packet,
-    sources::{Pick, SourceSet, sets_for},
+    sources::{CLAIM_LOCKS, ClaimLock, Pick, SourceSet, sets_for},
 };
 
 #[map]
@@ -52,6 +52,9 @@ pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static SG_EVT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SG_PICK: PerCpuArray<Pick> = PerCpuArray::with_max_entries(1, 0);
+/// Mmapable for the page-aligned values: each lock is then exactly one cache line.
+#[map]
+pub static SG_CLAIMS: Array<ClaimLock> = Array::with_max_entries(CLAIM_LOCKS, BPF_F_MMAPABLE);
 
 fn v4_key(pkt: &Packet) -> Key<[u8; 4]> {
     Key::new(32, [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])

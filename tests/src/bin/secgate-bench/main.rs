@@ -27,7 +27,7 @@ fn main() {
         cost::run();
         report::write_cost(&cost::many_sources());
     }
-    if datapath {
+    if datapath || what == "live" {
         println!();
         let live = live::run();
         report::write(&live, &accuracy::run());
@@ -43,8 +43,8 @@ fn main() {
         escalation::run();
     }
     assert!(
-        matches!(what.as_str(), "all" | "datapath" | "cost" | "bans" | "escalation"),
-        "unknown benchmark {what:?}: all, datapath, cost (its per-packet cost alone), bans or \
-         escalation"
+        matches!(what.as_str(), "all" | "datapath" | "cost" | "live" | "bans" | "escalation"),
+        "unknown benchmark {what:?}: all, datapath, cost or live (its per-packet cost, or its \
+         live floods and rate accuracy, alone), bans or escalation"
     );
 }
