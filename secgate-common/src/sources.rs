@@ -178,9 +178,10 @@ pub const CLAIM_LOCKS: u32 = 1024;
 /// A claim in progress: two CPUs that see a new source at once may choose different slots
 /// for it (each judges which slots are free by its own clock), and a compare-and-swap of one
 /// slot's tag cannot stop that. So a new bucket is claimed under the lock its tag selects,
-/// which names the slot being claimed: a second CPU finding it held for the same tag counts
-/// its packet in that slot. A lock held for another tag (a collision) is claimed without.
-/// Its own cache line, so CPUs claiming different sources do not contend.
+/// which says whose claim it is (and the slot chosen): a second CPU finding it held for the
+/// same bucket waits for the claim to show rather than make one of its own. A bucket whose
+/// lock is held for another (their tags collide on it) is claimed without the lock. Each
+/// lock has its own cache line, so CPUs claiming buckets on different locks do not contend.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClaimLock {

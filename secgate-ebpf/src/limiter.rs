@@ -3,10 +3,12 @@
 //! One `u64` TAT per bucket, advanced with compare-and-swap, so a source whose flows RSS
 //! spreads over several CPUs is still held to one rate. Buckets of the same source on other
 //! CPUs race only for the CAS; the loser re-reads and retries. A new bucket claims its slot
-//! with a compare-and-swap of the slot's tag, so two CPUs cannot both take one slot.
+//! with a compare-and-swap of the slot's tag, so two CPUs cannot both take one slot, and
+//! under a lock chosen by its tag (`sources::ClaimLock`), so CPUs that see one new source at
+//! once agree on one slot for it.
 //!
-//! The races this leaves all cost at most one packet's worth of accuracy, and none lets a
-//! source out of its limit for longer: a packet that found its bucket just as another CPU
+//! The races left cost a packet's worth of accuracy, or a new bucket a debt it inherits, and
+//! none lets a source out of its limit for longer: a packet that found its bucket just as another CPU
 //! evicted it counts against the newcomer; a lapsed slot claimed just as its old owner came
 //! back hands the newcomer that owner's TAT (the owner gets a fresh bucket); an eviction
 //! whose TAT reset loses to the old owner's CAS leaves the newcomer the old owner's debt.
@@ -34,6 +36,9 @@ use crate::{
 /// CAS attempts before a contended packet is let through (reason `contended`): bounded for
 /// the verifier, and more attempts than CPUs that can realistically collide on one bucket.
 const CAS_ATTEMPTS: u32 = 8;
+/// Picks a CPU makes while another claims the same new bucket, before it lets the packet
+/// through (`contended`): the claim is a pick and a compare-and-swap away.
+const CLAIM_WAITS: u32 = 8;
 
 #[inline(always)]
 pub fn check(cfg: &DatapathConfig, pkt: &Packet, clock: &mut Clock) -> Reason {
@@ -72,8 +77,11 @@ fn chosen(place: &Place, now: u64, scratch: *mut Pick) -> Pick {
 
 /// The slot of a bucket `first` found no slot of, claimed under its lock
 /// ([`sources::ClaimLock`]). Holding the lock, it looks again, for a claim that ended
-/// between `first` and the lock; finding the lock held for the same bucket, it takes the
-/// slot the holder names.
+/// between `first` and the lock. Finding the lock held for the same bucket, it looks until
+/// the holder's claim shows (a few picks' time), and lets the packet through (`contended`)
+/// should it not: counting it in a slot not yet the bucket's would charge it to the source
+/// evicted from there. A bucket whose lock is held for another (tags colliding on it) is
+/// claimed without the lock.
 #[inline(always)]
 fn new_bucket(
     place: &Place,
@@ -86,15 +94,23 @@ fn new_bucket(
     let word = unsafe { core::ptr::addr_of_mut!((*lock).word) };
     let (held, locked) = cas_seen(word, 0, sources::claim_word(place.tag, first.index));
     if !locked {
-        return match sources::claimed_slot(held, place.tag) {
-            Some(index) => bucket(place, &Pick { index, action: PICK_FOUND, ..Pick::default() }),
-            None => bucket(place, first),
-        };
+        if sources::claimed_slot(held, place.tag).is_none() {
+            return bucket(place, first);
+        }
+        for _ in 0..CLAIM_WAITS {
+            let again = chosen(place, now, scratch);
+            if again.action == PICK_FOUND {
+                return bucket(place, &again);
+            }
+        }
+        return None;
     }
+    // Nothing from here to the unlock may return early: a lock left held would send every
+    // new bucket of its tags down the unlocked path.
     let again = chosen(place, now, scratch);
     let at = bucket(place, if again.action == PICK_FOUND { &again } else { first });
-    // SAFETY: as above; the claim's compare-and-swap has landed, so a CPU that takes the lock
-    // next finds its tag.
+    // SAFETY: as above. A claim made is ordered before this (a compare-and-swap is a full
+    // barrier), so a CPU that takes the lock next finds its tag.
     unsafe { core::ptr::write_volatile(word, 0) };
     at
 }
