@@ -2,10 +2,12 @@
 //!
 //! `maps` holds map names, capacities and the `#[repr(C)]` key and value types;
 //! `limit` the GCRA arithmetic; `sources` the per-source limiter table (where a bucket lives);
+//! `hosts` the table of host bans;
 //! `model` a plain-Rust reference of the per-packet decision that the kernel program mirrors
 //! and the tests compare it against.
 #![no_std]
 
+pub mod hosts;
 pub mod limit;
 pub mod maps;
 pub mod model;

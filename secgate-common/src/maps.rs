@@ -13,37 +13,21 @@ pub const ALLOW_V6: &str = "SG_ALLOW_V6";
 /// Names of the denylist LPM tries (→ [`DenyEntry`]): every ban that is not a single host.
 pub const DENY_V4: &str = "SG_DENY_V4";
 pub const DENY_V6: &str = "SG_DENY_V6";
-/// Names of the denylist hash maps of single hosts: IPv4 /32 (`[u8; 4]` → [`DenyEntry`]) and
-/// IPv6 /[`HOST_V6_PREFIX`] (its first 8 bytes → [`DenyEntry`]). A botnet banned source by
-/// source puts hundreds of thousands of entries in them; a hashed lookup costs the same
-/// however many there are, where a trie walk of that many nodes misses the cache at every
-/// level.
-pub const DENY_HOSTS_V4: &str = "SG_DENY_HOSTS_V4";
-pub const DENY_HOSTS_V6: &str = "SG_DENY_HOSTS_V6";
-/// Name of the `Array<u32>` that says, per family (index 0 IPv4, 1 IPv6), that its host map
-/// is empty (1), so the program skips the lookup: in a map sized for a million hosts even a
-/// miss costs a cache miss in the bucket array. 0, the value before anyone writes it, means
-/// "look it up". Every writer inserts a host and then writes 0; every remover that may have
-/// emptied the map writes 1, checks the map really is empty, and writes 0 back if it is not,
-/// so that whatever the interleaving a non-empty map ends up looked up.
-pub const DENY_HOSTS_EMPTY: &str = "SG_DENY_HOSTS_EMPTY";
-/// `SG_DENY_HOSTS_EMPTY` index of the IPv4 and of the IPv6 host map.
+/// Names of the tables of single-host bans, IPv4 /32 and IPv6 /[`HOST_V6_PREFIX`]
+/// (`Array<crate::hosts::HostSet>`, [`crate::hosts::HOST_SETS`] sets each): a botnet banned
+/// source by source puts hundreds of thousands of entries in them, which a trie walk would
+/// miss the cache on at every level, and a hash map at two dependent lines.
+pub const HOST_BANS_V4: &str = "SG_HOST_BANS_V4";
+pub const HOST_BANS_V6: &str = "SG_HOST_BANS_V6";
+/// Name of the `Array<crate::hosts::HostInfo>`: per family, the host table's hash key and
+/// how many hosts it holds (the program skips a table that holds none).
+pub const HOST_INFO: &str = "SG_HOST_INFO";
+/// `SG_HOST_INFO` index of the IPv4 and of the IPv6 host table.
 pub const HOSTS_V4: u32 = 0;
 pub const HOSTS_V6: u32 = 1;
 
 /// The IPv6 prefix a host ban covers: one subscriber's network, the default source key.
 pub const HOST_V6_PREFIX: u8 = 64;
-/// Key of `SG_DENY_HOSTS_V6`: the first [`HOST_V6_PREFIX`] bits of the address.
-pub type HostV6Key = [u8; HOST_V6_PREFIX as usize / 8];
-
-/// The `SG_DENY_HOSTS_V6` key covering `addr`.
-#[inline(always)]
-pub fn host_v6_key(addr: &[u8; 16]) -> HostV6Key {
-    let mut key = HostV6Key::default();
-    let n = key.len();
-    key.copy_from_slice(&addr[..n]);
-    key
-}
 /// Name of the `Array<SourceSet>` of per-source limiter state (`crate::sources`).
 pub const SOURCES: &str = "SG_SOURCES";
 /// Name of the `PerCpuArray<Counter>`: one slot per [`crate::verdict::Reason`], then
@@ -96,9 +80,9 @@ pub const ALL: [&str; 13] = [
     ALLOW_V6,
     DENY_V4,
     DENY_V6,
-    DENY_HOSTS_V4,
-    DENY_HOSTS_V6,
-    DENY_HOSTS_EMPTY,
+    HOST_BANS_V4,
+    HOST_BANS_V6,
+    HOST_INFO,
     SOURCES,
     STATS,
     EVENTS,
@@ -111,9 +95,8 @@ pub const MAX_LIMIT_RULES: u32 = 256;
 pub const MAX_ALLOW: u32 = 16 * 1024;
 /// Prefix bans (not single hosts) per address family.
 pub const MAX_DENY: u32 = 256 * 1024;
-/// Host bans per address family: a botnet's worth, banned source by source. The maps are not
-/// preallocated: their elements cost memory once banned; the bucket arrays (16 MiB each) are
-/// made with the maps.
+/// Host bans per address family: a botnet's worth, banned source by source. Each table is
+/// made whole with the map: 32 MiB (two 16-byte slots per host).
 pub const MAX_DENY_HOSTS: u32 = 1 << 20;
 /// Default number of sources the limiter table holds (`max_sources` overrides it at load;
 /// the table then has [`crate::sources::sets_for`] sets).

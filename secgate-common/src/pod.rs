@@ -1,5 +1,6 @@
 //! `aya::Pod` for every shared type: they are `#[repr(C)]`, `Copy` and padding-free, so any
 //! byte pattern the kernel hands back is a valid value.
+use crate::hosts::{HostInfo, HostSet};
 use crate::maps::{
     AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey, OverLimitEvent, RateRule,
     TraceBudget,
@@ -16,6 +17,8 @@ pod!(
     Counter,
     DatapathConfig,
     DenyEntry,
+    HostInfo,
+    HostSet,
     LimitKey,
     OverLimitEvent,
     RateRule,

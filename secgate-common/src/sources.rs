@@ -68,14 +68,14 @@ pub const fn capacity_of(sets: u32) -> u32 {
 }
 
 /// A 64-bit finalizer (SplitMix64's): every input bit flips about half the output bits.
-const fn mix(x: u64) -> u64 {
+pub(crate) const fn mix(x: u64) -> u64 {
     let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
 }
 
 /// Maps 32 uniform bits onto `0..n` without a division (Lemire's multiply-shift).
-const fn reduce(bits: u32, n: u32) -> u32 {
+pub(crate) const fn reduce(bits: u32, n: u32) -> u32 {
     ((bits as u64 * n as u64) >> 32) as u32
 }
 

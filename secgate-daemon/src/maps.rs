@@ -8,6 +8,7 @@ use aya::{
 };
 use ipnet::IpNet;
 use secgate_common::{
+    hosts::HostSet,
     maps::{
         self as names, AllowEntry, BucketKey, Counter, DatapathConfig, DenyEntry, LimitKey,
         RateRule, SourceState, TraceBudget,
@@ -18,6 +19,8 @@ use secgate_common::{
 use crate::bans::Write;
 
 mod deny;
+mod hosts;
+mod legacy;
 mod sources;
 use deny::DenyMaps;
 pub use deny::{DENY_MAPS, Holder, holder};
@@ -36,6 +39,20 @@ pub enum MapsError {
     },
     #[error("map {name} is full ({capacity} entries); remove entries or raise the limit")]
     Full { name: &'static str, capacity: u32 },
+    #[error("mapping {name} into memory: {source}; is the kernel older than 5.5?")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} has no hash key yet: the daemon that loaded the program has not set it up")]
+    Uninitialised(&'static str),
+    #[error("removing {path}: {source}")]
+    Unpin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, MapsError>;
@@ -59,11 +76,10 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::ALLOW_V6 => map(lpm(16), size_of::<AllowEntry>(), Some(names::MAX_ALLOW)),
         names::DENY_V4 => map(lpm(4), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
         names::DENY_V6 => map(lpm(16), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
-        names::DENY_HOSTS_V4 => map(4, size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS)),
-        names::DENY_HOSTS_EMPTY => map(index, size_of::<u32>(), Some(2)),
-        names::DENY_HOSTS_V6 => {
-            map(size_of::<names::HostV6Key>(), size_of::<DenyEntry>(), Some(names::MAX_DENY_HOSTS))
+        names::HOST_BANS_V4 | names::HOST_BANS_V6 => {
+            map(index, size_of::<HostSet>(), Some(secgate_common::hosts::HOST_SETS))
         }
+        names::HOST_INFO => map(index, size_of::<secgate_common::hosts::HostInfo>(), Some(2)),
         names::SOURCES => map(index, size_of::<SourceSet>(), None),
         names::STATS => map(index, size_of::<Counter>(), Some(names::STATS_SLOTS)),
         names::EVENTS => map(0, 0, Some(names::EVENTS_BYTES)),
@@ -152,8 +168,10 @@ fn is_full(err: &MapError) -> bool {
 }
 
 impl DatapathMaps {
-    /// Takes the maps out of a loaded object (the program keeps its own references).
-    pub fn take(bpf: &mut Ebpf) -> Result<DatapathMaps> {
+    /// Takes the maps out of a loaded object (the program keeps its own references);
+    /// `maps_dir` is where they are pinned, beside what earlier builds left there (none for
+    /// maps that are not pinned).
+    pub fn take(bpf: &mut Ebpf, maps_dir: Option<&std::path::Path>) -> Result<DatapathMaps> {
         let config: Array<MapData, DatapathConfig> = convert(bpf, names::CONFIG)?;
         let stored = config.get(&0, 0).map_err(wrap(names::CONFIG))?;
         let sources = SourceTable::take(bpf, &stored)?;
@@ -166,7 +184,7 @@ impl DatapathMaps {
                 names: [names::ALLOW_V4, names::ALLOW_V6],
                 capacity: names::MAX_ALLOW,
             },
-            deny: DenyMaps::from_object(bpf)?,
+            deny: DenyMaps::from_object(bpf, maps_dir)?,
             sources,
             stats: convert(bpf, names::STATS)?,
             trace: TraceMaps {
@@ -234,9 +252,9 @@ impl DatapathMaps {
         self.deny.remove(net)
     }
 
-    /// See [`DenyMaps::retire_trie_hosts`].
-    pub fn retire_trie_hosts(&mut self) -> Result<usize> {
-        self.deny.retire_trie_hosts()
+    /// See [`DenyMaps::retire_legacy_hosts`].
+    pub fn retire_legacy_hosts(&mut self) -> Result<usize> {
+        self.deny.retire_legacy_hosts()
     }
 
     /// Applies the deny-map writes of a [`crate::bans::Bans`] change, in order.

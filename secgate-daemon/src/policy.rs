@@ -659,10 +659,10 @@ impl Policy {
         }
     }
 
-    /// Removes the host bans an earlier build kept in the deny tries (see
-    /// `DenyMaps::retire_trie_hosts`); returns how many.
-    pub fn retire_trie_hosts(&mut self) -> Result<usize> {
-        Ok(self.datapath.maps.retire_trie_hosts()?)
+    /// Removes the host bans earlier builds kept in the deny tries or their host maps (see
+    /// `DenyMaps::retire_legacy_hosts`); returns how many.
+    pub fn retire_legacy_hosts(&mut self) -> Result<usize> {
+        Ok(self.datapath.maps.retire_legacy_hosts()?)
     }
 
     /// Brings the XDP links in line with the configured interfaces and the interfaces that

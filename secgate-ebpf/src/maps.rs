@@ -3,15 +3,16 @@
 
 use crate::clock::Clock;
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use secgate_common::{
+    hosts::{HOST_SETS, HostInfo, HostSet, host_sets, lookup},
     maps::{
         AllowEntry, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry, EVENTS_BYTES,
-        FAMILY_V4, HOSTS_V4, HOSTS_V6, HostV6Key, LimitKey, MAX_ALLOW, MAX_DENY, MAX_DENY_HOSTS,
-        MAX_LIMIT_RULES, RateRule, STATS_SLOTS, host_v6_key,
+        FAMILY_V4, HOSTS_V4, HOSTS_V6, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
+        STATS_SLOTS,
     },
     model::Packet,
     sources::{CLAIM_LOCKS, ClaimLock, Pick, SourceSet, sets_for},
@@ -29,16 +30,14 @@ static SG_ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(MA
 static SG_DENY_V4: LpmTrie<[u8; 4], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
 #[map]
 static SG_DENY_V6: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(MAX_DENY, 0);
-/// Not preallocated: elements cost memory only once banned (the bucket array, 16 MiB at this
-/// capacity, is made with the map).
+/// Mmapable for the page-aligned values that makes (each set is then one cache line), and so
+/// the daemon writes slots with single stores (`secgate_common::hosts`).
 #[map]
-static SG_DENY_HOSTS_V4: HashMap<[u8; 4], DenyEntry> =
-    HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
+static SG_HOST_BANS_V4: Array<HostSet> = Array::with_max_entries(HOST_SETS, BPF_F_MMAPABLE);
 #[map]
-static SG_DENY_HOSTS_V6: HashMap<HostV6Key, DenyEntry> =
-    HashMap::with_max_entries(MAX_DENY_HOSTS, BPF_F_NO_PREALLOC);
+static SG_HOST_BANS_V6: Array<HostSet> = Array::with_max_entries(HOST_SETS, BPF_F_MMAPABLE);
 #[map]
-static SG_DENY_HOSTS_EMPTY: Array<u32> = Array::with_max_entries(2, 0);
+static SG_HOST_INFO: Array<HostInfo> = Array::with_max_entries(2, 0);
 /// Sets for the default `max_sources`; the daemon sizes it at load time. Mmapable only for
 /// the page-aligned values that makes: each set is then exactly one cache line.
 #[map]
@@ -77,22 +76,30 @@ pub fn allowed(pkt: &Packet) -> bool {
 pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
     let in_force = |e: &DenyEntry, clock: &mut Clock| e.permanent() || e.active(clock.now());
     let v4 = pkt.family == FAMILY_V4;
-    let hosts = if v4 { HOSTS_V4 } else { HOSTS_V6 };
-    if SG_DENY_HOSTS_EMPTY.get(hosts).is_none_or(|empty| *empty == 0) {
-        // SAFETY: map values are plain data.
-        let host = unsafe {
-            if v4 {
-                SG_DENY_HOSTS_V4.get([pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]])
-            } else {
-                SG_DENY_HOSTS_V6.get(host_v6_key(&pkt.src))
-            }
-        };
-        if host.is_some_and(|e| in_force(e, clock)) {
-            return true;
-        }
+    if host_ban(pkt).is_some_and(|e| in_force(&e, clock)) {
+        return true;
     }
     let net = if v4 { SG_DENY_V4.get(v4_key(pkt)) } else { SG_DENY_V6.get(Key::new(128, pkt.src)) };
     net.is_some_and(|e| in_force(e, clock))
+}
+
+/// The source's host ban, if its family's table holds any hosts: two sets read, which do
+/// not depend on each other.
+#[inline(always)]
+fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
+    let v4 = pkt.family == FAMILY_V4;
+    let info = SG_HOST_INFO.get(if v4 { HOSTS_V4 } else { HOSTS_V6 })?;
+    if info.count == 0 {
+        return None;
+    }
+    let key = pkt.host_key();
+    let [a, b] = host_sets(info.seed, HOST_SETS, key);
+    let (a, b) = if v4 {
+        (SG_HOST_BANS_V4.get(a)?, SG_HOST_BANS_V4.get(b)?)
+    } else {
+        (SG_HOST_BANS_V6.get(a)?, SG_HOST_BANS_V6.get(b)?)
+    };
+    lookup([a, b], key)
 }
 
 #[inline(always)]

@@ -38,7 +38,7 @@ impl Kernel {
             }
             panic!("load failed: {e}");
         }
-        let maps = DatapathMaps::take(&mut bpf).expect("maps");
+        let maps = DatapathMaps::take(&mut bpf, None).expect("maps");
         let events = bpf.take_map(EVENTS).expect("events map");
         let events = RingBuf::try_from(events).expect("ring buffer");
         Kernel { bpf, maps, events }

@@ -8,6 +8,7 @@ pub mod harness;
 pub mod metrics;
 pub mod model_tables;
 pub mod netns;
+pub mod pinned_hosts;
 pub mod service;
 pub mod traffic;
 

@@ -13,10 +13,11 @@ use secgate::{
     clock::{Clock as _, unix_ms},
     service::{Caller, ServiceError},
 };
+use secgate_common::maps::DenyEntry;
 use secgate_tests::{
     frames::{L4Spec, Spec},
     harness::{XDP_DROP, XDP_PASS},
-    privileged,
+    pinned_hosts, privileged,
     service::Fixture,
 };
 
@@ -25,6 +26,11 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn frame(src: &str) -> Vec<u8> {
     Spec::new(src.parse::<IpAddr>().unwrap(), L4Spec::Udp { dport: 53 }).build()
+}
+
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 fn net(s: &str) -> IpNet {
@@ -319,24 +325,52 @@ async fn an_entry_the_state_file_never_recorded_is_kept() {
     let kept = bans.iter().find(|b| b.cidr == net("198.18.96.2/32")).expect("kept");
     assert!(kept.reason.contains("kept from the pinned maps"), "{kept:?}");
     assert_eq!(f.run(&frame("198.18.96.2")), XDP_DROP);
-    // An earlier build kept hosts in the trie; this one moved it to the host map.
+    // An earlier build kept hosts in the trie; this one moved it to the host table.
     f.service().shutdown();
     let map = aya::maps::MapData::from_pin(&pin).expect("pinned deny map");
     let trie: aya::maps::LpmTrie<_, [u8; 4], secgate_common::maps::DenyEntry> =
         aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(map)).unwrap();
     assert!(trie.get(&key, 0).is_err(), "the host left the trie");
-    let hosts = f.pin_path.join("maps").join(secgate_common::maps::DENY_HOSTS_V4);
-    let map = aya::maps::MapData::from_pin(&hosts).expect("pinned host map");
-    let hosts: aya::maps::HashMap<_, [u8; 4], secgate_common::maps::DenyEntry> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
-    assert!(hosts.get(&[198, 18, 96, 2], 0).is_ok(), "and is in the host map");
+    let maps = f.pin_path.join("maps");
+    let moved = pinned_hosts::ban_v4(&maps, "198.18.96.2".parse().unwrap());
+    assert_eq!(moved, Some(DenyEntry { expires_ns: 0 }), "and is in the host table");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_program_skips_an_empty_host_map_and_a_start_finds_it_full() {
-    // The program skips a host map marked empty. A daemon killed between marking it empty
-    // and checking could leave the mark on a map that has hosts; the next start corrects it.
-    if !privileged("the_program_skips_an_empty_host_map_and_a_start_finds_it_full") {
+async fn host_bans_the_previous_build_kept_in_hash_maps_move_to_the_host_tables() {
+    // An upgrade: the previous build pinned its host bans in hash maps this build no longer
+    // has. They are moved into the host tables, enforced, listed, and the old pins removed.
+    if !privileged("host_bans_the_previous_build_kept_in_hash_maps_move_to_the_host_tables") {
+        return;
+    }
+    let mut f = Fixture::start("old", "");
+    f.service().shutdown();
+    let maps = f.pin_path.join("maps");
+    let old = [
+        ("198.18.98.1".parse().unwrap(), DenyEntry { expires_ns: 0 }),
+        ("198.18.98.2".parse().unwrap(), DenyEntry { expires_ns: monotonic_ns() + 3_600e9 as u64 }),
+    ];
+    pinned_hosts::pin_previous_build_hosts(&maps, &old);
+    f.restart();
+    assert!(f.warnings.iter().any(|w| w.contains("kept 2")), "{:?}", f.warnings);
+    for (host, entry) in old {
+        assert_eq!(pinned_hosts::ban_v4(&maps, host), Some(entry), "{host} moved");
+        assert_eq!(f.run(&frame(&host.to_string())), XDP_DROP, "{host} dropped");
+        assert!(f.service().bans().iter().any(|b| b.cidr == IpNet::from(IpAddr::from(host))));
+    }
+    assert_eq!(f.run(&frame("198.18.98.3")), XDP_PASS, "no other host is banned");
+    for name in ["SG_DENY_HOSTS_V4", "SG_DENY_HOSTS_V6", "SG_DENY_HOSTS_EMPTY"] {
+        assert!(!maps.join(name).exists(), "{name} unpinned once no program reads it");
+    }
+    assert_eq!(pinned_hosts::info_v4(&maps).count, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_program_skips_an_empty_host_table_and_a_start_recounts_it() {
+    // The program skips a host table whose count is 0. A daemon killed between writing a
+    // slot and counting it leaves a host the program does not look for; the next start
+    // counts what the table holds.
+    if !privileged("the_program_skips_an_empty_host_table_and_a_start_recounts_it") {
         return;
     }
     let mut f = Fixture::start("emp", "");
@@ -344,13 +378,14 @@ async fn the_program_skips_an_empty_host_map_and_a_start_finds_it_full() {
     f.service().ban_add(&OPERATOR, host, None, None).await.unwrap();
     assert_eq!(f.run(&frame("198.18.97.1")), XDP_DROP);
     f.service().ban_del(&OPERATOR, host).await.unwrap();
+    assert_eq!(f.run(&frame("198.18.97.1")), XDP_PASS, "the lifted ban is gone");
     f.service().shutdown();
-    let pin = f.pin_path.join("maps").join(secgate_common::maps::DENY_HOSTS_V4);
-    let map = aya::maps::MapData::from_pin(&pin).expect("pinned host map");
-    let mut hosts: aya::maps::HashMap<_, [u8; 4], secgate_common::maps::DenyEntry> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
-    hosts.insert([198, 18, 97, 2], secgate_common::maps::DenyEntry { expires_ns: 0 }, 0).unwrap();
-    assert_eq!(f.run(&frame("198.18.97.2")), XDP_PASS, "a map marked empty is not looked at");
+    let maps = f.pin_path.join("maps");
+    assert_eq!(pinned_hosts::info_v4(&maps).count, 0);
+    let forever = DenyEntry { expires_ns: 0 };
+    pinned_hosts::plant_uncounted_v4(&maps, "198.18.97.2".parse().unwrap(), forever);
+    assert_eq!(f.run(&frame("198.18.97.2")), XDP_PASS, "a table counted empty is not looked at");
     f.restart();
-    assert_eq!(f.run(&frame("198.18.97.2")), XDP_DROP, "the start marked it in use");
+    assert_eq!(pinned_hosts::info_v4(&maps).count, 1);
+    assert_eq!(f.run(&frame("198.18.97.2")), XDP_DROP, "the start counted it");
 }

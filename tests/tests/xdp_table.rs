@@ -512,24 +512,42 @@ fn full_map_is_a_clear_error() {
 }
 
 #[test]
-fn a_full_host_map_is_a_clear_error() {
-    if !privileged("a_full_host_map_is_a_clear_error") {
+fn a_full_host_table_is_a_clear_error() {
+    if !privileged("a_full_host_table_is_a_clear_error") {
         return;
     }
     let mut kernel = Kernel::load();
     let forever = DenyEntry { expires_ns: 0 };
     let cap = secgate_common::maps::MAX_DENY_HOSTS;
-    for i in 0..cap {
+    let host = |i: u32| {
         let [_, b, c, d] = i.to_be_bytes();
-        let host = std::net::Ipv4Addr::new(10 + b / 64, b % 64, c, d);
-        kernel.maps.set_deny(IpAddr::from(host).into(), forever).expect("within capacity");
+        IpAddr::from(std::net::Ipv4Addr::new(10 + b / 64, b % 64, c, d))
+    };
+    for i in 0..cap {
+        kernel.maps.set_deny(host(i).into(), forever).expect("within capacity");
     }
     let err = kernel.maps.set_deny("198.18.0.1/32".parse().unwrap(), forever).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("SG_DENY_HOSTS_V4 is full") && msg.contains(&cap.to_string()), "{msg}");
+    assert!(msg.contains("SG_HOST_BANS_V4 is full") && msg.contains(&cap.to_string()), "{msg}");
     kernel.maps.set_deny("198.18.0.0/24".parse().unwrap(), forever).expect("prefixes have room");
-    let frame = Spec::new(ip("10.0.0.7"), udp()).build();
-    expect(&kernel, "a host banned before the map filled", &frame, XDP_DROP, Reason::Deny);
+    kernel.maps.set_deny("fd00:1:2:3::/64".parse().unwrap(), forever).expect("IPv6 has room");
+    // A full table holds half its hosts in their second set, and some moved there: the
+    // program finds every one it samples, and bans no host that was never banned.
+    for i in (0..cap).step_by(4093) {
+        let frame = Spec::new(host(i), udp()).build();
+        expect(&kernel, &format!("host {i} of a full table"), &frame, XDP_DROP, Reason::Deny);
+    }
+    for last in [1u8, 77, 254] {
+        let frame = Spec::new(ip(&format!("10.{}.0.{last}", 16 + last % 3)), udp()).build();
+        expect(&kernel, "a host never banned", &frame, XDP_PASS, Reason::Pass);
+    }
+    let frame = Spec::new(ip("fd00:1:2:3::9"), udp()).build();
+    expect(&kernel, "an IPv6 host beside a full IPv4 table", &frame, XDP_DROP, Reason::Deny);
+    let lifted = host(12_345);
+    assert!(kernel.maps.remove_deny(lifted.into()).unwrap());
+    let frame = Spec::new(lifted, udp()).build();
+    expect(&kernel, "a lifted ban", &frame, XDP_PASS, Reason::Pass);
+    kernel.maps.set_deny("198.18.0.1/32".parse().unwrap(), forever).expect("room again");
 }
 
 fn map_info(map: &aya::maps::Map) -> aya::maps::MapInfo {

@@ -47,6 +47,18 @@ impl Packet {
         // 16 bytes are a valid `[u64; 2]`.
         unsafe { *self.src.as_ptr().cast::<[u64; 2]>() }
     }
+
+    /// The source's key in the host-ban table of its family ([`crate::hosts`]), from one
+    /// word of the address.
+    #[inline(always)]
+    pub fn host_key(&self) -> u64 {
+        let first = self.src_words()[0];
+        if self.family == crate::maps::FAMILY_V4 {
+            first & crate::hosts::V4_KEY_MASK
+        } else {
+            first
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

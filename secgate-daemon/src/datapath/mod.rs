@@ -109,7 +109,7 @@ impl Datapath {
         program(&mut bpf).load()?;
         crate::trace::spawn_reader(logger)
             .map_err(io_err("starting the trace reader", &pin_path))?;
-        let maps = DatapathMaps::take(&mut bpf)?;
+        let maps = DatapathMaps::take(&mut bpf, Some(&pins::maps_dir(&pin_path)))?;
         let links = Links::new(pins::links_dir(&pin_path));
         Ok(Datapath { bpf, maps, links, pin_path, pinned, trace, _lock: lock })
     }

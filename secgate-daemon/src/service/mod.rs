@@ -215,13 +215,13 @@ impl Service {
                 e => tracing::warn!(interface = %name, error = %e, "interface not ready; retrying"),
             }
         }
-        // This build's program is on every interface there is: the tries no longer need the
-        // host bans an earlier build kept there (until then both copies were written).
+        // This build's program is on every interface there is: the maps earlier builds kept
+        // host bans in are no longer read (until now both copies were written).
         if synced {
-            match policy.retire_trie_hosts() {
+            match policy.retire_legacy_hosts() {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(moved = n, "host bans moved out of the deny tries"),
-                Err(e) => tracing::warn!(error = %e, "host bans stay in the deny tries as well"),
+                Ok(n) => tracing::info!(moved = n, "host bans moved into the host tables"),
+                Err(e) => tracing::warn!(error = %e, "host bans stay in the old maps as well"),
             }
         }
         // What start discarded or kept is written at once, not at the next change.

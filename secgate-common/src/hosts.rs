@@ -1,0 +1,216 @@
+//! The table of host bans: where the ban on one IPv4 /32 or IPv6 /[`HOST_V6_PREFIX`] lives.
+//!
+//! Escalation bans a botnet source by source, so under attack nearly every ban is a single
+//! host and the program looks the source up among them on every packet. In a BPF hash map
+//! that lookup is a hash walk of dependent cache misses (the bucket, then the element, each
+//! often on a page of its own); this table is a `BPF_MAP_TYPE_ARRAY` of [`HostSet`]s, one
+//! cache line each (the map is `BPF_F_MMAPABLE`, which page-aligns its values), of
+//! [`HOST_WAYS`] slots holding a host's exact key and its ban. A host may live in either of
+//! two sets chosen by a keyed hash ([`host_sets`]), so a lookup reads two lines that do not
+//! depend on each other.
+//!
+//! Unlike the limiter's buckets the keys are exact, never tags (a collision must not ban an
+//! innocent host), and only the daemon writes: it places a new host in the emptier of its
+//! two sets, moving one occupant to its other set when both are full. Sized at two slots per
+//! host ([`HOST_SETS`]), a full table of [`MAX_DENY_HOSTS`] random hosts is placed without
+//! a failure (the daemon's tests fill one).
+//!
+//! The daemon writes a slot's key before its state and clears a slot by its state alone, one
+//! aligned 8-byte store each, so a packet racing a write sees the slot before or after it,
+//! or a new state beside the key the slot held last: at worst one packet of a host being
+//! banned passes, or one of a host whose ban was just lifted is dropped. A slot never holds
+//! the state of a key it never held.
+
+use crate::maps::{DenyEntry, HOST_V6_PREFIX, MAX_DENY_HOSTS};
+use crate::sources::{mix, reduce};
+
+/// Slots per set: 4 × 16 bytes fill one 64-byte cache line.
+pub const HOST_WAYS: usize = 4;
+
+/// [`HostSlot::state`] bit of a slot holding a ban; the bits below are the ban's expiry.
+pub const HOST_TAKEN: u64 = 1 << 63;
+
+/// One host's ban.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostSlot {
+    /// [`host_key_v4`] or [`host_key_v6`] of the host; meaningless while the slot is free.
+    pub key: u64,
+    /// 0 for a free slot, else [`HOST_TAKEN`] | the ban's `expires_ns` (0: permanent).
+    pub state: u64,
+}
+
+impl HostSlot {
+    /// The slot holding `entry` for `key`. An expiry past 2^63 ns (292 years of uptime) is
+    /// kept as the latest one the slot can hold.
+    pub const fn holding(key: u64, entry: DenyEntry) -> HostSlot {
+        let expires =
+            if entry.expires_ns >= HOST_TAKEN { HOST_TAKEN - 1 } else { entry.expires_ns };
+        HostSlot { key, state: HOST_TAKEN | expires }
+    }
+
+    /// The ban the slot holds, if any.
+    #[inline(always)]
+    pub const fn entry(&self) -> Option<DenyEntry> {
+        entry_of_state(self.state)
+    }
+
+    pub const fn is_free(&self) -> bool {
+        self.state & HOST_TAKEN == 0
+    }
+}
+
+/// The ban a slot's `state` word stands for, if any.
+#[inline(always)]
+pub const fn entry_of_state(state: u64) -> Option<DenyEntry> {
+    if state & HOST_TAKEN == 0 { None } else { Some(DenyEntry { expires_ns: state & !HOST_TAKEN }) }
+}
+
+/// One cache line of the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostSet {
+    pub slots: [HostSlot; HOST_WAYS],
+}
+
+impl HostSet {
+    /// The slot holding a ban on `key`, if any.
+    #[inline(always)]
+    pub fn find(&self, key: u64) -> Option<usize> {
+        (0..HOST_WAYS).find(|&i| !self.slots[i].is_free() && self.slots[i].key == key)
+    }
+
+    /// The first free slot, if any.
+    pub fn free_slot(&self) -> Option<usize> {
+        (0..HOST_WAYS).find(|&i| self.slots[i].is_free())
+    }
+
+    /// How many slots are free.
+    pub fn free_slots(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_free()).count()
+    }
+}
+
+/// What the program needs to find a family's hosts, and whether to look at all: index
+/// [`crate::maps::HOSTS_V4`] or [`crate::maps::HOSTS_V6`] of `SG_HOST_INFO`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Random key of [`host_sets`], chosen with the table and kept as long as it lives, so a
+    /// sender cannot pick sources that crowd one pair of sets and make a ban fail to place.
+    pub seed: u64,
+    /// Hosts in the table: while 0 the program skips the lookup (two cache misses in a
+    /// table this size). Written after a host is placed and after one is cleared.
+    pub count: u32,
+    pub _pad: u32,
+}
+
+/// Slots per host the table is sized for: at half its slots in use, a new host almost
+/// always finds room in one of its sets, and otherwise an occupant can move.
+const SLOTS_PER_HOST: u64 = 2;
+
+/// Sets in each family's table.
+pub const HOST_SETS: u32 = (MAX_DENY_HOSTS as u64 * SLOTS_PER_HOST / HOST_WAYS as u64) as u32;
+
+/// The key of the IPv4 host `addr`.
+#[inline(always)]
+pub const fn host_key_v4(addr: [u8; 4]) -> u64 {
+    u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0])
+}
+
+/// The bits of an address's first word that are its IPv4 host key.
+pub const V4_KEY_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+
+/// The key of the IPv6 /[`HOST_V6_PREFIX`] holding `addr`.
+#[inline(always)]
+pub const fn host_key_v6(addr: &[u8; 16]) -> u64 {
+    const _: () = assert!(HOST_V6_PREFIX == 64, "the key is the address's first eight bytes");
+    let a = addr;
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]])
+}
+
+/// The first `HOST_V6_PREFIX / 8` address bytes a v6 host key stands for.
+pub const fn host_v6_prefix(key: u64) -> [u8; 8] {
+    key.to_ne_bytes()
+}
+
+/// The two sets (possibly one) of a table of `sets` sets that `key` may live in.
+#[inline(always)]
+pub fn host_sets(seed: u64, sets: u32, key: u64) -> [u32; 2] {
+    let h = mix(seed ^ key);
+    let second = mix(h ^ seed.rotate_left(32));
+    [reduce((h >> 32) as u32, sets), reduce((second >> 32) as u32, sets)]
+}
+
+/// The ban on `key` among its two sets, as the program looks it up.
+#[inline(always)]
+pub fn lookup(sets: [&HostSet; 2], key: u64) -> Option<DenyEntry> {
+    for set in sets {
+        if let Some(i) = set.find(key) {
+            return set.slots[i].entry();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_keeps_the_ban_it_holds() {
+        for expires_ns in [0, 1, 5_000_000_000, HOST_TAKEN - 1] {
+            let slot = HostSlot::holding(7, DenyEntry { expires_ns });
+            assert_eq!(slot.entry(), Some(DenyEntry { expires_ns }));
+            assert!(!slot.is_free());
+        }
+        let far = HostSlot::holding(7, DenyEntry { expires_ns: u64::MAX });
+        assert_eq!(far.entry(), Some(DenyEntry { expires_ns: HOST_TAKEN - 1 }));
+        assert_eq!(HostSlot::default().entry(), None);
+    }
+
+    #[test]
+    fn a_free_slot_matches_no_key_not_even_its_stale_one() {
+        let mut set = HostSet::default();
+        set.slots[2] = HostSlot { key: 42, state: 0 };
+        assert_eq!(set.find(42), None);
+        set.slots[2] = HostSlot::holding(42, DenyEntry::default());
+        assert_eq!(set.find(42), Some(2));
+        assert_eq!(lookup([&HostSet::default(), &set], 42), Some(DenyEntry::default()));
+        assert_eq!(lookup([&set, &HostSet::default()], 43), None);
+    }
+
+    #[test]
+    fn keys_of_distinct_hosts_differ() {
+        assert_ne!(host_key_v4([198, 18, 0, 1]), host_key_v4([198, 18, 0, 2]));
+        let a: [u8; 16] = [0xfd, 0, 0, 1, 0, 2, 0, 3, 0xff, 0, 0, 0, 0, 0, 0, 1];
+        let mut same_net = a;
+        same_net[15] = 9;
+        assert_eq!(host_key_v6(&a), host_key_v6(&same_net));
+        assert_eq!(host_v6_prefix(host_key_v6(&a)), [0xfd, 0, 0, 1, 0, 2, 0, 3]);
+    }
+
+    #[test]
+    fn a_packet_keys_its_source_as_the_daemon_does() {
+        use crate::maps::{FAMILY_V4, FAMILY_V6};
+        use crate::model::Packet;
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[198, 18, 7, 9]);
+        v4[4..].fill(0xaa);
+        let pkt = |family, src| Packet::new(family, src, 6, None, false);
+        assert_eq!(pkt(FAMILY_V4, v4).host_key(), host_key_v4([198, 18, 7, 9]));
+        let v6: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(pkt(FAMILY_V6, v6).host_key(), host_key_v6(&v6));
+    }
+
+    #[test]
+    fn sets_are_in_range_and_depend_on_the_seed() {
+        let spread = |seed: u64| -> [[u32; 2]; 64] {
+            core::array::from_fn(|k| host_sets(seed, 1000, k as u64))
+        };
+        for pair in spread(1) {
+            assert!(pair[0] < 1000 && pair[1] < 1000);
+        }
+        assert_ne!(spread(1), spread(2));
+    }
+}

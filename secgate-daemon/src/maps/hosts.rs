@@ -1,0 +1,302 @@
+//! The host-ban tables (`secgate_common::hosts`) as the daemon places bans in them.
+//!
+//! Each table is mapped into the daemon's memory, so a slot is read and written with single
+//! aligned 8-byte loads and stores in the order the program's lookup relies on (key, then
+//! state; a clear by its state alone). A syscall copying a whole set promises no order, and
+//! a packet reading a half-copied slot could find a key beside another host's ban.
+
+use std::{
+    num::NonZeroUsize,
+    os::fd::AsFd,
+    ptr::NonNull,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use aya::maps::{Array, MapData};
+use nix::sys::mman::{MapFlags, ProtFlags};
+use secgate_common::{
+    hosts::{HOST_SETS, HOST_WAYS, HostInfo, HostSet, HostSlot, entry_of_state, host_sets, lookup},
+    maps::{self as names, DenyEntry, HOSTS_V4, HOSTS_V6, MAX_DENY_HOSTS},
+};
+
+use super::{MapsError, Result, wrap};
+
+/// Placement reads two sets and writes one: two writers at once could both take one free
+/// slot. Every handle the daemon opens on the tables places under this lock (only the
+/// daemon holding the instance lock writes them).
+static PLACING: Mutex<()> = Mutex::new(());
+
+/// Words per slot: its key and its state.
+const SLOT_WORDS: usize = 2;
+
+/// A table's sets, mapped shared with the kernel's copy.
+struct Mapped {
+    base: NonNull<AtomicU64>,
+    sets: u32,
+    len: NonZeroUsize,
+}
+
+// SAFETY: the mapping is only accessed through atomics, and lives until dropped.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    /// Maps the `sets` sets of an mmapable array map.
+    fn map(data: &MapData, sets: u32, name: &'static str) -> Result<Mapped> {
+        let len = NonZeroUsize::new(sets as usize * size_of::<HostSet>())
+            .ok_or(MapsError::Missing(name))?;
+        let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        // SAFETY: a fresh shared mapping of the map's own value area; nothing else in this
+        // process aliases it, and the kernel's side is accessed with single aligned stores.
+        let base = unsafe {
+            nix::sys::mman::mmap(None, len, prot, MapFlags::MAP_SHARED, data.fd().as_fd(), 0)
+        }
+        .map_err(|e| MapsError::Mmap { name, source: e.into() })?;
+        Ok(Mapped { base: base.cast(), sets, len })
+    }
+
+    /// A private table of `sets` sets, for tests of placement.
+    #[cfg(test)]
+    fn anonymous(sets: u32) -> Mapped {
+        let len = NonZeroUsize::new(sets as usize * size_of::<HostSet>()).expect("sets");
+        let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS;
+        // SAFETY: a fresh anonymous mapping.
+        let base = unsafe { nix::sys::mman::mmap_anonymous(None, len, prot, flags) }.expect("mmap");
+        Mapped { base: base.cast(), sets, len }
+    }
+
+    fn word(&self, set: u32, way: usize, field: usize) -> &AtomicU64 {
+        assert!(set < self.sets && way < HOST_WAYS, "slot {set}/{way} outside the table");
+        let i = (set as usize * HOST_WAYS + way) * SLOT_WORDS + field;
+        // SAFETY: in bounds (asserted), 8-aligned (the mapping is page-aligned), and only
+        // ever accessed atomically.
+        unsafe { &*self.base.as_ptr().add(i) }
+    }
+
+    /// Set `set` as a packet would read it now, slot by slot.
+    fn set(&self, set: u32) -> HostSet {
+        let mut out = HostSet::default();
+        for (way, slot) in out.slots.iter_mut().enumerate() {
+            let state = self.word(set, way, 1).load(Ordering::Acquire);
+            *slot = HostSlot { key: self.word(set, way, 0).load(Ordering::Relaxed), state };
+        }
+        out
+    }
+
+    /// Writes `slot` into a slot that is free or already holds its key.
+    fn put(&self, set: u32, way: usize, slot: HostSlot) {
+        self.word(set, way, 0).store(slot.key, Ordering::Relaxed);
+        self.word(set, way, 1).store(slot.state, Ordering::Release);
+    }
+
+    fn clear(&self, set: u32, way: usize) {
+        self.word(set, way, 1).store(0, Ordering::Release);
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`/`anonymous`, unmapped once.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len.get()) };
+    }
+}
+
+/// One family's table and the key it is hashed with.
+struct Table {
+    slots: Mapped,
+    seed: u64,
+}
+
+impl Table {
+    fn sets_of(&self, key: u64) -> [u32; 2] {
+        host_sets(self.seed, self.slots.sets, key)
+    }
+
+    fn get(&self, key: u64) -> Option<DenyEntry> {
+        let [a, b] = self.sets_of(key);
+        lookup([&self.slots.set(a), &self.slots.set(b)], key)
+    }
+
+    fn find(&self, key: u64) -> Option<(u32, usize)> {
+        let sets = self.sets_of(key);
+        sets.into_iter().find_map(|s| self.slots.set(s).find(key).map(|w| (s, w)))
+    }
+
+    /// Writes the ban on `key`: in its slot if it has one, else in a free slot of the emptier
+    /// of its sets, else in one freed by moving an occupant to its other set. Returns whether
+    /// the key is new, or `None` if neither of its sets has room however occupants move.
+    fn insert(&self, key: u64, entry: DenyEntry) -> Option<bool> {
+        let slot = HostSlot::holding(key, entry);
+        if let Some((s, w)) = self.find(key) {
+            self.slots.put(s, w, slot);
+            return Some(false);
+        }
+        let [a, b] = self.sets_of(key);
+        let emptier =
+            if self.slots.set(b).free_slots() > self.slots.set(a).free_slots() { b } else { a };
+        if let Some(w) = self.slots.set(emptier).free_slot() {
+            self.slots.put(emptier, w, slot);
+            return Some(true);
+        }
+        let (s, w) = self.make_room([a, b])?;
+        self.slots.put(s, w, slot);
+        Some(true)
+    }
+
+    /// Frees a slot of `sets` by moving one occupant to its other set: copied there first,
+    /// then cleared here, so a packet always finds it.
+    fn make_room(&self, sets: [u32; 2]) -> Option<(u32, usize)> {
+        for s in sets {
+            let set = self.slots.set(s);
+            for (w, occupant) in set.slots.iter().enumerate() {
+                let [x, y] = self.sets_of(occupant.key);
+                let other = if x == s { y } else { x };
+                if other == s {
+                    continue;
+                }
+                if let Some(to) = self.slots.set(other).free_slot() {
+                    self.slots.put(other, to, *occupant);
+                    self.slots.clear(s, w);
+                    return Some((s, w));
+                }
+            }
+        }
+        None
+    }
+
+    fn remove(&self, key: u64) -> bool {
+        let found = self.find(key);
+        if let Some((s, w)) = found {
+            self.slots.clear(s, w);
+        }
+        found.is_some()
+    }
+
+    /// Every ban in the table.
+    fn entries(&self) -> Vec<(u64, DenyEntry)> {
+        let mut out = Vec::new();
+        for s in 0..self.slots.sets {
+            for slot in self.slots.set(s).slots {
+                if let Some(entry) = entry_of_state(slot.state) {
+                    out.push((slot.key, entry));
+                }
+            }
+        }
+        out
+    }
+
+    /// Empties the table and places `entries` again under `seed`: for a table whose seed
+    /// was lost. Returns the entries that found no room (none, unless the table was full).
+    fn rehash(&mut self, seed: u64, entries: &[(u64, DenyEntry)]) -> usize {
+        for s in 0..self.slots.sets {
+            for w in 0..HOST_WAYS {
+                self.slots.clear(s, w);
+            }
+        }
+        self.seed = seed;
+        entries.iter().filter(|(k, e)| self.insert(*k, *e).is_none()).count()
+    }
+}
+
+/// Both families' tables and `SG_HOST_INFO`.
+pub struct HostTables {
+    tables: [Table; 2],
+    info: Array<MapData, HostInfo>,
+}
+
+/// Table names by `SG_HOST_INFO` index.
+const NAMES: [&str; 2] = [names::HOST_BANS_V4, names::HOST_BANS_V6];
+
+impl HostTables {
+    /// Opens tables another handle set up (`init`): their seeds are in `SG_HOST_INFO`.
+    pub fn open(v4: &MapData, v6: &MapData, info: Array<MapData, HostInfo>) -> Result<HostTables> {
+        let seed = |family: u32| -> Result<u64> {
+            let seed = info.get(&family, 0).map_err(wrap(names::HOST_INFO))?.seed;
+            if seed == 0 {
+                return Err(MapsError::Uninitialised(NAMES[family as usize]));
+            }
+            Ok(seed)
+        };
+        let table = |data: &MapData, family: u32| -> Result<Table> {
+            let name = NAMES[family as usize];
+            let sets = data.info().map_err(wrap(name))?.max_entries();
+            if sets != HOST_SETS {
+                return Err(MapsError::Missing(name));
+            }
+            Ok(Table { slots: Mapped::map(data, sets, name)?, seed: seed(family)? })
+        };
+        Ok(HostTables { tables: [table(v4, HOSTS_V4)?, table(v6, HOSTS_V6)?], info })
+    }
+
+    /// Makes the tables ready for [`HostTables::open`] once the program is loaded: a table
+    /// without a seed (made anew) gets a random one, and its entries, if an earlier run left
+    /// any, are placed again under it; each count is set to what the table holds (a daemon
+    /// killed between a slot's write and the count's leaves them apart).
+    pub fn init(v4: &MapData, v6: &MapData, info: &mut Array<MapData, HostInfo>) -> Result<()> {
+        let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
+        for (family, data) in [(HOSTS_V4, v4), (HOSTS_V6, v6)] {
+            let name = NAMES[family as usize];
+            let mut now = info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
+            let mut table = Table { slots: Mapped::map(data, HOST_SETS, name)?, seed: now.seed };
+            if now.seed == 0 {
+                let entries = table.entries();
+                let lost = table.rehash(rand::random::<u64>() | 1, &entries);
+                if lost > 0 {
+                    tracing::warn!(table = name, lost, "host bans found no room when re-placed");
+                }
+            }
+            now.seed = table.seed;
+            now.count = u32::try_from(table.entries().len()).unwrap_or(u32::MAX);
+            info.set(family, now, 0).map_err(wrap(names::HOST_INFO))?;
+        }
+        Ok(())
+    }
+
+    /// The ban on `key` in `family`'s table, as the program finds it.
+    pub fn get(&self, family: u32, key: u64) -> Option<DenyEntry> {
+        self.tables[family as usize].get(key)
+    }
+
+    /// Bans `key`, or changes its ban.
+    pub fn insert(&mut self, family: u32, key: u64, entry: DenyEntry) -> Result<()> {
+        let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
+        let name = NAMES[family as usize];
+        let table = &self.tables[family as usize];
+        let full = MapsError::Full { name, capacity: MAX_DENY_HOSTS };
+        let mut info = self.info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
+        if table.find(key).is_none() && info.count >= MAX_DENY_HOSTS {
+            return Err(full);
+        }
+        if table.insert(key, entry).ok_or(full)? {
+            // After the slot: a program that sees a count finds the host.
+            info.count += 1;
+            self.info.set(family, info, 0).map_err(wrap(names::HOST_INFO))?;
+        }
+        Ok(())
+    }
+
+    /// Lifts the ban on `key`; `false` if there was none.
+    pub fn remove(&mut self, family: u32, key: u64) -> Result<bool> {
+        let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.tables[family as usize].remove(key) {
+            return Ok(false);
+        }
+        let mut info = self.info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
+        info.count = info.count.saturating_sub(1);
+        self.info.set(family, info, 0).map_err(wrap(names::HOST_INFO))?;
+        Ok(true)
+    }
+
+    /// Every ban in `family`'s table.
+    pub fn entries(&self, family: u32) -> Vec<(u64, DenyEntry)> {
+        self.tables[family as usize].entries()
+    }
+}
+
+#[cfg(test)]
+mod tests;
