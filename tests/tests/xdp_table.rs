@@ -407,7 +407,7 @@ fn monitor_mode_passes_but_counts() {
 
 #[test]
 fn host_bans_sit_beside_the_prefixes() {
-    // Hosts (IPv4 /32, IPv6 /64) live in hash maps, everything else in the tries: a host
+    // Hosts (IPv4 /32, IPv6 /64) live in the host tables, everything else in the tries: a host
     // entry in force drops alone, one that lapsed leaves the decision to the tries.
     if !privileged("host_bans_sit_beside_the_prefixes") {
         return;

@@ -49,10 +49,15 @@ pub fn run() {
         row(&mut kernel, &bare, "ipv4 syn, within limit (CAS)", REPEAT, &frame("198.18.1.1", &syn));
     row(&mut kernel, &bare, "ipv6 udp, within limit (CAS)", REPEAT, &frame("fd00:1::1", &udp));
     let prefix = row(&mut kernel, &bare, "ipv4 denied /24", REPEAT, &frame("198.18.66.6", &syn));
-    // Only while this row runs, lest every other row pay a miss in the host map.
+    // Only while this row runs, lest every other row pay a look in the host table.
     ban(&mut kernel, "198.18.67.7/32", 0);
-    let host =
-        row(&mut kernel, &bare, "ipv4 host banned (hash map)", REPEAT, &frame("198.18.67.7", &syn));
+    let host = row(
+        &mut kernel,
+        &bare,
+        "ipv4 host banned (host table)",
+        REPEAT,
+        &frame("198.18.67.7", &syn),
+    );
     kernel.maps.remove_deny("198.18.67.7/32".parse().expect("net")).expect("lift");
     let expiring =
         row(&mut kernel, &bare, "ipv4 denied /24, expiring", REPEAT, &frame("198.18.68.6", &syn));
@@ -98,7 +103,7 @@ pub fn run() {
         ("allowlist trie walk (one entry)", allow.0 - prefix.0),
         ("clock read, coarse (bpf_ktime_get_coarse_ns)", expiring.0 - prefix.0),
         ("clock read, fine (bpf_ktime_get_ns)", fine.0 - prefix.0),
-        ("host-map hit instead of the empty-map skip and trie walk", host.0 - prefix.0),
+        ("host-table hit instead of the empty-table skip and trie walk", host.0 - prefix.0),
         ("limiter, within (key, lookup, clock, CAS) over deny", within.0 - prefix.0),
         ("limiter, over (key, lookup, clock, gate) over deny", over.0 - prefix.0),
         ("ring-buffer event", event.0 - over.0),

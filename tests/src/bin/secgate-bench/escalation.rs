@@ -112,7 +112,7 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1e3
 }
 
-/// Bans already held in the loaded case: IPv4 addresses from 198.18.16.0 on (in the host map the
+/// Bans already held in the loaded case: IPv4 addresses from 198.18.16.0 on (in the host table the
 /// measured bans go into), away from the offenders and the baseline's.
 const LOADED: u32 = 100_000;
 
