@@ -4,22 +4,25 @@
 //! host and the program looks the source up among them on every packet. In a BPF hash map
 //! that lookup is a hash walk of dependent cache misses (the bucket, then the element, each
 //! often on a page of its own); this table is a `BPF_MAP_TYPE_ARRAY` of [`HostSet`]s, one
-//! cache line each (the map is `BPF_F_MMAPABLE`, which page-aligns its values), of
-//! [`HOST_WAYS`] slots holding a host's exact key and its ban. A host may live in either of
-//! two sets chosen by a keyed hash ([`host_sets`]), so a lookup reads two lines that do not
-//! depend on each other.
+//! cache line each (the map is `BPF_F_MMAPABLE`, which page-aligns the value area; each
+//! value is 64 bytes, so each set is one line), of [`HOST_WAYS`] slots holding a host's
+//! exact key and its ban. A host lives in its first set, or, when that was full, its second
+//! ([`host_sets`], a keyed hash); a lookup reads the first and only then the second, so a
+//! banned host the first set holds costs one line.
 //!
 //! Unlike the limiter's buckets the keys are exact, never tags (a collision must not ban an
-//! innocent host), and only the daemon writes: it places a new host in the emptier of its
-//! two sets, moving one occupant to its other set when both are full. Sized at two slots per
-//! host ([`HOST_SETS`]), a full table of [`MAX_DENY_HOSTS`] random hosts is placed without
-//! a failure (the daemon's tests fill one).
+//! innocent host), and only the daemon writes: it places a new host in its first set if
+//! there is room, else its second, else it moves one occupant from its first set to its
+//! second (never back: a packet reads the first set first, so a host copied forward and then
+//! cleared is always found, where one moved back could be missed between the two reads).
+//! Sized at two slots per host ([`HOST_SETS`]), a full table of [`MAX_DENY_HOSTS`] random
+//! hosts is placed without a failure (the daemon's tests fill one).
 //!
 //! The daemon writes a slot's key before its state and clears a slot by its state alone, one
-//! aligned 8-byte store each, so a packet racing a write sees the slot before or after it,
-//! or a new state beside the key the slot held last: at worst one packet of a host being
-//! banned passes, or one of a host whose ban was just lifted is dropped. A slot never holds
-//! the state of a key it never held.
+//! aligned 8-byte store each; a lookup reads the key, the state and the key again
+//! ([`HostSet::find`]), in that order, so a racing packet sees the slot before or after a
+//! write, never the state of one host beside the key of another: at worst one packet of a
+//! host being banned passes, or one of a host whose ban is being lifted is dropped.
 
 use crate::maps::{DenyEntry, HOST_V6_PREFIX, MAX_DENY_HOSTS};
 use crate::sources::{mix, reduce};
@@ -74,10 +77,21 @@ pub struct HostSet {
 }
 
 impl HostSet {
-    /// The slot holding a ban on `key`, if any.
+    /// The slot holding a ban on `key`, if any, and its state word. The key is read before
+    /// and after the state, each read its own load in that order: the daemon writes a key
+    /// before its state, so a state read between two reads of one key was written for it.
     #[inline(always)]
-    pub fn find(&self, key: u64) -> Option<usize> {
-        (0..HOST_WAYS).find(|&i| !self.slots[i].is_free() && self.slots[i].key == key)
+    pub fn find(&self, key: u64) -> Option<(usize, u64)> {
+        (0..HOST_WAYS).find_map(|i| {
+            let slot = &self.slots[i];
+            // SAFETY: reads of fields of a live reference; volatile only to fix their order.
+            let (before, state, after) = unsafe {
+                let before = core::ptr::read_volatile(&slot.key);
+                let state = core::ptr::read_volatile(&slot.state);
+                (before, state, core::ptr::read_volatile(&slot.key))
+            };
+            (before == key && after == key && state & HOST_TAKEN != 0).then_some((i, state))
+        })
     }
 
     /// The first free slot, if any.
@@ -134,7 +148,8 @@ pub const fn host_v6_prefix(key: u64) -> [u8; 8] {
     key.to_ne_bytes()
 }
 
-/// The two sets (possibly one) of a table of `sets` sets that `key` may live in.
+/// The first and second sets (possibly one) of a table of `sets` sets that `key` may live
+/// in.
 #[inline(always)]
 pub fn host_sets(seed: u64, sets: u32, key: u64) -> [u32; 2] {
     let h = mix(seed ^ key);
@@ -142,15 +157,11 @@ pub fn host_sets(seed: u64, sets: u32, key: u64) -> [u32; 2] {
     [reduce((h >> 32) as u32, sets), reduce((second >> 32) as u32, sets)]
 }
 
-/// The ban on `key` among its two sets, as the program looks it up.
+/// The ban on `key` in its first set, else its second, as the program looks it up.
 #[inline(always)]
-pub fn lookup(sets: [&HostSet; 2], key: u64) -> Option<DenyEntry> {
-    for set in sets {
-        if let Some(i) = set.find(key) {
-            return set.slots[i].entry();
-        }
-    }
-    None
+pub fn lookup([first, second]: [&HostSet; 2], key: u64) -> Option<DenyEntry> {
+    let (_, state) = first.find(key).or_else(|| second.find(key))?;
+    entry_of_state(state)
 }
 
 #[cfg(test)]
@@ -175,7 +186,7 @@ mod tests {
         set.slots[2] = HostSlot { key: 42, state: 0 };
         assert_eq!(set.find(42), None);
         set.slots[2] = HostSlot::holding(42, DenyEntry::default());
-        assert_eq!(set.find(42), Some(2));
+        assert_eq!(set.find(42).map(|(i, _)| i), Some(2));
         assert_eq!(lookup([&HostSet::default(), &set], 42), Some(DenyEntry::default()));
         assert_eq!(lookup([&set, &HostSet::default()], 43), None);
     }

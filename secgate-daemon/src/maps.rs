@@ -39,12 +39,17 @@ pub enum MapsError {
     },
     #[error("map {name} is full ({capacity} entries); remove entries or raise the limit")]
     Full { name: &'static str, capacity: u32 },
-    #[error("mapping {name} into memory: {source}; is the kernel older than 5.5?")]
+    #[error("mapping {name} into memory: {source}")]
     Mmap {
         name: &'static str,
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "pinned {name} has {found} sets where this build has {expected}: it was pinned by \
+         another build of the daemon; restart the daemon with this build"
+    )]
+    Size { name: &'static str, found: u32, expected: u32 },
     #[error("{0} has no hash key yet: the daemon that loaded the program has not set it up")]
     Uninitialised(&'static str),
     #[error("removing {path}: {source}")]
@@ -255,6 +260,11 @@ impl DatapathMaps {
     /// See [`DenyMaps::retire_legacy_hosts`].
     pub fn retire_legacy_hosts(&mut self) -> Result<usize> {
         self.deny.retire_legacy_hosts()
+    }
+
+    /// See [`DenyMaps::legacy_hosts_pending`].
+    pub fn legacy_hosts_pending(&self) -> bool {
+        self.deny.legacy_hosts_pending()
     }
 
     /// Applies the deny-map writes of a [`crate::bans::Bans`] change, in order.

@@ -659,10 +659,18 @@ impl Policy {
         }
     }
 
-    /// Removes the host bans earlier builds kept in the deny tries or their host maps (see
-    /// `DenyMaps::retire_legacy_hosts`); returns how many.
-    pub fn retire_legacy_hosts(&mut self) -> Result<usize> {
-        Ok(self.datapath.maps.retire_legacy_hosts()?)
+    /// Once this build's program is on every interface, removes the host bans earlier builds
+    /// kept in the deny tries or their host maps (see `DenyMaps::retire_legacy_hosts`):
+    /// until then an earlier program may still read them, so both copies were written.
+    fn retire_legacy_hosts(&mut self) {
+        if !self.datapath.maps.legacy_hosts_pending() {
+            return;
+        }
+        match self.datapath.maps.retire_legacy_hosts() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(moved = n, "host bans moved into the host tables"),
+            Err(e) => tracing::warn!(error = %e, "host bans stay in the old maps as well"),
+        }
     }
 
     /// Brings the XDP links in line with the configured interfaces and the interfaces that
@@ -670,7 +678,12 @@ impl Policy {
     /// interfaces that failed, with why.
     pub fn sync_interfaces(&mut self) -> Vec<(String, DatapathError)> {
         let want = self.settings.interfaces.clone();
-        self.datapath.sync_links(&want, self.settings.attach, self.settings.threaded_napi)
+        let failures =
+            self.datapath.sync_links(&want, self.settings.attach, self.settings.threaded_napi);
+        if failures.is_empty() {
+            self.retire_legacy_hosts();
+        }
+        failures
     }
 
     pub fn stats(&self) -> Result<StatsView> {

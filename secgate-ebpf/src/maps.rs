@@ -83,8 +83,8 @@ pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
     net.is_some_and(|e| in_force(e, clock))
 }
 
-/// The source's host ban, if its family's table holds any hosts: two sets read, which do
-/// not depend on each other.
+/// The source's host ban, if its family's table holds any hosts: its first set read, and
+/// its second only if the first does not hold it.
 #[inline(always)]
 fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
     let v4 = pkt.family == FAMILY_V4;

@@ -531,7 +531,7 @@ fn a_full_host_table_is_a_clear_error() {
     assert!(msg.contains("SG_HOST_BANS_V4 is full") && msg.contains(&cap.to_string()), "{msg}");
     kernel.maps.set_deny("198.18.0.0/24".parse().unwrap(), forever).expect("prefixes have room");
     kernel.maps.set_deny("fd00:1:2:3::/64".parse().unwrap(), forever).expect("IPv6 has room");
-    // A full table holds half its hosts in their second set, and some moved there: the
+    // A full table holds some hosts in their second sets, placed or moved there: the
     // program finds every one it samples, and bans no host that was never banned.
     for i in (0..cap).step_by(4093) {
         let frame = Spec::new(host(i), udp()).build();

@@ -67,7 +67,7 @@ pub fn holder(net: &IpNet) -> Holder {
 }
 
 /// The prefix a host key of `family` stands for.
-fn host_net(family: u32, key: u64) -> IpNet {
+pub(super) fn host_net(family: u32, key: u64) -> IpNet {
     if family == HOSTS_V4 {
         let b = key.to_ne_bytes();
         return IpNet::from(IpAddr::from([b[0], b[1], b[2], b[3]]));
@@ -94,9 +94,20 @@ impl DenyMaps {
             hosts: HostTables::open(&v4, &v6, info)?,
             legacy: Legacy::default(),
         };
-        let (legacy, hosts) = Legacy::find(&maps.nets, maps_dir)?;
+        let (mut legacy, hosts) = Legacy::find(&maps.nets, maps_dir)?;
+        let mut unmoved = 0;
         for (net, entry) in hosts {
-            maps.insert(net, entry)?;
+            if let Err(e) = maps.insert(net, entry) {
+                tracing::warn!(%net, error = %e, "an earlier build's host ban was not moved");
+                unmoved += 1;
+            }
+        }
+        if unmoved > 0 {
+            tracing::warn!(
+                unmoved,
+                "host bans stay in the earlier build's maps too; the next start moves them"
+            );
+            legacy.keep();
         }
         maps.legacy = legacy;
         Ok(maps)
@@ -119,6 +130,11 @@ impl DenyMaps {
     /// kept elsewhere; returns how many.
     pub fn retire_legacy_hosts(&mut self) -> Result<usize> {
         self.legacy.retire(&mut self.nets)
+    }
+
+    /// Whether [`DenyMaps::retire_legacy_hosts`] has anything to remove.
+    pub fn legacy_hosts_pending(&self) -> bool {
+        self.legacy.pending()
     }
 
     pub fn insert(&mut self, net: IpNet, entry: DenyEntry) -> Result<()> {
@@ -217,7 +233,8 @@ mod tests {
         assert_eq!(all[0].name, names::HOST_BANS_V4);
         assert_eq!(all[1].name, names::HOST_BANS_V6);
         assert_eq!((all[2].name, all[2].capacity), (names::DENY_V4, names::MAX_DENY));
-        assert_eq!((all[3].name, all[0].capacity), (names::DENY_V6, names::MAX_DENY_HOSTS));
+        assert_eq!((all[3].name, all[3].capacity), (names::DENY_V6, names::MAX_DENY));
+        assert_eq!((all[1].name, all[1].capacity), (names::HOST_BANS_V6, names::MAX_DENY_HOSTS));
     }
 
     #[test]

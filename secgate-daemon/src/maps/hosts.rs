@@ -122,45 +122,46 @@ impl Table {
         lookup([&self.slots.set(a), &self.slots.set(b)], key)
     }
 
-    fn find(&self, key: u64) -> Option<(u32, usize)> {
-        let sets = self.sets_of(key);
-        sets.into_iter().find_map(|s| self.slots.set(s).find(key).map(|w| (s, w)))
+    /// Every slot holding `key`: one, or two after a daemon was killed while moving it.
+    fn find(&self, key: u64) -> Vec<(u32, usize)> {
+        let [first, second] = self.sets_of(key);
+        let sets = if first == second { &[first][..] } else { &[first, second][..] };
+        let hits = sets.iter().map(|&s| (s, self.slots.set(s).find(key)));
+        hits.filter_map(|(s, hit)| hit.map(|(w, _)| (s, w))).collect()
     }
 
-    /// Writes the ban on `key`: in its slot if it has one, else in a free slot of the emptier
-    /// of its sets, else in one freed by moving an occupant to its other set. Returns whether
-    /// the key is new, or `None` if neither of its sets has room however occupants move.
+    /// Writes the ban on `key`: in its slots if it has any, else in a free slot of its first
+    /// set, else of its second, else in one freed by moving an occupant forward. Returns
+    /// whether the key is new, or `None` if neither of its sets has room however occupants
+    /// move.
     fn insert(&self, key: u64, entry: DenyEntry) -> Option<bool> {
         let slot = HostSlot::holding(key, entry);
-        if let Some((s, w)) = self.find(key) {
-            self.slots.put(s, w, slot);
+        let held = self.find(key);
+        if !held.is_empty() {
+            held.into_iter().for_each(|(s, w)| self.slots.put(s, w, slot));
             return Some(false);
         }
-        let [a, b] = self.sets_of(key);
-        let emptier =
-            if self.slots.set(b).free_slots() > self.slots.set(a).free_slots() { b } else { a };
-        if let Some(w) = self.slots.set(emptier).free_slot() {
-            self.slots.put(emptier, w, slot);
-            return Some(true);
-        }
-        let (s, w) = self.make_room([a, b])?;
+        let sets = self.sets_of(key);
+        let free = sets.into_iter().find_map(|s| self.slots.set(s).free_slot().map(|w| (s, w)));
+        let (s, w) = free.or_else(|| self.make_room(sets))?;
         self.slots.put(s, w, slot);
         Some(true)
     }
 
-    /// Frees a slot of `sets` by moving one occupant to its other set: copied there first,
-    /// then cleared here, so a packet always finds it.
+    /// Frees a slot of `sets` by moving an occupant that is in its first set to its second:
+    /// copied there first, then cleared here, so a packet (reading the first set first)
+    /// always finds it. Occupants already in their second set stay: moved back, a packet
+    /// could read the first set before the copy and the second after the clear.
     fn make_room(&self, sets: [u32; 2]) -> Option<(u32, usize)> {
         for s in sets {
             let set = self.slots.set(s);
             for (w, occupant) in set.slots.iter().enumerate() {
-                let [x, y] = self.sets_of(occupant.key);
-                let other = if x == s { y } else { x };
-                if other == s {
+                let [first, second] = self.sets_of(occupant.key);
+                if first != s || second == s {
                     continue;
                 }
-                if let Some(to) = self.slots.set(other).free_slot() {
-                    self.slots.put(other, to, *occupant);
+                if let Some(to) = self.slots.set(second).free_slot() {
+                    self.slots.put(second, to, *occupant);
                     self.slots.clear(s, w);
                     return Some((s, w));
                 }
@@ -170,11 +171,28 @@ impl Table {
     }
 
     fn remove(&self, key: u64) -> bool {
-        let found = self.find(key);
-        if let Some((s, w)) = found {
-            self.slots.clear(s, w);
+        let held = self.find(key);
+        held.iter().for_each(|&(s, w)| self.slots.clear(s, w));
+        !held.is_empty()
+    }
+
+    /// Clears the second copy of each host held twice (a daemon killed between a move's
+    /// copy and its clear), keeping in the first the ban that outlasts; returns how many.
+    fn drop_copies(&self) -> usize {
+        let mut copies = 0;
+        for (key, _) in self.entries() {
+            let held = self.find(key);
+            if let [(s, w), rest @ ..] = held.as_slice()
+                && !rest.is_empty()
+            {
+                let ban = |&(s, w): &(u32, usize)| self.slots.set(s).slots[w].entry();
+                let kept = held.iter().filter_map(ban).reduce(DenyEntry::outlasting);
+                self.slots.put(*s, *w, HostSlot::holding(key, kept.expect("a held ban")));
+                rest.iter().for_each(|&(s, w)| self.slots.clear(s, w));
+                copies += rest.len();
+            }
         }
-        found.is_some()
+        copies
     }
 
     /// Every ban in the table.
@@ -226,7 +244,7 @@ impl HostTables {
             let name = NAMES[family as usize];
             let sets = data.info().map_err(wrap(name))?.max_entries();
             if sets != HOST_SETS {
-                return Err(MapsError::Missing(name));
+                return Err(MapsError::Size { name, found: sets, expected: HOST_SETS });
             }
             Ok(Table { slots: Mapped::map(data, sets, name)?, seed: seed(family)? })
         };
@@ -235,8 +253,9 @@ impl HostTables {
 
     /// Makes the tables ready for [`HostTables::open`] once the program is loaded: a table
     /// without a seed (made anew) gets a random one, and its entries, if an earlier run left
-    /// any, are placed again under it; each count is set to what the table holds (a daemon
-    /// killed between a slot's write and the count's leaves them apart).
+    /// any, are placed again under it; a host held twice (a daemon killed in a move) keeps
+    /// one copy; each count is set to what the table holds (a daemon killed between a
+    /// slot's write and the count's leaves them apart).
     pub fn init(v4: &MapData, v6: &MapData, info: &mut Array<MapData, HostInfo>) -> Result<()> {
         let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
         for (family, data) in [(HOSTS_V4, v4), (HOSTS_V6, v6)] {
@@ -249,6 +268,10 @@ impl HostTables {
                 if lost > 0 {
                     tracing::warn!(table = name, lost, "host bans found no room when re-placed");
                 }
+            }
+            let copies = table.drop_copies();
+            if copies > 0 {
+                tracing::info!(table = name, copies, "host bans held twice now held once");
             }
             now.seed = table.seed;
             now.count = u32::try_from(table.entries().len()).unwrap_or(u32::MAX);
@@ -269,13 +292,17 @@ impl HostTables {
         let table = &self.tables[family as usize];
         let full = MapsError::Full { name, capacity: MAX_DENY_HOSTS };
         let mut info = self.info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
-        if table.find(key).is_none() && info.count >= MAX_DENY_HOSTS {
+        if table.find(key).is_empty() && info.count >= MAX_DENY_HOSTS {
             return Err(full);
         }
         if table.insert(key, entry).ok_or(full)? {
-            // After the slot: a program that sees a count finds the host.
+            // After the slot: a program that sees a count finds the host. A count not
+            // written takes the host out again, so the count never falls below the table.
             info.count += 1;
-            self.info.set(family, info, 0).map_err(wrap(names::HOST_INFO))?;
+            if let Err(e) = self.info.set(family, info, 0) {
+                table.remove(key);
+                return Err(wrap(names::HOST_INFO)(e));
+            }
         }
         Ok(())
     }

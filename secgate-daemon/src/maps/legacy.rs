@@ -4,13 +4,23 @@
 //! earlier build's may still be attached somewhere, reading only its own maps; so every host
 //! ban is written there as well until then, and only then are the old copies removed.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use ipnet::IpNet;
-use secgate_common::maps::{DenyEntry, HOST_V6_PREFIX};
+use secgate_common::{
+    hosts::{host_key_v6, host_v6_prefix},
+    maps::{DenyEntry, HOSTS_V6},
+};
 
-use super::{Result, Tries, deny::is_host, is_not_found, wrap};
+use super::{
+    Result, Tries,
+    deny::{host_net, is_host},
+    is_not_found, wrap,
+};
 
 /// Pin names of the previous build's host maps and of its "map is empty" flags.
 const OLD_HOSTS_V4: &str = "SG_DENY_HOSTS_V4";
@@ -23,29 +33,48 @@ pub(super) struct Legacy {
     /// The deny tries held host bans.
     in_tries: bool,
     hashes: Option<Hashes>,
+    /// Some old ban found no room in the host tables: the old copies stay, so it is not
+    /// lost, and the next start tries again.
+    kept: bool,
 }
 
-/// The previous build's host hash maps, open on their pins.
+/// The previous build's host hash maps, open on their pins; each may be missing alone (a
+/// daemon killed while removing the pins).
 struct Hashes {
-    v4: HashMap<MapData, [u8; 4], DenyEntry>,
-    v6: HashMap<MapData, [u8; 8], DenyEntry>,
+    v4: Option<HashMap<MapData, [u8; 4], DenyEntry>>,
+    v6: Option<HashMap<MapData, [u8; 8], DenyEntry>>,
     dir: PathBuf,
 }
 
 impl Legacy {
     /// What earlier builds left in `nets` and pinned in `maps_dir`, and the host bans found
-    /// there.
+    /// there: one ban per host, the one that outlasts where both stores held it.
     pub(super) fn find(
         nets: &Tries<DenyEntry>,
         maps_dir: Option<&Path>,
-    ) -> Result<(Legacy, Vec<(IpNet, DenyEntry)>)> {
-        let mut hosts: Vec<_> = nets.list()?.into_iter().filter(|(n, _)| is_host(*n)).collect();
-        let in_tries = !hosts.is_empty();
+    ) -> Result<(Legacy, BTreeMap<IpNet, DenyEntry>)> {
+        let mut found: Vec<_> = nets.list()?.into_iter().filter(|(n, _)| is_host(*n)).collect();
+        let in_tries = !found.is_empty();
         let hashes = maps_dir.map(Hashes::open).transpose()?.flatten();
         if let Some(h) = &hashes {
-            hosts.extend(h.list()?);
+            found.extend(h.list()?);
         }
-        Ok((Legacy { in_tries, hashes }, hosts))
+        let mut hosts = BTreeMap::new();
+        for (net, entry) in found {
+            let kept = hosts.get(&net).map_or(entry, |e: &DenyEntry| e.outlasting(entry));
+            hosts.insert(net, kept);
+        }
+        Ok((Legacy { in_tries, hashes, kept: false }, hosts))
+    }
+
+    /// Keeps every old copy past [`Legacy::retire`]: a ban in them was not moved.
+    pub(super) fn keep(&mut self) {
+        self.kept = true;
+    }
+
+    /// Whether [`Legacy::retire`] has anything to remove.
+    pub(super) fn pending(&self) -> bool {
+        !self.kept && (self.in_tries || self.hashes.is_some())
     }
 
     pub(super) fn insert(
@@ -73,8 +102,12 @@ impl Legacy {
         Ok(in_trie || in_hash)
     }
 
-    /// Removes every old copy; returns how many host bans they held.
+    /// Removes every old copy, unless told to keep them; returns how many host bans they
+    /// held.
     pub(super) fn retire(&mut self, nets: &mut Tries<DenyEntry>) -> Result<usize> {
+        if self.kept {
+            return Ok(0);
+        }
         let mut moved = 0;
         if self.in_tries {
             let hosts: Vec<_> = nets.list()?.into_iter().filter(|(n, _)| is_host(*n)).collect();
@@ -96,16 +129,17 @@ impl Hashes {
     /// The previous build's host maps, if pinned in `dir`. Their "empty" flags are cleared,
     /// so its program looks up the hosts written to them from now on.
     fn open(dir: &Path) -> Result<Option<Hashes>> {
-        if !dir.join(OLD_HOSTS_V4).exists() || !dir.join(OLD_HOSTS_V6).exists() {
+        let pinned = |name: &str| dir.join(name).exists();
+        if ![OLD_HOSTS_V4, OLD_HOSTS_V6, OLD_EMPTY].into_iter().any(pinned) {
             return Ok(None);
         }
         let pin = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(wrap(name));
         let hashes = Hashes {
-            v4: HashMap::try_from(Map::HashMap(pin(OLD_HOSTS_V4)?)).map_err(wrap(OLD_HOSTS_V4))?,
-            v6: HashMap::try_from(Map::HashMap(pin(OLD_HOSTS_V6)?)).map_err(wrap(OLD_HOSTS_V6))?,
+            v4: hash(dir, OLD_HOSTS_V4)?,
+            v6: hash(dir, OLD_HOSTS_V6)?,
             dir: dir.to_owned(),
         };
-        if dir.join(OLD_EMPTY).exists() {
+        if pinned(OLD_EMPTY) {
             let mut empty: Array<MapData, u32> =
                 Array::try_from(Map::Array(pin(OLD_EMPTY)?)).map_err(wrap(OLD_EMPTY))?;
             for family in 0..2 {
@@ -117,32 +151,34 @@ impl Hashes {
 
     fn list(&self) -> Result<Vec<(IpNet, DenyEntry)>> {
         let mut out = Vec::new();
-        for item in self.v4.iter() {
+        for item in self.v4.iter().flat_map(|m| m.iter()) {
             let (k, v) = item.map_err(wrap(OLD_HOSTS_V4))?;
             out.push((IpNet::from(std::net::IpAddr::from(k)), v));
         }
-        for item in self.v6.iter() {
+        for item in self.v6.iter().flat_map(|m| m.iter()) {
             let (k, v) = item.map_err(wrap(OLD_HOSTS_V6))?;
-            let mut addr = [0u8; 16];
-            addr[..8].copy_from_slice(&k);
-            let net = IpNet::new(std::net::IpAddr::from(addr), HOST_V6_PREFIX)
-                .expect("the host prefix is a valid length");
-            out.push((net, v));
+            out.push((host_net(HOSTS_V6, u64::from_ne_bytes(k)), v));
         }
         Ok(out)
     }
 
     fn insert(&mut self, net: IpNet, entry: DenyEntry) -> Result<()> {
-        match net {
-            IpNet::V4(n) => self.v4.insert(n.addr().octets(), entry, 0).map_err(wrap(OLD_HOSTS_V4)),
-            IpNet::V6(n) => self.v6.insert(v6_key(&n), entry, 0).map_err(wrap(OLD_HOSTS_V6)),
+        match (net, &mut self.v4, &mut self.v6) {
+            (IpNet::V4(n), Some(m), _) => {
+                m.insert(n.addr().octets(), entry, 0).map_err(wrap(OLD_HOSTS_V4))
+            }
+            (IpNet::V6(n), _, Some(m)) => {
+                m.insert(v6_key(&n), entry, 0).map_err(wrap(OLD_HOSTS_V6))
+            }
+            _ => Ok(()),
         }
     }
 
     fn remove(&mut self, net: IpNet) -> Result<bool> {
-        let (res, name) = match net {
-            IpNet::V4(n) => (self.v4.remove(&n.addr().octets()), OLD_HOSTS_V4),
-            IpNet::V6(n) => (self.v6.remove(&v6_key(&n)), OLD_HOSTS_V6),
+        let (res, name) = match (net, &mut self.v4, &mut self.v6) {
+            (IpNet::V4(n), Some(m), _) => (m.remove(&n.addr().octets()), OLD_HOSTS_V4),
+            (IpNet::V6(n), _, Some(m)) => (m.remove(&v6_key(&n)), OLD_HOSTS_V6),
+            _ => return Ok(false),
         };
         match res {
             Ok(()) => Ok(true),
@@ -165,7 +201,20 @@ impl Hashes {
     }
 }
 
+/// The old hash map pinned in `dir` as `name`, if it is.
+fn hash<K: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<Option<HashMap<MapData, K, DenyEntry>>> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(path).map_err(wrap(name))?;
+    Ok(Some(HashMap::try_from(Map::HashMap(data)).map_err(wrap(name))?))
+}
+
+/// The old v6 map's key: the bytes of the host tables' key.
 fn v6_key(net: &ipnet::Ipv6Net) -> [u8; 8] {
-    let a = net.addr().octets();
-    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]
+    host_v6_prefix(host_key_v6(&net.addr().octets()))
 }

@@ -208,20 +208,10 @@ impl Service {
         // A missing interface only waits; one that exists and refuses the program is a
         // configuration error, as it is on reload. A lookup that failed is retried.
         let not_ready = policy.sync_interfaces();
-        let synced = not_ready.is_empty();
         for (name, e) in not_ready {
             match e {
                 DatapathError::Attach { .. } => return Err(e.into()),
                 e => tracing::warn!(interface = %name, error = %e, "interface not ready; retrying"),
-            }
-        }
-        // This build's program is on every interface there is: the maps earlier builds kept
-        // host bans in are no longer read (until now both copies were written).
-        if synced {
-            match policy.retire_legacy_hosts() {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(moved = n, "host bans moved into the host tables"),
-                Err(e) => tracing::warn!(error = %e, "host bans stay in the old maps as well"),
             }
         }
         // What start discarded or kept is written at once, not at the next change.

@@ -33,22 +33,110 @@ fn a_full_table_of_random_hosts_places_every_one() {
         assert_eq!(t.get(k), Some(ban(i as u64)));
         assert_eq!(t.get(k ^ 1 << 40), None, "an absent host is not banned");
     }
+    // A packet of a banned host reads one line unless its host is in its second set.
+    let first = keys.iter().filter(|&&k| t.find(k) == [(t.sets_of(k)[0], t.find(k)[0].1)]);
+    let share = first.count() as f64 / keys.len() as f64;
+    assert!(share > 0.8, "only {share:.3} of a full table's hosts are in their first set");
+}
+
+/// Keys of a two-set table whose first and second sets are `want`.
+fn keys_with(t: &Table, want: [u32; 2], n: usize) -> Vec<u64> {
+    (0..).filter(|&k| t.sets_of(k) == want).take(n).collect()
 }
 
 #[test]
-fn a_moved_occupant_is_still_found() {
-    // Two sets: every key's pair is {0, 1} or one of them twice, so filling both forces moves.
+fn a_host_moves_from_its_first_set_to_its_second_to_make_room_and_is_still_found() {
     let t = table(2, 7);
-    let mut placed = Vec::new();
-    for k in 0..64u64 {
-        if t.insert(k, ban(k)) == Some(true) {
-            placed.push(k);
-        }
+    let forward = keys_with(&t, [0, 1], HOST_WAYS);
+    for &k in &forward {
+        assert_eq!(t.insert(k, ban(k)), Some(true));
+        assert_eq!(t.find(k)[0].0, 0, "a host goes to its first set while it has room");
     }
-    assert_eq!(placed.len(), 2 * HOST_WAYS, "the eight slots fill up");
-    for &k in &placed {
+    // Set 0 is full, and this host has no other: one of the four moves on to set 1.
+    let only_zero = keys_with(&t, [0, 0], 1)[0];
+    assert_eq!(t.insert(only_zero, ban(1)), Some(true));
+    assert_eq!(t.get(only_zero), Some(ban(1)));
+    let moved: Vec<u64> = forward.iter().copied().filter(|&k| t.find(k)[0].0 == 1).collect();
+    assert_eq!(moved.len(), 1, "exactly one occupant moved");
+    for &k in &forward {
         assert_eq!(t.get(k), Some(ban(k)));
     }
+}
+
+#[test]
+fn a_host_in_its_second_set_never_moves_back() {
+    let t = table(2, 7);
+    // Set 0 full of hosts that can only live there, then a host whose first set is 0 goes
+    // to set 1; set 1 then fills with hosts that can only live there.
+    for &k in &keys_with(&t, [0, 0], HOST_WAYS) {
+        assert_eq!(t.insert(k, ban(k)), Some(true));
+    }
+    let spilled = keys_with(&t, [0, 1], 1)[0];
+    assert_eq!(t.insert(spilled, ban(2)), Some(true));
+    assert_eq!(t.find(spilled)[0].0, 1);
+    let ones = keys_with(&t, [1, 1], HOST_WAYS);
+    for &k in &ones[..HOST_WAYS - 1] {
+        assert_eq!(t.insert(k, ban(k)), Some(true));
+    }
+    // Room in set 1 would need `spilled` moved back to set 0 (full anyway) or forward
+    // (it is in its last set): the table is full for this host.
+    assert_eq!(t.insert(ones[HOST_WAYS - 1], ban(3)), None);
+    assert_eq!(t.get(spilled), Some(ban(2)));
+}
+
+#[test]
+fn a_host_held_twice_keeps_one_copy_with_the_longer_ban() {
+    let t = table(2, 7);
+    let k = keys_with(&t, [0, 1], 1)[0];
+    assert_eq!(t.insert(k, ban(5)), Some(true));
+    // As a daemon killed between a move's copy and its clear leaves it, with a longer ban.
+    t.slots.put(1, 0, HostSlot::holding(k, ban(9)));
+    assert_eq!(t.find(k).len(), 2);
+    assert_eq!(t.drop_copies(), 1);
+    assert_eq!(t.find(k).len(), 1);
+    assert_eq!(t.get(k), Some(ban(9)));
+    assert!(t.remove(k));
+    assert_eq!(t.get(k), None, "a lifted ban leaves no copy behind");
+}
+
+#[test]
+fn a_packet_racing_moves_always_finds_a_standing_ban() {
+    let t = table(16, 3);
+    let standing: Vec<u64> = (1..=24u64).map(|k| k * 0x9e37_79b9).collect();
+    for &k in &standing {
+        assert_eq!(t.insert(k, ban(k)), Some(true));
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for &k in &standing {
+                    assert_eq!(t.get(k), Some(ban(k)), "a standing ban missed after {reads} reads");
+                    reads += 1;
+                }
+            }
+            reads
+        });
+        // Fill the table with other hosts and empty it again, over and over: each fill
+        // moves standing hosts on to their second sets to make room.
+        let mut churn = 1u64 << 40;
+        for _ in 0..2_000 {
+            let mut placed = Vec::new();
+            while placed.len() < 64 {
+                churn += 1;
+                if t.insert(churn, ban(0)) == Some(true) {
+                    placed.push(churn);
+                }
+                if placed.len() + standing.len() >= 16 * HOST_WAYS - 4 {
+                    break;
+                }
+            }
+            placed.iter().for_each(|&k| assert!(t.remove(k)));
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().expect("the reader") > 0);
+    });
 }
 
 #[test]
@@ -106,10 +194,9 @@ proptest! {
             for k in 0..=u8::MAX {
                 prop_assert_eq!(t.get(u64::from(k)), model.get(&k).map(|&e| ban(e)));
             }
-            let mut held: Vec<u64> = t.entries().into_iter().map(|(k, _)| k).collect();
-            held.sort_unstable();
-            held.dedup();
+            let held: BTreeSet<u64> = t.entries().into_iter().map(|(k, _)| k).collect();
             prop_assert_eq!(held.len(), model.len());
+            prop_assert_eq!(t.entries().len(), model.len(), "a key held twice");
         }
     }
 }
