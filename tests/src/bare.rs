@@ -122,6 +122,18 @@ pub enum Spread {
     V6 { sources: u32 },
 }
 
+/// Odd multiplier of the memory ceiling's hash: 2^32 over the golden ratio.
+const CEILING_MUL: u32 = 0x9e37_79b1;
+
+/// The slot of `slots` the memory ceiling reads for the source word `word`, as its program
+/// computes it. A multiplicative hash mixes into its high bits, so the slot comes from those
+/// (multiply-shift): a modulo kept the low bits, which an IPv4 flood (varying only the
+/// word's top half) leaves nearly constant, and the ceiling read 64 cached slots at 65,536
+/// sources.
+pub const fn ceiling_slot(word: u32, slots: u32) -> u32 {
+    ((word.wrapping_mul(CEILING_MUL) as u64 * slots as u64) >> 32) as u32
+}
+
 impl RawXdp {
     /// Loads `r0 = action; exit`.
     pub fn load(action: u32) -> RawXdp {
@@ -171,22 +183,23 @@ impl RawXdp {
     /// an array that large, chosen by a hash of the source bytes the spreader writes, then
     /// drops. No real limiter can beat it once its state no longer fits in cache.
     pub fn memory_ceiling(bytes: u64) -> RawXdp {
-        let slots = u32::try_from(bytes / 8).expect("slots fit in u32").max(1);
+        let slots = i32::try_from(bytes / 8).expect("slots fit in an immediate").max(1) as u32;
         let map = create_map(BPF_MAP_TYPE_ARRAY, 8, slots).expect("create the ceiling's array");
         let fd = map.as_raw_fd();
         let mut prog = RawXdp::from_insns(&[
-            insn(0x61, 2, 1, 0, 0),                      // r2 = ctx->data
-            insn(0x61, 3, 1, 4, 0),                      // r3 = ctx->data_end
-            insn(0xbf, 4, 2, 0, 0),                      // r4 = r2
-            insn(0x07, 4, 0, 0, SOURCE_AT as i32 + 4),   // r4 += end of the source bytes
-            insn(0x2d, 4, 3, 11, 0),                     // if r4 > r3 goto drop
-            insn(0x61, 5, 2, SOURCE_AT, 0),              // w5 = the source bytes
-            insn(0x24, 5, 0, 0, 0x9e37_79b1_u32 as i32), // w5 *= golden ratio (hash)
-            insn(0x94, 5, 0, 0, slots as i32),           // w5 %= slots
-            insn(0x63, 10, 5, -4, 0),                    // *(u32 *)(fp - 4) = w5
-            insn(0xbf, 2, 10, 0, 0),                     // r2 = fp
-            insn(0x07, 2, 0, 0, -4),                     // r2 += -4
-            insn(0x18, 1, 1, 0, fd),                     // r1 = map (ld_imm64, pseudo map fd)
+            insn(0x61, 2, 1, 0, 0),                    // r2 = ctx->data
+            insn(0x61, 3, 1, 4, 0),                    // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),                    // r4 = r2
+            insn(0x07, 4, 0, 0, SOURCE_AT as i32 + 4), // r4 += end of the source bytes
+            insn(0x2d, 4, 3, 12, 0),                   // if r4 > r3 goto drop
+            insn(0x61, 5, 2, SOURCE_AT, 0),            // w5 = the source bytes
+            insn(0x24, 5, 0, 0, CEILING_MUL as i32),   // w5 *= CEILING_MUL (hash)
+            insn(0x27, 5, 0, 0, slots as i32),         // r5 *= slots
+            insn(0x77, 5, 0, 0, 32),                   // r5 >>= 32: ceiling_slot
+            insn(0x63, 10, 5, -4, 0),                  // *(u32 *)(fp - 4) = w5
+            insn(0xbf, 2, 10, 0, 0),                   // r2 = fp
+            insn(0x07, 2, 0, 0, -4),                   // r2 += -4
+            insn(0x18, 1, 1, 0, fd),                   // r1 = map (ld_imm64, pseudo map fd)
             insn(0, 0, 0, 0, 0),
             insn(0x85, 0, 0, 0, 1),               // call bpf_map_lookup_elem
             insn(0x15, 0, 0, 1, 0),               // if r0 == 0 goto drop
@@ -253,5 +266,41 @@ impl RawXdp {
         attr.put_u64(0, c.as_ptr() as u64);
         attr.put_u32(8, self.fd.as_raw_fd() as u32);
         bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// The source word a spreader writes for draw `i` (see [`spread_source`]).
+    fn word(spread: Spread, i: u32) -> u32 {
+        match spread {
+            Spread::V4 { .. } => 0x12c6 | i << 16,
+            Spread::V6 { .. } => i,
+        }
+    }
+
+    /// The ceiling must miss the cache as a per-source table does: one line per source
+    /// while the array has lines to spare, else nearly every line.
+    #[test]
+    fn the_memory_ceiling_reads_a_line_per_source() {
+        let slots = 1 << 22;
+        let lines = slots / 8;
+        for spread in [1 << 10, 1 << 16]
+            .map(|n| Spread::V4 { sources: n })
+            .into_iter()
+            .chain([Spread::V6 { sources: 1 << 20 }])
+        {
+            let n = match spread {
+                Spread::V4 { sources } | Spread::V6 { sources } => sources,
+            };
+            let read: HashSet<u32> =
+                (0..n).map(|i| ceiling_slot(word(spread, i), slots) / 8).collect();
+            let want = n.min(lines) as usize;
+            assert!(read.len() * 100 >= want * 95, "{spread:?}: {} lines of {want}", read.len());
+            assert!(read.iter().all(|&l| l < lines));
+        }
     }
 }
