@@ -7,8 +7,11 @@
 //! cache line each (the map is `BPF_F_MMAPABLE`, which page-aligns the value area; each
 //! value is 64 bytes, so each set is one line), of [`HOST_WAYS`] slots holding a host's
 //! exact key and its ban. A host lives in its first set, or, when that was full, its second
-//! ([`host_sets`], a keyed hash); a lookup reads the first and only then the second, so a
-//! banned host the first set holds costs one line.
+//! ([`host_sets`], a keyed hash); a lookup reads the first, and the second only if the
+//! first does not hold the host and counts hosts of its own that live in their second set
+//! ([`HostSet::spilled`]). So a banned host its first set holds costs one line, and so does
+//! nearly every source that is not banned: under a flood from sources escalation has not
+//! banned yet, every packet makes that lookup.
 //!
 //! Unlike the limiter's buckets the keys are exact, never tags (a collision must not ban an
 //! innocent host), and only the daemon writes: it places a new host in its first set if
@@ -30,8 +33,21 @@ use crate::sources::{mix, reduce};
 /// Slots per set: 4 × 16 bytes fill one 64-byte cache line.
 pub const HOST_WAYS: usize = 4;
 
-/// [`HostSlot::state`] bit of a slot holding a ban; the bits below are the ban's expiry.
+/// [`HostSlot::state`] bit of a slot holding a ban.
 pub const HOST_TAKEN: u64 = 1 << 63;
+/// Where, in the state of a set's slot 0 (whether that slot is taken or free), the set
+/// counts the hosts whose first set it is that live in their second ([`HostSet::spilled`]).
+pub const HOST_SPILL_SHIFT: u32 = 59;
+/// The most a spill count holds: a set that reached it keeps it (it no longer knows when
+/// the last such host leaves) until the daemon recounts at its next start.
+pub const HOST_SPILL_MAX: u64 = 15;
+const HOST_SPILL_BITS: u64 = HOST_SPILL_MAX << HOST_SPILL_SHIFT;
+/// The state bits that are a ban's expiry: 2^59 ns, 18 years of uptime, at most.
+pub const HOST_EXPIRY: u64 = (1 << HOST_SPILL_SHIFT) - 1;
+/// [`HostInfo::flags`] bit: every set's spill count is kept. Tables an earlier build left
+/// have no counts (and may hold expiries in their bits) until the daemon's start recounts
+/// them; until then a lookup reads both sets, as that build's did.
+pub const HOSTS_SPILL_COUNTED: u32 = 1;
 
 /// One host's ban.
 #[repr(C)]
@@ -39,16 +55,16 @@ pub const HOST_TAKEN: u64 = 1 << 63;
 pub struct HostSlot {
     /// [`host_key_v4`] or [`host_key_v6`] of the host; meaningless while the slot is free.
     pub key: u64,
-    /// 0 for a free slot, else [`HOST_TAKEN`] | the ban's `expires_ns` (0: permanent).
+    /// 0 for a free slot, else [`HOST_TAKEN`] | the ban's `expires_ns` (0: permanent); in
+    /// slot 0, also its set's spill count.
     pub state: u64,
 }
 
 impl HostSlot {
-    /// The slot holding `entry` for `key`. An expiry past 2^63 ns (292 years of uptime) is
-    /// kept as the latest one the slot can hold.
+    /// The slot holding `entry` for `key`. An expiry past [`HOST_EXPIRY`] (18 years of
+    /// uptime) is kept as the latest one the slot can hold.
     pub const fn holding(key: u64, entry: DenyEntry) -> HostSlot {
-        let expires =
-            if entry.expires_ns >= HOST_TAKEN { HOST_TAKEN - 1 } else { entry.expires_ns };
+        let expires = if entry.expires_ns > HOST_EXPIRY { HOST_EXPIRY } else { entry.expires_ns };
         HostSlot { key, state: HOST_TAKEN | expires }
     }
 
@@ -66,7 +82,18 @@ impl HostSlot {
 /// The ban a slot's `state` word stands for, if any.
 #[inline(always)]
 pub const fn entry_of_state(state: u64) -> Option<DenyEntry> {
-    if state & HOST_TAKEN == 0 { None } else { Some(DenyEntry { expires_ns: state & !HOST_TAKEN }) }
+    if state & HOST_TAKEN == 0 { None } else { Some(DenyEntry { expires_ns: state & HOST_EXPIRY }) }
+}
+
+/// The spill count a slot-0 `state` word holds.
+pub const fn spill_of_state(state: u64) -> u64 {
+    (state & HOST_SPILL_BITS) >> HOST_SPILL_SHIFT
+}
+
+/// `state` with its spill count set to `count` (at most [`HOST_SPILL_MAX`]).
+pub const fn with_spill(state: u64, count: u64) -> u64 {
+    let count = if count > HOST_SPILL_MAX { HOST_SPILL_MAX } else { count };
+    (state & !HOST_SPILL_BITS) | count << HOST_SPILL_SHIFT
 }
 
 /// One cache line of the table.
@@ -94,6 +121,16 @@ impl HostSet {
         })
     }
 
+    /// Whether hosts whose first set this is live in their second: read after
+    /// [`HostSet::find`] missed, and its own load, so a host moved on (counted before its
+    /// copy, cleared after) is always looked for where it went.
+    #[inline(always)]
+    pub fn spilled(&self) -> bool {
+        // SAFETY: a read of a field of a live reference; volatile only to fix its order.
+        let state = unsafe { core::ptr::read_volatile(&self.slots[0].state) };
+        state & HOST_SPILL_BITS != 0
+    }
+
     /// The first free slot, if any.
     pub fn free_slot(&self) -> Option<usize> {
         (0..HOST_WAYS).find(|&i| self.slots[i].is_free())
@@ -116,7 +153,8 @@ pub struct HostInfo {
     /// Hosts in the table: while 0 the program skips the lookup (two cache misses in a
     /// table this size). Written after a host is placed and after one is cleared.
     pub count: u32,
-    pub _pad: u32,
+    /// [`HOSTS_SPILL_COUNTED`], or 0 for a table of an earlier build not yet recounted.
+    pub flags: u32,
 }
 
 /// Slots per host the table is sized for: at half its slots in use, a new host almost
@@ -157,11 +195,17 @@ pub fn host_sets(seed: u64, sets: u32, key: u64) -> [u32; 2] {
     [reduce((h >> 32) as u32, sets), reduce((second >> 32) as u32, sets)]
 }
 
-/// The ban on `key` in its first set, else its second, as the program looks it up.
+/// The ban on `key` in its first set, else its second, as the program looks it up: the
+/// second is read only if the first spilled, or if the table's spill counts are not kept
+/// (`counted` false).
 #[inline(always)]
-pub fn lookup([first, second]: [&HostSet; 2], key: u64) -> Option<DenyEntry> {
-    let (_, state) = first.find(key).or_else(|| second.find(key))?;
-    entry_of_state(state)
+pub fn lookup([first, second]: [&HostSet; 2], key: u64, counted: bool) -> Option<DenyEntry> {
+    let found = first.find(key);
+    let found = match found {
+        None if !counted || first.spilled() => second.find(key),
+        _ => found,
+    };
+    entry_of_state(found?.1)
 }
 
 #[cfg(test)]
@@ -170,13 +214,14 @@ mod tests {
 
     #[test]
     fn a_slot_keeps_the_ban_it_holds() {
-        for expires_ns in [0, 1, 5_000_000_000, HOST_TAKEN - 1] {
+        for expires_ns in [0, 1, 5_000_000_000, HOST_EXPIRY] {
             let slot = HostSlot::holding(7, DenyEntry { expires_ns });
             assert_eq!(slot.entry(), Some(DenyEntry { expires_ns }));
             assert!(!slot.is_free());
         }
         let far = HostSlot::holding(7, DenyEntry { expires_ns: u64::MAX });
-        assert_eq!(far.entry(), Some(DenyEntry { expires_ns: HOST_TAKEN - 1 }));
+        assert_eq!(far.entry(), Some(DenyEntry { expires_ns: HOST_EXPIRY }));
+        assert_eq!(spill_of_state(far.state), 0, "an expiry never reads as a spill count");
         assert_eq!(HostSlot::default().entry(), None);
     }
 
@@ -187,8 +232,24 @@ mod tests {
         assert_eq!(set.find(42), None);
         set.slots[2] = HostSlot::holding(42, DenyEntry::default());
         assert_eq!(set.find(42).map(|(i, _)| i), Some(2));
-        assert_eq!(lookup([&HostSet::default(), &set], 42), Some(DenyEntry::default()));
-        assert_eq!(lookup([&set, &HostSet::default()], 43), None);
+        assert_eq!(lookup([&set, &HostSet::default()], 43, true), None);
+    }
+
+    #[test]
+    fn the_second_set_is_read_only_when_the_first_spilled_or_counts_are_not_kept() {
+        let mut second = HostSet::default();
+        second.slots[1] = HostSlot::holding(42, DenyEntry::default());
+        let mut first = HostSet::default();
+        assert_eq!(lookup([&first, &second], 42, false), Some(DenyEntry::default()));
+        assert_eq!(lookup([&first, &second], 42, true), None, "no spill, no second read");
+        first.slots[0].state = with_spill(first.slots[0].state, 1);
+        assert!(first.slots[0].is_free(), "a count leaves a free slot free");
+        assert_eq!(lookup([&first, &second], 42, true), Some(DenyEntry::default()));
+        first.slots[0] = HostSlot::holding(7, DenyEntry { expires_ns: HOST_EXPIRY });
+        first.slots[0].state = with_spill(first.slots[0].state, HOST_SPILL_MAX + 3);
+        assert_eq!(spill_of_state(first.slots[0].state), HOST_SPILL_MAX);
+        assert_eq!(first.slots[0].entry(), Some(DenyEntry { expires_ns: HOST_EXPIRY }));
+        assert_eq!(lookup([&first, &second], 7, true), Some(DenyEntry { expires_ns: HOST_EXPIRY }));
     }
 
     #[test]

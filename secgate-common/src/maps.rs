@@ -31,7 +31,7 @@ pub const HOST_V6_PREFIX: u8 = 64;
 /// Name of the `Array<SourceSet>` of per-source limiter state (`crate::sources`).
 pub const SOURCES: &str = "SG_SOURCES";
 /// Name of the `PerCpuArray<Counter>`: one slot per [`crate::verdict::Reason`], then
-/// [`STATS_DROPPED`] and [`STATS_NEW_BUCKETS`].
+/// [`STATS_DROPPED`], [`STATS_NEW_BUCKETS`] and [`STATS_EVICTED_BUCKETS`].
 pub const STATS: &str = "SG_STATS";
 /// `SG_STATS` slot of packets actually dropped. The reason slots count would-be drops in
 /// monitor mode too, so drops cannot be derived from them and the current mode.
@@ -40,8 +40,13 @@ pub const STATS_DROPPED: u32 = crate::verdict::REASON_COUNT;
 /// 0). Counting claims lets the daemon report how many sources it tracks without walking
 /// the limiter table, which costs a syscall per set.
 pub const STATS_NEW_BUCKETS: u32 = STATS_DROPPED + 1;
+/// `SG_STATS` slot of new buckets that evicted a live one (`packets` only): both of the
+/// source's sets were full of buckets still ahead of their rate, so the table holds fewer
+/// sources than the flood has, and each evicted source starts afresh when it returns. A
+/// slot whose bucket had lapsed is reused without counting here: nothing is lost.
+pub const STATS_EVICTED_BUCKETS: u32 = STATS_NEW_BUCKETS + 1;
 /// Number of `SG_STATS` slots.
-pub const STATS_SLOTS: u32 = STATS_NEW_BUCKETS + 1;
+pub const STATS_SLOTS: u32 = STATS_EVICTED_BUCKETS + 1;
 /// Name of the ring buffer of [`OverLimitEvent`]s.
 pub const EVENTS: &str = "SG_EVENTS";
 /// Name of the `PerCpuArray<u64>` holding each CPU's event-budget GCRA state.

@@ -30,6 +30,8 @@ use crate::{
 };
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the limiter table's eviction count is looked at (a warning at most this often).
+const EVICTIONS_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(
     config_path: &Path,
@@ -86,6 +88,7 @@ pub async fn run(
     tokio::spawn(server::serve(listener, service.clone()));
     tokio::spawn(link_watch::watch(service.clone()));
     tokio::spawn(sweep(service.clone()));
+    tokio::spawn(watch_evictions(service.clone()));
     if let Some(ring) = ring {
         tokio::spawn(events::drain(ring, service.clone(), escalation.clone()));
     }
@@ -166,6 +169,32 @@ async fn sweep(service: Arc<Service>) {
             Ok(n) => info!(count = n, "expired bans lifted"),
             Err(e) => warn!(error = %e, "lifting expired bans failed"),
         }
+    }
+}
+
+/// Warns when the limiter table evicted live buckets since the last look: the flood has
+/// more sources than `max_sources` holds, and an evicted source starts afresh within its
+/// limit each time it returns. Evictions counted before this start are not warned about
+/// again; `status` and the metric carry the total.
+async fn watch_evictions(service: Arc<Service>) {
+    let mut tick = tokio::time::interval(EVICTIONS_EVERY);
+    let mut seen = None;
+    loop {
+        tick.tick().await;
+        let Ok(total) = service.status().map(|s| s.buckets_evicted) else {
+            continue;
+        };
+        if let Some(before) = seen
+            && total > before
+        {
+            warn!(
+                evicted = total - before,
+                total,
+                "the limiter table is full: live buckets were evicted for new sources, which \
+                 then start within their limit again; raise [datapath] max_sources"
+            );
+        }
+        seen = Some(total);
     }
 }
 

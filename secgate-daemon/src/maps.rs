@@ -102,10 +102,11 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
 }
 
 /// Whether a pinned map left by a build with another layout may simply be replaced: the
-/// config is rewritten at every start and the limiter table holds only soft state (a source
-/// it forgets gets a fresh bucket), while the bans and rules in the others must not be lost.
+/// config is rewritten at every start, the limiter table holds only soft state (a source
+/// it forgets gets a fresh bucket) and the counters restart from zero as any counter does
+/// when its process restarts, while the bans and rules in the others must not be lost.
 pub fn replaceable(name: &str) -> bool {
-    matches!(name, names::CONFIG | names::SOURCES)
+    matches!(name, names::CONFIG | names::SOURCES | names::STATS)
 }
 
 /// One LPM trie per address family.

@@ -101,6 +101,12 @@ impl Collector for DaemonCollector {
                 "Limiter buckets the XDP program created (new sources seen)",
                 &[(vec![], s.buckets_created)],
             )?;
+            counter(
+                &mut enc,
+                "secgate_source_buckets_evicted",
+                "Limiter buckets pushed out while still limiting (more sources than max_sources)",
+                &[(vec![], s.buckets_evicted)],
+            )?;
             let attached = s.attachments.iter().filter(|a| a.state == "attached").count();
             gauge(
                 &mut enc,

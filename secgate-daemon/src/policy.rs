@@ -16,7 +16,8 @@ use std::{
 use ipnet::IpNet;
 use secgate_common::{
     maps::{
-        Counter, FLAG_NO_ALLOW, FLAG_TRACE, LimitKey, RateRule, STATS_DROPPED, STATS_NEW_BUCKETS,
+        Counter, FLAG_NO_ALLOW, FLAG_TRACE, LimitKey, RateRule, STATS_DROPPED,
+        STATS_EVICTED_BUCKETS, STATS_NEW_BUCKETS,
     },
     verdict::Reason,
 };
@@ -700,7 +701,8 @@ impl Policy {
     /// A fixed number of syscalls whatever the number of sources or bans: sources are
     /// counted from the bucket-insert counter, never by walking the limiter table.
     pub fn status(&self) -> Result<StatusView> {
-        let created = self.datapath.maps.stats()?[STATS_NEW_BUCKETS as usize].packets;
+        let stats = self.datapath.maps.stats()?;
+        let created = stats[STATS_NEW_BUCKETS as usize].packets;
         Ok(StatusView {
             mode: self.mode(),
             attachments: self.datapath.links().attachments(),
@@ -710,6 +712,7 @@ impl Policy {
             overrides: self.limits().overrides.len(),
             sources: created.min(u64::from(self.datapath.maps.sources_capacity())),
             buckets_created: created,
+            buckets_evicted: stats[STATS_EVICTED_BUCKETS as usize].packets,
             uptime_secs: self.started.elapsed().as_secs(),
             enforcement: Default::default(),
         })

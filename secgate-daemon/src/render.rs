@@ -28,6 +28,13 @@ pub fn status(s: &StatusView) -> String {
     let _ = writeln!(out, "allow:      {}", s.allow);
     let _ = writeln!(out, "overrides:  {}", s.overrides);
     let _ = writeln!(out, "sources:    {} ({} buckets created)", s.sources, s.buckets_created);
+    if s.buckets_evicted > 0 {
+        let _ = writeln!(
+            out,
+            "evicted:    {} live buckets (more sources than max_sources: raise it)",
+            s.buckets_evicted
+        );
+    }
     let _ = writeln!(out, "uptime:     {}s", s.uptime_secs);
     let e = &s.enforcement;
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3} ms"));
@@ -141,6 +148,27 @@ pub fn trace_line(l: &crate::views::TraceLine) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_names_evictions_only_when_there_are_some() {
+        let mut s = crate::views::StatusView {
+            mode: crate::config::Mode::Enforce,
+            attachments: Vec::new(),
+            pin_path: "/sys/fs/bpf/secgate".into(),
+            bans: 0,
+            allow: 0,
+            overrides: 0,
+            sources: 16,
+            buckets_created: 40,
+            buckets_evicted: 0,
+            uptime_secs: 1,
+            enforcement: Default::default(),
+        };
+        assert!(!super::status(&s).contains("evicted"));
+        s.buckets_evicted = 24;
+        let out = super::status(&s);
+        assert!(out.contains("evicted:    24 live buckets") && out.contains("max_sources"), "{out}");
+    }
+
     #[test]
     fn a_trace_line_reads_as_verdict_flow_and_limit() {
         let record = "src=198.18.0.3 proto=17 sport=40000 dport=9999 syn=0 fragment=0 verdict=rate limit_proto=17 limit_port=9999 limit_syn=0 pps=1000 burst=100";

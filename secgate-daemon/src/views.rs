@@ -77,6 +77,10 @@ pub struct StatusView {
     pub sources: u64,
     /// Limiter buckets created since the maps were made.
     pub buckets_created: u64,
+    /// New buckets that pushed out a live one since the maps were made: above zero, the
+    /// flood has more sources than `max_sources`, and evicted sources start afresh.
+    #[serde(default)]
+    pub buckets_evicted: u64,
     pub uptime_secs: u64,
     /// Escalation bans and how fast they reached the kernel.
     #[serde(default)]

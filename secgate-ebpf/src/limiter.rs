@@ -19,7 +19,7 @@ use secgate_common::{
     limit::candidates,
     maps::{
         BucketKey, DatapathConfig, FLAG_DROP_FRAGMENTS, LimitKey, OverLimitEvent, RateRule,
-        STATS_NEW_BUCKETS,
+        STATS_EVICTED_BUCKETS, STATS_NEW_BUCKETS,
     },
     model::{Packet, bucket_key},
     sources::{
@@ -147,9 +147,10 @@ fn bucket(place: &Place, pick: &Pick) -> Option<*mut SourceSlot> {
     Some(at)
 }
 
-/// Takes the slot `at` for the bucket tagged `tag`, counted as a new bucket, if it still
-/// holds the tag `pick` saw. An evicted bucket's TAT, still ahead, is not the new one's: it
-/// is reset to 0 (a free slot's TAT has passed, which GCRA reads as no bucket at all).
+/// Takes the slot `at` for the bucket tagged `tag`, counted as a new bucket (and as an
+/// eviction if it pushes out a live one), if it still holds the tag `pick` saw. An evicted
+/// bucket's TAT, still ahead, is not the new one's: it is reset to 0 (a free slot's TAT has
+/// passed, which GCRA reads as no bucket at all).
 #[inline(always)]
 fn claim(at: *mut SourceSlot, pick: &Pick, tag: u32) -> bool {
     // SAFETY: `at` points into a live array value; its fields are aligned.
@@ -162,6 +163,7 @@ fn claim(at: *mut SourceSlot, pick: &Pick, tag: u32) -> bool {
     // SAFETY: as above; a racing writer of this field is the bucket evicted.
     unsafe { (*at).event_stamp = 0 };
     if pick.action == PICK_EVICT {
+        count(STATS_EVICTED_BUCKETS, 0);
         cas(tat, pick.tat_seen, 0);
     }
     true

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use secgate_common::{
-    hosts::{HOST_SETS, HostInfo, HostSet, host_sets, lookup},
+    hosts::{HOST_SETS, HOSTS_SPILL_COUNTED, HostInfo, HostSet, host_sets, lookup},
     maps::{
         AllowEntry, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry, EVENTS_BYTES,
         FAMILY_V4, HOSTS_V4, HOSTS_V6, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
@@ -84,7 +84,7 @@ pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
 }
 
 /// The source's host ban, if its family's table holds any hosts: its first set read, and
-/// its second only if the first does not hold it.
+/// its second only if the first does not hold it and spilled.
 #[inline(always)]
 fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
     let v4 = pkt.family == FAMILY_V4;
@@ -99,7 +99,7 @@ fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
     } else {
         (SG_HOST_BANS_V6.get(a)?, SG_HOST_BANS_V6.get(b)?)
     };
-    lookup([a, b], key)
+    lookup([a, b], key, info.flags & HOSTS_SPILL_COUNTED != 0)
 }
 
 #[inline(always)]

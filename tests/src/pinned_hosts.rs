@@ -5,7 +5,9 @@ use std::{net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
 use aya::maps::{Array, Map, MapData};
 use secgate_common::{
-    hosts::{HOST_SETS, HostInfo, HostSet, HostSlot, host_key_v4, host_sets, lookup},
+    hosts::{
+        HOST_SETS, HOSTS_SPILL_COUNTED, HostInfo, HostSet, HostSlot, host_key_v4, host_sets, lookup,
+    },
     maps::{DenyEntry, HOST_BANS_V4, HOST_INFO, HOSTS_V4},
 };
 
@@ -23,9 +25,10 @@ pub fn info_v4(maps_dir: &Path) -> HostInfo {
 pub fn ban_v4(maps_dir: &Path, host: Ipv4Addr) -> Option<DenyEntry> {
     let sets = array::<HostSet>(maps_dir, HOST_BANS_V4);
     let key = host_key_v4(host.octets());
-    let [a, b] = host_sets(info_v4(maps_dir).seed, HOST_SETS, key);
+    let info = info_v4(maps_dir);
+    let [a, b] = host_sets(info.seed, HOST_SETS, key);
     let (a, b) = (sets.get(&a, 0).expect("set"), sets.get(&b, 0).expect("set"));
-    lookup([&a, &b], key)
+    lookup([&a, &b], key, info.flags & HOSTS_SPILL_COUNTED != 0)
 }
 
 /// Writes a ban on `host` into the pinned table without counting it, as a daemon killed

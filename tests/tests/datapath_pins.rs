@@ -54,18 +54,22 @@ fn stale_pinned_map_is_refused_with_advice() {
     assert!(err.contains(&maps.display().to_string()), "the message names what to remove: {err}");
 }
 
-/// The config and the limiter table hold nothing the daemon cannot rebuild, so an upgrade that
-/// changes their layout replaces their pins instead of asking the operator to remove every
-/// pin (and with them the bans).
+/// What the daemon rebuilds: the config, the limiter table and the counters.
+const REPLACEABLE: [&str; 3] =
+    [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES, secgate_common::maps::STATS];
+
+/// The config, the limiter table and the counters hold nothing the daemon cannot rebuild (a
+/// counter restarts from zero), so an upgrade that changes their layout replaces their pins
+/// instead of asking the operator to remove every pin (and with them the bans).
 #[test]
-fn stale_config_and_limiter_pins_are_replaced() {
-    if !privileged("stale_config_and_limiter_pins_are_replaced") {
+fn stale_config_limiter_and_counter_pins_are_replaced() {
+    if !privileged("stale_config_limiter_and_counter_pins_are_replaced") {
         return;
     }
     let (pins, maps) = pin_dir("replace");
     drop(open(&pins.0).expect("a first start pins every map"));
     let kept = pinned_id(&maps, secgate_common::maps::DENY_V4);
-    for name in [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES] {
+    for name in REPLACEABLE {
         std::fs::remove_file(maps.join(name)).expect("unpin");
         let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
         wrong.pin(maps.join(name)).expect("pin it");
@@ -74,7 +78,7 @@ fn stale_config_and_limiter_pins_are_replaced() {
     assert!(datapath.reused(), "the other pins are reused");
     assert!(!datapath.config_reused(), "a replaced config holds no run-time change to adopt");
     drop(datapath);
-    for name in [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES] {
+    for name in REPLACEABLE {
         let info = aya::maps::MapInfo::from_pin(maps.join(name)).expect("a new pin");
         let (key, value, _) = secgate::maps::layout(name).expect("a known map");
         assert_eq!((info.key_size(), info.value_size()), (key, value), "{name} was replaced");

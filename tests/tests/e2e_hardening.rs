@@ -549,6 +549,7 @@ fn status_and_metrics_never_walk_the_sources() {
             let status = status(&daemon);
             assert!(status["buckets_created"].as_u64().is_some_and(|n| n >= 2), "{status}");
             assert_eq!(status["sources"], status["buckets_created"], "{status}");
+            assert_eq!(status["buckets_evicted"], 0, "two senders fit: {status}");
             let tracked = metric(&topo, "secgate_sources_tracked");
             assert!((2.0..=f64::from(capacity)).contains(&tracked), "{tracked}");
         }

@@ -735,3 +735,60 @@ fn the_coarse_clock_is_read_only_under_its_flag() {
     }
     assert_eq!(coarse_drops, 20, "too few runs fell within one tick to tell the clocks apart");
 }
+
+/// A flood with more sources than the limiter table holds evicts live buckets, and each
+/// eviction is counted: under an hour-long limit no bucket lapses, so every new bucket took a
+/// slot never used or pushed out a live one, and the evictions are the buckets made less
+/// those still held. A flood the table holds evicts none.
+#[test]
+fn a_full_limiter_table_counts_each_eviction() {
+    if !privileged("a_full_limiter_table_counts_each_eviction") {
+        return;
+    }
+    use secgate_common::{
+        maps::{STATS_EVICTED_BUCKETS, STATS_NEW_BUCKETS},
+        sources::{SET_WAYS, sets_for},
+    };
+    let hour = 3_600_000_000_000;
+    let cfg = DatapathConfig {
+        v4_mask: prefix_mask(32),
+        v6_mask: prefix_mask(64),
+        default_rule: RateRule { interval_ns: hour, tolerance_ns: 0 },
+        ..Default::default()
+    };
+    let capacity = 16;
+    let slots = u64::from(sets_for(capacity)) * SET_WAYS as u64;
+    for (sources, full) in [(200u16, true), (4, false)] {
+        let mut kernel = Kernel::with_sources(capacity);
+        kernel.maps.set_config(&cfg).expect("config");
+        let frames: Vec<Vec<u8>> = (0..sources)
+            .map(|i| {
+                let [hi, lo] = i.to_be_bytes();
+                Spec::new(IpAddr::from([198, 18, hi, lo]), udp()).build()
+            })
+            .collect();
+        let before = kernel.counters();
+        for (i, frame) in frames.iter().enumerate() {
+            expect(&kernel, &format!("source {i}'s first packet"), frame, XDP_PASS, Reason::Pass);
+        }
+        let after = kernel.counters();
+        let moved = |slot: u32| after[slot as usize].packets - before[slot as usize].packets;
+        let (created, evicted) = (moved(STATS_NEW_BUCKETS), moved(STATS_EVICTED_BUCKETS));
+        assert_eq!(created, u64::from(sources), "every source made a bucket");
+        let cfg = kernel.maps.config().expect("config");
+        let held = frames
+            .iter()
+            .filter(|f| {
+                let key = model::bucket_key(&cfg, &packet(f), LimitKey::DEFAULT);
+                kernel.maps.source(&key).expect("read the table").is_some()
+            })
+            .count() as u64;
+        assert_eq!(evicted, created - held, "{sources} sources: each bucket lost is counted");
+        if full {
+            assert_eq!(held, slots, "a full table holds a bucket in every slot");
+            assert!(evicted >= created - slots, "{evicted} evictions");
+        } else {
+            assert_eq!(evicted, 0, "a table with room evicts nothing");
+        }
+    }
+}

@@ -4,6 +4,12 @@
 //! aligned 8-byte loads and stores in the order the program's lookup relies on (key, then
 //! state; a clear by its state alone). A syscall copying a whole set promises no order, and
 //! a packet reading a half-copied slot could find a key beside another host's ban.
+//!
+//! Each set's spill count (in its slot 0's state, kept by every write of that slot) rises
+//! before a host whose first set it is goes to its second, and falls after such a host is
+//! cleared there, so a packet that skips a second set because the count read 0 skips no
+//! host standing there. The counts live in the table, not in the daemon, so every handle
+//! and every restart sees the same ones.
 
 use std::{
     num::NonZeroUsize,
@@ -18,7 +24,10 @@ use std::{
 use aya::maps::{Array, MapData};
 use nix::sys::mman::{MapFlags, ProtFlags};
 use secgate_common::{
-    hosts::{HOST_SETS, HOST_WAYS, HostInfo, HostSet, HostSlot, entry_of_state, host_sets, lookup},
+    hosts::{
+        HOST_EXPIRY, HOST_SETS, HOST_SPILL_MAX, HOST_TAKEN, HOST_WAYS, HOSTS_SPILL_COUNTED,
+        HostInfo, HostSet, HostSlot, entry_of_state, host_sets, lookup, spill_of_state, with_spill,
+    },
     maps::{self as names, DenyEntry, HOSTS_V4, HOSTS_V6, MAX_DENY_HOSTS},
 };
 
@@ -88,14 +97,57 @@ impl Mapped {
         out
     }
 
-    /// Writes `slot` into a slot that is free or already holds its key.
+    /// Writes `slot` into a slot that is free or already holds its key (slot 0 keeps its
+    /// set's spill count).
     fn put(&self, set: u32, way: usize, slot: HostSlot) {
         self.word(set, way, 0).store(slot.key, Ordering::Relaxed);
-        self.word(set, way, 1).store(slot.state, Ordering::Release);
+        self.store_state(set, way, slot.state);
     }
 
     fn clear(&self, set: u32, way: usize) {
-        self.word(set, way, 1).store(0, Ordering::Release);
+        self.store_state(set, way, 0);
+    }
+
+    /// Stores a slot's state, and in slot 0 the set's spill count beside it.
+    fn store_state(&self, set: u32, way: usize, state: u64) {
+        let word = self.word(set, way, 1);
+        let state = if way == 0 {
+            with_spill(state, spill_of_state(word.load(Ordering::Relaxed)))
+        } else {
+            state
+        };
+        word.store(state, Ordering::Release);
+    }
+
+    fn spill(&self, set: u32) -> u64 {
+        spill_of_state(self.word(set, 0, 1).load(Ordering::Acquire))
+    }
+
+    fn set_spill(&self, set: u32, count: u64) {
+        let word = self.word(set, 0, 1);
+        word.store(with_spill(word.load(Ordering::Relaxed), count), Ordering::Release);
+    }
+
+    /// One more host of `set` in its second set. A count at its most stays there.
+    fn spill_one(&self, set: u32) {
+        let count = self.spill(set);
+        if count < HOST_SPILL_MAX {
+            self.set_spill(set, count + 1);
+        }
+    }
+
+    /// One such host fewer. A count at its most stays (it may count more hosts than it
+    /// can hold), as does 0 (after a daemon was killed between a clear and a count).
+    fn unspill_one(&self, set: u32) {
+        let count = self.spill(set);
+        if count > 0 && count < HOST_SPILL_MAX {
+            self.set_spill(set, count - 1);
+        }
+    }
+
+    /// Stores a slot's whole state word, spill count and all.
+    fn store_raw(&self, set: u32, way: usize, state: u64) {
+        self.word(set, way, 1).store(state, Ordering::Release);
     }
 }
 
@@ -119,7 +171,31 @@ impl Table {
 
     fn get(&self, key: u64) -> Option<DenyEntry> {
         let [a, b] = self.sets_of(key);
-        lookup([&self.slots.set(a), &self.slots.set(b)], key)
+        lookup([&self.slots.set(a), &self.slots.set(b)], key, true)
+    }
+
+    /// `key`'s first set, when `set` is its second and not its first: the set whose spill
+    /// count covers `key` while it stands in `set`.
+    fn spilled_from(&self, key: u64, set: u32) -> Option<u32> {
+        let [first, second] = self.sets_of(key);
+        (set == second && first != second).then_some(first)
+    }
+
+    /// Writes `slot` for its key into `(set, way)`, a free slot, counted first if it is in
+    /// the key's second set.
+    fn place(&self, set: u32, way: usize, slot: HostSlot) {
+        if let Some(first) = self.spilled_from(slot.key, set) {
+            self.slots.spill_one(first);
+        }
+        self.slots.put(set, way, slot);
+    }
+
+    /// Clears `key`'s slot `(set, way)`, and then its count if it stood in its second set.
+    fn clear(&self, key: u64, set: u32, way: usize) {
+        self.slots.clear(set, way);
+        if let Some(first) = self.spilled_from(key, set) {
+            self.slots.unspill_one(first);
+        }
     }
 
     /// Every slot holding `key`: one, or two after a daemon was killed while moving it.
@@ -144,13 +220,13 @@ impl Table {
         let sets = self.sets_of(key);
         let free = sets.into_iter().find_map(|s| self.slots.set(s).free_slot().map(|w| (s, w)));
         let (s, w) = free.or_else(|| self.make_room(sets))?;
-        self.slots.put(s, w, slot);
+        self.place(s, w, slot);
         Some(true)
     }
 
     /// Frees a slot of `sets` by moving an occupant that is in its first set to its second:
-    /// copied there first, then cleared here, so a packet (reading the first set first)
-    /// always finds it. Occupants already in their second set stay: moved back, a packet
+    /// counted and copied there first, then cleared here, so a packet (reading the first
+    /// set first, and its count after) always finds it. Occupants already in their second set stay: moved back, a packet
     /// could read the first set before the copy and the second after the clear.
     fn make_room(&self, sets: [u32; 2]) -> Option<(u32, usize)> {
         for s in sets {
@@ -161,7 +237,7 @@ impl Table {
                     continue;
                 }
                 if let Some(to) = self.slots.set(second).free_slot() {
-                    self.slots.put(second, to, *occupant);
+                    self.place(second, to, *occupant);
                     self.slots.clear(s, w);
                     return Some((s, w));
                 }
@@ -172,7 +248,7 @@ impl Table {
 
     fn remove(&self, key: u64) -> bool {
         let held = self.find(key);
-        held.iter().for_each(|&(s, w)| self.slots.clear(s, w));
+        held.iter().for_each(|&(s, w)| self.clear(key, s, w));
         !held.is_empty()
     }
 
@@ -188,7 +264,7 @@ impl Table {
                 let ban = |&(s, w): &(u32, usize)| self.slots.set(s).slots[w].entry();
                 let kept = held.iter().filter_map(ban).reduce(DenyEntry::outlasting);
                 self.slots.put(*s, *w, HostSlot::holding(key, kept.expect("a held ban")));
-                rest.iter().for_each(|&(s, w)| self.slots.clear(s, w));
+                rest.iter().for_each(|&(s, w)| self.clear(key, s, w));
                 copies += rest.len();
             }
         }
@@ -208,12 +284,52 @@ impl Table {
         out
     }
 
+    /// Sets every set's spill count to the hosts standing in their second set it covers
+    /// (capped): exact again after counts that reached their most, or a daemon killed
+    /// between a count and its slot's write. Returns how many counts changed.
+    fn recount(&self) -> usize {
+        let mut counts = vec![0u64; self.slots.sets as usize];
+        for s in 0..self.slots.sets {
+            for slot in self.slots.set(s).slots.iter().filter(|slot| !slot.is_free()) {
+                if let Some(first) = self.spilled_from(slot.key, s) {
+                    counts[first as usize] += 1;
+                }
+            }
+        }
+        let stale = (0..self.slots.sets).filter(|&s| {
+            let want = counts[s as usize].min(HOST_SPILL_MAX);
+            let stale = self.slots.spill(s) != want;
+            if stale {
+                self.slots.set_spill(s, want);
+            }
+            stale
+        });
+        stale.count()
+    }
+
+    /// Makes a table an earlier build left (whose slot 0 held no count, and whose expiries
+    /// could use the count's bits) one of this build's: an expiry past [`HOST_EXPIRY`] is
+    /// cut to it, and each slot 0's count starts at 0 for [`Table::recount`].
+    fn adopt(&self) {
+        for s in 0..self.slots.sets {
+            for (w, slot) in self.slots.set(s).slots.iter().enumerate() {
+                let state = match slot.state {
+                    st if st & HOST_TAKEN == 0 => 0,
+                    st => HOST_TAKEN | (st & !HOST_TAKEN).min(HOST_EXPIRY),
+                };
+                if state != slot.state {
+                    self.slots.store_raw(s, w, state);
+                }
+            }
+        }
+    }
+
     /// Empties the table and places `entries` again under `seed`: for a table whose seed
     /// was lost. Returns the entries that found no room (none, unless the table was full).
     fn rehash(&mut self, seed: u64, entries: &[(u64, DenyEntry)]) -> usize {
         for s in 0..self.slots.sets {
             for w in 0..HOST_WAYS {
-                self.slots.clear(s, w);
+                self.slots.store_raw(s, w, 0);
             }
         }
         self.seed = seed;
@@ -252,16 +368,22 @@ impl HostTables {
     }
 
     /// Makes the tables ready for [`HostTables::open`] once the program is loaded: a table
-    /// without a seed (made anew) gets a random one, and its entries, if an earlier run left
-    /// any, are placed again under it; a host held twice (a daemon killed in a move) keeps
-    /// one copy; each count is set to what the table holds (a daemon killed between a
-    /// slot's write and the count's leaves them apart).
+    /// an earlier build left is adopted ([`Table::adopt`]); a table without a seed (made
+    /// anew) gets a random one, and its entries, if an earlier run left any, are placed again
+    /// under it; a host held twice (a daemon killed in a move) keeps one copy; spill counts
+    /// are recounted, and only then marked kept (till then a lookup reads both sets); each
+    /// count of hosts is set to what the table holds (a daemon killed between a slot's write
+    /// and the count's leaves them apart).
     pub fn init(v4: &MapData, v6: &MapData, info: &mut Array<MapData, HostInfo>) -> Result<()> {
         let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
         for (family, data) in [(HOSTS_V4, v4), (HOSTS_V6, v6)] {
             let name = NAMES[family as usize];
             let mut now = info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
             let mut table = Table { slots: Mapped::map(data, HOST_SETS, name)?, seed: now.seed };
+            // First: until then, expiries and counts may share bits.
+            if now.flags & HOSTS_SPILL_COUNTED == 0 {
+                table.adopt();
+            }
             if now.seed == 0 {
                 let entries = table.entries();
                 let lost = table.rehash(rand::random::<u64>() | 1, &entries);
@@ -273,6 +395,8 @@ impl HostTables {
             if copies > 0 {
                 tracing::info!(table = name, copies, "host bans held twice now held once");
             }
+            table.recount();
+            now.flags |= HOSTS_SPILL_COUNTED;
             now.seed = table.seed;
             now.count = u32::try_from(table.entries().len()).unwrap_or(u32::MAX);
             info.set(family, now, 0).map_err(wrap(names::HOST_INFO))?;

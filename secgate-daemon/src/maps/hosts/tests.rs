@@ -12,6 +12,27 @@ fn ban(expires_ns: u64) -> DenyEntry {
     DenyEntry { expires_ns }
 }
 
+/// Each set's spill count, against the hosts standing in their second set it covers: equal,
+/// or at its most (where it stays while it may count more than it holds). Never fewer, or
+/// a packet would skip a second set that holds a ban.
+fn assert_spills_counted(t: &Table) {
+    let mut want = vec![0u64; t.slots.sets as usize];
+    for s in 0..t.slots.sets {
+        for slot in t.slots.set(s).slots.iter().filter(|slot| !slot.is_free()) {
+            if let Some(first) = t.spilled_from(slot.key, s) {
+                want[first as usize] += 1;
+            }
+        }
+    }
+    for (s, &want) in want.iter().enumerate() {
+        let got = t.slots.spill(s as u32);
+        assert!(
+            got == want || got == HOST_SPILL_MAX,
+            "set {s} counts {got} hosts in their second set, {want} stand there"
+        );
+    }
+}
+
 #[test]
 fn a_full_table_of_random_hosts_places_every_one() {
     let t = table(HOST_SETS, 0x5eed);
@@ -37,6 +58,11 @@ fn a_full_table_of_random_hosts_places_every_one() {
     let first = keys.iter().filter(|&&k| t.find(k) == [(t.sets_of(k)[0], t.find(k)[0].1)]);
     let share = first.count() as f64 / keys.len() as f64;
     assert!(share > 0.8, "only {share:.3} of a full table's hosts are in their first set");
+    assert_spills_counted(&t);
+    // A source not banned reads one line unless its first set spilled.
+    let spilled = (0..HOST_SETS).filter(|&s| t.slots.spill(s) > 0).count();
+    let share = spilled as f64 / f64::from(HOST_SETS);
+    assert!(share < 0.4, "{share:.3} of a full table's sets spilled");
 }
 
 /// Keys of a two-set table whose first and second sets are `want`.
@@ -90,11 +116,13 @@ fn a_host_held_twice_keeps_one_copy_with_the_longer_ban() {
     let k = keys_with(&t, [0, 1], 1)[0];
     assert_eq!(t.insert(k, ban(5)), Some(true));
     // As a daemon killed between a move's copy and its clear leaves it, with a longer ban.
-    t.slots.put(1, 0, HostSlot::holding(k, ban(9)));
+    t.place(1, 0, HostSlot::holding(k, ban(9)));
     assert_eq!(t.find(k).len(), 2);
+    assert_eq!(t.slots.spill(0), 1);
     assert_eq!(t.drop_copies(), 1);
     assert_eq!(t.find(k).len(), 1);
     assert_eq!(t.get(k), Some(ban(9)));
+    assert_spills_counted(&t);
     assert!(t.remove(k));
     assert_eq!(t.get(k), None, "a lifted ban leaves no copy behind");
 }
@@ -137,6 +165,56 @@ fn a_packet_racing_moves_always_finds_a_standing_ban() {
         stop.store(true, Ordering::Relaxed);
         assert!(reader.join().expect("the reader") > 0);
     });
+    assert_spills_counted(&t);
+}
+
+/// A table an earlier build left: no spill counts, hosts in their second sets, and an
+/// expiry in the bits counts now use. Adopted and recounted, it keeps every ban, the far
+/// one cut to the latest a slot holds, and a lookup that trusts the counts finds them all.
+#[test]
+fn an_earlier_builds_table_is_adopted_with_every_ban() {
+    let t = table(2, 7);
+    let zeros = keys_with(&t, [0, 0], HOST_WAYS);
+    let far = HostSlot { key: zeros[0], state: HOST_TAKEN | (HOST_TAKEN - 1) };
+    t.slots.store_raw(0, 0, 0);
+    t.slots.put(0, 0, HostSlot { key: far.key, state: 0 });
+    t.slots.store_raw(0, 0, far.state);
+    for (w, &k) in zeros.iter().enumerate().skip(1) {
+        t.slots.put(0, w, HostSlot::holding(k, ban(k)));
+    }
+    let spilled = keys_with(&t, [0, 1], 2);
+    for (w, &k) in spilled.iter().enumerate() {
+        t.slots.put(1, w, HostSlot::holding(k, ban(k)));
+    }
+    t.adopt();
+    assert_eq!(t.recount(), 1, "set 0's count was missing");
+    assert_eq!(t.slots.spill(0), 2);
+    assert_spills_counted(&t);
+    assert_eq!(t.get(far.key), Some(ban(HOST_EXPIRY)), "the far ban is cut, not lost");
+    for &k in zeros.iter().skip(1).chain(&spilled) {
+        assert_eq!(t.get(k), Some(ban(k)));
+    }
+    assert_eq!(t.recount(), 0, "a recount of kept counts changes none");
+}
+
+/// Counts that reached their most stay there while hosts leave, and a recount makes them
+/// exact again.
+#[test]
+fn a_full_spill_count_stays_until_recounted() {
+    let t = table(2, 7);
+    for &k in &keys_with(&t, [0, 0], HOST_WAYS) {
+        assert_eq!(t.insert(k, ban(k)), Some(true));
+    }
+    let spilled = keys_with(&t, [0, 1], HOST_WAYS);
+    for &k in &spilled {
+        assert_eq!(t.insert(k, ban(k)), Some(true));
+    }
+    assert_eq!(t.slots.spill(0), HOST_WAYS as u64);
+    t.slots.set_spill(0, HOST_SPILL_MAX);
+    spilled.iter().for_each(|&k| assert!(t.remove(k)));
+    assert_eq!(t.slots.spill(0), HOST_SPILL_MAX, "a full count may count more than it holds");
+    assert_eq!(t.recount(), 1);
+    assert_eq!(t.slots.spill(0), 0);
 }
 
 #[test]
@@ -197,6 +275,7 @@ proptest! {
             let held: BTreeSet<u64> = t.entries().into_iter().map(|(k, _)| k).collect();
             prop_assert_eq!(held.len(), model.len());
             prop_assert_eq!(t.entries().len(), model.len(), "a key held twice");
+            assert_spills_counted(&t);
         }
     }
 }

@@ -146,7 +146,7 @@ pub fn many_sources() -> Vec<serde_json::Value> {
     );
     let bare = RawXdp::load(XDP_DROP);
     let ceiling = RawXdp::memory_ceiling(live::bucket_bytes());
-    let cases = [Case::BanPrefix, Case::BanHosts, Case::Rate, Case::Pass];
+    let cases = [Case::BanPrefix, Case::BanHosts, Case::Rate, Case::RateBesideBans, Case::Pass];
     let mut rows = Vec::new();
     for flood in &FLOODS {
         let mut kernel = Kernel::with_sources(live::BUCKETS);

@@ -102,6 +102,24 @@ impl Flood {
             .collect()
     }
 
+    /// As many hosts as [`Flood::hosts`], none of them the flood's: the same draws under the
+    /// next prefix (198.19.0.0/16, fd00:2::/32).
+    pub fn other_hosts(&self) -> Vec<IpNet> {
+        let next = |net: &IpNet| match net.addr() {
+            std::net::IpAddr::V4(a) => {
+                let mut o = a.octets();
+                o[1] += 1;
+                IpNet::from(std::net::IpAddr::from(o))
+            }
+            std::net::IpAddr::V6(a) => {
+                let mut o = a.octets();
+                o[3] += 1;
+                IpNet::new(std::net::IpAddr::from(o), 64).expect("a /64")
+            }
+        };
+        self.hosts().iter().map(next).collect()
+    }
+
     /// The UDP frame the spreader draws sources into.
     pub fn frame(&self) -> Vec<u8> {
         let src = match self.spread {
@@ -132,6 +150,9 @@ pub enum Case {
     BanPrefix,
     BanHosts,
     Rate,
+    /// Over its limit while as many other hosts are banned: a flood from sources escalation
+    /// has not banned yet, each packet missing the host table before the limiter.
+    RateBesideBans,
     BarePass,
     Pass,
     NftBan,
@@ -158,6 +179,7 @@ impl Case {
             Case::BanPrefix => "secgate, prefix banned",
             Case::BanHosts => "secgate, every source banned",
             Case::Rate => "secgate, every source over its limit",
+            Case::RateBesideBans => "secgate, over its limit, as many others banned",
             Case::BarePass => "bare XDP pass",
             Case::Pass => "secgate, every source within its limit",
             Case::NftBan => "nftables ingress, ban set",
@@ -176,7 +198,7 @@ impl Case {
     /// Whether the case needs a run before the measured one (every source's bucket or meter
     /// made, so that the measured run is about the verdict, not about making state).
     pub fn warm(self) -> bool {
-        matches!(self, Case::Rate | Case::NftRate | Case::Pass)
+        matches!(self, Case::Rate | Case::RateBesideBans | Case::NftRate | Case::Pass)
     }
 }
 
@@ -292,7 +314,7 @@ impl Bench {
                 self.ip_xdp(&["pinned", &self.pass_pin.display().to_string()]);
                 nft(&self.topo.gw, &self.nft_rules(case));
             }
-            Case::BanPrefix | Case::BanHosts | Case::Rate | Case::Pass => {
+            Case::BanPrefix | Case::BanHosts | Case::Rate | Case::RateBesideBans | Case::Pass => {
                 prepare(&mut self.kernel, &self.flood, case);
                 let gw_if = self.topo.gw_if.clone();
                 let kernel = &mut self.kernel;
@@ -378,7 +400,7 @@ pub fn check_verdicts(
 ) {
     let reason = match case {
         Case::BanPrefix | Case::BanHosts => Reason::Deny,
-        Case::Rate => Reason::Rate,
+        Case::Rate | Case::RateBesideBans => Reason::Rate,
         _ => Reason::Pass,
     };
     let after = kernel.counters();
@@ -405,13 +427,14 @@ pub fn prepare(kernel: &mut Kernel, flood: &Flood, case: Case) {
     let nets = match case {
         Case::BanPrefix => vec![flood.prefix.parse().expect("prefix")],
         Case::BanHosts => flood.hosts(),
+        Case::RateBesideBans => flood.other_hosts(),
         _ => Vec::new(),
     };
     for net in nets {
         kernel.maps.set_deny(net, DenyEntry { expires_ns: 0 }).expect("ban");
     }
     let rule = match case {
-        Case::Rate => LIMIT,
+        Case::Rate | Case::RateBesideBans => LIMIT,
         Case::Pass => GENEROUS,
         _ => RateRule::UNLIMITED,
     };
