@@ -44,10 +44,21 @@ pub const HOST_SPILL_MAX: u64 = 15;
 const HOST_SPILL_BITS: u64 = HOST_SPILL_MAX << HOST_SPILL_SHIFT;
 /// The state bits that are a ban's expiry: 2^59 ns, 18 years of uptime, at most.
 pub const HOST_EXPIRY: u64 = (1 << HOST_SPILL_SHIFT) - 1;
-/// [`HostInfo::flags`] bit: every set's spill count is kept. Tables an earlier build left
+/// [`HostInfo::count`] mark: every set's spill count is kept. Tables an earlier build left
 /// have no counts (and may hold expiries in their bits) until the daemon's start recounts
 /// them; until then a lookup reads both sets, as that build's did.
-pub const HOSTS_SPILL_COUNTED: u32 = 1;
+///
+/// The marks sit in `count`, not beside it, because a daemon of the earlier build rewrites
+/// `count` at its start: run against this build's tables (a downgrade), it clears the marks,
+/// and then its program and this one both read every second set, while it places hosts there
+/// without counting them.
+pub const HOSTS_SPILL_COUNTED: u32 = 1 << 30;
+/// [`HostInfo::count`] mark: the daemon's start has cut an earlier build's expiries to
+/// [`HOST_EXPIRY`] and cleared its slot-0 bits ([`HOSTS_SPILL_COUNTED`] follows once the
+/// counts are in). Done once: after it, those bits are counts, which a second pass would
+/// take for expiries.
+pub const HOSTS_ADOPTED: u32 = 1 << 31;
+const HOSTS_MARKS: u32 = HOSTS_SPILL_COUNTED | HOSTS_ADOPTED;
 
 /// One host's ban.
 #[repr(C)]
@@ -123,7 +134,9 @@ impl HostSet {
 
     /// Whether hosts whose first set this is live in their second: read after
     /// [`HostSet::find`] missed, and its own load, so a host moved on (counted before its
-    /// copy, cleared after) is always looked for where it went.
+    /// copy, cleared after) is always looked for where it went. Like `find`, this relies on
+    /// the CPU keeping loads in program order, as x86 does; a weakly ordered CPU would need
+    /// BPF's load-acquire here.
     #[inline(always)]
     pub fn spilled(&self) -> bool {
         // SAFETY: a read of a field of a live reference; volatile only to fix its order.
@@ -150,11 +163,29 @@ pub struct HostInfo {
     /// Random key of [`host_sets`], chosen with the table and kept as long as it lives, so a
     /// sender cannot pick sources that crowd one pair of sets and make a ban fail to place.
     pub seed: u64,
-    /// Hosts in the table: while 0 the program skips the lookup (two cache misses in a
-    /// table this size). Written after a host is placed and after one is cleared.
+    /// Hosts in the table ([`HostInfo::hosts`]): while 0 the program skips the lookup (a
+    /// cache miss in a table this size). Written after a host is placed and after one is
+    /// cleared. Its top bits are the marks [`HOSTS_ADOPTED`] and [`HOSTS_SPILL_COUNTED`].
     pub count: u32,
-    /// [`HOSTS_SPILL_COUNTED`], or 0 for a table of an earlier build not yet recounted.
-    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl HostInfo {
+    /// How many hosts the table holds.
+    #[inline(always)]
+    pub const fn hosts(&self) -> u32 {
+        self.count & !HOSTS_MARKS
+    }
+
+    /// Whether a lookup may trust the spill counts.
+    #[inline(always)]
+    pub const fn spill_counted(&self) -> bool {
+        self.count & HOSTS_SPILL_COUNTED != 0
+    }
+
+    pub const fn adopted(&self) -> bool {
+        self.count & HOSTS_ADOPTED != 0
+    }
 }
 
 /// Slots per host the table is sized for: at half its slots in use, a new host almost

@@ -181,7 +181,7 @@ async fn watch_evictions(service: Arc<Service>) {
     let mut seen = None;
     loop {
         tick.tick().await;
-        let Ok(total) = service.status().map(|s| s.buckets_evicted) else {
+        let Ok(total) = service.buckets_evicted() else {
             continue;
         };
         if let Some(before) = seen

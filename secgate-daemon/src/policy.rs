@@ -698,6 +698,10 @@ impl Policy {
         Ok(StatsView { mode: self.mode(), reasons, dropped })
     }
 
+    pub fn buckets_evicted(&self) -> Result<u64> {
+        Ok(self.datapath.maps.stats()?[STATS_EVICTED_BUCKETS as usize].packets)
+    }
+
     /// A fixed number of syscalls whatever the number of sources or bans: sources are
     /// counted from the bucket-insert counter, never by walking the limiter table.
     pub fn status(&self) -> Result<StatusView> {

@@ -166,7 +166,10 @@ mod tests {
         assert!(!super::status(&s).contains("evicted"));
         s.buckets_evicted = 24;
         let out = super::status(&s);
-        assert!(out.contains("evicted:    24 live buckets") && out.contains("max_sources"), "{out}");
+        assert!(
+            out.contains("evicted:    24 live buckets") && out.contains("max_sources"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use secgate_common::{
-    hosts::{HOST_SETS, HOSTS_SPILL_COUNTED, HostInfo, HostSet, host_sets, lookup},
+    hosts::{HOST_SETS, HostInfo, HostSet, host_sets, lookup},
     maps::{
         AllowEntry, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry, EVENTS_BYTES,
         FAMILY_V4, HOSTS_V4, HOSTS_V6, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
@@ -89,7 +89,7 @@ pub fn denied(pkt: &Packet, clock: &mut Clock) -> bool {
 fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
     let v4 = pkt.family == FAMILY_V4;
     let info = SG_HOST_INFO.get(if v4 { HOSTS_V4 } else { HOSTS_V6 })?;
-    if info.count == 0 {
+    if info.hosts() == 0 {
         return None;
     }
     let key = pkt.host_key();
@@ -99,7 +99,7 @@ fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
     } else {
         (SG_HOST_BANS_V6.get(a)?, SG_HOST_BANS_V6.get(b)?)
     };
-    lookup([a, b], key, info.flags & HOSTS_SPILL_COUNTED != 0)
+    lookup([a, b], key, info.spill_counted())
 }
 
 #[inline(always)]

@@ -5,9 +5,7 @@ use std::{net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
 use aya::maps::{Array, Map, MapData};
 use secgate_common::{
-    hosts::{
-        HOST_SETS, HOSTS_SPILL_COUNTED, HostInfo, HostSet, HostSlot, host_key_v4, host_sets, lookup,
-    },
+    hosts::{HOST_SETS, HostInfo, HostSet, HostSlot, host_key_v4, host_sets, lookup},
     maps::{DenyEntry, HOST_BANS_V4, HOST_INFO, HOSTS_V4},
 };
 
@@ -28,7 +26,7 @@ pub fn ban_v4(maps_dir: &Path, host: Ipv4Addr) -> Option<DenyEntry> {
     let info = info_v4(maps_dir);
     let [a, b] = host_sets(info.seed, HOST_SETS, key);
     let (a, b) = (sets.get(&a, 0).expect("set"), sets.get(&b, 0).expect("set"));
-    lookup([&a, &b], key, info.flags & HOSTS_SPILL_COUNTED != 0)
+    lookup([&a, &b], key, info.spill_counted())
 }
 
 /// Writes a ban on `host` into the pinned table without counting it, as a daemon killed

@@ -70,9 +70,7 @@ fn stale_config_limiter_and_counter_pins_are_replaced() {
     drop(open(&pins.0).expect("a first start pins every map"));
     let kept = pinned_id(&maps, secgate_common::maps::DENY_V4);
     for name in REPLACEABLE {
-        std::fs::remove_file(maps.join(name)).expect("unpin");
-        let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
-        wrong.pin(maps.join(name)).expect("pin it");
+        pin_another_layout(&maps, name);
     }
     let datapath = open(&pins.0).expect("replaceable pins are replaced");
     assert!(datapath.reused(), "the other pins are reused");
@@ -84,6 +82,32 @@ fn stale_config_limiter_and_counter_pins_are_replaced() {
         assert_eq!((info.key_size(), info.value_size()), (key, value), "{name} was replaced");
     }
     assert_eq!(pinned_id(&maps, secgate_common::maps::DENY_V4), kept, "the bans' map is kept");
+}
+
+/// Counters of another layout are replaced, and the limiter table with them (the sources
+/// `status` reports are counted from the buckets made); the bans' maps stay.
+#[test]
+fn replaced_counters_take_the_limiter_table_with_them() {
+    if !privileged("replaced_counters_take_the_limiter_table_with_them") {
+        return;
+    }
+    use secgate_common::maps::{DENY_V4, SOURCES, STATS};
+    let (pins, maps) = pin_dir("stats");
+    drop(open(&pins.0).expect("a first start pins every map"));
+    let (table, deny) = (pinned_id(&maps, SOURCES), pinned_id(&maps, DENY_V4));
+    pin_another_layout(&maps, STATS);
+    drop(open(&pins.0).expect("replaceable pins are replaced"));
+    assert_ne!(pinned_id(&maps, SOURCES), table, "the limiter table is made anew");
+    assert_eq!(pinned_id(&maps, DENY_V4), deny, "the bans' map is kept");
+    let info = aya::maps::MapInfo::from_pin(maps.join(STATS)).expect("a new pin");
+    assert_eq!(info.max_entries(), secgate_common::maps::STATS_SLOTS);
+}
+
+/// Puts a map of another layout in the place of `name`'s pin, as another build leaves it.
+fn pin_another_layout(maps: &std::path::Path, name: &str) {
+    std::fs::remove_file(maps.join(name)).expect("unpin");
+    let wrong = Array::<MapData, u64>::create(1, 0).expect("create a map");
+    wrong.pin(maps.join(name)).expect("pin it");
 }
 
 fn pinned_id(maps: &std::path::Path, name: &str) -> u32 {

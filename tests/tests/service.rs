@@ -362,7 +362,7 @@ async fn host_bans_the_previous_build_kept_in_hash_maps_move_to_the_host_tables(
     for name in ["SG_DENY_HOSTS_V4", "SG_DENY_HOSTS_V6", "SG_DENY_HOSTS_EMPTY"] {
         assert!(!maps.join(name).exists(), "{name} unpinned once no program reads it");
     }
-    assert_eq!(pinned_hosts::info_v4(&maps).count, 2);
+    assert_eq!(pinned_hosts::info_v4(&maps).hosts(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,11 +381,11 @@ async fn the_program_skips_an_empty_host_table_and_a_start_recounts_it() {
     assert_eq!(f.run(&frame("198.18.97.1")), XDP_PASS, "the lifted ban is gone");
     f.service().shutdown();
     let maps = f.pin_path.join("maps");
-    assert_eq!(pinned_hosts::info_v4(&maps).count, 0);
+    assert_eq!(pinned_hosts::info_v4(&maps).hosts(), 0);
     let forever = DenyEntry { expires_ns: 0 };
     pinned_hosts::plant_uncounted_v4(&maps, "198.18.97.2".parse().unwrap(), forever);
     assert_eq!(f.run(&frame("198.18.97.2")), XDP_PASS, "a table counted empty is not looked at");
     f.restart();
-    assert_eq!(pinned_hosts::info_v4(&maps).count, 1);
+    assert_eq!(pinned_hosts::info_v4(&maps).hosts(), 1);
     assert_eq!(f.run(&frame("198.18.97.2")), XDP_DROP, "the start counted it");
 }

@@ -792,3 +792,35 @@ fn a_full_limiter_table_counts_each_eviction() {
         }
     }
 }
+
+/// A slot whose bucket has lapsed is reused for a new source without counting an eviction:
+/// nothing is lost. The table is filled under a 1 ms limit, every bucket lapses, and new
+/// sources (too few to fill any two sets again) take their slots.
+#[test]
+fn a_lapsed_bucket_is_reused_without_an_eviction() {
+    if !privileged("a_lapsed_bucket_is_reused_without_an_eviction") {
+        return;
+    }
+    use secgate_common::maps::{STATS_EVICTED_BUCKETS, STATS_NEW_BUCKETS};
+    let mut kernel = Kernel::with_sources(16);
+    let cfg = DatapathConfig {
+        v4_mask: prefix_mask(32),
+        v6_mask: prefix_mask(64),
+        default_rule: RateRule { interval_ns: 1_000_000, tolerance_ns: 0 },
+        ..Default::default()
+    };
+    kernel.maps.set_config(&cfg).expect("config");
+    let frame = |hi: u8, lo: u8| Spec::new(IpAddr::from([198, 18, hi, lo]), udp()).build();
+    for i in 0..200u8 {
+        kernel.run(&frame(1, i));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = kernel.counters();
+    for i in 0..4u8 {
+        expect(&kernel, &format!("new source {i}"), &frame(2, i), XDP_PASS, Reason::Pass);
+    }
+    let after = kernel.counters();
+    let moved = |slot: u32| after[slot as usize].packets - before[slot as usize].packets;
+    assert_eq!(moved(STATS_NEW_BUCKETS), 4);
+    assert_eq!(moved(STATS_EVICTED_BUCKETS), 0, "lapsed buckets are not evicted ones");
+}

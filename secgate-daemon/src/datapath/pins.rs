@@ -42,9 +42,11 @@ pub struct Pinned {
 
 /// Refuses pinned maps whose layout differs from this build's, except those it can rebuild
 /// ([`crate::maps::replaceable`]), whose pins it removes so that new ones are made: the
-/// config of another build, and a limiter table of another build or of a size other than
+/// config of another build, a limiter table of another build or of a size other than
 /// `max_sources` needs (so a changed `max_sources` applies at the restart; every source
-/// starts a fresh bucket).
+/// starts a fresh bucket), and counters of another layout. Replaced counters take the
+/// limiter table with them: the sources `status` reports are counted from the buckets made,
+/// which fresh counters would put at 0 beside a table still full.
 pub fn check(pin_path: &Path, max_sources: u32) -> Result<Pinned> {
     let sets = secgate_common::sources::sets_for(max_sources);
     let mut pinned = Pinned::default();
@@ -62,6 +64,17 @@ pub fn check(pin_path: &Path, max_sources: u32) -> Result<Pinned> {
         if found != want && crate::maps::replaceable(name) {
             warn!(map = name, ?found, ?want, "replacing a pinned map of another layout or size");
             std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            if name == names::STATS {
+                let table = maps_dir(pin_path).join(names::SOURCES);
+                match std::fs::remove_file(&table) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err("removing", &table)(e));
+                    }
+                    _ => {
+                        warn!(map = names::SOURCES, "replacing the limiter table with the counters")
+                    }
+                }
+            }
             continue;
         }
         if found != want {

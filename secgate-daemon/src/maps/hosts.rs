@@ -25,8 +25,9 @@ use aya::maps::{Array, MapData};
 use nix::sys::mman::{MapFlags, ProtFlags};
 use secgate_common::{
     hosts::{
-        HOST_EXPIRY, HOST_SETS, HOST_SPILL_MAX, HOST_TAKEN, HOST_WAYS, HOSTS_SPILL_COUNTED,
-        HostInfo, HostSet, HostSlot, entry_of_state, host_sets, lookup, spill_of_state, with_spill,
+        HOST_EXPIRY, HOST_SETS, HOST_SPILL_MAX, HOST_TAKEN, HOST_WAYS, HOSTS_ADOPTED,
+        HOSTS_SPILL_COUNTED, HostInfo, HostSet, HostSlot, entry_of_state, host_sets,
+        spill_of_state, with_spill,
     },
     maps::{self as names, DenyEntry, HOSTS_V4, HOSTS_V6, MAX_DENY_HOSTS},
 };
@@ -97,6 +98,17 @@ impl Mapped {
         out
     }
 
+    /// The state of the slot of `set` that holds `key`, read as the program reads it: key,
+    /// state, key, each load ordered after the one before.
+    fn find(&self, set: u32, key: u64) -> Option<u64> {
+        (0..HOST_WAYS).find_map(|way| {
+            let before = self.word(set, way, 0).load(Ordering::Acquire);
+            let state = self.word(set, way, 1).load(Ordering::Acquire);
+            let after = self.word(set, way, 0).load(Ordering::Acquire);
+            (before == key && after == key && state & HOST_TAKEN != 0).then_some(state)
+        })
+    }
+
     /// Writes `slot` into a slot that is free or already holds its key (slot 0 keeps its
     /// set's spill count).
     fn put(&self, set: u32, way: usize, slot: HostSlot) {
@@ -137,11 +149,13 @@ impl Mapped {
     }
 
     /// One such host fewer. A count at its most stays (it may count more hosts than it
-    /// can hold), as does 0 (after a daemon was killed between a clear and a count).
+    /// can hold). A count of 0 here is one too low, which nothing should leave: it stays 0,
+    /// with a warning, and the next start recounts.
     fn unspill_one(&self, set: u32) {
-        let count = self.spill(set);
-        if count > 0 && count < HOST_SPILL_MAX {
-            self.set_spill(set, count - 1);
+        match self.spill(set) {
+            0 => tracing::warn!(set, "a spill count was too low; the next start recounts it"),
+            HOST_SPILL_MAX => {}
+            count => self.set_spill(set, count - 1),
         }
     }
 
@@ -169,9 +183,16 @@ impl Table {
         host_sets(self.seed, self.slots.sets, key)
     }
 
+    /// The ban on `key` as a packet finds it, reading the live table in the program's
+    /// order: the first set's slots, then its spill count, then the second set. (A copy of
+    /// each set made first would read the count before the slots, and could miss a host
+    /// moved on meanwhile.)
     fn get(&self, key: u64) -> Option<DenyEntry> {
         let [a, b] = self.sets_of(key);
-        lookup([&self.slots.set(a), &self.slots.set(b)], key, true)
+        let found = self.slots.find(a, key);
+        let found =
+            found.or_else(|| if self.slots.spill(a) > 0 { self.slots.find(b, key) } else { None });
+        entry_of_state(found?)
     }
 
     /// `key`'s first set, when `set` is its second and not its first: the set whose spill
@@ -324,6 +345,47 @@ impl Table {
         }
     }
 
+    /// Brings a table to this build's form, `info` its `SG_HOST_INFO` entry, saved through
+    /// `save` after each step a restart must not redo. First adoption (until then expiries
+    /// and counts may share bits), marked at once: a second pass would take counts for
+    /// expiries. Then a table without a seed (made anew) gets a random one and its entries,
+    /// if an earlier run left any, are placed again under it; spill counts are recounted; a
+    /// host held twice (a daemon killed in a move) keeps one copy; only then are the counts
+    /// marked kept (till then a lookup reads both sets); the count of hosts is set to what the
+    /// table holds (a daemon killed between a slot's write and the count's leaves them
+    /// apart).
+    fn ready(
+        &mut self,
+        mut info: HostInfo,
+        name: &str,
+        save: &mut dyn FnMut(HostInfo) -> Result<()>,
+    ) -> Result<()> {
+        if !info.adopted() {
+            self.adopt();
+            info.count |= HOSTS_ADOPTED;
+            save(info)?;
+        }
+        if info.seed == 0 {
+            let entries = self.entries();
+            let lost = self.rehash(rand::random::<u64>() | 1, &entries);
+            if lost > 0 {
+                tracing::warn!(table = name, lost, "host bans found no room when re-placed");
+            }
+        }
+        let stale = self.recount();
+        if stale > 0 && info.spill_counted() {
+            tracing::info!(table = name, sets = stale, "spill counts made exact again");
+        }
+        let copies = self.drop_copies();
+        if copies > 0 {
+            tracing::info!(table = name, copies, "host bans held twice now held once");
+        }
+        let hosts = u32::try_from(self.entries().len()).unwrap_or(u32::MAX);
+        info.seed = self.seed;
+        info.count = hosts | HOSTS_ADOPTED | HOSTS_SPILL_COUNTED;
+        save(info)
+    }
+
     /// Empties the table and places `entries` again under `seed`: for a table whose seed
     /// was lost. Returns the entries that found no room (none, unless the table was full).
     fn rehash(&mut self, seed: u64, entries: &[(u64, DenyEntry)]) -> usize {
@@ -378,28 +440,10 @@ impl HostTables {
         let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
         for (family, data) in [(HOSTS_V4, v4), (HOSTS_V6, v6)] {
             let name = NAMES[family as usize];
-            let mut now = info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
+            let now = info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
             let mut table = Table { slots: Mapped::map(data, HOST_SETS, name)?, seed: now.seed };
-            // First: until then, expiries and counts may share bits.
-            if now.flags & HOSTS_SPILL_COUNTED == 0 {
-                table.adopt();
-            }
-            if now.seed == 0 {
-                let entries = table.entries();
-                let lost = table.rehash(rand::random::<u64>() | 1, &entries);
-                if lost > 0 {
-                    tracing::warn!(table = name, lost, "host bans found no room when re-placed");
-                }
-            }
-            let copies = table.drop_copies();
-            if copies > 0 {
-                tracing::info!(table = name, copies, "host bans held twice now held once");
-            }
-            table.recount();
-            now.flags |= HOSTS_SPILL_COUNTED;
-            now.seed = table.seed;
-            now.count = u32::try_from(table.entries().len()).unwrap_or(u32::MAX);
-            info.set(family, now, 0).map_err(wrap(names::HOST_INFO))?;
+            let mut save = |i: HostInfo| info.set(family, i, 0).map_err(wrap(names::HOST_INFO));
+            table.ready(now, name, &mut save)?;
         }
         Ok(())
     }
@@ -416,7 +460,7 @@ impl HostTables {
         let table = &self.tables[family as usize];
         let full = MapsError::Full { name, capacity: MAX_DENY_HOSTS };
         let mut info = self.info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
-        if table.find(key).is_empty() && info.count >= MAX_DENY_HOSTS {
+        if table.find(key).is_empty() && info.hosts() >= MAX_DENY_HOSTS {
             return Err(full);
         }
         if table.insert(key, entry).ok_or(full)? {
@@ -438,7 +482,9 @@ impl HostTables {
             return Ok(false);
         }
         let mut info = self.info.get(&family, 0).map_err(wrap(names::HOST_INFO))?;
-        info.count = info.count.saturating_sub(1);
+        if info.hosts() > 0 {
+            info.count -= 1;
+        }
         self.info.set(family, info, 0).map_err(wrap(names::HOST_INFO))?;
         Ok(true)
     }

@@ -197,6 +197,44 @@ fn an_earlier_builds_table_is_adopted_with_every_ban() {
     assert_eq!(t.recount(), 0, "a recount of kept counts changes none");
 }
 
+/// A start brings an earlier build's table to this one's in steps, each saved as it ends: a
+/// start killed after adoption and before the counts were marked adopts nothing again (the
+/// bits of slot 0 are counts by then, and a second adoption would take them for an expiry).
+#[test]
+fn a_table_is_adopted_once_however_its_start_ends() {
+    let mut t = table(2, 7);
+    let zeros = keys_with(&t, [0, 0], HOST_WAYS);
+    for (w, &k) in zeros.iter().enumerate() {
+        t.slots.put(0, w, HostSlot::holding(k, ban(k + 1)));
+    }
+    let mut saved = Vec::new();
+    let info = HostInfo { seed: 7, count: 0, _pad: 0 };
+    let mut save = |i| {
+        saved.push(i);
+        Ok(())
+    };
+    t.ready(info, "test", &mut save).expect("ready");
+    assert_eq!(saved.len(), 2, "adoption and the end are each saved");
+    assert!(saved[0].adopted() && !saved[0].spill_counted());
+    let last = *saved.last().expect("saved");
+    assert!(last.adopted() && last.spill_counted() && last.hosts() == HOST_WAYS as u32);
+    // Hosts whose first set is full go on to their second: set 0's slot 0, a ban, now also
+    // holds a count.
+    for &k in &keys_with(&t, [0, 1], 3) {
+        assert_eq!(t.insert(k, ban(k + 1)), Some(true));
+    }
+    assert_eq!(t.slots.spill(0), 3);
+    // A start killed after adopting, then one that ran to the end: neither adopts again.
+    for info in [saved[0], last] {
+        t.ready(info, "test", &mut |_| Ok(())).expect("ready again");
+        assert_spills_counted(&t);
+        assert_eq!(t.slots.spill(0), 3);
+        for &k in &zeros {
+            assert_eq!(t.get(k), Some(ban(k + 1)), "slot 0's ban keeps its expiry");
+        }
+    }
+}
+
 /// Counts that reached their most stay there while hosts leave, and a recount makes them
 /// exact again.
 #[test]
