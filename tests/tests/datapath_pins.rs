@@ -101,6 +101,11 @@ fn replaced_counters_take_the_limiter_table_with_them() {
     assert_eq!(pinned_id(&maps, DENY_V4), deny, "the bans' map is kept");
     let info = aya::maps::MapInfo::from_pin(maps.join(STATS)).expect("a new pin");
     assert_eq!(info.max_entries(), secgate_common::maps::STATS_SLOTS);
+    // A start killed between the two removals leaves no counters: the table goes too.
+    let table = pinned_id(&maps, SOURCES);
+    std::fs::remove_file(maps.join(STATS)).expect("unpin");
+    drop(open(&pins.0).expect("a start without counters"));
+    assert_ne!(pinned_id(&maps, SOURCES), table, "no fresh counters beside a kept table");
 }
 
 /// Puts a map of another layout in the place of `name`'s pin, as another build leaves it.

@@ -437,8 +437,12 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
     kernel.maps.set_config(&cfg).unwrap();
 
     // Insert races: a new source's first packet reaches both CPUs at once. One insert wins;
-    // the other CPU must count against the winner's bucket, so the bucket holds two packets.
+    // the other CPU must count against the winner's bucket, so the bucket holds two packets,
+    // unless the winner's claim did not show within the loser's bounded wait (the winner's
+    // vCPU stalled between lock and claim): the loser then lets its packet through as
+    // `contended`, uncounted, by design. That must stay rare.
     let mut both_new = 0;
+    let mut contended = 0;
     for i in 0..200u32 {
         let src = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | i));
         let frame = Spec::new(src, L4Spec::Udp { dport: 53 }).build();
@@ -448,17 +452,22 @@ fn two_cpus_on_one_bucket_keep_to_its_rate() {
         let after = kernel.counters();
         let delta = |slot: usize| after[slot].packets - before[slot].packets;
         assert_eq!(delta(STATS_NEW_BUCKETS as usize), 1, "exactly one CPU created the bucket");
-        assert_eq!(delta(Reason::Pass as usize), 2, "both packets fit the burst");
+        let (passed, waited) = (delta(Reason::Pass as usize), delta(Reason::Contended as usize));
+        assert_eq!(passed + waited, 2, "both packets fit the burst");
+        let counted = passed;
+        contended += waited;
         let key = model::bucket_key(&cfg, &packet(&frame), LimitKey::DEFAULT);
         let tat = kernel.maps.source(&key).unwrap().expect("bucket").tat_ns;
         let t1 = runs[0].1.max(runs[1].1);
+        let held = counted * rule.interval_ns;
         assert!(
-            (t0 + 2 * rule.interval_ns..=t1 + 2 * rule.interval_ns).contains(&tat),
-            "the bucket counts both packets: tat {tat} outside {t0}..{t1} + 2 intervals"
+            (t0 + held..=t1 + held).contains(&tat),
+            "the bucket counts its {counted} packets: tat {tat} outside {t0}..{t1} + {counted} intervals"
         );
         both_new += usize::from(runs[0].0.abs_diff(runs[1].0) < 20_000);
     }
     eprintln!("{both_new} of 200 insert rounds started within 20 µs on both CPUs");
+    assert!(contended <= 10, "{contended} of 200 insert races let a packet through uncounted");
 
     // CAS races: both CPUs flood one source far above its rate, on the fine clock and, with a
     // burst long enough for it, on the coarse one.

@@ -49,6 +49,7 @@ pub struct Pinned {
 /// which fresh counters would put at 0 beside a table still full.
 pub fn check(pin_path: &Path, max_sources: u32) -> Result<Pinned> {
     let sets = secgate_common::sources::sets_for(max_sources);
+    drop_table_without_counters(pin_path)?;
     let mut pinned = Pinned::default();
     for name in names::ALL {
         let path = maps_dir(pin_path).join(name);
@@ -64,17 +65,6 @@ pub fn check(pin_path: &Path, max_sources: u32) -> Result<Pinned> {
         if found != want && crate::maps::replaceable(name) {
             warn!(map = name, ?found, ?want, "replacing a pinned map of another layout or size");
             std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
-            if name == names::STATS {
-                let table = maps_dir(pin_path).join(names::SOURCES);
-                match std::fs::remove_file(&table) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(io_err("removing", &table)(e));
-                    }
-                    _ => {
-                        warn!(map = names::SOURCES, "replacing the limiter table with the counters")
-                    }
-                }
-            }
             continue;
         }
         if found != want {
@@ -83,6 +73,24 @@ pub fn check(pin_path: &Path, max_sources: u32) -> Result<Pinned> {
         pinned.config |= name == names::CONFIG;
     }
     Ok(pinned)
+}
+
+/// Removes the limiter table's pin when the counters' pin is of another layout or gone (a
+/// start killed between the two removals): the table goes first, so no start finds fresh
+/// counters beside a full table.
+fn drop_table_without_counters(pin_path: &Path) -> Result<()> {
+    let dir = maps_dir(pin_path);
+    let counters = aya::maps::MapInfo::from_pin(dir.join(names::STATS)).ok();
+    let (key, value, capacity) = crate::maps::layout(names::STATS).expect("a known map");
+    let layout = |i: aya::maps::MapInfo| (i.key_size(), i.value_size(), Some(i.max_entries()));
+    let kept = counters.is_some_and(|i| layout(i) == (key, value, capacity));
+    let table = dir.join(names::SOURCES);
+    if kept || !table.exists() {
+        return Ok(());
+    }
+    std::fs::remove_file(&table).map_err(io_err("removing", &table))?;
+    warn!(map = names::SOURCES, "replacing the limiter table with the counters");
+    Ok(())
 }
 
 fn ensure_bpffs(pin_path: &Path) -> Result<()> {

@@ -609,15 +609,15 @@ impl Service {
         self.core.lock().policy.trace_stop(id)
     }
 
-    /// Asks rtnetlink how each attached interface runs XDP, and sysfs how it polls, after
-    /// the policy lock is let go: a round trip per interface has no business holding up
-    /// changes.
     /// Live buckets the limiter evicted, from the counters alone (no netlink, unlike
     /// [`Service::status`]).
     pub fn buckets_evicted(&self) -> std::result::Result<u64, PolicyError> {
         self.core.lock().policy.buckets_evicted()
     }
 
+    /// Asks rtnetlink how each attached interface runs XDP, and sysfs how it polls, after
+    /// the policy lock is let go: a round trip per interface has no business holding up
+    /// changes.
     pub fn status(&self) -> std::result::Result<StatusView, PolicyError> {
         let mut status = self.core.lock().policy.status()?;
         status.enforcement = self.enforcement.view();

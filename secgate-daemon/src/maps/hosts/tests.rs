@@ -207,8 +207,20 @@ fn a_table_is_adopted_once_however_its_start_ends() {
     for (w, &k) in zeros.iter().enumerate() {
         t.slots.put(0, w, HostSlot::holding(k, ban(k + 1)));
     }
-    let mut saved = Vec::new();
+    let spilled = keys_with(&t, [0, 1], 2);
+    for (w, &k) in spilled.iter().enumerate() {
+        t.slots.put(1, w, HostSlot::holding(k, ban(k + 1)));
+    }
     let info = HostInfo { seed: 7, count: 0, _pad: 0 };
+    // Killed before adoption was saved: nothing may be counted yet, or the next start would
+    // adopt counts as expiry bits.
+    let mut killed = |_| Err(MapsError::Missing("killed"));
+    assert!(t.ready(info, "test", &mut killed).is_err());
+    assert_eq!(t.slots.spill(0), 0, "nothing is counted before adoption is saved");
+    for &k in &spilled {
+        t.remove(k);
+    }
+    let mut saved = Vec::new();
     let mut save = |i| {
         saved.push(i);
         Ok(())
