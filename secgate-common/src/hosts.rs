@@ -183,6 +183,8 @@ impl HostInfo {
         self.count & HOSTS_SPILL_COUNTED != 0
     }
 
+    /// Whether an earlier build's expiries and slot-0 bits have been made this build's.
+    #[inline(always)]
     pub const fn adopted(&self) -> bool {
         self.count & HOSTS_ADOPTED != 0
     }
@@ -231,10 +233,9 @@ pub fn host_sets(seed: u64, sets: u32, key: u64) -> [u32; 2] {
 /// (`counted` false).
 #[inline(always)]
 pub fn lookup([first, second]: [&HostSet; 2], key: u64, counted: bool) -> Option<DenyEntry> {
-    let found = first.find(key);
-    let found = match found {
+    let found = match first.find(key) {
         None if !counted || first.spilled() => second.find(key),
-        _ => found,
+        hit => hit,
     };
     entry_of_state(found?.1)
 }

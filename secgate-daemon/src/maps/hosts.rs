@@ -247,8 +247,9 @@ impl Table {
 
     /// Frees a slot of `sets` by moving an occupant that is in its first set to its second:
     /// counted and copied there first, then cleared here, so a packet (reading the first
-    /// set first, and its count after) always finds it. Occupants already in their second set stay: moved back, a packet
-    /// could read the first set before the copy and the second after the clear.
+    /// set first, and its count after) always finds it. Occupants already in their second
+    /// set stay: moved back, a packet could read the first set before the copy and the
+    /// second after the clear.
     fn make_room(&self, sets: [u32; 2]) -> Option<(u32, usize)> {
         for s in sets {
             let set = self.slots.set(s);
@@ -429,13 +430,8 @@ impl HostTables {
         Ok(HostTables { tables: [table(v4, HOSTS_V4)?, table(v6, HOSTS_V6)?], info })
     }
 
-    /// Makes the tables ready for [`HostTables::open`] once the program is loaded: a table
-    /// an earlier build left is adopted ([`Table::adopt`]); a table without a seed (made
-    /// anew) gets a random one, and its entries, if an earlier run left any, are placed again
-    /// under it; a host held twice (a daemon killed in a move) keeps one copy; spill counts
-    /// are recounted, and only then marked kept (till then a lookup reads both sets); each
-    /// count of hosts is set to what the table holds (a daemon killed between a slot's write
-    /// and the count's leaves them apart).
+    /// Makes the tables ready for [`HostTables::open`] once the program is loaded: each is
+    /// brought to this build's form by [`Table::ready`].
     pub fn init(v4: &MapData, v6: &MapData, info: &mut Array<MapData, HostInfo>) -> Result<()> {
         let _placing = PLACING.lock().unwrap_or_else(|p| p.into_inner());
         for (family, data) in [(HOSTS_V4, v4), (HOSTS_V6, v6)] {
