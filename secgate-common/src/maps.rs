@@ -7,6 +7,11 @@
 pub const CONFIG: &str = "SG_CONFIG";
 /// Name of the `HashMap<LimitKey, RateRule>` of per-protocol/port overrides.
 pub const LIMITS: &str = "SG_LIMITS";
+/// Name of the `Array<u64>` bitmap of the TCP and UDP ports `SG_LIMITS` holds keys for
+/// ([`crate::limit::override_port_bit`]), which the daemon derives from `SG_LIMITS`.
+pub const OVERRIDE_PORTS: &str = "SG_OVERRIDE_PORTS";
+/// Words of `SG_OVERRIDE_PORTS`: a bit per port (port 0: any port), TCP's then UDP's.
+pub const OVERRIDE_PORT_WORDS: u32 = 2 * 65_536 / 64;
 /// Names of the allowlist LPM tries (`Key<[u8; 4]>` / `Key<[u8; 16]>` → [`AllowEntry`]).
 pub const ALLOW_V4: &str = "SG_ALLOW_V4";
 pub const ALLOW_V6: &str = "SG_ALLOW_V6";
@@ -78,9 +83,10 @@ pub const UNPINNED: [&str; 5] = [TRACE_V4, TRACE_V6, TRACE_BUDGET, PICK, CLAIMS]
 pub const LOGS: &str = "AYA_LOGS";
 
 /// Every map the program defines that the daemon pins (the trace maps are not).
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     CONFIG,
     LIMITS,
+    OVERRIDE_PORTS,
     ALLOW_V4,
     ALLOW_V6,
     DENY_V4,

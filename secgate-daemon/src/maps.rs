@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use ipnet::IpNet;
 use secgate_common::{
@@ -21,6 +21,7 @@ use crate::bans::Write;
 mod deny;
 mod hosts;
 mod legacy;
+mod limits;
 mod sources;
 use deny::DenyMaps;
 pub use deny::{DENY_MAPS, Holder, holder};
@@ -77,6 +78,7 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
         names::LIMITS => {
             map(size_of::<LimitKey>(), size_of::<RateRule>(), Some(names::MAX_LIMIT_RULES))
         }
+        names::OVERRIDE_PORTS => map(index, size_of::<u64>(), Some(names::OVERRIDE_PORT_WORDS)),
         names::ALLOW_V4 => map(lpm(4), size_of::<AllowEntry>(), Some(names::MAX_ALLOW)),
         names::ALLOW_V6 => map(lpm(16), size_of::<AllowEntry>(), Some(names::MAX_ALLOW)),
         names::DENY_V4 => map(lpm(4), size_of::<DenyEntry>(), Some(names::MAX_DENY)),
@@ -103,10 +105,11 @@ pub fn layout(name: &str) -> Option<(u32, u32, Option<u32>)> {
 
 /// Whether a pinned map left by a build with another layout may simply be replaced: the
 /// config is rewritten at every start, the limiter table holds only soft state (a source
-/// it forgets gets a fresh bucket) and the counters restart from zero as any counter does
-/// when its process restarts, while the bans and rules in the others must not be lost.
+/// it forgets gets a fresh bucket), the counters restart from zero as any counter does
+/// when its process restarts, and the override ports are rebuilt from the rules at every
+/// start, while the bans and rules in the others must not be lost.
 pub fn replaceable(name: &str) -> bool {
-    matches!(name, names::CONFIG | names::SOURCES | names::STATS)
+    matches!(name, names::CONFIG | names::SOURCES | names::STATS | names::OVERRIDE_PORTS)
 }
 
 /// One LPM trie per address family.
@@ -120,7 +123,7 @@ struct Tries<V: aya::Pod> {
 /// Handles on every map the daemon writes or reads.
 pub struct DatapathMaps {
     config: Array<MapData, DatapathConfig>,
-    limits: HashMap<MapData, LimitKey, RateRule>,
+    limits: limits::Limits,
     allow: Tries<AllowEntry>,
     deny: DenyMaps,
     sources: SourceTable,
@@ -183,7 +186,7 @@ impl DatapathMaps {
         let sources = SourceTable::take(bpf, &stored)?;
         Ok(DatapathMaps {
             config,
-            limits: convert(bpf, names::LIMITS)?,
+            limits: limits::Limits::take(bpf)?,
             allow: Tries {
                 v4: convert(bpf, names::ALLOW_V4)?,
                 v6: convert(bpf, names::ALLOW_V6)?,
@@ -215,21 +218,15 @@ impl DatapathMaps {
     }
 
     pub fn limits(&self) -> Result<Vec<(LimitKey, RateRule)>> {
-        self.limits.iter().collect::<std::result::Result<_, _>>().map_err(wrap(names::LIMITS))
+        self.limits.list()
     }
 
     pub fn set_limit(&mut self, key: LimitKey, rule: RateRule) -> Result<()> {
-        self.limits.insert(key, rule, 0).map_err(|e| {
-            if is_full(&e) {
-                MapsError::Full { name: names::LIMITS, capacity: names::MAX_LIMIT_RULES }
-            } else {
-                wrap(names::LIMITS)(e)
-            }
-        })
+        self.limits.set(key, rule)
     }
 
     pub fn remove_limit(&mut self, key: &LimitKey) -> Result<()> {
-        ignore_missing(self.limits.remove(key)).map_err(wrap(names::LIMITS))
+        self.limits.remove(key)
     }
 
     pub fn allow(&self) -> Result<Vec<(IpNet, AllowEntry)>> {

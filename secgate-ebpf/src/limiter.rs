@@ -30,7 +30,7 @@ use secgate_common::{
 
 use crate::{
     clock::Clock,
-    maps::{SG_CLAIMS, SG_EVENTS, SG_EVT_BUDGET, SG_LIMITS, SG_PICK, SG_SOURCES, count},
+    maps::{SG_CLAIMS, SG_EVENTS, SG_EVT_BUDGET, SG_PICK, SG_SOURCES, count, override_rule},
 };
 
 /// CAS attempts before a contended packet is let through (reason `contended`): bounded for
@@ -180,9 +180,8 @@ pub(crate) fn select_rule(cfg: &DatapathConfig, pkt: &Packet) -> (LimitKey, Rate
     {
         let (keys, n) = candidates(pkt.proto, l4.dport, l4.syn);
         for key in keys.iter().take(n) {
-            // SAFETY: map values are plain data.
-            if let Some(rule) = unsafe { SG_LIMITS.get(key) } {
-                return (*key, *rule);
+            if let Some(rule) = override_rule(key) {
+                return (*key, rule);
             }
         }
     }

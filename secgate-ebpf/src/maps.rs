@@ -9,10 +9,11 @@ use aya_ebpf::{
 };
 use secgate_common::{
     hosts::{HOST_SETS, HostInfo, HostSet, host_sets, lookup},
+    limit::override_port_bit,
     maps::{
         AllowEntry, Counter, DEFAULT_MAX_SOURCES, DatapathConfig, DenyEntry, EVENTS_BYTES,
-        FAMILY_V4, HOSTS_V4, HOSTS_V6, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES, RateRule,
-        STATS_SLOTS,
+        FAMILY_V4, HOSTS_V4, HOSTS_V6, LimitKey, MAX_ALLOW, MAX_DENY, MAX_LIMIT_RULES,
+        OVERRIDE_PORT_WORDS, RateRule, STATS_SLOTS,
     },
     model::Packet,
     sources::{CLAIM_LOCKS, ClaimLock, Pick, SourceSet, sets_for},
@@ -21,7 +22,9 @@ use secgate_common::{
 #[map]
 pub static SG_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 #[map]
-pub static SG_LIMITS: HashMap<LimitKey, RateRule> = HashMap::with_max_entries(MAX_LIMIT_RULES, 0);
+static SG_LIMITS: HashMap<LimitKey, RateRule> = HashMap::with_max_entries(MAX_LIMIT_RULES, 0);
+#[map]
+static SG_OVERRIDE_PORTS: Array<u64> = Array::with_max_entries(OVERRIDE_PORT_WORDS, 0);
 #[map]
 static SG_ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
 #[map]
@@ -100,6 +103,20 @@ fn host_ban(pkt: &Packet) -> Option<DenyEntry> {
         (SG_HOST_BANS_V6.get(a)?, SG_HOST_BANS_V6.get(b)?)
     };
     lookup([a, b], key, info.spill_counted())
+}
+
+/// The override `key` names, if `SG_LIMITS` holds it: a hash lookup only where the key's
+/// port bit says it may (`override_port_bit`), so TCP and UDP packets to ports without
+/// overrides skip the misses.
+#[inline(always)]
+pub fn override_rule(key: &LimitKey) -> Option<RateRule> {
+    if let Some((word, bit)) = override_port_bit(key.proto, key.port)
+        && SG_OVERRIDE_PORTS.get(word).is_none_or(|w| w & bit == 0)
+    {
+        return None;
+    }
+    // SAFETY: map values are plain data.
+    unsafe { SG_LIMITS.get(key) }.copied()
 }
 
 #[inline(always)]

@@ -55,8 +55,12 @@ fn stale_pinned_map_is_refused_with_advice() {
 }
 
 /// What the daemon rebuilds: the config, the limiter table and the counters.
-const REPLACEABLE: [&str; 3] =
-    [secgate_common::maps::CONFIG, secgate_common::maps::SOURCES, secgate_common::maps::STATS];
+const REPLACEABLE: [&str; 4] = [
+    secgate_common::maps::CONFIG,
+    secgate_common::maps::SOURCES,
+    secgate_common::maps::STATS,
+    secgate_common::maps::OVERRIDE_PORTS,
+];
 
 /// The config, the limiter table and the counters hold nothing the daemon cannot rebuild (a
 /// counter restarts from zero), so an upgrade that changes their layout replaces their pins
@@ -106,6 +110,42 @@ fn replaced_counters_take_the_limiter_table_with_them() {
     std::fs::remove_file(maps.join(STATS)).expect("unpin");
     drop(open(&pins.0).expect("a start without counters"));
     assert_ne!(pinned_id(&maps, SOURCES), table, "no fresh counters beside a kept table");
+}
+
+/// The override ports are derived from the rules: a start beside rules an earlier run left
+/// (here with the ports' pin of another layout, as an upgrade finds it) sets each rule's
+/// port bit, and clears a bit no rule holds.
+#[test]
+fn override_ports_are_rebuilt_from_the_pinned_rules() {
+    if !privileged("override_ports_are_rebuilt_from_the_pinned_rules") {
+        return;
+    }
+    use aya::maps::{HashMap, Map};
+    use secgate_common::{
+        limit::override_port_bit,
+        maps::{LIMITS, LimitKey, OVERRIDE_PORTS, RateRule},
+        net::IPPROTO_TCP,
+    };
+    let (pins, maps) = pin_dir("ports");
+    drop(open(&pins.0).expect("a first start pins every map"));
+    let pinned = |name: &str| MapData::from_pin(maps.join(name)).expect("pinned");
+    let mut rules: HashMap<MapData, LimitKey, RateRule> =
+        HashMap::try_from(Map::HashMap(pinned(LIMITS))).expect("rules");
+    let key = LimitKey { port: 443, proto: IPPROTO_TCP, syn_only: 1 };
+    rules.insert(key, RateRule::from_rate(10, 10), 0).expect("a rule");
+    pin_another_layout(&maps, OVERRIDE_PORTS);
+    drop(open(&pins.0).expect("the ports' pin is replaced"));
+    let ports = |maps: &std::path::Path| -> Array<MapData, u64> {
+        let data = MapData::from_pin(maps.join(OVERRIDE_PORTS)).expect("pinned");
+        Array::try_from(Map::Array(data)).expect("ports")
+    };
+    let (word, bit) = override_port_bit(IPPROTO_TCP, 443).expect("a TCP port");
+    assert_eq!(ports(&maps).get(&word, 0).expect("read"), bit, "443's bit, and only it");
+    let (stray, stray_bit) = override_port_bit(IPPROTO_TCP, 80).expect("a TCP port");
+    ports(&maps).set(stray, stray_bit, 0).expect("a stray bit");
+    drop(open(&pins.0).expect("a restart"));
+    assert_eq!(ports(&maps).get(&stray, 0).expect("read"), 0, "a bit without a rule is cleared");
+    assert_eq!(ports(&maps).get(&word, 0).expect("read"), bit, "443's bit stays");
 }
 
 /// Puts a map of another layout in the place of `name`'s pin, as another build leaves it.

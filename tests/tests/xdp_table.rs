@@ -384,6 +384,40 @@ fn override_limit_then_rate_drop() {
     expect(&kernel, "default limit is unlimited", &other_port, XDP_PASS, Reason::Pass);
 }
 
+/// The program looks a TCP or UDP override up only where `SG_OVERRIDE_PORTS` holds its
+/// port's bit, so the daemon must keep that bit while any rule for the port, SYN-only or
+/// not, is held, and may clear it only once none is.
+#[test]
+fn override_ports_follow_the_rules() {
+    if !privileged("override_ports_follow_the_rules") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    setup(&mut kernel);
+    let mut cfg = kernel.maps.config().unwrap();
+    cfg.override_protos |= 1 << IPPROTO_TCP;
+    kernel.maps.set_config(&cfg).unwrap();
+    let tight = RateRule::from_rate(1, 1);
+    let rule = |syn_only| LimitKey { port: 443, proto: IPPROTO_TCP, syn_only };
+    let send = |src: &str, flags| Spec::new(ip(src), L4Spec::Tcp { dport: 443, flags }).build();
+    let limited = |kernel: &Kernel, name: &str, frame: &[u8]| {
+        expect(kernel, name, frame, XDP_PASS, Reason::Pass);
+        expect(kernel, name, frame, XDP_DROP, Reason::Rate);
+    };
+    kernel.maps.set_limit(rule(1), tight).unwrap();
+    kernel.maps.set_limit(rule(0), tight).unwrap();
+    limited(&kernel, "a SYN to 443", &send("198.18.6.1", TCP_FLAG_SYN));
+    limited(&kernel, "an ACK to 443", &send("198.18.6.2", TCP_FLAG_ACK));
+    kernel.maps.remove_limit(&rule(1)).unwrap();
+    limited(&kernel, "a SYN to 443, its port rule left", &send("198.18.6.3", TCP_FLAG_SYN));
+    kernel.maps.remove_limit(&rule(0)).unwrap();
+    let free = send("198.18.6.4", TCP_FLAG_SYN);
+    expect(&kernel, "443 without rules", &free, XDP_PASS, Reason::Pass);
+    expect(&kernel, "443 without rules, again", &free, XDP_PASS, Reason::Pass);
+    kernel.maps.set_limit(LimitKey { port: 0, ..rule(0) }, tight).unwrap();
+    limited(&kernel, "any port's rule", &send("198.18.6.5", TCP_FLAG_ACK));
+}
+
 #[test]
 fn monitor_mode_passes_but_counts() {
     if !privileged("monitor_mode_passes_but_counts") {

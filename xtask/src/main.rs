@@ -43,8 +43,10 @@ enum Cmd {
     /// Run the benchmarks and print ratios against baselines measured in the same run.
     Bench {
         /// `datapath` (per-packet cost and live drop rates), `cost` (the per-packet cost
-        /// alone), `bans` (service layer) or
-        /// `escalation` (offence-to-ban latency through the real daemon); all when omitted.
+        /// alone), `live` (the live floods, both CPU arrangements, and rate accuracy alone),
+        /// `split` (the live floods with the receiver on a CPU of its own alone), `bans`
+        /// (service layer) or `escalation` (offence-to-ban latency through the real daemon);
+        /// all when omitted.
         what: Option<String>,
     },
     /// Show secgate protecting a host: a lab of namespaces, the real daemon, scenarios

@@ -10,8 +10,8 @@ use crate::{
     median,
 };
 use secgate_common::{
-    maps::{DatapathConfig, DenyEntry, FLAG_COARSE_CLOCK, RateRule},
-    net::TCP_FLAG_SYN,
+    maps::{DatapathConfig, DenyEntry, FLAG_COARSE_CLOCK, LimitKey, RateRule},
+    net::{IPPROTO_TCP, TCP_FLAG_SYN},
 };
 use secgate_tests::{
     bare::{RawXdp, XDP_DROP},
@@ -31,7 +31,8 @@ pub fn run() {
     let mut kernel = Kernel::load();
     let bare = RawXdp::load(XDP_DROP);
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-    let cfg = config(RateRule::from_rate(1_000_000_000, 1 << 24));
+    let within_rule = RateRule::from_rate(1_000_000_000, 1 << 24);
+    let cfg = config(within_rule);
     kernel.maps.set_config(&cfg).expect("config");
     let ban = |kernel: &mut Kernel, net: &str, expires_ns| {
         kernel.maps.set_deny(net.parse().expect("net"), DenyEntry { expires_ns }).expect("ban")
@@ -111,6 +112,47 @@ pub fn run() {
     for (name, ns) in steps {
         println!("{name:<52} {ns:>8.1}");
     }
+    overrides(&mut kernel, &bare, &frame("198.18.1.1", &syn), &config(within_rule));
+}
+
+/// What port overrides cost a SYN to port 443 within its limit: with no TCP override, with
+/// TCP overrides on other ports only (four port-bit tests, nothing looked up), and with a
+/// rule on its port for any packet (the SYN-only key looked up and missed, then the port's
+/// found). Rounds of the three interleave, so the machine's drift stays out of their
+/// differences, which rows measured minutes apart do not escape.
+fn overrides(kernel: &mut Kernel, bare: &RawXdp, frame: &[u8], cfg: &DatapathConfig) {
+    let rule = |port, syn_only| LimitKey { port, proto: IPPROTO_TCP, syn_only };
+    let tcp = DatapathConfig { override_protos: 1 << IPPROTO_TCP, ..*cfg };
+    let generous = cfg.default_rule;
+    kernel.maps.set_limit(rule(22, 1), generous).unwrap();
+    let set = |kernel: &mut Kernel, cfg: &DatapathConfig, on_port: bool| {
+        kernel.maps.set_config(cfg).unwrap();
+        if on_port {
+            kernel.maps.set_limit(rule(443, 0), generous).unwrap();
+        } else {
+            kernel.maps.remove_limit(&rule(443, 0)).unwrap();
+        }
+    };
+    let variants = [(cfg, false), (&tcp, false), (&tcp, true)];
+    let (mut ns, mut base) = (vec![Vec::new(); variants.len()], Vec::new());
+    for _ in 0..ROUNDS {
+        for (i, (cfg, on_port)) in variants.iter().enumerate() {
+            set(kernel, cfg, *on_port);
+            ns[i].push(kernel.cost(frame, REPEAT).as_nanos() as f64);
+        }
+        base.push(f64::from(bare.run(frame, REPEAT).1));
+    }
+    set(kernel, cfg, false);
+    kernel.maps.remove_limit(&rule(22, 1)).unwrap();
+    let bare = median(base);
+    println!("\nport overrides, rounds interleaved (ipv4 syn to 443, within its limit)");
+    let names = ["no TCP override", "TCP overrides on other ports", "a rule on its port"];
+    let ns: Vec<f64> = ns.into_iter().map(median).collect();
+    for (name, ns) in names.iter().zip(&ns) {
+        print_row(name, *ns, bare);
+    }
+    println!("{:<52} {:>8.1}", "port-bit tests (four), nothing looked up", ns[1] - ns[0]);
+    println!("{:<52} {:>8.1}", "two lookups (a miss, then the hit)", ns[2] - ns[1]);
 }
 
 /// Medians of `frame`'s cost under secgate and under the bare drop, rounds interleaved, with

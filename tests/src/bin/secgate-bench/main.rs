@@ -1,5 +1,7 @@
-//! `cargo xtask bench [datapath|cost|bans|escalation]`: the datapath (`cost`: only its
-//! per-packet cost under `BPF_PROG_TEST_RUN`), the ban path of the service
+//! `cargo xtask bench [datapath|cost|live|split|bans|escalation]`: the datapath (`cost`: only
+//! its per-packet cost under `BPF_PROG_TEST_RUN`; `live`: its live floods in both CPU
+//! arrangements and rate accuracy; `split`: the floods with the receiver on a CPU of its
+//! own alone), the ban path of the service
 //! layer and the enforcement latency of escalation bans, each measured against a baseline in
 //! the same run, interleaved round by round so machine noise hits all alike, and printed as
 //! ratios. Nothing here asserts a timing.
@@ -9,6 +11,7 @@ mod bans;
 mod cost;
 mod escalation;
 mod live;
+mod own_cpu;
 mod report;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -29,8 +32,16 @@ fn main() {
     }
     if datapath || what == "live" {
         println!();
-        let live = live::run();
-        report::write(&live, &accuracy::run());
+        let shared = live::run(live::Cpus::Shared);
+        println!();
+        let split = live::run(live::Cpus::Split);
+        report::write(
+            &[(live::Cpus::Shared, shared), (live::Cpus::Split, split)],
+            &accuracy::run(),
+        );
+    }
+    if what == "split" {
+        report::write(&[(live::Cpus::Split, live::run(live::Cpus::Split))], &[]);
     }
     if matches!(what.as_str(), "all" | "bans") {
         if datapath {
@@ -43,8 +54,12 @@ fn main() {
         escalation::run();
     }
     assert!(
-        matches!(what.as_str(), "all" | "datapath" | "cost" | "live" | "bans" | "escalation"),
-        "unknown benchmark {what:?}: all, datapath, cost or live (its per-packet cost, or its \
-         live floods and rate accuracy, alone), bans or escalation"
+        matches!(
+            what.as_str(),
+            "all" | "datapath" | "cost" | "live" | "split" | "bans" | "escalation"
+        ),
+        "unknown benchmark {what:?}: all, datapath, cost, live or split (its per-packet cost, \
+         its live floods and rate accuracy, or the floods with the receiver on a CPU of its \
+         own, alone), bans or escalation"
     );
 }
