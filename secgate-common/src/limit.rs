@@ -245,9 +245,10 @@ pub const fn candidates(proto: u8, dport: u16, syn: bool) -> ([crate::maps::Limi
 }
 
 /// Where `SG_OVERRIDE_PORTS` records that `SG_LIMITS` holds a key for TCP or UDP `port`
-/// (0: any port), SYN-only or not: the word and the bit in it. The program tests that bit
-/// before each candidate's hash lookup, so a packet to a port no override names costs a
-/// load or two instead of up to four hash misses. `None` for protocols without ports (ICMP),
+/// (0: any port), SYN-only or not: the word and the bit in it. The program tests the bit of
+/// each candidate's port before its hash lookup, so a packet to a port no override names
+/// (while its protocol has no any-port rule) costs up to four loads instead of as many hash
+/// misses. `None` for protocols without ports (ICMP),
 /// whose one candidate is looked up directly.
 pub const fn override_port_bit(proto: u8, port: u16) -> Option<(u32, u64)> {
     let base = match proto {
@@ -261,12 +262,15 @@ pub const fn override_port_bit(proto: u8, port: u16) -> Option<(u32, u64)> {
 #[cfg(test)]
 mod candidate_tests {
     use super::{candidates, override_port_bit};
-    use crate::maps::{LimitKey, OVERRIDE_PORT_WORDS};
+    use crate::{
+        maps::{LimitKey, OVERRIDE_PORT_WORDS},
+        net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    };
 
     #[test]
     fn every_tcp_and_udp_port_has_a_bit_of_its_own() {
         let mut seen = [0u64; OVERRIDE_PORT_WORDS as usize];
-        for proto in [6, 17] {
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
             for port in 0..=u16::MAX {
                 let (word, bit) = override_port_bit(proto, port).expect("ports");
                 assert!(bit.is_power_of_two());
@@ -276,8 +280,8 @@ mod candidate_tests {
             }
         }
         assert!(seen.iter().all(|w| *w == u64::MAX), "every bit is some port's");
-        assert_eq!(override_port_bit(1, 0), None);
-        assert_eq!(override_port_bit(58, 0), None);
+        assert_eq!(override_port_bit(IPPROTO_ICMP, 0), None);
+        assert_eq!(override_port_bit(IPPROTO_ICMPV6, 0), None);
     }
 
     #[test]

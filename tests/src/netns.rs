@@ -106,10 +106,16 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(tag: &str) -> Topology {
+        Topology::with_interfaces(tag, "sg-c", "sg-g")
+    }
+
+    /// With the veth's ends named `client_if` and `gw_if`, for a test that must tell its
+    /// interfaces from other namespaces' (their kernel threads share one name space).
+    pub fn with_interfaces(tag: &str, client_if: &str, gw_if: &str) -> Topology {
         let id = std::process::id() % 100_000;
         let client = NetNs::new(&format!("sgc-{tag}-{id}"));
         let gw = NetNs::new(&format!("sgg-{tag}-{id}"));
-        let (client_if, gw_if) = ("sg-c".to_string(), "sg-g".to_string());
+        let (client_if, gw_if) = (client_if.to_string(), gw_if.to_string());
         let t = Topology { client, gw, gw_if, client_if };
         t.create_pair();
         t

@@ -140,7 +140,13 @@ fn override_ports_are_rebuilt_from_the_pinned_rules() {
         Array::try_from(Map::Array(data)).expect("ports")
     };
     let (word, bit) = override_port_bit(IPPROTO_TCP, 443).expect("a TCP port");
-    assert_eq!(ports(&maps).get(&word, 0).expect("read"), bit, "443's bit, and only it");
+    let words = |maps: &std::path::Path| -> Vec<u64> {
+        let ports = ports(maps);
+        (0..secgate_common::maps::OVERRIDE_PORT_WORDS).map(|w| ports.get(&w, 0).unwrap()).collect()
+    };
+    let set: Vec<(usize, u64)> =
+        words(&maps).into_iter().enumerate().filter(|(_, w)| *w != 0).collect();
+    assert_eq!(set, [(word as usize, bit)], "443's bit, and only it");
     let (stray, stray_bit) = override_port_bit(IPPROTO_TCP, 80).expect("a TCP port");
     ports(&maps).set(stray, stray_bit, 0).expect("a stray bit");
     drop(open(&pins.0).expect("a restart"));

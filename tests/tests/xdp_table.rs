@@ -414,8 +414,22 @@ fn override_ports_follow_the_rules() {
     let free = send("198.18.6.4", TCP_FLAG_SYN);
     expect(&kernel, "443 without rules", &free, XDP_PASS, Reason::Pass);
     expect(&kernel, "443 without rules, again", &free, XDP_PASS, Reason::Pass);
+    kernel.maps.set_limit(rule(1), tight).unwrap();
+    kernel.maps.set_limit(rule(0), tight).unwrap();
+    kernel.maps.remove_limit(&rule(0)).unwrap();
+    limited(&kernel, "a SYN to 443, its SYN-only rule left", &send("198.18.6.5", TCP_FLAG_SYN));
+    // A full rule map refuses a second rule on the port, and the first keeps its bit.
+    let filler = |n: u16| LimitKey { port: 10_000 + n, proto: IPPROTO_UDP, syn_only: 0 };
+    let mut n = 0;
+    while kernel.maps.limits().unwrap().len() < secgate_common::maps::MAX_LIMIT_RULES as usize {
+        kernel.maps.set_limit(filler(n), tight).unwrap();
+        n += 1;
+    }
+    assert!(kernel.maps.set_limit(rule(0), tight).is_err(), "a full rule map refuses");
+    limited(&kernel, "a SYN to 443 after a refused rule", &send("198.18.6.6", TCP_FLAG_SYN));
+    kernel.maps.remove_limit(&filler(0)).unwrap();
     kernel.maps.set_limit(LimitKey { port: 0, ..rule(0) }, tight).unwrap();
-    limited(&kernel, "any port's rule", &send("198.18.6.5", TCP_FLAG_ACK));
+    limited(&kernel, "any port's rule", &send("198.18.6.7", TCP_FLAG_ACK));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use secgate_common::{
     maps::{self as names, LimitKey, OVERRIDE_PORT_WORDS, RateRule},
 };
 
-use super::{MapsError, Result, convert, ignore_missing, is_full, wrap};
+use super::{MapsError, Result, convert, found, ignore_missing, is_full, wrap};
 
 pub struct Limits {
     rules: HashMap<MapData, LimitKey, RateRule>,
@@ -43,7 +43,9 @@ impl Limits {
             }
         });
         if inserted.is_err() {
-            self.refresh(&key)?;
+            // The insert's error is the one to report; a bit this refresh fails to clear
+            // costs only a lookup that misses.
+            let _ = self.refresh(&key);
         }
         inserted
     }
@@ -73,12 +75,8 @@ impl Limits {
     /// Sets `key`'s port bit to whether any rule for its protocol and port is held.
     fn refresh(&mut self, key: &LimitKey) -> Result<()> {
         let held = |syn_only| {
-            let other = LimitKey { syn_only, ..*key };
-            match self.rules.get(&other, 0) {
-                Ok(_) => Ok(true),
-                Err(e) if super::is_not_found(&e) => Ok(false),
-                Err(e) => Err(wrap(names::LIMITS)(e)),
-            }
+            let key = LimitKey { syn_only, ..*key };
+            found(self.rules.get(&key, 0), names::LIMITS).map(|rule| rule.is_some())
         };
         let any = held(0)? || held(1)?;
         self.mark(key, any)

@@ -269,7 +269,9 @@ fn nft(ns: &NetNs, script: &str) {
 
 impl Bench {
     fn new(flood: Flood) -> Bench {
-        let topo = Topology::new("bench");
+        // Receiver named by this process, so the NAPI threads found are its own.
+        let id = std::process::id() % 100_000;
+        let topo = Topology::with_interfaces("bench", "sg-c", &format!("sgb{id}"));
         let gen_if = topo.client_if.clone();
         let gen_ifindex = topo
             .client

@@ -35,13 +35,11 @@ fn main() {
         let shared = live::run(live::Cpus::Shared);
         println!();
         let split = live::run(live::Cpus::Split);
-        report::write(
-            &[(live::Cpus::Shared, shared), (live::Cpus::Split, split)],
-            &accuracy::run(),
-        );
+        let both = [(live::Cpus::Shared, shared), (live::Cpus::Split, split)];
+        report::write("datapath", &both, &accuracy::run());
     }
     if what == "split" {
-        report::write(&[(live::Cpus::Split, live::run(live::Cpus::Split))], &[]);
+        report::write("split", &[(live::Cpus::Split, live::run(live::Cpus::Split))], &[]);
     }
     if matches!(what.as_str(), "all" | "bans") {
         if datapath {

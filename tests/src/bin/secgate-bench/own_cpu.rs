@@ -66,9 +66,11 @@ fn set_threaded(topo: &Topology, on: bool) {
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The kernel threads polling `ifname`'s queues (`napi/IFNAME-ID`).
+/// The kernel threads polling `ifname`'s queues (`napi/IFNAME-ID`, cut to the 15 bytes a
+/// thread's name holds: the bench's interface names keep the prefix within them).
 fn napi_threads(ifname: &str) -> Vec<Pid> {
     let prefix = format!("napi/{ifname}-");
+    assert!(prefix.len() <= 15, "{prefix}: a longer prefix would not fit a thread's name");
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())

@@ -14,7 +14,8 @@ fn ratio(results: &Live, f: usize, c: Case) -> Option<f64> {
     Some(results.get(&(f, c))?.pps / results.get(&(f, c.baseline()))?.pps)
 }
 
-pub fn write(live: &[(Cpus, Live)], accuracy: &[(String, f64)]) {
+/// Writes `target/bench/STEM.{json,md,svg}`.
+pub fn write(stem: &str, live: &[(Cpus, Live)], accuracy: &[(String, f64)]) {
     let dir = Path::new("target/bench");
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("cannot write {}: {e}", dir.display());
@@ -50,19 +51,20 @@ pub fn write(live: &[(Cpus, Live)], accuracy: &[(String, f64)]) {
         }
     }
     let files = [
-        ("datapath.json", serde_json::to_string_pretty(&json).expect("json")),
-        ("datapath.md", md),
-        ("datapath.svg", svg(live)),
+        (format!("{stem}.json"), serde_json::to_string_pretty(&json).expect("json")),
+        (format!("{stem}.md"), md),
+        (format!("{stem}.svg"), svg(live)),
     ];
     for (name, text) in files {
-        match std::fs::write(dir.join(name), text) {
-            Ok(()) => println!("wrote {}", dir.join(name).display()),
+        match std::fs::write(dir.join(&name), text) {
+            Ok(()) => println!("wrote {}", dir.join(&name).display()),
             Err(e) => eprintln!("cannot write {name}: {e}"),
         }
     }
 }
 
-/// One arrangement's Markdown table: Mpps (ratio to the baseline).
+/// One arrangement's Markdown table: Mpps (ratio to the baseline), and with the receiver on
+/// a CPU of its own the least share of the generator's frames it took.
 fn table(cpus: Cpus, results: &Live) -> String {
     let mut md = format!("{}:\n\n| receiver |", cpus.name());
     for flood in &FLOODS {
@@ -75,6 +77,9 @@ fn table(cpus: Cpus, results: &Live) -> String {
         let _ = write!(md, "| {} |", case.name());
         for f in 0..FLOODS.len() {
             match (results.get(&(f, case)), ratio(results, f, case)) {
+                (Some(s), Some(r)) if cpus == Cpus::Split => {
+                    let _ = write!(md, " {:.2} ({r:.2}; {:.0}%) |", s.pps / 1e6, s.taken * 100.0);
+                }
                 (Some(s), Some(r)) => {
                     let _ = write!(md, " {:.2} ({r:.2}) |", s.pps / 1e6);
                 }
