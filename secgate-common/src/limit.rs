@@ -248,8 +248,8 @@ pub const fn candidates(proto: u8, dport: u16, syn: bool) -> ([crate::maps::Limi
 /// (0: any port), SYN-only or not: the word and the bit in it. The program tests the bit of
 /// each candidate's port before its hash lookup, so a packet to a port no override names
 /// (while its protocol has no any-port rule) costs up to four loads instead of as many hash
-/// misses. `None` for protocols without ports (ICMP),
-/// whose one candidate is looked up directly.
+/// misses. `None` for protocols without ports (ICMP), whose one candidate is looked up
+/// directly.
 pub const fn override_port_bit(proto: u8, port: u16) -> Option<(u32, u64)> {
     let base = match proto {
         crate::net::IPPROTO_TCP => 0,

@@ -4,8 +4,6 @@
 //! derived data, rebuilt from the rules whenever the maps are taken, so a fresh or replaced
 //! bitmap beside rules an earlier run left is made whole before the program is attached.
 
-use std::collections::BTreeMap;
-
 use aya::maps::{Array, HashMap, MapData};
 use secgate_common::{
     limit::override_port_bit,
@@ -57,14 +55,13 @@ impl Limits {
 
     /// Writes every word of the bitmap from the rules held.
     fn rebuild_ports(&mut self) -> Result<()> {
-        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut words = vec![0u64; OVERRIDE_PORT_WORDS as usize];
         for (key, _) in self.list()? {
             if let Some((word, bit)) = override_port_bit(key.proto, key.port) {
-                *words.entry(word).or_default() |= bit;
+                words[word as usize] |= bit;
             }
         }
-        for word in 0..OVERRIDE_PORT_WORDS {
-            let want = words.get(&word).copied().unwrap_or(0);
+        for (word, want) in (0..OVERRIDE_PORT_WORDS).zip(words) {
             if self.word(word)? != want {
                 self.ports.set(word, want, 0).map_err(wrap(names::OVERRIDE_PORTS))?;
             }

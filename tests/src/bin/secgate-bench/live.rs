@@ -396,12 +396,12 @@ impl Bench {
         let before = self.xdp_packets();
         let counters_before = self.kernel.counters();
         let mut elapsed = self.generate(FRAMES);
-        // The threads may still be emptying the ring.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let processed = self.xdp_packets() - before;
         if let (Some(own), Some(ran_before)) = (&own, ran_before) {
+            // The threads may still be emptying the ring.
+            std::thread::sleep(std::time::Duration::from_millis(20));
             elapsed = (own.run_ns() - ran_before) as f64 / 1e9;
         }
+        let processed = self.xdp_packets() - before;
         drop(own);
         // A few stray frames of the namespaces' own (neighbour discovery, MLD) may add to it.
         let most = u64::from(FRAMES) + 100;
