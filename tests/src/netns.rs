@@ -145,6 +145,37 @@ impl Topology {
         self.configure();
     }
 
+    /// The gateway end's MAC address, as bytes (the destination of frames made by hand).
+    pub fn gw_mac(&self) -> [u8; 6] {
+        let text = self.gw.mac(&self.gw_if);
+        let bytes: Vec<u8> =
+            text.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address")).collect();
+        bytes.try_into().expect("six bytes")
+    }
+
+    /// Gives the client `addrs` (in `net`, e.g. `198.18.4.0/22`), and the gateway a route
+    /// back and a static neighbour entry for each (as for the topology's own clients:
+    /// resolving a few hundred new neighbours at once loses some of the answers).
+    pub fn add_client_addresses(&self, net: &str, addrs: &[std::net::Ipv4Addr]) {
+        let len = net.split_once('/').map(|(_, l)| l).expect("a prefix length");
+        let client_if = &self.client_if;
+        let mac = self.client.mac(client_if);
+        let addrs_batch: String =
+            addrs.iter().map(|a| format!("addr add {a}/{len} dev {client_if}\n")).collect();
+        let neighs: String = addrs
+            .iter()
+            .map(|a| format!("neigh replace {a} lladdr {mac} dev {} nud permanent\n", self.gw_if))
+            .collect();
+        self.gw.ip(&["route", "add", net, "dev", &self.gw_if]);
+        for (ns, lines) in [(&self.client, addrs_batch), (&self.gw, neighs)] {
+            let batch =
+                std::env::temp_dir().join(format!("secgate-addr-batch-{}", std::process::id()));
+            std::fs::write(&batch, lines).expect("batch file");
+            ns.ip(&["-batch", batch.to_str().expect("utf-8 path")]);
+            let _ = std::fs::remove_file(&batch);
+        }
+    }
+
     /// Deletes the veth pair, which detaches whatever XDP program was on it.
     pub fn delete_pair(&self) {
         self.client.ip(&["link", "del", &self.client_if]);
@@ -287,6 +318,18 @@ pub struct Daemon {
     pub audit: PathBuf,
     /// Top-level config tables written after the daemon's own (`[gateway]`, `[auth]`…).
     pub extra: String,
+    /// How the daemon is started: its log filter and CPUs (see [`Launch`]).
+    pub launch: Launch,
+}
+
+/// How [`Daemon::spawn`] starts `secgate run`.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// `SECGATE_LOG`; by default `info`, and a gateway's own debug lines too, so that the
+    /// tests that grep the log for credentials see everything it could write.
+    pub log: Option<&'static str>,
+    /// CPUs to run on (`taskset -c`); its async runtime then has as many worker threads.
+    pub cpus: Option<String>,
 }
 
 impl Daemon {
@@ -324,6 +367,7 @@ impl Daemon {
             )),
             dir,
             extra,
+            launch: Launch::default(),
         };
         d.write_config_for(interfaces, datapath_extra);
         d.spawn();
@@ -357,15 +401,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.gw.display()))
-            .arg("--")
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.gw.display())).arg("--");
+        if let Some(cpus) = &self.launch.cpus {
+            cmd.args(["taskset", "-c", cpus]);
+        }
+        let filter = if self.extra.is_empty() { "info" } else { "secgate=debug,info" };
+        let child = cmd
             .arg(secgate_bin())
             .args(["run", "-c"])
             .arg(&self.config)
-            // A gateway daemon logs its own debug lines too, so that the tests that grep the
-            // log for credentials see everything it could write.
-            .env("SECGATE_LOG", if self.extra.is_empty() { "info" } else { "secgate=debug,info" })
+            .env("SECGATE_LOG", self.launch.log.unwrap_or(filter))
             .stderr(log)
             .spawn()
             .expect("spawn secgate run");

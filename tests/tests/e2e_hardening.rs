@@ -544,12 +544,16 @@ fn status_and_metrics_never_walk_the_sources() {
             n - sets
         });
         for _ in 0..5 {
-            // Sources are the buckets the program created (two senders); the entries this test
-            // writes from userspace are not traffic and are not counted.
+            // Sources are the buckets the program created (two senders, and whatever the
+            // client's kernel sends on its own, such as IPv6 router solicitations); the entries
+            // this test writes from userspace are not traffic and are not counted. Only a
+            // bucket created after the fill can evict one, so the two senders' never did.
             let status = status(&daemon);
-            assert!(status["buckets_created"].as_u64().is_some_and(|n| n >= 2), "{status}");
+            let created = status["buckets_created"].as_u64().expect("buckets_created");
+            assert!(created >= 2, "{status}");
             assert_eq!(status["sources"], status["buckets_created"], "{status}");
-            assert_eq!(status["buckets_evicted"], 0, "two senders fit: {status}");
+            let evicted = status["buckets_evicted"].as_u64().expect("buckets_evicted");
+            assert!(evicted <= created - 2, "two senders fit: {status}");
             let tracked = metric(&topo, "secgate_sources_tracked");
             assert!((2.0..=f64::from(capacity)).contains(&tracked), "{tracked}");
         }

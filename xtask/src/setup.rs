@@ -24,6 +24,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     ("man-db", "man"),
 ];
+/// What `cargo xtask bench gateway` compares secgate with and loads it by: nginx, h2load,
+/// and fail2ban with the inotify backend it uses by default.
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "nghttp2-client", "fail2ban", "python3-pyinotify"];
 const CARGO_DEB_VERSION: &str = "3";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
@@ -55,6 +58,30 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// The Debian packages the benchmark `what` needs beyond the tests' (none for most).
+/// fail2ban's package starts its service where an init system runs; the bench starts a
+/// server of its own, so that one is stopped.
+pub fn bench_packages(what: Option<&str>) -> Result<()> {
+    if !matches!(what, None | Some("all" | "gateway" | "gateway-profile")) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = BENCH_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)?;
+    let _ = Command::new("fail2ban-client").arg("stop").output();
+    Ok(())
+}
+
+/// Whether dpkg has `package` installed.
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
 fn packages() -> Result<()> {
     let missing: Vec<&str> =
         PACKAGES.iter().filter(|(_, tool)| !have(tool)).map(|(p, _)| *p).collect();
@@ -62,6 +89,10 @@ fn packages() -> Result<()> {
         eprintln!("setup: system packages present");
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+fn apt_install(missing: &[&str]) -> Result<()> {
     if !is_root() {
         bail!(
             "missing packages {missing:?}; run `sudo apt-get update && sudo apt-get install -y {}`",
@@ -72,7 +103,7 @@ fn packages() -> Result<()> {
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

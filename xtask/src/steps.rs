@@ -135,6 +135,7 @@ pub fn dist() -> Result<PathBuf> {
 pub fn bench(what: Option<&str>) -> Result<()> {
     // The escalation benchmark runs the real daemon, built as it ships.
     build(true)?;
+    crate::setup::bench_packages(what)?;
     run_cmd(
         cargo()
             .args(["run", "--release", "-p", "secgate-tests", "--bin", "secgate-bench", "--"])

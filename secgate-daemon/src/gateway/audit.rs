@@ -1,7 +1,7 @@
 //! The request audit: one JSON line per request (time, source, principal, route, method,
 //! path, status, decision, reason, latency) in the audit log, after the control changes'.
 //! Requests hand their line to a bounded queue and go on; a writer thread batches what has
-//! queued and writes it. When the queue is full the line is counted as lost, never waited for:
+//! queued and writes it, at most every 10 ms. When the queue is full the line is counted as lost, never waited for:
 //! a slow disk must not slow the API. No token, key, cookie or query string is recorded.
 
 use std::{
@@ -20,6 +20,8 @@ use crate::audit::Audit;
 
 /// Lines waiting to be written at most.
 const QUEUE: usize = 16 * 1024;
+/// How long the writer lets lines gather after each write.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Line {
@@ -89,6 +91,11 @@ impl RequestLog {
                     }
                     audit.append_lines(&buf);
                     buf.clear();
+                    // Lines gather while this thread sleeps: woken for each one, it cost
+                    // every request a context switch (a third of the gateway's CPU at
+                    // 25,000 requests/s on one core); at this pace it wakes at most 100
+                    // times a second, and a line is written within 10 ms.
+                    std::thread::sleep(GATHER);
                 }
             })
             .expect("spawn the request log writer");

@@ -144,7 +144,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named).chain([&header::UPGRADE]) {
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name) || named.contains(name) || *name == header::UPGRADE
+    });
+}
+
+/// Removes every field whose name `doomed` picks. Looks at the names the request has (a
+/// handful) rather than removing each name it might have: a removal by name parses and
+/// hashes that name, and 27 forgeable names, removed one by one, were 5% of the gateway's
+/// CPU per proxied request.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }
@@ -248,9 +259,7 @@ const FORGEABLE: &[&str] = &[
 
 /// Replaces the client's forwarding headers with the gateway's own account.
 fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
-    for name in FORGEABLE {
-        headers.remove(*name);
-    }
+    remove_where(headers, |name| FORGEABLE.contains(&name.as_str()));
     let ip = origin.client.to_string();
     let node = if origin.client.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
     let mut forwarded = format!("for={node};proto=https");

@@ -36,32 +36,10 @@ fn baseline_cidr(i: usize) -> ipnet::IpNet {
     ipnet::IpNet::from(IpAddr::from(Ipv4Addr::from(0xc613_c800u32 + i as u32)))
 }
 
-/// Gives the client namespace the offenders' addresses, and the gateway a route back and a
-/// static neighbour entry for each (as the topology does for its own clients: resolving a
-/// few hundred new neighbours at once loses some of the answers).
+/// Gives the client namespace the offenders' addresses.
 fn add_addresses(gw: &Gw) {
-    let n = ROUNDS * BURST;
-    let client_if = &gw.topo.client_if;
-    let mac = gw.topo.client.mac(client_if);
-    let addrs: String =
-        (0..n).map(|i| format!("addr add {}/22 dev {client_if}\n", offender(i))).collect();
-    let neighs: String = (0..n)
-        .map(|i| {
-            format!(
-                "neigh replace {} lladdr {mac} dev {} nud permanent\n",
-                offender(i),
-                gw.topo.gw_if
-            )
-        })
-        .collect();
-    gw.topo.gw.ip(&["route", "add", "198.18.4.0/22", "dev", &gw.topo.gw_if]);
-    for (ns, lines) in [(&gw.topo.client, addrs), (&gw.topo.gw, neighs)] {
-        let batch =
-            std::env::temp_dir().join(format!("secgate-bench-batch-{}", std::process::id()));
-        std::fs::write(&batch, lines).expect("batch file");
-        ns.ip(&["-batch", batch.to_str().expect("utf-8 path")]);
-        let _ = std::fs::remove_file(&batch);
-    }
+    let addrs: Vec<Ipv4Addr> = (0..ROUNDS * BURST).map(offender).collect();
+    gw.topo.add_client_addresses("198.18.4.0/22", &addrs);
 }
 
 /// The gateway interface's `threaded` attribute, read in its namespace (`ip netns exec`

@@ -132,13 +132,7 @@ impl Flood {
     /// [`Flood::frame`] addressed to the receiving end of `topo`.
     pub fn frame_to(&self, topo: &Topology) -> Vec<u8> {
         let mut frame = self.frame();
-        let mac: Vec<u8> = topo
-            .gw
-            .mac(&topo.gw_if)
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).expect("mac"))
-            .collect();
-        frame[..6].copy_from_slice(&mac);
+        frame[..6].copy_from_slice(&topo.gw_mac());
         frame
     }
 }
@@ -255,7 +249,7 @@ impl Drop for Bench {
     }
 }
 
-fn nft(ns: &NetNs, script: &str) {
+pub fn nft(ns: &NetNs, script: &str) {
     let mut child = ns
         .command("nft")
         .args(["-f", "-"])

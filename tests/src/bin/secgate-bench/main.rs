@@ -1,8 +1,8 @@
-//! `cargo xtask bench [datapath|cost|live|split|bans|escalation]`: the datapath (`cost`: only
-//! its per-packet cost under `BPF_PROG_TEST_RUN`; `live`: its live floods in both CPU
-//! arrangements and rate accuracy; `split`: the floods with the receiver on a CPU of its
-//! own alone), the ban path of the service
-//! layer and the enforcement latency of escalation bans, each measured against a baseline in
+//! `cargo xtask bench [datapath|cost|live|split|bans|escalation|gateway]`: the datapath
+//! (`cost`: only its per-packet cost under `BPF_PROG_TEST_RUN`; `live`: its live floods in
+//! both CPU arrangements and rate accuracy; `split`: the floods with the receiver on a CPU
+//! of its own alone), the ban path of the service layer, the enforcement latency of
+//! escalation bans and the TLS gateway against nginx, each measured against a baseline in
 //! the same run, interleaved round by round so machine noise hits all alike, and printed as
 //! ratios. Nothing here asserts a timing.
 
@@ -10,6 +10,7 @@ mod accuracy;
 mod bans;
 mod cost;
 mod escalation;
+mod gateway;
 mod live;
 mod own_cpu;
 mod report;
@@ -51,13 +52,29 @@ fn main() {
         println!();
         escalation::run();
     }
+    if matches!(what.as_str(), "all" | "gateway") {
+        println!();
+        gateway::run();
+    }
+    if what == "gateway-profile" {
+        gateway::profile();
+    }
     assert!(
         matches!(
             what.as_str(),
-            "all" | "datapath" | "cost" | "live" | "split" | "bans" | "escalation"
+            "all"
+                | "datapath"
+                | "cost"
+                | "live"
+                | "split"
+                | "bans"
+                | "escalation"
+                | "gateway"
+                | "gateway-profile"
         ),
         "unknown benchmark {what:?}: all, datapath, cost, live or split (its per-packet cost, \
          its live floods and rate accuracy, or the floods with the receiver on a CPU of its \
-         own, alone), bans or escalation"
+         own, alone), bans, escalation, gateway (the TLS gateway against nginx) or gateway-profile (where \
+         their CPU goes)"
     );
 }
