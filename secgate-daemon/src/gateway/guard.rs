@@ -220,14 +220,14 @@ impl<S> Guarded<S> {
     pub fn new(
         inner: S,
         activity: Arc<Activity>,
-        http1_max_head: Option<usize>,
+        h1: H1Scan,
         on_abuse: Box<dyn FnOnce(Abuse) + Send>,
     ) -> Guarded<S> {
         Guarded {
             inner,
             activity,
             scan: FrameScan::new(),
-            h1: http1_max_head.map_or_else(H1Scan::off, H1Scan::new),
+            h1,
             ready: Vec::new(),
             refusal: None,
             broken: false,

@@ -47,11 +47,12 @@ pub use settings::GatewaySettings;
 use self::{
     audit::RequestLog,
     authn::Authenticator,
+    framing::H1Scan,
     guard::{Abuse, Activity, Guarded},
     metrics::GatewayMetrics,
     proxy::Upstream,
     routes::Route,
-    settings::{ConnLimits, MAX_HEADERS_ACCEPTED, RequestLimits, Timeouts},
+    settings::{ConnLimits, RequestLimits, Timeouts},
     slots::{Slot, Slots, SourceKey},
     tls::TlsSettings,
 };
@@ -309,10 +310,13 @@ impl Gateway {
         // to guess it from the first bytes, which the HTTP/1.1 scan holds back until a head
         // is whole.
         let h2 = session.alpn_protocol() == Some(b"h2");
+        let max_head = settings.limits.max_header_bytes as usize;
+        // Fixed for the connection, as its other limits are: a reload applies to new ones.
+        let max_fields = self.rules.load().limits.max_headers as usize;
         let io = Guarded::new(
             tls,
             activity.clone(),
-            (!h2).then_some(settings.limits.max_header_bytes as usize),
+            if h2 { H1Scan::off() } else { H1Scan::new(max_head, max_fields) },
             Box::new(move |abuse| match abuse {
                 Abuse::RapidReset => {
                     warn!(%peer, "HTTP/2 connection cut: stream resets over budget");
@@ -326,8 +330,7 @@ impl Gateway {
                 Abuse::Framing(refused) => {
                     debug!(%peer, why = refused.why, "HTTP/1.1 head refused");
                     metrics.closed("bad_framing");
-                    let code =
-                        if refused.status == 431 { "headers_too_large" } else { "bad_framing" };
+                    let code = refused.code;
                     log.record(audit::Line::refused(peer.ip(), refused.status, code, refused.why));
                     escalation.report(source, Kind::ValidationFailure, code);
                 }
@@ -337,7 +340,7 @@ impl Gateway {
         let on_conn = conn.clone();
         let service =
             service_fn(move |req| pipeline::handle(gateway.clone(), on_conn.clone(), req));
-        let builder = http_builder(&settings, h2);
+        let builder = http_builder(&settings, h2, max_fields);
         let served = builder.serve_connection(TokioIo::new(io), service);
         // Closed gracefully once it has been idle (see `Activity::quiet`) for `idle`; dropped
         // if it is still open after another `idle`.
@@ -442,7 +445,13 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-fn http_builder(settings: &ConnSettings, h2: bool) -> auto::Builder<TokioExecutor> {
+/// hyper for one connection: HTTP/2, or HTTP/1.1 parsing at most `max_fields` header
+/// fields (the framing scan refuses more first).
+fn http_builder(
+    settings: &ConnSettings,
+    h2: bool,
+    max_fields: usize,
+) -> auto::Builder<TokioExecutor> {
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut builder = if h2 { builder.http2_only() } else { builder.http1_only() };
     let header_bytes = settings.limits.max_header_bytes;
@@ -451,9 +460,7 @@ fn http_builder(settings: &ConnSettings, h2: bool) -> auto::Builder<TokioExecuto
         .timer(TokioTimer::new())
         .header_read_timeout(settings.timeouts.header)
         .max_buf_size(header_bytes as usize)
-        // hyper's own cap (100 by default) must not undercut `max_headers`, which is
-        // checked, with a JSON answer, in `validate::head`.
-        .max_headers(MAX_HEADERS_ACCEPTED)
+        .max_headers(max_fields)
         // A head refused after pipelined requests ends the client's stream (see `guard`):
         // the answers already owed are still written, then the refusal.
         .half_close(true)

@@ -47,7 +47,7 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
 }
 
-/// The most header fields `max_headers` may allow; hyper is told to read this many.
+/// The most header fields `max_headers` may allow.
 pub const MAX_HEADERS_ACCEPTED: usize = 1000;
 
 pub const DEFAULT_REQUEST_LIMITS: RequestLimits =

@@ -129,12 +129,8 @@ pub fn framing(why: &str) -> Rejection {
 /// The refusal of a head the framing scanner stopped before hyper (see `framing`).
 pub fn refused_head(r: super::framing::Refused) -> Rejection {
     if r.status == 431 {
-        Rejection::invalid(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            r.why.into(),
-        )
-        .closing()
+        Rejection::invalid(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, r.code, r.why.into())
+            .closing()
     } else {
         framing(r.why)
     }

@@ -3,10 +3,11 @@ use proptest::prelude::*;
 use super::*;
 
 const MAX: usize = 16 * 1024;
+const FIELDS: usize = 100;
 
 /// Feeds `input` in pieces cut at `cuts`; returns what was released and the refusal.
 fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<Refused>) {
-    let mut scan = H1Scan::new(MAX);
+    let mut scan = H1Scan::new(MAX, FIELDS);
     let mut out = Vec::new();
     let mut at = 0;
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
@@ -152,7 +153,7 @@ fn ambiguous_heads_are_refused_and_never_released() {
 
 #[test]
 fn an_endless_head_is_refused_as_too_large() {
-    let mut scan = H1Scan::new(MAX);
+    let mut scan = H1Scan::new(MAX, usize::MAX);
     let mut out = Vec::new();
     scan.feed(b"GET / HTTP/1.1\r\n", &mut out).unwrap();
     let mut refused = None;
@@ -164,6 +165,25 @@ fn an_endless_head_is_refused_as_too_large() {
     }
     assert_eq!(refused.map(|r| r.status), Some(431));
     assert!(out.is_empty(), "nothing of it reached hyper");
+}
+
+#[test]
+fn more_fields_than_allowed_are_refused_before_hyper() {
+    let head = |fields: usize| {
+        let lines: String = (0..fields).map(|i| format!("X-H{i}: 1\r\n")).collect();
+        format!("GET / HTTP/1.1\r\n{lines}\r\n").into_bytes()
+    };
+    let (out, refused) = run(&head(FIELDS), &[7, 300]);
+    assert_eq!((out, refused), (head(FIELDS), None), "as many as allowed pass");
+    let (out, refused) = run(&head(FIELDS + 1), &[7, 300]);
+    let refused = refused.expect("one more is refused");
+    assert_eq!((refused.status, refused.code), (431, "too_many_headers"));
+    assert!(out.is_empty(), "nothing of it reached hyper");
+    // Trailers are checked here for their form only: hyper counts them against the cap.
+    let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+    let trailers: String = (0..FIELDS + 5).map(|i| format!("T{i}: 1\r\n")).collect();
+    let input = format!("{chunked}{trailers}\r\n").into_bytes();
+    assert_eq!(run(&input, &[]), (input.clone(), None));
 }
 
 proptest! {
