@@ -78,7 +78,7 @@ pub async fn run(
     }
     escalation.register(&mut registry);
     service.on_reload(Arc::new(EscalationReload(escalation.clone())));
-    start_gateway(&config, &service, &escalation, &audit, &mut registry).await?;
+    let request_log = start_gateway(&config, &service, &escalation, &audit, &mut registry).await?;
     start_metrics(config.metrics_listen, registry).await;
     // The control socket last of the listeners: once it answers, the gateway and the metrics
     // endpoint are listening (scripts and tests wait for the socket).
@@ -94,6 +94,9 @@ pub async fn run(
     }
     signals(&service).await?;
     escalation.save();
+    if let Some(log) = request_log {
+        tokio::task::spawn_blocking(move || log.flush()).await?;
+    }
     let _ = std::fs::remove_file(&socket);
     tokio::task::spawn_blocking(move || service.shutdown()).await?;
     info!(
@@ -121,27 +124,28 @@ async fn start_metrics(
 }
 
 /// Binds and serves the gateway if the config has one (a listen address that cannot be bound
-/// is fatal), and registers its part of every reload.
+/// is fatal), and registers its part of every reload. Returns its request log, to flush at
+/// the end.
 async fn start_gateway(
     config: &Config,
     service: &Arc<Service>,
     escalation: &Arc<Escalation>,
     audit: &Arc<Audit>,
     registry: &mut prometheus_client::registry::Registry,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Arc<RequestLog>>> {
     let Some(settings) = &config.gateway else {
         service.on_reload(Arc::new(NoGateway));
-        return Ok(());
+        return Ok(None);
     };
     let log = RequestLog::start(audit.clone());
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     gateway_metrics.register(registry, log.clone());
     let gateway =
-        Gateway::new(settings, service.clone(), escalation.clone(), gateway_metrics, log)?;
+        Gateway::new(settings, service.clone(), escalation.clone(), gateway_metrics, log.clone())?;
     let listeners = gateway.bind().await?;
     gateway.serve(listeners);
     service.on_reload(Arc::new(GatewayReload(gateway)));
-    Ok(())
+    Ok(Some(log))
 }
 
 /// Raises the soft descriptor limit to the hard one: connections, map and link descriptors

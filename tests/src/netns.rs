@@ -168,11 +168,9 @@ impl Topology {
             .collect();
         self.gw.ip(&["route", "add", net, "dev", &self.gw_if]);
         for (ns, lines) in [(&self.client, addrs_batch), (&self.gw, neighs)] {
-            let batch =
-                std::env::temp_dir().join(format!("secgate-addr-batch-{}", std::process::id()));
-            std::fs::write(&batch, lines).expect("batch file");
-            ns.ip(&["-batch", batch.to_str().expect("utf-8 path")]);
-            let _ = std::fs::remove_file(&batch);
+            let batch = tempfile::NamedTempFile::new().expect("batch file");
+            std::fs::write(batch.path(), lines).expect("batch file");
+            ns.ip(&["-batch", batch.path().to_str().expect("utf-8 path")]);
         }
     }
 

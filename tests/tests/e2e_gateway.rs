@@ -797,7 +797,8 @@ fn oversized_and_mistyped_requests_never_reach_the_upstream() {
         );
     }
     assert!(gw.up.seen().is_empty(), "the upstream saw {:?}", gw.up.seen());
-    // The gateway's own 431 (hyper reads up to 1000 fields): JSON, with the security headers.
+    // The gateway's own 431 (the framing scan refuses the head before hyper parses it):
+    // JSON, with the security headers.
     let answer = gw.rt.block_on(async {
         let mut tls =
             gw.tls(H1, None).connect(&gw.topo.client, CLIENT_V4, gw.addr()).await.unwrap();

@@ -25,8 +25,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("man-db", "man"),
 ];
 /// What `cargo xtask bench gateway` compares secgate with and loads it by: nginx, h2load,
-/// and fail2ban with the inotify backend it uses by default.
-const BENCH_PACKAGES: &[&str] = &["nginx-light", "nghttp2-client", "fail2ban", "python3-pyinotify"];
+/// fail2ban with the inotify backend it uses by default; and perf for `gateway-profile`.
+const BENCH_PACKAGES: &[&str] =
+    &["nginx-light", "nghttp2-client", "fail2ban", "python3-pyinotify", "linux-perf"];
+/// Debian's hook that lets package scripts start services; 101 says "not now".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const CARGO_DEB_VERSION: &str = "3";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
@@ -59,8 +62,9 @@ fn have(tool: &str) -> bool {
 }
 
 /// The Debian packages the benchmark `what` needs beyond the tests' (none for most).
-/// fail2ban's package starts its service where an init system runs; the bench starts a
-/// server of its own, so that one is stopped.
+/// nginx's and fail2ban's packages would start (and enable) their services where an init
+/// system runs, nginx on the host's port 80: the bench runs servers of its own, so their
+/// scripts are told not to (`policy-rc.d`) for the install.
 pub fn bench_packages(what: Option<&str>) -> Result<()> {
     if !matches!(what, None | Some("all" | "gateway" | "gateway-profile")) {
         return Ok(());
@@ -69,9 +73,19 @@ pub fn bench_packages(what: Option<&str>) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&missing)?;
-    let _ = Command::new("fail2ban-client").arg("stop").output();
-    Ok(())
+    if !is_root() {
+        return apt_install(&missing);
+    }
+    let ours = !Path::new(POLICY_RC_D).exists();
+    if ours {
+        std::fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(POLICY_RC_D, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = apt_install(&missing);
+    if ours {
+        std::fs::remove_file(POLICY_RC_D)?;
+    }
+    installed
 }
 
 /// Whether dpkg has `package` installed.

@@ -311,7 +311,8 @@ impl Gateway {
         // is whole.
         let h2 = session.alpn_protocol() == Some(b"h2");
         let max_head = settings.limits.max_header_bytes as usize;
-        // Fixed for the connection, as its other limits are: a reload applies to new ones.
+        // Fixed for the connection (the framing scan and hyper's parser are both sized by
+        // it): a reload that changes it applies to new connections.
         let max_fields = self.rules.load().limits.max_headers as usize;
         let io = Guarded::new(
             tls,

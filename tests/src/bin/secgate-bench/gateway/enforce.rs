@@ -24,8 +24,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Failed logins that get a source banned, on both sides.
 pub const FAILURES: u32 = 5;
-/// Runs per side.
-pub const RUNS: usize = 20;
+/// Runs per side (each a fresh attacker address, so 2 × this must fit [`NET`]).
+pub const RUNS: usize = 100;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(20);
 /// A run whose attacker is not stopped within this long is a failure of the setup.
 const GIVE_UP: Duration = Duration::from_secs(10);

@@ -45,13 +45,14 @@ impl Flood {
     }
 
     /// Floods from `cpu` until `stop` is set (or [`Flood::LIMIT`] has passed, whatever
-    /// happens to the caller); returns the frames sent and for how long.
-    pub fn run(&self, topo: &Topology, cpu: usize, stop: &AtomicBool) -> (u64, Duration) {
+    /// happens to the caller); returns the frames sent, for how long, and the CPU time the
+    /// generator took from the legitimate client and the upstream beside it.
+    pub fn run(&self, topo: &Topology, cpu: usize, stop: &AtomicBool) -> (u64, Duration, Duration) {
         let (generator, frame, ifindex) = (&self.generator, &self.frame, self.ifindex);
         topo.client.within(move || {
             pin_to_cpu(cpu);
-            realtime();
             let start = Instant::now();
+            let cpu_before = thread_cpu();
             let tick = Duration::from_secs_f64(f64::from(BATCH) / PPS as f64);
             let (mut next, mut sent) = (start, 0u64);
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Self::LIMIT {
@@ -62,7 +63,7 @@ impl Flood {
                     std::thread::sleep(wait);
                 }
             }
-            (sent, start.elapsed())
+            (sent, start.elapsed(), thread_cpu() - cpu_before)
         })
     }
 
@@ -70,14 +71,24 @@ impl Flood {
     const LIMIT: Duration = Duration::from_secs(60);
 }
 
-/// Makes the calling thread real-time (`SCHED_FIFO`): the load generator beside it keeps
-/// its CPU busy, and an attacker's frames do not wait for a victim's client to yield. It
-/// sleeps between batches, so it takes only the share the flood's rate needs.
-fn realtime() {
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter.
-    let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-    assert_eq!(set, 0, "SCHED_FIFO for the flood: {}", std::io::Error::last_os_error());
+/// The calling thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it for this thread.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is the calling thread.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    assert_eq!(ok, 0, "getrusage: {}", std::io::Error::last_os_error());
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Sets `stop` when dropped, so that a load run that fails ends its flood at once.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// nftables' ban set at netdev ingress on the gateway's interface: `BANNED` dropped.

@@ -55,7 +55,7 @@ pub fn attack_lines(attack: &[(Server, bool, Run, FloodRate)]) -> Vec<String> {
             let get = |flooded| attack.iter().find(|(s, f, _, _)| *s == server && *f == flooded);
             let ((_, _, calm, _), (_, _, flooded, pps)) = (get(false)?, get(true)?);
             Some(format!(
-                "{:<40} {:>8.0} req/s p99 {:.2} ms calm | {:>8.0} req/s p99 {:.2} ms under {:.2} Mpps sent, {:.2} taken | {:.2}x",
+                "{:<40} {:>8.0} req/s p99 {:.2} ms calm | {:>8.0} req/s p99 {:.2} ms under {:.2} Mpps sent, {:.2} taken, generator {:.0}% of CPU 0 | {:.2}x",
                 attack_label(server),
                 calm.done.rps(),
                 calm.done.p99_ms,
@@ -63,6 +63,7 @@ pub fn attack_lines(attack: &[(Server, bool, Run, FloodRate)]) -> Vec<String> {
                 flooded.done.p99_ms,
                 pps.sent_pps / 1e6,
                 pps.taken_pps / 1e6,
+                pps.generator_cpu * 100.0,
                 flooded.done.rps() / calm.done.rps()
             ))
         })
@@ -160,7 +161,8 @@ fn json(results: &Results) -> String {
         .map(|(s, f, r, flood)| {
             serde_json::json!({
                 "server": s.name(), "flooded": f, "flood_sent_pps": flood.sent_pps,
-                "flood_taken_pps": flood.taken_pps, "rps": r.done.rps(),
+                "flood_taken_pps": flood.taken_pps, "flood_generator_cpu": flood.generator_cpu,
+                "rps": r.done.rps(),
                 "p50_ms": r.done.p50_ms, "p99_ms": r.done.p99_ms,
                 "cpu_us_per_request": r.cpu_us_per_request,
             })
@@ -222,14 +224,14 @@ fn markdown(results: &Results) -> String {
         }
     }
     if !results.attack.is_empty() {
-        md.push_str("\n| under a flood from a banned prefix (HTTP/1.1, 32 conns, GET) | req/s calm | req/s flooded | ratio | p99 ms calm / flooded | flood Mpps sent / taken |\n|---|---|---|---|---|---|\n");
+        md.push_str("\n| under a flood from a banned prefix (HTTP/1.1, 32 conns, GET) | req/s calm | req/s flooded | ratio | p99 ms calm / flooded | flood Mpps sent / taken | generator's share of CPU 0 |\n|---|---|---|---|---|---|---|\n");
         for server in [Server::Nginx, Server::Secgate] {
             let get =
                 |flooded| results.attack.iter().find(|(s, f, _, _)| *s == server && *f == flooded);
             if let (Some((_, _, calm, _)), Some((_, _, flooded, pps))) = (get(false), get(true)) {
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    "| {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0}% |",
                     attack_label(server),
                     calm.done.rps(),
                     flooded.done.rps(),
@@ -238,6 +240,7 @@ fn markdown(results: &Results) -> String {
                     flooded.done.p99_ms,
                     pps.sent_pps / 1e6,
                     pps.taken_pps / 1e6,
+                    pps.generator_cpu * 100.0,
                 );
             }
         }
