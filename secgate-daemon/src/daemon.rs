@@ -95,7 +95,7 @@ pub async fn run(
     signals(&service).await?;
     escalation.save();
     if let Some(log) = request_log {
-        tokio::task::spawn_blocking(move || log.flush()).await?;
+        log.flush().await;
     }
     let _ = std::fs::remove_file(&socket);
     tokio::task::spawn_blocking(move || service.shutdown()).await?;

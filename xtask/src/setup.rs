@@ -30,6 +30,11 @@ const BENCH_PACKAGES: &[&str] =
     &["nginx-light", "nghttp2-client", "fail2ban", "python3-pyinotify", "linux-perf"];
 /// Debian's hook that lets package scripts start services; 101 says "not now".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+/// The hook this writes, marked so that one left by an interrupted run is known as ours.
+const OUR_POLICY: &str =
+    "#!/bin/sh\n# written by cargo xtask bench while it installs packages\nexit 101\n";
+/// The services the bench packages would bring up, with servers of the bench's own.
+const BENCH_SERVICES: &[&str] = &["nginx", "fail2ban"];
 const CARGO_DEB_VERSION: &str = "3";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
@@ -62,9 +67,10 @@ fn have(tool: &str) -> bool {
 }
 
 /// The Debian packages the benchmark `what` needs beyond the tests' (none for most).
-/// nginx's and fail2ban's packages would start (and enable) their services where an init
+/// nginx's and fail2ban's packages would start and enable their services where an init
 /// system runs, nginx on the host's port 80: the bench runs servers of its own, so their
-/// scripts are told not to (`policy-rc.d`) for the install.
+/// scripts are told not to start them (`policy-rc.d`) for the install, and under systemd
+/// they are disabled after it.
 pub fn bench_packages(what: Option<&str>) -> Result<()> {
     if !matches!(what, None | Some("all" | "gateway" | "gateway-profile")) {
         return Ok(());
@@ -76,16 +82,44 @@ pub fn bench_packages(what: Option<&str>) -> Result<()> {
     if !is_root() {
         return apt_install(&missing);
     }
-    let ours = !Path::new(POLICY_RC_D).exists();
-    if ours {
-        std::fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n")?;
-        std::fs::set_permissions(POLICY_RC_D, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let policy = NoServiceStarts::new()?;
+    apt_install(&missing)?;
+    drop(policy);
+    if Path::new("/run/systemd/system").exists() {
+        run_cmd(Command::new("systemctl").arg("disable").args(BENCH_SERVICES))?;
     }
-    let installed = apt_install(&missing);
-    if ours {
-        std::fs::remove_file(POLICY_RC_D)?;
+    Ok(())
+}
+
+/// `policy-rc.d` refusing every service start while it lives, unless the host has a policy
+/// of its own (then that one rules). Removed on drop, on failure too; one an interrupted
+/// run left is recognised by its text and taken over.
+struct NoServiceStarts {
+    ours: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<NoServiceStarts> {
+        let found = std::fs::read_to_string(POLICY_RC_D).ok();
+        let ours = found.is_none_or(|text| text == OUR_POLICY);
+        if ours {
+            std::fs::write(POLICY_RC_D, OUR_POLICY)
+                .and_then(|()| {
+                    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+                    std::fs::set_permissions(POLICY_RC_D, mode)
+                })
+                .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        }
+        Ok(NoServiceStarts { ours })
     }
-    installed
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.ours {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 /// Whether dpkg has `package` installed.

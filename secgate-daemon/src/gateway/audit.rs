@@ -1,9 +1,9 @@
 //! The request audit: one JSON line per request (time, source, principal, route, method,
 //! path, status, decision, reason, latency) in the audit log, after the control changes'.
 //! Requests hand their line to a bounded queue and go on; a writer thread batches what has
-//! queued and writes it, at most every 10 ms, and all of it when the daemon stops. When the
-//! queue is full the line is counted as lost, never waited for: a slow disk must not slow
-//! the API. No token, key, cookie or query string is recorded.
+//! queued and writes it, at most every 10 ms, and all that has queued when the daemon
+//! stops. When the queue is full the line is counted as lost, never waited for: a slow disk
+//! must not slow the API. No token, key, cookie or query string is recorded.
 
 use std::{
     net::IpAddr,
@@ -75,7 +75,7 @@ impl Line {
 #[derive(Debug)]
 enum Entry {
     Line(Line),
-    Flush(std::sync::mpsc::SyncSender<()>),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Debug)]
@@ -84,7 +84,7 @@ pub struct RequestLog {
     lost: AtomicU64,
 }
 
-/// How long [`RequestLog::flush`] waits for the writer.
+/// How long [`RequestLog::flush`] waits for room in the queue, then for the writer.
 const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RequestLog {
@@ -126,13 +126,13 @@ impl RequestLog {
         }
     }
 
-    /// Writes every line queued so far and returns once they are written (or after
-    /// [`FLUSH_WAIT`]): the daemon calls it as it stops, so the last requests' lines are
-    /// not left in the queue. Blocks; call it off the async runtime.
-    pub fn flush(&self) {
-        let (done, written) = std::sync::mpsc::sync_channel(1);
-        if self.tx.blocking_send(Entry::Flush(done)).is_ok() {
-            let _ = written.recv_timeout(FLUSH_WAIT);
+    /// Writes every line queued so far and returns once they are written: the daemon calls
+    /// it as it stops, so the last requests' lines are not left in the queue. Bounded by
+    /// [`FLUSH_WAIT`] twice (a writer stuck on its disk must not hold the stop up for good).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send_timeout(Entry::Flush(done), FLUSH_WAIT).await.is_ok() {
+            let _ = tokio::time::timeout(FLUSH_WAIT, written).await;
         }
     }
 
@@ -142,7 +142,7 @@ impl RequestLog {
 }
 
 /// Adds a line to `buf`, or a flush request to `flushed`.
-fn take(entry: Entry, buf: &mut Vec<u8>, flushed: &mut Vec<std::sync::mpsc::SyncSender<()>>) {
+fn take(entry: Entry, buf: &mut Vec<u8>, flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
     match entry {
         Entry::Line(line) => push(buf, &line),
         Entry::Flush(done) => flushed.push(done),
@@ -171,7 +171,8 @@ mod tests {
         for _ in 0..3 {
             log.record(Line::new(source, &http::Method::POST));
         }
-        log.flush();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(log.flush());
         assert_eq!(read().lines().count(), 4, "{}", read());
         assert_eq!(read().matches(r#""method":"POST""#).count(), 3);
     }

@@ -312,7 +312,8 @@ impl Gateway {
         let h2 = session.alpn_protocol() == Some(b"h2");
         let max_head = settings.limits.max_header_bytes as usize;
         // Fixed for the connection (the framing scan and hyper's parser are both sized by
-        // it): a reload that changes it applies to new connections.
+        // it): a raised limit applies to new connections, a lowered one at once (each
+        // request is checked against the current one in `validate::head`).
         let max_fields = self.rules.load().limits.max_headers as usize;
         let io = Guarded::new(
             tls,

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 pub const FAILURES: u32 = 5;
 /// Runs per side (each a fresh attacker address, so 2 × this must fit [`NET`]).
 pub const RUNS: usize = 100;
+const _: () = assert!(2 * RUNS <= 254, "the attackers must fit NET");
 const PROBE_TIMEOUT: Duration = Duration::from_millis(20);
 /// A run whose attacker is not stopped within this long is a failure of the setup.
 const GIVE_UP: Duration = Duration::from_secs(10);
