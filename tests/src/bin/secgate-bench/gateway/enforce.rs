@@ -203,15 +203,7 @@ impl Fail2ban {
 impl Drop for Fail2ban {
     fn drop(&mut self) {
         let _ = self.client(&["stop"]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::reap(&mut self.child, Duration::from_secs(10));
     }
 }
 

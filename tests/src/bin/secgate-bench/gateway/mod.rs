@@ -467,6 +467,20 @@ rate_limit = {{ per = "principal", rps = 1000000, burst = 100000 }}
     }
 }
 
+/// Waits up to `limit` for `child`, asked to stop, to exit, then kills it: for a drop, which
+/// must neither hang nor panic (`netns::wait_bounded` panics).
+fn reap(child: &mut std::process::Child, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Which server goes first in `round`.
 fn order(round: usize) -> [Server; 2] {
     if round.is_multiple_of(2) {

@@ -90,15 +90,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, Signal::SIGQUIT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::reap(&mut self.child, Duration::from_secs(5));
     }
 }
 

@@ -52,8 +52,7 @@ pub fn attack_lines(attack: &[(Server, bool, Run, FloodRate)]) -> Vec<String> {
     [Server::Nginx, Server::Secgate]
         .into_iter()
         .filter_map(|server| {
-            let get = |flooded| attack.iter().find(|(s, f, _, _)| *s == server && *f == flooded);
-            let ((_, _, calm, _), (_, _, flooded, pps)) = (get(false)?, get(true)?);
+            let (calm, flooded, pps) = calm_and_flooded(attack, server)?;
             Some(format!(
                 "{:<40} {:>8.0} req/s p99 {:.2} ms calm | {:>8.0} req/s p99 {:.2} ms under {:.2} Mpps sent, {:.2} taken, generator {:.0}% of CPU 0 | {:.2}x",
                 attack_label(server),
@@ -68,6 +67,16 @@ pub fn attack_lines(attack: &[(Server, bool, Run, FloodRate)]) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// `server`'s calm run, its flooded run and the flood.
+fn calm_and_flooded(
+    attack: &[(Server, bool, Run, FloodRate)],
+    server: Server,
+) -> Option<(&Run, &Run, &FloodRate)> {
+    let get = |flooded| attack.iter().find(|(s, f, _, _)| *s == server && *f == flooded);
+    let ((_, _, calm, _), (_, _, flooded, flood)) = (get(false)?, get(true)?);
+    Some((calm, flooded, flood))
 }
 
 fn attack_label(server: Server) -> &'static str {
@@ -226,9 +235,7 @@ fn markdown(results: &Results) -> String {
     if !results.attack.is_empty() {
         md.push_str("\n| under a flood from a banned prefix (HTTP/1.1, 32 conns, GET) | req/s calm | req/s flooded | ratio | p99 ms calm / flooded | flood Mpps sent / taken | generator's share of CPU 0 |\n|---|---|---|---|---|---|---|\n");
         for server in [Server::Nginx, Server::Secgate] {
-            let get =
-                |flooded| results.attack.iter().find(|(s, f, _, _)| *s == server && *f == flooded);
-            if let (Some((_, _, calm, _)), Some((_, _, flooded, pps))) = (get(false), get(true)) {
+            if let Some((calm, flooded, pps)) = calm_and_flooded(&results.attack, server) {
                 let _ = writeln!(
                     md,
                     "| {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0}% |",
