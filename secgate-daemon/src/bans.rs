@@ -135,6 +135,16 @@ impl Bans {
         self.slots.iter().filter_map(|(cidr, slot)| view(cidr, slot, now_ns)).collect()
     }
 
+    /// Dynamic bans in force at `now_ns` on prefixes the config does not deny: what this
+    /// node's operators and escalation (or the fleet) decided, as the fleet shares them.
+    pub fn list_dynamic(&self, now_ns: u64) -> Vec<BanView> {
+        self.slots
+            .iter()
+            .filter(|(_, slot)| !slot.config && slot.dynamic.is_some())
+            .filter_map(|(cidr, slot)| view(cidr, slot, now_ns))
+            .collect()
+    }
+
     /// The entry `net`'s own bans (config and dynamic) need, covering ones aside.
     pub fn own(&self, net: &IpNet) -> Option<DenyEntry> {
         self.slots.get(net).and_then(Slot::own)

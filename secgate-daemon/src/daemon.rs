@@ -21,6 +21,7 @@ use crate::{
     datapath::{self, Datapath},
     escalate::{Escalation, EscalationReload},
     events,
+    fleet::{Fleet, limits::FleetLimits},
     gateway::{Gateway, GatewayReload, NoGateway, audit::RequestLog, metrics::GatewayMetrics},
     link_watch,
     lock::InstanceLock,
@@ -78,7 +79,15 @@ pub async fn run(
     }
     escalation.register(&mut registry);
     service.on_reload(Arc::new(EscalationReload(escalation.clone())));
-    let request_log = start_gateway(&config, &service, &escalation, &audit, &mut registry).await?;
+    // Before any door opens: a node that answers enforces every ban the fleet holds.
+    let fleet = match &config.fleet {
+        Some(settings) => Some(Fleet::start(settings, &service, &mut registry).await),
+        None => None,
+    };
+    let fleet_limits = fleet.as_ref().and_then(Fleet::limits);
+    let request_log =
+        start_gateway(&config, (&service, &escalation, fleet_limits), &audit, &mut registry)
+            .await?;
     start_metrics(config.metrics_listen, registry).await;
     // The control socket last of the listeners: once it answers, the gateway and the metrics
     // endpoint are listening (scripts and tests wait for the socket).
@@ -128,8 +137,7 @@ async fn start_metrics(
 /// the end.
 async fn start_gateway(
     config: &Config,
-    service: &Arc<Service>,
-    escalation: &Arc<Escalation>,
+    (service, escalation, fleet): (&Arc<Service>, &Arc<Escalation>, Option<Arc<FleetLimits>>),
     audit: &Arc<Audit>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<Option<Arc<RequestLog>>> {
@@ -140,8 +148,13 @@ async fn start_gateway(
     let log = RequestLog::start(audit.clone());
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     gateway_metrics.register(registry, log.clone());
-    let gateway =
-        Gateway::new(settings, service.clone(), escalation.clone(), gateway_metrics, log.clone())?;
+    let gateway = Gateway::new(
+        settings,
+        service.clone(),
+        escalation.clone(),
+        (gateway_metrics, log.clone()),
+        fleet,
+    )?;
     let listeners = gateway.bind().await?;
     gateway.serve(listeners);
     service.on_reload(Arc::new(GatewayReload(gateway)));

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod escalate;
 pub mod events;
+pub mod fleet;
 pub mod gateway;
 pub mod link_watch;
 pub mod lock;

@@ -493,6 +493,16 @@ impl Policy {
         self.bans.list(self.now())
     }
 
+    /// Whether a dynamic ban on exactly `cidr` is held (in force or not yet swept).
+    pub fn holds_dynamic(&self, cidr: &IpNet) -> bool {
+        self.bans.dynamic(cidr).is_some() && !self.bans.is_config(cidr)
+    }
+
+    /// Dynamic bans in force (config denies aside), each with its own time left.
+    pub fn dynamic_bans(&self) -> Vec<BanView> {
+        self.bans.list_dynamic(self.now())
+    }
+
     /// Lifts the dynamic bans that are due (on the kernel's clock); returns how many. Costs
     /// nothing while none is due, and rewrites the deny maps when a repair is due.
     pub fn sweep(&mut self) -> Result<usize> {
@@ -719,6 +729,7 @@ impl Policy {
             buckets_evicted: stats[STATS_EVICTED_BUCKETS as usize].packets,
             uptime_secs: self.started.elapsed().as_secs(),
             enforcement: Default::default(),
+            fleet: None,
         })
     }
 

@@ -60,7 +60,37 @@ pub fn status(s: &StatusView) -> String {
             );
         }
     }
+    if let Some(f) = &s.fleet {
+        fleet(&mut out, f);
+    }
     out
+}
+
+fn fleet(out: &mut String, f: &crate::views::FleetView) {
+    let link = if f.connected { "connected" } else { "DISCONNECTED" };
+    let _ = writeln!(
+        out,
+        "fleet:      node {} via {} ({link}; shares {})",
+        f.node,
+        f.redis,
+        f.shares.join(", ")
+    );
+    let sync = f.last_sync_secs_ago.map_or("never".to_string(), |s| format!("{s:.1}s ago"));
+    let _ = writeln!(
+        out,
+        "            last sync {sync}, {} bans shared, {} changes pending, {} Redis errors",
+        f.bans_shared, f.pending, f.errors
+    );
+    if let Some(p99) = f.propagation_p99_ms {
+        let p50 = f.propagation_p50_ms.unwrap_or(p99);
+        let _ = writeln!(
+            out,
+            "            bans from other nodes in force here after p50 {p50:.1} ms, p99 {p99:.1} ms"
+        );
+    }
+    if let Some(e) = &f.last_error {
+        let _ = writeln!(out, "            last error: {e}");
+    }
 }
 
 pub fn stats(s: &StatsView) -> String {
@@ -162,6 +192,7 @@ mod tests {
             buckets_evicted: 0,
             uptime_secs: 1,
             enforcement: Default::default(),
+            fleet: None,
         };
         assert!(!super::status(&s).contains("evicted"));
         s.buckets_evicted = 24;

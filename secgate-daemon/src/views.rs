@@ -85,6 +85,35 @@ pub struct StatusView {
     /// Escalation bans and how fast they reached the kernel.
     #[serde(default)]
     pub enforcement: EnforcementView,
+    /// The fleet link; `None` without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetView>,
+}
+
+/// The link to the fleet's Redis, as `status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FleetView {
+    /// Where Redis is (never with a password).
+    pub redis: String,
+    pub node: String,
+    /// What is shared: `bans`, `limits`.
+    pub shares: Vec<String>,
+    pub connected: bool,
+    /// Seconds since this node last loaded the fleet's bans; `None`: not yet.
+    pub last_sync_secs_ago: Option<f64>,
+    /// Bans and lifts this node made that are not in Redis yet.
+    pub pending: usize,
+    /// Bans in Redis at the last sync.
+    pub bans_shared: usize,
+    /// Redis errors since start.
+    pub errors: u64,
+    /// The last error, while disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// From a ban change on another node to its being in force here, over the latest ones
+    /// (wall clocks: skew between the nodes' clocks adds to it).
+    pub propagation_p50_ms: Option<f64>,
+    pub propagation_p99_ms: Option<f64>,
 }
 
 /// The escalation's bans: how many, the time from the offence to the ban being in the

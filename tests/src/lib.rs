@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model_tables;
 pub mod netns;
 pub mod pinned_hosts;
+pub mod redis;
 pub mod service;
 pub mod traffic;
 

@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // its man page.
     ("systemd", "systemd-analyze"),
     ("man-db", "man"),
+    // The fleet tests share bans and limits through a Redis of their own.
+    ("redis-server", "redis-server"),
 ];
 /// What `cargo xtask bench gateway` compares secgate with and loads it by: nginx, h2load,
 /// fail2ban with the inotify backend it uses by default; and perf for `gateway-profile`.

@@ -219,11 +219,14 @@ fn the_example_gateway_section_is_valid_uncommented() {
             ("/etc/secgate/schemas/deploy.json", &f.path("schema.json")),
             ("/etc/secgate/schemas/deploy-query.json", &f.path("schema.json")),
             ("/etc/secgate/schemas/deploy-answer.json", &f.path("schema.json")),
+            ("/etc/secgate/redis.password", &f.path("redis.pw")),
         ],
     );
+    std::fs::write(f.path("redis.pw"), "example\n").unwrap();
     let cfg = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
     let e = cfg.escalation.as_ref().expect("the escalation section is in force");
     assert_eq!(e.widen.map(|w| w.sources), Some(8));
+    assert_eq!(cfg.fleet.as_ref().map(|f| f.node.as_str()), Some("gw-1"));
     let g = cfg.gateway.expect("the gateway section is in force");
     assert_eq!((g.listen.len(), g.routes.len()), (2, 3));
 }
@@ -407,4 +410,49 @@ fn keys_share_one_hash_cost_and_principals_name_their_method() {
         "{shown:#?}"
     );
     assert_eq!(shown.len(), 2, "{shown:#?}");
+}
+
+#[test]
+fn fleet_settings_are_checked_and_keep_the_password_out_of_sight() {
+    let f = Files::new("fleet");
+    let pw = f.0.join("redis.pw");
+    std::fs::write(&pw, "hunter2-fleet\n").unwrap();
+    let fleet = format!(
+        "[fleet]\nredis = \"redis://198.18.0.9:6380/1\"\nnode = \"gw-a\"\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let scoped = replace(
+        &good(&f),
+        &[(
+            "allow_roles = [\"deploy\"]",
+            "allow_roles = [\"deploy\"]\nrate_limit = { per = \"principal\", rps = 5, burst = 5, scope = \"fleet\" }",
+        )],
+    );
+    let cfg = Config::parse(&format!("{scoped}{fleet}")).unwrap();
+    let s = cfg.fleet.unwrap();
+    assert_eq!((s.node.as_str(), s.prefix.as_str()), ("gw-a", "secgate"));
+    assert!(s.share_bans && s.share_limits);
+    assert_eq!(s.redis.to_string(), "redis://198.18.0.9:6380/1");
+    assert_eq!(s.password().unwrap().expose(), "hunter2-fleet");
+    assert!(!format!("{s:?}").contains("hunter2"));
+
+    let shown = |text: String| -> Vec<String> {
+        Config::parse(&text).unwrap_err().iter().map(ToString::to_string).collect()
+    };
+    let problems = shown(scoped.clone());
+    assert!(problems.iter().any(|p| p.contains("needs [fleet]")), "{problems:#?}");
+    let bans_only = shown(format!("{scoped}{fleet}share = [\"bans\"]\n"));
+    assert!(bans_only.iter().any(|p| p.contains("needs [fleet]")), "{bans_only:#?}");
+    let bad = format!(
+        "{}[fleet]\nredis = \"redis://:hunter2@198.18.0.9/0\"\nnode = \"a b\"\nshare = [\"bans\", \"maps\"]\non_unavailable = \"open\"\npassword_file = \"/nonexistent/pw\"\n",
+        good(&f)
+    );
+    let problems = shown(bad);
+    for needle in
+        ["must not carry a password", "fleet.node", "\"maps\"", "\"open\"", "/nonexistent/pw"]
+    {
+        assert!(problems.iter().any(|p| p.contains(needle)), "{needle}: {problems:#?}");
+    }
+    assert!(problems.iter().all(|p| !p.contains("hunter2")), "{problems:#?}");
+    assert_eq!(problems.len(), 5, "{problems:#?}");
 }

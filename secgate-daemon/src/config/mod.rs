@@ -3,6 +3,7 @@
 
 mod auth;
 mod escalation;
+mod fleet;
 mod gateway;
 mod raw;
 mod routes;
@@ -160,6 +161,8 @@ pub struct Config {
     pub gateway: Option<crate::gateway::GatewaySettings>,
     /// `None`: no `[escalation]`, nobody is banned automatically.
     pub escalation: Option<crate::escalate::EscalationSettings>,
+    /// `None`: no `[fleet]`, this gateway shares nothing.
+    pub fleet: Option<crate::fleet::settings::FleetSettings>,
 }
 
 /// One problem in a config file.

@@ -28,6 +28,28 @@ pub struct RawConfig {
     pub routes: Vec<S<RawRoute>>,
     /// Banning sources that keep offending. Absent: nobody is banned automatically.
     pub escalation: Option<S<RawEscalation>>,
+    /// Sharing bans and limits with other gateways through Redis. Absent: this gateway is
+    /// on its own.
+    pub fleet: Option<S<RawFleet>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFleet {
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `unix:///path/redis.sock`.
+    /// Required. Never with a password: see `password_file`.
+    pub redis: S<String>,
+    /// This gateway's name, unique in the fleet: 1–64 of `A-Z a-z 0-9 . _ -`. Required.
+    pub node: S<String>,
+    /// What every key and channel of this fleet starts with. Default `secgate`.
+    pub prefix: Option<S<String>>,
+    /// What the fleet shares: `bans`, `limits`. Default both.
+    pub share: Option<S<Vec<S<String>>>>,
+    /// With Redis unreachable, `local` limits routes with `scope = "fleet"` on this node
+    /// alone; `closed` refuses them (503). Default `local`.
+    pub on_unavailable: Option<S<String>>,
+    /// A file holding the Redis password (`AUTH`), read at start and on reload. Else the
+    /// `SECGATE_FLEET_PASSWORD` environment variable, else none.
+    pub password_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,4 +375,7 @@ pub struct RawRateLimit {
     pub per: S<String>,
     pub rps: S<i64>,
     pub burst: S<i64>,
+    /// `node` (this gateway counts alone) or `fleet` (one count across every gateway
+    /// sharing `limits`). Default `node`.
+    pub scope: Option<S<String>>,
 }

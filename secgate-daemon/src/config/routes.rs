@@ -14,7 +14,7 @@ use super::{
 };
 use crate::gateway::{
     authn::{self, Methods},
-    ratelimit::{Per, RateLimit},
+    ratelimit::{Per, RateLimit, Scope},
     routes::{PathPattern, Route},
     schema::Schema,
     validate,
@@ -142,7 +142,9 @@ fn rate_limit(
     }
     let rps = c.take(&l.rps, values::range("rps", *l.rps.get_ref(), 1, 1_000_000));
     let burst = c.take(&l.burst, values::range("burst", *l.burst.get_ref(), 1, 1_000_000));
-    Some(Arc::new(RateLimit::new(per?, rps? as u32, burst? as u32)))
+    let scope =
+        l.scope.as_ref().map_or(Some(Scope::Node), |s| c.take(s, Scope::parse(s.get_ref())));
+    Some(Arc::new(RateLimit::new(per?, rps? as u32, burst? as u32).in_scope(scope?)))
 }
 
 /// A schema file, compiled; `Some(None)` when not configured, `None` if invalid (recorded).

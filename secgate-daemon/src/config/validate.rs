@@ -54,6 +54,10 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let sources = datapath.as_ref().map(|d| SourceKey::new(d.ipv4_prefix, d.ipv6_prefix));
     let gateway = super::gateway::settings(&mut c, &raw, sources);
     let escalation = super::escalation::settings(&mut c, raw.escalation.as_ref());
+    let fleet = super::fleet::settings(&mut c, raw.fleet.as_ref());
+    if let Some(fleet) = &fleet {
+        fleet_scopes(&mut c, &raw, fleet.as_ref());
+    }
     if let (Some(d), Some(Some(e)), Some(raw)) = (&datapath, &escalation, &raw.escalation)
         && let Some(w) = &e.widen
         && (w.v4_prefix >= d.ipv4_prefix || w.v6_prefix >= d.ipv6_prefix)
@@ -77,17 +81,41 @@ pub fn validate(src: &str, raw: RawConfig) -> Result<Config, Vec<Problem>> {
             c.say(at, format!("path {:?} must be absolute", p.display().to_string()));
         }
     }
-    match (datapath, gateway, escalation) {
-        (Some(datapath), Some(gateway), Some(escalation)) if c.problems.is_empty() => Ok(Config {
-            state_dir,
-            datapath,
-            control_socket,
-            metrics_listen: metrics_listen.flatten(),
-            audit_log,
-            gateway,
-            escalation,
-        }),
+    match (datapath, gateway, escalation, fleet) {
+        (Some(datapath), Some(gateway), Some(escalation), Some(fleet)) if c.problems.is_empty() => {
+            Ok(Config {
+                state_dir,
+                datapath,
+                control_socket,
+                metrics_listen: metrics_listen.flatten(),
+                audit_log,
+                gateway,
+                escalation,
+                fleet,
+            })
+        }
         _ => Err(c.problems),
+    }
+}
+
+/// A limit counted fleet-wide needs a fleet that shares limits.
+fn fleet_scopes(
+    c: &mut Check<'_>,
+    raw: &RawConfig,
+    fleet: Option<&crate::fleet::settings::FleetSettings>,
+) {
+    let shares = fleet.is_some_and(|f| f.share_limits);
+    for route in &raw.routes {
+        if let Some(scope) =
+            route.get_ref().rate_limit.as_ref().and_then(|l| l.get_ref().scope.as_ref())
+            && scope.get_ref() == "fleet"
+            && !shares
+        {
+            c.say(
+                scope,
+                "rate_limit.scope = \"fleet\" needs [fleet] with \"limits\" in fleet.share".into(),
+            );
+        }
     }
 }
 

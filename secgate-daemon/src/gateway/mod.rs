@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod authn;
 pub mod authz;
+mod fleet_limit;
 mod framing;
 mod guard;
 mod host;
@@ -59,6 +60,7 @@ use self::{
 use crate::{
     config::Config,
     escalate::{Escalation, Kind},
+    fleet::limits::FleetLimits,
     service::{Reloadable, Service},
 };
 
@@ -165,6 +167,9 @@ pub struct Gateway {
     /// Requests in flight upstream, across upstream changes.
     upstream_slots: Arc<Slots>,
     tickets: Tickets,
+    /// The fleet's buckets, for routes limited with `scope = "fleet"` (with `[fleet]`
+    /// sharing limits).
+    fleet: Option<Arc<FleetLimits>>,
 }
 
 impl Gateway {
@@ -172,8 +177,8 @@ impl Gateway {
         settings: &GatewaySettings,
         service: Arc<Service>,
         escalation: Arc<Escalation>,
-        metrics: Arc<GatewayMetrics>,
-        log: Arc<RequestLog>,
+        (metrics, log): (Arc<GatewayMetrics>, Arc<RequestLog>),
+        fleet: Option<Arc<FleetLimits>>,
     ) -> Result<Arc<Gateway>, GatewayError> {
         let tickets = tls::ticketer().map_err(GatewayError::Tls)?;
         let upstream_slots = Arc::<Slots>::default();
@@ -202,6 +207,7 @@ impl Gateway {
             metrics,
             log,
             slots: Arc::default(),
+            fleet,
         }))
     }
 

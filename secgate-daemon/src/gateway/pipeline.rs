@@ -170,9 +170,7 @@ async fn stages(
     line.principal = principal.as_ref().map(Principal::qualified);
     authz::authorize(route, principal.as_ref()).map_err(Rejection::forbidden)?;
     if let Some(limit) = &route.rate_limit {
-        limit
-            .check(principal.as_ref(), conn.source)
-            .map_err(|l| Rejection::rate_limited(&route.name, limit, &l))?;
+        gateway.limit(&route.name, limit, principal.as_ref(), conn.source).await?;
     }
     // Asked of the body itself: exact on both protocols, whatever the headers claim.
     let has_body = !hyper::body::Body::is_end_stream(req.body());

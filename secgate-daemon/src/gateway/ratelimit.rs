@@ -45,6 +45,27 @@ impl Per {
     }
 }
 
+/// Where a limit is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// On this gateway alone.
+    Node,
+    /// Across every gateway sharing `limits` in `[fleet]`, in Redis.
+    Fleet,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Result<Scope, String> {
+        match s {
+            "node" => Ok(Scope::Node),
+            "fleet" => Ok(Scope::Fleet),
+            other => {
+                Err(format!("invalid rate_limit.scope {other:?}: expected \"node\" or \"fleet\""))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 enum Key {
     Principal(String),
@@ -59,6 +80,7 @@ pub struct RateLimit {
     pub per: Per,
     pub rps: u32,
     pub burst: u32,
+    pub scope: Scope,
     limiter: Limiter,
     clock: DefaultClock,
     last_sweep: Mutex<Instant>,
@@ -72,7 +94,8 @@ impl std::fmt::Debug for RateLimit {
 
 impl PartialEq for RateLimit {
     fn eq(&self, other: &RateLimit) -> bool {
-        (self.per, self.rps, self.burst) == (other.per, other.rps, other.burst)
+        (self.per, self.rps, self.burst, self.scope)
+            == (other.per, other.rps, other.burst, other.scope)
     }
 }
 
@@ -96,17 +119,44 @@ impl RateLimit {
         let clock = DefaultClock::default();
         let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone())
             .with_middleware::<StateInformationMiddleware>();
-        RateLimit { per, rps, burst, limiter, clock, last_sweep: Mutex::new(Instant::now()) }
+        RateLimit {
+            per,
+            rps,
+            burst,
+            scope: Scope::Node,
+            limiter,
+            clock,
+            last_sweep: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The same limit, counted in `scope`.
+    pub fn in_scope(mut self, scope: Scope) -> RateLimit {
+        self.scope = scope;
+        self
+    }
+
+    fn key(&self, principal: Option<&Principal>, source: IpAddr) -> Key {
+        match (self.per, principal) {
+            (Per::Route, _) => Key::Route,
+            (Per::Principal, Some(p)) => Key::Principal(p.qualified()),
+            (Per::Principal | Per::Source, _) => Key::Source(source),
+        }
+    }
+
+    /// What a request is counted by, as text (the fleet's Redis key ends with it).
+    pub fn key_text(&self, principal: Option<&Principal>, source: IpAddr) -> String {
+        match self.key(principal, source) {
+            Key::Route => "route".into(),
+            Key::Principal(p) => format!("principal:{p}"),
+            Key::Source(ip) => format!("source:{ip}"),
+        }
     }
 
     /// Counts one request from `source` (keyed by [`super::slots::SourceKey`]), by
     /// `principal` if it has one and the limit is per principal.
     pub fn check(&self, principal: Option<&Principal>, source: IpAddr) -> Result<(), Limited> {
-        let key = match (self.per, principal) {
-            (Per::Route, _) => Key::Route,
-            (Per::Principal, Some(p)) => Key::Principal(p.qualified()),
-            (Per::Principal | Per::Source, _) => Key::Source(source),
-        };
+        let key = self.key(principal, source);
         if self.limiter.len() >= MAX_KEYS && !self.sweep() {
             return Err(Limited { retry_after: Duration::from_secs(1), own: false });
         }

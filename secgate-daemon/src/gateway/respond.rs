@@ -295,6 +295,17 @@ impl Rejection {
         .detail(detail)
     }
 
+    /// A route limited fleet-wide while the fleet's Redis is away, with
+    /// `on_unavailable = "closed"`.
+    pub fn fleet_unavailable() -> Rejection {
+        Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "limit_unavailable",
+            "the rate limit for this route cannot be checked; retry shortly",
+            Fault::Gateway,
+        )
+    }
+
     pub fn upstream_busy() -> Rejection {
         Rejection::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,7 @@
 
 mod enforcement;
 mod journal;
+mod share;
 pub mod validate;
 
 use std::{
@@ -40,6 +41,7 @@ use crate::{
 
 pub use enforcement::Enforcement;
 pub use journal::JournalStats;
+pub use share::{FleetChange, Share, SharedBan};
 
 /// Who asks for a change; recorded in every audit line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -51,6 +53,8 @@ pub enum Caller {
     Config,
     /// The escalation of an abusive source, by the rule it tripped.
     Escalation { rule: String },
+    /// Another gateway of the fleet, by its `fleet.node` name.
+    Fleet { node: String },
     /// A user the control socket refused (not root); appears only in refusals.
     Unauthorized { uid: u32 },
 }
@@ -61,6 +65,7 @@ impl Caller {
             Caller::Operator { .. } => "operator",
             Caller::Config => "config",
             Caller::Escalation { .. } => "escalation",
+            Caller::Fleet { .. } => "fleet",
             Caller::Unauthorized { .. } => "unauthorized",
         }
     }
@@ -147,6 +152,8 @@ pub struct Service {
     /// The escalation's first writes of its bans (and their undoing, should the policy
     /// refuse one).
     first_deny: Mutex<FirstDeny>,
+    /// Where this node's ban changes go to be shared (`[fleet]`), once it is up.
+    share: std::sync::OnceLock<Arc<dyn Share>>,
 }
 
 /// A ban the escalation orders, with what it is for.
@@ -239,6 +246,7 @@ impl Service {
             reloadables: Mutex::default(),
             enforcement: Enforcement::default(),
             first_deny,
+            share: std::sync::OnceLock::new(),
         };
         Ok((service, warnings))
     }
@@ -313,11 +321,16 @@ impl Service {
         let request =
             json!({ "cidr": cidr, "ttl_secs": ttl.map(|t| t.as_secs_f64()), "reason": reason });
         let may_shorten = caller.may_shorten();
-        self.commit(caller, "ban_add", request, |p| {
-            valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
-            Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
-        })
-        .await
+        let view = self
+            .commit(caller, "ban_add", request, |p| {
+                valid(
+                    validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)),
+                )?;
+                Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
+            })
+            .await?;
+        self.share_ban(caller, &view);
+        Ok(view)
     }
 
     /// The first half of an escalation ban: the kernel entry, written on a handle of its
@@ -384,6 +397,9 @@ impl Service {
             (Ok(_), false) => self.enforcement.observe(ban.since.elapsed()),
             _ => {}
         }
+        if let Ok((view, _)) = &done {
+            self.share_ban(&caller, view);
+        }
         done
     }
 
@@ -419,7 +435,9 @@ impl Service {
             valid(validate::cidr(&cidr))?;
             found(p.ban_del(cidr)?, || format!("no ban for {cidr}"))
         })
-        .await
+        .await?;
+        self.share_lift(caller, cidr);
+        Ok(())
     }
 
     pub async fn allow_add(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
@@ -621,6 +639,7 @@ impl Service {
     pub fn status(&self) -> std::result::Result<StatusView, PolicyError> {
         let mut status = self.core.lock().policy.status()?;
         status.enforcement = self.enforcement.view();
+        status.fleet = self.fleet_view();
         for a in &mut status.attachments {
             if let Some(ifindex) = a.ifindex {
                 a.xdp = crate::datapath::kernel_mode(ifindex).unwrap_or("unknown").into();

@@ -131,6 +131,8 @@ pub struct Opts {
     pub escalation: Option<String>,
     /// A second client namespace (see `Topology::add_neighbour`), XDP on its link too.
     pub neighbour: bool,
+    /// Further top-level tables (`[fleet]`…), written last.
+    pub tables: String,
 }
 
 impl Default for Opts {
@@ -146,6 +148,7 @@ impl Default for Opts {
             gateway_extra: "",
             escalation: None,
             neighbour: false,
+            tables: String::new(),
         }
     }
 }
@@ -378,6 +381,7 @@ response_schema = "{profile_schema}"
         query_schema = d("query.schema.json"),
         profile_schema = d("profile.schema.json"),
     ) + &opts.escalation.as_ref().map_or(String::new(), |e| format!("\n[escalation]\n{e}\n"))
+        + &opts.tables
 }
 
 impl Drop for Gw {

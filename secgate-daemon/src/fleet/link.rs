@@ -1,0 +1,268 @@
+//! The state the fleet task and the rest of the daemon share: this node's ban changes
+//! waiting to reach Redis (coalesced by CIDR, kept through any outage), the connection's
+//! health for `status` and the metrics, and the connection itself for the limiter.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use ipnet::IpNet;
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::Notify;
+
+use super::settings::FleetSettings;
+use crate::{
+    service::{Share, SharedBan},
+    views::FleetView,
+};
+
+/// Changes kept for Redis at most; past it the newest are dropped (they stay in force on
+/// this node) and a warning says so. As many as the host tables hold bans.
+pub const MAX_PENDING: usize = 1 << 20;
+
+/// A change this node made, not yet in Redis, and when it was made (Unix ms): other
+/// nodes measure its propagation from then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    Ban { ban: SharedBan, at_ms: u64 },
+    Lift { at_ms: u64 },
+}
+
+/// Propagation delays kept for the quantiles in `status`.
+const RECENT: usize = 1024;
+
+#[derive(Default)]
+struct Health {
+    connected: bool,
+    last_sync: Option<Instant>,
+    bans_shared: usize,
+    last_error: Option<String>,
+    /// Whether the "dropped changes" warning was given since the queue last had room.
+    warned_full: bool,
+    /// The latest propagation delays from other nodes, in ms.
+    recent: std::collections::VecDeque<f64>,
+}
+
+/// The fleet's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub connected: Gauge,
+    pub errors: Counter,
+    pub sent: Counter,
+    pub received: Counter,
+    pub propagation: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let buckets = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+        Metrics {
+            connected: Gauge::default(),
+            errors: Counter::default(),
+            sent: Counter::default(),
+            received: Counter::default(),
+            propagation: Histogram::new(buckets),
+        }
+    }
+}
+
+pub struct Link {
+    pub settings: FleetSettings,
+    pending: Mutex<BTreeMap<IpNet, Pending>>,
+    /// Wakes the fleet task when a change is queued.
+    pub wake: Notify,
+    health: Mutex<Health>,
+    /// The live connection, for the fleet-wide limiter; `None` while disconnected.
+    conn: Mutex<Option<MultiplexedConnection>>,
+    pub metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Link {
+    pub fn new(settings: FleetSettings) -> Arc<Link> {
+        Arc::new(Link {
+            settings,
+            pending: Mutex::default(),
+            wake: Notify::new(),
+            health: Mutex::default(),
+            conn: Mutex::default(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        registry.register(
+            "secgate_fleet_connected",
+            "Whether the fleet's Redis is reachable (1) or not (0)",
+            m.connected.clone(),
+        );
+        registry.register(
+            "secgate_fleet_redis_errors",
+            "Redis commands or connections that failed",
+            m.errors.clone(),
+        );
+        registry.register(
+            "secgate_fleet_bans_sent",
+            "Ban changes this node wrote to the fleet",
+            m.sent.clone(),
+        );
+        registry.register(
+            "secgate_fleet_bans_received",
+            "Ban changes from other nodes applied here",
+            m.received.clone(),
+        );
+        registry.register(
+            "secgate_fleet_propagation_seconds",
+            "From a ban change on another node to its being applied here (wall clocks)",
+            m.propagation.clone(),
+        );
+    }
+
+    fn queue(&self, cidr: IpNet, change: Pending) {
+        {
+            let mut pending = lock(&self.pending);
+            if pending.len() >= MAX_PENDING && !pending.contains_key(&cidr) {
+                drop(pending);
+                let mut health = lock(&self.health);
+                if !std::mem::replace(&mut health.warned_full, true) {
+                    tracing::warn!(
+                        max = MAX_PENDING,
+                        "the fleet's Redis has been away for so many ban changes that new ones are kept on this node only"
+                    );
+                }
+                return;
+            }
+            pending.insert(cidr, change);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes every pending change, oldest CIDR first.
+    pub fn take_pending(&self) -> BTreeMap<IpNet, Pending> {
+        lock(&self.health).warned_full = false;
+        std::mem::take(&mut *lock(&self.pending))
+    }
+
+    /// Puts back changes that did not reach Redis, unless a newer one for the same CIDR
+    /// was queued meanwhile.
+    pub fn put_back(&self, changes: impl IntoIterator<Item = (IpNet, Pending)>) {
+        let mut pending = lock(&self.pending);
+        for (cidr, change) in changes {
+            pending.entry(cidr).or_insert(change);
+        }
+    }
+
+    pub fn is_pending(&self, cidr: &IpNet) -> bool {
+        lock(&self.pending).contains_key(cidr)
+    }
+
+    /// Queues a ban the node holds that the fleet does not know.
+    pub fn republish(&self, ban: SharedBan) {
+        let at_ms = crate::clock::unix_ms(std::time::SystemTime::now());
+        let mut pending = lock(&self.pending);
+        pending.entry(ban.cidr).or_insert(Pending::Ban { ban, at_ms });
+    }
+
+    /// Records how long a change from another node took to be applied here.
+    pub fn propagated(&self, delay_ms: f64) {
+        self.metrics.propagation.observe(delay_ms / 1000.0);
+        let mut health = lock(&self.health);
+        if health.recent.len() == RECENT {
+            health.recent.pop_front();
+        }
+        health.recent.push_back(delay_ms);
+    }
+
+    pub fn connection(&self) -> Option<MultiplexedConnection> {
+        lock(&self.conn).clone()
+    }
+
+    /// Connected and in sync; logs the change of state.
+    pub fn up(&self, conn: MultiplexedConnection, bans_shared: usize) {
+        *lock(&self.conn) = Some(conn);
+        let mut health = lock(&self.health);
+        if !health.connected {
+            tracing::info!(redis = %self.settings.redis, node = %self.settings.node, bans = bans_shared, "fleet connected and in sync");
+        }
+        health.connected = true;
+        health.last_sync = Some(Instant::now());
+        health.bans_shared = bans_shared;
+        health.last_error = None;
+        self.metrics.connected.set(1);
+    }
+
+    /// Lost Redis (or never reached it): `error` says why. Logged once per change of state.
+    pub fn down(&self, error: &str) {
+        *lock(&self.conn) = None;
+        self.metrics.errors.inc();
+        let mut health = lock(&self.health);
+        if health.connected || health.last_error.is_none() {
+            tracing::error!(redis = %self.settings.redis, error, "fleet Redis unavailable: bans stay in force here and are shared once it is back");
+        }
+        health.connected = false;
+        health.last_error = Some(error.to_owned());
+        self.metrics.connected.set(0);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        lock(&self.health).connected
+    }
+
+    /// Counts a Redis error that did not break the connection.
+    pub fn error(&self) {
+        self.metrics.errors.inc();
+    }
+}
+
+impl Share for Link {
+    fn banned(&self, ban: SharedBan) {
+        if self.settings.share_bans {
+            let at_ms = crate::clock::unix_ms(std::time::SystemTime::now());
+            self.queue(ban.cidr, Pending::Ban { ban, at_ms });
+        }
+    }
+
+    fn lifted(&self, cidr: IpNet) {
+        if self.settings.share_bans {
+            let at_ms = crate::clock::unix_ms(std::time::SystemTime::now());
+            self.queue(cidr, Pending::Lift { at_ms });
+        }
+    }
+
+    fn view(&self) -> FleetView {
+        let health = lock(&self.health);
+        let s = &self.settings;
+        let shares = [(s.share_bans, "bans"), (s.share_limits, "limits")];
+        FleetView {
+            redis: s.redis.to_string(),
+            node: s.node.clone(),
+            shares: shares.iter().filter(|(on, _)| *on).map(|(_, n)| (*n).to_owned()).collect(),
+            connected: health.connected,
+            last_sync_secs_ago: health.last_sync.map(|t| t.elapsed().as_secs_f64()),
+            pending: lock(&self.pending).len(),
+            bans_shared: health.bans_shared,
+            errors: self.metrics.errors.get(),
+            last_error: health.last_error.clone(),
+            propagation_p50_ms: quantile(&health.recent, 0.5),
+            propagation_p99_ms: quantile(&health.recent, 0.99),
+        }
+    }
+}
+
+/// The `q` quantile of `samples` (nearest rank); `None` without samples.
+fn quantile(samples: &std::collections::VecDeque<f64>, q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = samples.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}

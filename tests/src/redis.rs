@@ -1,0 +1,87 @@
+//! A `redis-server` (Debian's) of the test's own, on a Unix socket in a private directory,
+//! so that daemons in any network namespace reach it and nothing else on the host does.
+//! Nothing is saved to disk: a restart comes back empty, the hardest case for the fleet.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct Redis {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    password: String,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one requiring `password`, and waits until it answers.
+    pub fn start(tag: &str, password: &str) -> Redis {
+        let dir = std::env::temp_dir().join(format!("secgate-redis-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let socket = dir.join("redis.sock");
+        let mut r = Redis { dir, socket, password: password.into(), child: None };
+        r.spawn();
+        r
+    }
+
+    /// The URL the daemons' `[fleet] redis` takes.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&self.socket)
+            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
+            .args(["--requirepass", &self.password, "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server (Debian's redis-server package; `cargo xtask setup` installs it)",
+            );
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come up on {}",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it outright, as a crash or a lost network would look to the daemons.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// `redis-cli ARGS…` against it; its output (empty if it is down).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .env("REDISCLI_AUTH", &self.password)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
