@@ -81,7 +81,9 @@ pub async fn run(
     service.on_reload(Arc::new(EscalationReload(escalation.clone())));
     // Before any door opens: a node that answers enforces every ban the fleet holds.
     let fleet = match &config.fleet {
-        Some(settings) => Some(Fleet::start(settings, &service, &mut registry).await),
+        Some(settings) => {
+            Some(Fleet::start(settings, (&service, &escalation), &mut registry).await)
+        }
         None => None,
     };
     let fleet_limits = fleet.as_ref().and_then(Fleet::limits);

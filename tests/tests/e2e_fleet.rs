@@ -1,6 +1,7 @@
 //! End to end: two gateways in two namespaces sharing bans through a `redis-server` the
 //! test starts (on a Unix socket, with a password). A ban made on one node, by the CLI or
-//! by the escalation, drops the source at the other node's XDP; an outage loses nothing;
+//! by the escalation, drops the source at the other node's XDP, and its strike lengthens
+//! the other node's next ban; an outage loses nothing;
 //! a node started late enforces the fleet's bans before it answers; a route limited
 //! fleet-wide holds its rate across both gateways, and falls back as configured without
 //! Redis.
@@ -134,6 +135,23 @@ fn a_ban_on_one_node_drops_at_the_other() {
     let ban = ban_of(&b, "198.18.0.3/32").unwrap();
     assert!(ban["reason"].as_str().unwrap().contains("overlimit_events"), "{ban}");
     assert!(!ping(&tb.client, OTHER_V4, GW_V4), "the escalation's ban drops at B");
+
+    // Its strike is B's too: lifted, then offending at B, its ban there is the second one
+    // (ban_ttl × ttl_factor = 20 minutes), not a first.
+    a.ok(&["ban", "del", OTHER_V4]);
+    assert!(eventually(Duration::from_secs(2), || ban_of(&b, "198.18.0.3/32").is_none()));
+    let socks = udp_senders(&tb.client, OTHER_V4, 2);
+    let (sent, _) = udp_paced(&socks, sa(GW_V4, FLOOD_PORT), 3000, Duration::from_millis(1500));
+    assert!(sent > 1000, "{sent}");
+    assert!(
+        eventually(Duration::from_secs(3), || ban_of(&b, "198.18.0.3/32").is_some()),
+        "{}",
+        b.log_text()
+    );
+    let again = ban_of(&b, "198.18.0.3/32").unwrap()["expires_in_secs"].as_f64().unwrap();
+    assert!(again > 1100.0, "B's ban is the source's second: {again} s");
+    assert!(eventually(Duration::from_secs(2), || ban_of(&a, "198.18.0.3/32")
+        .is_some_and(|ban| ban["expires_in_secs"].as_f64().unwrap() > 1100.0)));
 
     let status_text = b.ok(&["status"]);
     assert!(status_text.contains("fleet:") && status_text.contains("connected"), "{status_text}");

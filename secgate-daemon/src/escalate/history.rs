@@ -112,6 +112,20 @@ impl History {
         self.dirty = true;
     }
 
+    /// Takes what another gateway of the fleet knows of `cidr`: the more bans and the later
+    /// lapse of the two.
+    pub fn learn(&mut self, cidr: IpNet, theirs: Strikes) {
+        let held = self.offenders.entry(cidr).or_insert(Strikes { bans: 0, until_unix_ms: 0 });
+        let merged = Strikes {
+            bans: held.bans.max(theirs.bans),
+            until_unix_ms: held.until_unix_ms.max(theirs.until_unix_ms),
+        };
+        if merged != *held {
+            *held = merged;
+            self.dirty = true;
+        }
+    }
+
     /// Drops what no longer counts, then, if still over the cap, the longest-lapsed tenth.
     fn forget(&mut self, now_ms: u64, memory: Duration) {
         self.offenders.retain(|_, s| !forgotten(s, now_ms, memory));
@@ -178,6 +192,20 @@ mod tests {
         assert_eq!(h.strikes(&cidr, 3_000, DAY), 2);
         let lapsed = 2_000 + 120_000 + DAY.as_millis() as u64 + 1;
         assert_eq!(h.strikes(&cidr, lapsed, DAY), 0);
+    }
+
+    #[test]
+    fn learnt_strikes_only_ever_raise_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidr: IpNet = "198.18.0.7/32".parse().unwrap();
+        let (mut h, _) = History::load(dir.path());
+        h.banned(cidr, Duration::from_secs(60), 1_000, DAY);
+        h.learn(cidr, Strikes { bans: 3, until_unix_ms: 500 });
+        assert_eq!(h.offenders[&cidr], Strikes { bans: 3, until_unix_ms: 61_000 });
+        h.changes(1_000, DAY);
+        h.learn(cidr, Strikes { bans: 1, until_unix_ms: 10 });
+        assert!(h.changes(1_000, DAY).is_none(), "a smaller count changes nothing");
+        assert_eq!(h.strikes(&cidr, 2_000, DAY), 3);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel},
+        mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -39,7 +39,12 @@ use prometheus_client::{
 use tracing::warn;
 
 pub use self::settings::{EscalationSettings, Kind};
-use self::{counts::Offence, history::History, recorder::Recorder, worker::Worker};
+use self::{
+    counts::Offence,
+    history::{History, Strikes},
+    recorder::Recorder,
+    worker::Worker,
+};
 use crate::{
     clock::unix_ms,
     config::Config,
@@ -112,6 +117,8 @@ pub struct Escalation {
     /// The copy of the repeat-offender history that is saved, and the worker's changes to
     /// it not yet applied. The worker keeps its own copy and never takes this lock.
     saved: Mutex<Saved>,
+    /// Strikes the fleet reports, for the worker's copy of the history.
+    learned: Sender<(IpNet, Strikes)>,
     metrics: Metrics,
 }
 
@@ -129,14 +136,17 @@ impl Escalation {
         let (history, warning) = History::load(&config.state_dir);
         let (tx, rx) = sync_channel(QUEUE);
         let (strikes, changes) = channel();
+        let (learned, learnt) = channel();
         let escalation = Arc::new(Escalation {
             tx,
             live: ArcSwapOption::from(Live::of(config).map(Arc::new)),
             saved: Mutex::new(Saved { history: history.clone(), changes }),
+            learned,
             metrics: Metrics::default(),
         });
         let (orders, pending) = sync_channel(ORDERS);
-        let worker = Worker::new(escalation.clone(), service.clone(), orders, history, strikes);
+        let history = worker::Histories { own: history, changes: strikes, learnt };
+        let worker = Worker::new(escalation.clone(), service.clone(), orders, history);
         std::thread::Builder::new()
             .name("secgate-escalate".into())
             .spawn(move || worker.run(rx))
@@ -195,6 +205,15 @@ impl Escalation {
             "Bans dropped (and taken back from the kernel) because the recorder fell behind",
             m.orders_lost.clone(),
         );
+    }
+
+    /// Takes the strikes another gateway of the fleet counted for `cidr` (its bans of it so
+    /// far, and when the last lapses), so that the next ban here lasts as long as the
+    /// fleet's history says. Saved with the rest; never lowers a count.
+    pub fn learn(&self, cidr: IpNet, bans: u32, until_unix_ms: u64) {
+        let strikes = Strikes { bans, until_unix_ms };
+        self.saved().history.learn(cidr, strikes);
+        let _ = self.learned.send((cidr, strikes));
     }
 
     /// Writes the repeat-offender history if it changed: by the recorder about once a

@@ -18,7 +18,7 @@ use tracing::warn;
 use super::{
     Escalation, Live, Order,
     counts::{Counts, Offence, Trip},
-    history::History,
+    history::{History, Strikes},
     settings::Kind,
     widen::Neighbours,
 };
@@ -28,14 +28,19 @@ use crate::{
     service::{EscalatedBan, Service},
 };
 
+/// The worker's copy of the repeat-offender history, where its changes go for the copy
+/// that is saved, and what the fleet learnt for it.
+pub(super) struct Histories {
+    pub own: History,
+    pub changes: Sender<(IpNet, Duration, u64)>,
+    pub learnt: Receiver<(IpNet, Strikes)>,
+}
+
 pub(super) struct Worker {
     escalation: Arc<Escalation>,
     service: Arc<Service>,
     orders: SyncSender<Order>,
-    /// Its own copy of the repeat-offender history; changes also go to `strikes`, for the
-    /// copy that is saved.
-    history: History,
-    strikes: Sender<(IpNet, Duration, u64)>,
+    history: Histories,
     counts: Counts,
     neighbours: Neighbours,
     realtime: bool,
@@ -55,15 +60,13 @@ impl Worker {
         escalation: Arc<Escalation>,
         service: Arc<Service>,
         orders: SyncSender<Order>,
-        history: History,
-        strikes: Sender<(IpNet, Duration, u64)>,
+        history: Histories,
     ) -> Worker {
         Worker {
             escalation,
             service,
             orders,
             history,
-            strikes,
             counts: Counts::default(),
             neighbours: Neighbours::default(),
             realtime: false,
@@ -142,12 +145,16 @@ impl Worker {
     fn order(&mut self, live: &Live, p: Proposal) {
         let s = &live.settings;
         let now_ms = unix_ms(SystemTime::now());
-        let strikes = self.history.strikes(&p.cidr, now_ms, s.max_ttl);
+        for (cidr, theirs) in self.history.learnt.try_iter() {
+            self.history.own.learn(cidr, theirs);
+        }
+        let strikes = self.history.own.strikes(&p.cidr, now_ms, s.max_ttl);
         let ttl = s.ttl(strikes);
         let ban = EscalatedBan {
             rule: p.rule,
             cidr: p.cidr,
             ttl,
+            strikes: strikes.saturating_add(1),
             reason: p.reason,
             offences: p.offences,
             since: p.since,
@@ -157,8 +164,8 @@ impl Worker {
         let cidr = ban.cidr;
         match self.orders.try_send(Order { ban, first, monitor, strikes }) {
             Ok(()) if !monitor => {
-                self.history.banned(cidr, ttl, now_ms, s.max_ttl);
-                let _ = self.strikes.send((cidr, ttl, now_ms));
+                self.history.own.banned(cidr, ttl, now_ms, s.max_ttl);
+                let _ = self.history.changes.send((cidr, ttl, now_ms));
             }
             Ok(()) => {}
             Err(TrySendError::Full(order) | TrySendError::Disconnected(order)) => {

@@ -21,6 +21,7 @@ use settings::FleetSettings;
 
 use crate::{
     config::Config,
+    escalate::Escalation,
     service::{Reloadable, Service},
 };
 
@@ -39,7 +40,7 @@ impl Fleet {
     /// enforces every ban the fleet holds.
     pub async fn start(
         settings: &FleetSettings,
-        service: &Arc<Service>,
+        (service, escalation): (&Arc<Service>, &Arc<Escalation>),
         registry: &mut Registry,
     ) -> Fleet {
         let link = Link::new(settings.clone());
@@ -50,6 +51,7 @@ impl Fleet {
         let task = sync::Task {
             link: link.clone(),
             service: service.clone(),
+            escalation: escalation.clone(),
             client,
             store: store::Store::new(&settings.prefix),
         };

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     clock::unix_ms,
+    escalate::Escalation,
     service::{FleetChange, Service, SharedBan},
 };
 
@@ -39,6 +40,8 @@ const SAME_EXPIRY_MS: u64 = 2000;
 pub struct Task {
     pub link: Arc<Link>,
     pub service: Arc<Service>,
+    /// Where the strikes of other nodes' escalation bans go.
+    pub escalation: Arc<Escalation>,
     pub client: redis::Client,
     pub store: Store,
 }
@@ -49,15 +52,16 @@ impl Task {
         let mut pause = RETRY_FIRST;
         loop {
             let e = self.session(&mut synced).await;
+            // A connection that was up retries at once; one that never came up backs off.
+            if self.link.is_connected() {
+                pause = RETRY_FIRST;
+            }
             self.link.down(&e);
             if let Some(tx) = synced.take() {
                 let _ = tx.send(());
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
-            if self.link.is_connected() {
-                pause = RETRY_FIRST;
-            }
         }
     }
 
@@ -158,6 +162,7 @@ impl Task {
             delays.push(event.at_ms());
             changes.push(match event {
                 Event::Ban { cidr, record, shorten } => {
+                    self.learn(cidr, &record);
                     (record.origin.clone(), FleetChange::Ban(record.ban(cidr, shorten)))
                 }
                 Event::Lift { cidr, origin, .. } => (origin, FleetChange::Lift(cidr)),
@@ -202,6 +207,7 @@ impl Task {
             .collect();
         let mut changes = Vec::new();
         for (cidr, record) in &snapshot.bans {
+            self.learn(*cidr, record);
             if self.link.is_pending(cidr)
                 || local.get(cidr).is_some_and(|(held, _)| same(*held, record))
             {
@@ -216,11 +222,26 @@ impl Task {
             if snapshot.lifted.contains(&cidr) {
                 changes.push((UNKNOWN_ORIGIN.to_owned(), FleetChange::Lift(cidr)));
             } else {
-                let ban = SharedBan { cidr, expires_unix_ms: expires, reason, shorten: false };
+                let ban = SharedBan {
+                    cidr,
+                    expires_unix_ms: expires,
+                    reason,
+                    shorten: false,
+                    strikes: None,
+                };
                 self.link.republish(ban);
             }
         }
         self.apply(&changes).await;
+    }
+
+    /// Gives the escalation what another node's escalation counted for `cidr`.
+    fn learn(&self, cidr: IpNet, record: &Record) {
+        if let Some(bans) = record.strikes
+            && record.expires_ms != 0
+        {
+            self.escalation.learn(cidr, bans, record.expires_ms);
+        }
     }
 
     /// Sends every pending change; on a failure the rest stay pending.

@@ -18,6 +18,9 @@ pub struct Record {
     pub origin: String,
     /// When it was made (Unix ms), for the propagation delay.
     pub at_ms: u64,
+    /// An escalation ban's count of the source's bans so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strikes: Option<u32>,
 }
 
 impl Record {
@@ -27,6 +30,7 @@ impl Record {
             reason: ban.reason.clone(),
             origin: origin.to_owned(),
             at_ms,
+            strikes: ban.strikes,
         }
     }
 
@@ -37,6 +41,7 @@ impl Record {
             expires_unix_ms: (self.expires_ms != 0).then_some(self.expires_ms),
             reason: self.reason.clone(),
             shorten,
+            strikes: self.strikes,
         }
     }
 }
@@ -103,6 +108,7 @@ mod tests {
             reason: "auth_failures".into(),
             origin: "a".into(),
             at_ms: 7,
+            strikes: Some(2),
         }
     }
 
@@ -144,8 +150,8 @@ mod tests {
         }
 
         #[test]
-        fn bans_survive_the_trip(expires in 0u64..u64::MAX / 2, at in 0u64..u64::MAX / 2, reason in "[ -~]{0,40}", shorten: bool, a: u8, b: u8) {
-            let record = Record { expires_ms: expires, reason, origin: "gw-1".into(), at_ms: at };
+        fn bans_survive_the_trip(expires in 0u64..u64::MAX / 2, at in 0u64..u64::MAX / 2, reason in "[ -~]{0,40}", shorten: bool, strikes: Option<u32>, a: u8, b: u8) {
+            let record = Record { expires_ms: expires, reason, origin: "gw-1".into(), at_ms: at, strikes };
             let e = Event::Ban { cidr: format!("198.18.{a}.{b}/32").parse().unwrap(), record, shorten };
             proptest::prop_assert_eq!(decode_message(format!("3 {}", encode(&e)).as_bytes()).unwrap(), (3, e));
         }

@@ -162,6 +162,9 @@ pub struct EscalatedBan<'a> {
     pub rule: &'a str,
     pub cidr: IpNet,
     pub ttl: Duration,
+    /// The source's bans so far, this one included (the repeat-offender count the fleet
+    /// shares).
+    pub strikes: u32,
     pub reason: String,
     /// The offences that caused it, for the audit.
     pub offences: serde_json::Value,
@@ -329,7 +332,7 @@ impl Service {
                 Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
             })
             .await?;
-        self.share_ban(caller, &view);
+        self.share_ban(caller, &view, None);
         Ok(view)
     }
 
@@ -398,7 +401,7 @@ impl Service {
             _ => {}
         }
         if let Ok((view, _)) = &done {
-            self.share_ban(&caller, view);
+            self.share_ban(&caller, view, Some(ban.strikes));
         }
         done
     }

@@ -26,6 +26,9 @@ pub struct SharedBan {
     /// Whether it replaces a longer ban (an operator's decision) rather than only
     /// extending a shorter one (the escalation's).
     pub shorten: bool,
+    /// For an escalation ban: the source's bans so far, this one included, so that every
+    /// node lengthens the next one alike.
+    pub strikes: Option<u32>,
 }
 
 /// A change to this node's bans that another node made.
@@ -58,7 +61,7 @@ impl Service {
     }
 
     /// Shares a ban `caller` made, as this node now holds it.
-    pub(super) fn share_ban(&self, caller: &Caller, view: &BanView) {
+    pub(super) fn share_ban(&self, caller: &Caller, view: &BanView, strikes: Option<u32>) {
         let Some(share) = self.share.get().filter(|_| shared(caller)) else { return };
         let now = unix_ms(self.clock.wall());
         share.banned(SharedBan {
@@ -66,6 +69,7 @@ impl Service {
             expires_unix_ms: view.expires_in_secs.map(|s| now + (s * 1000.0).ceil() as u64),
             reason: view.reason.clone(),
             shorten: caller.may_shorten(),
+            strikes,
         });
     }
 
