@@ -82,7 +82,8 @@ pub async fn run(
     // Before any door opens: a node that answers enforces every ban the fleet holds.
     let fleet = match &config.fleet {
         Some(settings) => {
-            Some(Fleet::start(settings, (&service, &escalation), &mut registry).await)
+            let parts = (&service, &escalation);
+            Some(Fleet::start(settings, parts, &config.state_dir, &mut registry).await)
         }
         None => None,
     };

@@ -165,10 +165,12 @@ fn an_outage_loses_no_ban_and_each_node_keeps_enforcing() {
     }
     let mut redis = Redis::start("out", PASSWORD);
     let (ta, tb) = (Topology::new("foa"), Topology::new("fob"));
-    let a = node(&ta, "foa", &redis);
+    let mut a = node(&ta, "foa", &redis);
     let b = node(&tb, "fob", &redis);
-    a.ok(&["ban", "add", "198.18.70.1", "--ttl", "1h"]);
-    assert!(eventually(Duration::from_secs(2), || ban_of(&b, "198.18.70.1/32").is_some()));
+    for ip in ["198.18.70.1", "198.18.70.2"] {
+        a.ok(&["ban", "add", ip, "--ttl", "1h"]);
+    }
+    assert!(eventually(Duration::from_secs(2), || ban_of(&b, "198.18.70.2/32").is_some()));
 
     redis.kill();
     assert!(eventually(Duration::from_secs(5), || fleet_status(&a)["connected"] == false
@@ -183,6 +185,12 @@ fn an_outage_loses_no_ban_and_each_node_keeps_enforcing() {
     assert_eq!(fleet_status(&a)["pending"], 1);
     let down = fleet_status(&b);
     assert!(down["last_error"].is_string(), "{down}");
+    // A lifts a ban the fleet shared, and restarts before Redis is back: the lift is kept
+    // (its outage ban is in its state file, to be republished).
+    a.ok(&["ban", "del", "198.18.70.2"]);
+    a.stop();
+    a.spawn();
+    assert_eq!(fleet_status(&a)["pending"], 1, "the lift, still to share");
 
     // Redis comes back empty: both nodes bring it, and each other, the whole set.
     redis.spawn();
@@ -208,7 +216,7 @@ fn an_outage_loses_no_ban_and_each_node_keeps_enforcing() {
         assert_eq!((s["connected"].clone(), s["pending"].clone()), (true.into(), 0.into()), "{s}");
         assert!(s["errors"].as_u64().unwrap() > 0, "the outage is counted: {s}");
     }
-    let log = a.log_text();
+    let log = b.log_text();
     assert_eq!(
         log.matches("fleet Redis unavailable").count(),
         1,

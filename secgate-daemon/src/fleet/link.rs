@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
@@ -75,6 +76,9 @@ impl Default for Metrics {
 pub struct Link {
     pub settings: FleetSettings,
     pending: Mutex<BTreeMap<IpNet, Pending>>,
+    /// The state directory, where pending lifts are kept ([`super::lifts`]); held while
+    /// the file is written, so writes land in the order their contents were taken.
+    lifts_dir: Mutex<PathBuf>,
     /// Wakes the fleet task when a change is queued.
     pub wake: Notify,
     health: Mutex<Health>,
@@ -88,10 +92,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    pub fn new(settings: FleetSettings) -> Arc<Link> {
+    /// The link for `settings`, with the lifts a previous run left pending in `dir`.
+    pub fn new(settings: FleetSettings, dir: &Path) -> Arc<Link> {
+        let (lifts, warning) = super::lifts::load(dir);
+        if let Some(w) = warning {
+            tracing::error!("{w}");
+        }
+        let pending = lifts.into_iter().map(|(cidr, at_ms)| (cidr, Pending::Lift { at_ms }));
         Arc::new(Link {
             settings,
-            pending: Mutex::default(),
+            pending: Mutex::new(pending.collect()),
+            lifts_dir: Mutex::new(dir.to_owned()),
             wake: Notify::new(),
             health: Mutex::default(),
             conn: Mutex::default(),
@@ -142,12 +153,32 @@ impl Link {
                 }
                 return;
             }
-            pending.insert(cidr, change);
+            let lift = matches!(change, Pending::Lift { .. });
+            let was_lift = matches!(pending.insert(cidr, change), Some(Pending::Lift { .. }));
+            drop(pending);
+            if lift || was_lift {
+                self.save_lifts();
+            }
         }
         self.wake.notify_one();
     }
 
-    /// Takes every pending change, oldest CIDR first.
+    /// Writes the pending lifts to the state directory.
+    pub fn save_lifts(&self) {
+        let dir = lock(&self.lifts_dir);
+        let lifts: Vec<(IpNet, u64)> = lock(&self.pending)
+            .iter()
+            .filter_map(|(cidr, p)| match p {
+                Pending::Lift { at_ms } => Some((*cidr, *at_ms)),
+                Pending::Ban { .. } => None,
+            })
+            .collect();
+        if let Err(e) = super::lifts::save(&dir, lifts) {
+            tracing::warn!(error = %e, "could not save the lifts waiting for the fleet; a restart before Redis is back would lose them");
+        }
+    }
+
+    /// Takes every pending change, in CIDR order.
     pub fn take_pending(&self) -> BTreeMap<IpNet, Pending> {
         lock(&self.health).warned_full = false;
         std::mem::take(&mut *lock(&self.pending))

@@ -5,6 +5,7 @@
 //! audit (with the node it came from). While Redis is away each node keeps enforcing what
 //! it has, queues what it changes, and brings itself back in line on reconnect.
 
+mod lifts;
 pub mod limits;
 mod link;
 pub mod settings;
@@ -12,7 +13,7 @@ mod store;
 mod sync;
 mod wire;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use prometheus_client::registry::Registry;
 
@@ -41,9 +42,10 @@ impl Fleet {
     pub async fn start(
         settings: &FleetSettings,
         (service, escalation): (&Arc<Service>, &Arc<Escalation>),
+        state_dir: &Path,
         registry: &mut Registry,
     ) -> Fleet {
-        let link = Link::new(settings.clone());
+        let link = Link::new(settings.clone(), state_dir);
         link.register(registry);
         service.share_with(link.clone());
         let info = settings.redis.with_password(settings.password().as_ref());

@@ -246,7 +246,9 @@ impl Task {
 
     /// Sends every pending change; on a failure the rest stay pending.
     async fn flush(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
-        let mut pending = self.link.take_pending().into_iter();
+        let taken = self.link.take_pending();
+        let lifts = taken.values().any(|p| matches!(p, Pending::Lift { .. }));
+        let mut pending = taken.into_iter();
         while let Some((cidr, change)) = pending.next() {
             let now = unix_ms(std::time::SystemTime::now());
             let node = &self.link.settings.node;
@@ -262,6 +264,9 @@ impl Task {
                 return Err(format!("sharing a ban change: {}", describe(&e)));
             }
             self.link.metrics.sent.inc();
+        }
+        if lifts {
+            self.link.save_lifts();
         }
         Ok(())
     }
