@@ -3,26 +3,58 @@
 //! Nothing is saved to disk: a restart comes back empty, the hardest case for the fleet.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::netns::NetNs;
 
 pub struct Redis {
     pub dir: PathBuf,
     pub socket: PathBuf,
     password: String,
+    /// Further arguments (a TLS port), and the namespace it listens in (with a port).
+    args: Vec<String>,
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Redis {
     /// Starts one requiring `password`, and waits until it answers.
     pub fn start(tag: &str, password: &str) -> Redis {
+        Redis::start_with(tag, password, Vec::new(), None)
+    }
+
+    /// Also on TLS port `port` of 127.0.0.1 in `ns`, with `cert` and `key` (PEM).
+    pub fn start_tls(
+        tag: &str,
+        password: &str,
+        ns: &NetNs,
+        port: u16,
+        (cert, key): (&Path, &Path),
+    ) -> Redis {
+        let args = vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        Redis::start_with(tag, password, args, Some(ns.path()))
+    }
+
+    fn start_with(tag: &str, password: &str, args: Vec<String>, netns: Option<PathBuf>) -> Redis {
         let dir = std::env::temp_dir().join(format!("secgate-redis-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis dir");
         let socket = dir.join("redis.sock");
-        let mut r = Redis { dir, socket, password: password.into(), child: None };
+        let mut r = Redis { dir, socket, password: password.into(), args, netns, child: None };
         r.spawn();
         r
     }
@@ -33,12 +65,17 @@ impl Redis {
     }
 
     pub fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
+        let mut cmd = Command::new("nsenter");
+        if let Some(ns) = &self.netns {
+            cmd.arg(format!("--net={}", ns.display()));
+        }
+        let child = cmd
+            .args(["--", "redis-server", "--port", "0", "--unixsocket"])
             .arg(&self.socket)
             .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
             .args(["--requirepass", &self.password, "--dir"])
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -2,14 +2,18 @@
 //! test starts (on a Unix socket, with a password). A ban made on one node, by the CLI or
 //! by the escalation, drops the source at the other node's XDP, and its strike lengthens
 //! the other node's next ban; an outage loses nothing;
-//! a node started late enforces the fleet's bans before it answers; a route limited
+//! a node started late enforces the fleet's bans before it answers; `rediss://` is checked
+//! against the configured CA; a route limited
 //! fleet-wide holds its rate across both gateways, and falls back as configured without
 //! Redis.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use secgate_tests::{
-    gateway::{Gw, Opts},
+    gateway::{Gw, Opts, pki::Pki},
     netns::{Daemon, Topology, addr::*},
     privileged,
     redis::Redis,
@@ -316,4 +320,45 @@ fn a_fleet_limit_holds_across_nodes_and_falls_back_as_configured() {
         eventually(Duration::from_secs(2), || call(&b) == 200),
         "B serves the route again once Redis is back"
     );
+}
+
+#[test]
+fn a_node_reaches_redis_over_tls_checked_against_its_ca() {
+    if !privileged("a_node_reaches_redis_over_tls_checked_against_its_ca") {
+        return;
+    }
+    let topo = Topology::new("fts");
+    let dir = std::env::temp_dir().join(format!("secgate-fleet-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pki = Pki::new(&dir, "redis-ca");
+    let (cert, key, _) = pki.server("redis", &["localhost"]);
+    let redis = Redis::start_tls("tls", PASSWORD, &topo.gw, 6390, (&cert, &key));
+    let table = |ca: &Path| {
+        let file = redis.dir.join("password");
+        std::fs::write(&file, PASSWORD).expect("password file");
+        format!(
+            "[fleet]\nredis = \"rediss://localhost:6390/0\"\nnode = \"tls-a\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+            file.display(),
+            ca.display()
+        )
+    };
+    let mut a = Daemon::start_with(&topo, "fts", "", table(&pki.ca_pem));
+    assert_eq!(fleet_status(&a)["connected"], true, "{}", a.log_text());
+    assert!(fleet_status(&a)["redis"].as_str().unwrap().starts_with("rediss://localhost:6390"));
+    a.ok(&["ban", "add", "198.18.71.1", "--ttl", "1h"]);
+    assert!(eventually(Duration::from_secs(2), || redis
+        .cli(&["HEXISTS", "{secgate}:bans", "198.18.71.1/32"])
+        .trim()
+        == "1"));
+
+    // A CA that did not sign Redis's certificate: no connection, and status says why.
+    let other = Pki::new(&dir.join("other"), "other-ca");
+    a.stop();
+    a.extra = table(&other.ca_pem);
+    a.write_config(&topo.gw_if, "");
+    a.spawn();
+    let s = fleet_status(&a);
+    assert_eq!(s["connected"], false, "{s}");
+    assert!(s["last_error"].as_str().is_some_and(|e| e.contains("connecting")), "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

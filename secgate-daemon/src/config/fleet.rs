@@ -26,8 +26,16 @@ pub(super) fn settings(
         None => Some(None),
         Some(p) => c.take(p, settings::password_file(p.get_ref())).map(Some),
     };
+    let ca = match &f.ca_file {
+        None => Some(None),
+        Some(p) if !redis.as_ref().is_some_and(Target::is_tls) => {
+            c.say(p, "fleet.ca_file needs a rediss:// URL in fleet.redis".into());
+            None
+        }
+        Some(p) => c.take(p, settings::ca_file(p.get_ref())).map(Some),
+    };
     let (share_bans, share_limits) = share(c, f)?;
-    Some(Some(FleetSettings {
+    let settings = FleetSettings {
         redis: redis?,
         node: node?,
         prefix: prefix?,
@@ -35,7 +43,15 @@ pub(super) fn settings(
         share_limits,
         on_unavailable: on_unavailable?,
         password: password?,
-    }))
+        ca: ca?,
+    };
+    // Built here (nothing connects yet), so a CA file rustls cannot use is a config error.
+    if let Err(e) = crate::fleet::client(&settings) {
+        let detail = e.detail().unwrap_or(e.category()).to_owned();
+        c.say(&f.redis, format!("fleet: cannot set up the Redis client: {detail}"));
+        return None;
+    }
+    Some(Some(settings))
 }
 
 /// `(bans, limits)`: what `share` names; both by default.

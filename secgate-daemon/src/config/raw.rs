@@ -50,6 +50,9 @@ pub struct RawFleet {
     /// A file holding the Redis password (`AUTH`), read at start and on reload. Else the
     /// `SECGATE_FLEET_PASSWORD` environment variable, else none.
     pub password_file: Option<S<String>>,
+    /// With `rediss://`: a PEM file of the CAs Redis's certificate is checked against.
+    /// Default: the system's trusted CAs.
+    pub ca_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,8 +48,7 @@ impl Fleet {
         let link = Link::new(settings.clone(), state_dir);
         link.register(registry);
         service.share_with(link.clone());
-        let info = settings.redis.with_password(settings.password().as_ref());
-        let client = redis::Client::open(info).expect("a validated Redis address opens a client");
+        let client = client(settings).expect("a validated Redis address opens a client");
         let task = sync::Task {
             link: link.clone(),
             service: service.clone(),
@@ -73,6 +72,18 @@ impl Fleet {
     /// The fleet's buckets, when it shares limits.
     pub fn limits(&self) -> Option<Arc<limits::FleetLimits>> {
         self.limits.clone()
+    }
+}
+
+/// The Redis client for `settings`: with its password, and for `rediss://` its CAs.
+pub fn client(settings: &FleetSettings) -> redis::RedisResult<redis::Client> {
+    let info = settings.redis.with_password(settings.password().as_ref());
+    match &settings.ca {
+        None => redis::Client::open(info),
+        Some(pem) => {
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
+            redis::Client::build_with_tls(info, certs)
+        }
     }
 }
 

@@ -90,6 +90,10 @@ impl Target {
         Ok(Target { info, shown })
     }
 
+    pub fn is_tls(&self) -> bool {
+        matches!(self.info.addr, redis::ConnectionAddr::TcpTls { .. })
+    }
+
     /// The connection details with `password` set.
     pub fn with_password(&self, password: Option<&Secret>) -> redis::ConnectionInfo {
         let mut info = self.info.clone();
@@ -123,6 +127,8 @@ pub struct FleetSettings {
     pub on_unavailable: OnUnavailable,
     /// From `password_file`; `None`: the environment variable, if set, at start.
     pub password: Option<Secret>,
+    /// From `ca_file` (PEM), for `rediss://`; `None`: the system's CAs.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl FleetSettings {
@@ -152,6 +158,16 @@ fn name(s: &str, key: &str) -> Result<String, String> {
     } else {
         Err(format!("{key} {s:?} must be 1-64 of A-Z a-z 0-9 . _ -"))
     }
+}
+
+/// Reads `ca_file`: PEM with at least one certificate.
+pub fn ca_file(path: &str) -> Result<Vec<u8>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("fleet.ca_file {path:?} cannot be read: {e}"))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!("fleet.ca_file {path:?} holds no PEM certificate"));
+    }
+    Ok(pem)
 }
 
 /// Reads the password file: its first line, which must not be empty.
@@ -206,6 +222,7 @@ mod tests {
             share_limits: true,
             on_unavailable: OnUnavailable::Local,
             password: Some(Secret::new("hunter2".into())),
+            ca: None,
         };
         assert!(!format!("{s:?}").contains("hunter2"));
         let info = s.redis.with_password(s.password.as_ref());
