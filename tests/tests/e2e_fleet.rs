@@ -120,7 +120,6 @@ fn a_ban_on_one_node_drops_at_the_other() {
         "propagation from A's ban to B's maps over 51 bans: p50 {} ms, p99 {p99} ms",
         status["propagation_p50_ms"]
     );
-    assert_eq!(status["bans_shared"].as_u64().map(|n| n <= 51), Some(true), "{status}");
 
     // A lift travels too.
     a.ok(&["ban", "del", CLIENT_V4]);
@@ -218,6 +217,7 @@ fn an_outage_loses_no_ban_and_each_node_keeps_enforcing() {
     for d in [&a, &b] {
         let s = fleet_status(d);
         assert_eq!((s["connected"].clone(), s["pending"].clone()), (true.into(), 0.into()), "{s}");
+        assert!(s["bans_shared"].as_u64().is_some_and(|n| n >= 2), "{s}");
         assert!(s["errors"].as_u64().unwrap() > 0, "the outage is counted: {s}");
     }
     let log = b.log_text();
@@ -259,6 +259,12 @@ path = "/fleet/*"
 auth = ["api_key"]
 allow_roles = ["admin", "user"]
 rate_limit = { per = "principal", rps = 20, burst = 10, scope = "fleet" }
+[[routes]]
+name = "fleet-fast"
+path = "/fast/*"
+auth = ["api_key"]
+allow_roles = ["admin", "user"]
+rate_limit = { per = "principal", rps = 400, burst = 40, scope = "fleet" }
 "#;
 const RPS: f64 = 20.0;
 const BURST: f64 = 10.0;
@@ -299,6 +305,32 @@ fn a_fleet_limit_holds_across_nodes_and_falls_back_as_configured() {
     assert!(admitted[0] > 0 && admitted[1] > 0, "both nodes admit within the limit");
     assert!(total <= bound, "the fleet admitted {total}, over burst + rps × t = {bound:.1}");
     assert!(total >= 0.6 * RPS * secs, "the fleet admitted only {total} of about {bound:.0}");
+
+    // A faster route, where each node takes admissions four at a time: both nodes called
+    // at once, the fleet still admits at most burst + rps × (t + 0.1 s).
+    let start = Instant::now();
+    let hammer = |gw: &Gw| {
+        let mut admitted = 0u32;
+        while start.elapsed() < Duration::from_secs(3) {
+            let reply = gw.get(CLIENT_V4, "/fast/x", &[("x-api-key", gw.key("admin-key"))]);
+            match reply.status {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("answered {other}"),
+            }
+        }
+        admitted
+    };
+    let fast = std::thread::scope(|s| {
+        let (ta, tb) = (s.spawn(|| hammer(&a)), s.spawn(|| hammer(&b)));
+        [ta.join().unwrap(), tb.join().unwrap()]
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let total = f64::from(fast[0] + fast[1]);
+    let bound = 40.0 + 400.0 * (secs + 0.1);
+    eprintln!("fast route: admitted {fast:?} over {secs:.2}s; bound {bound:.0}");
+    assert!(total <= bound, "the fleet admitted {total}, over {bound:.1}");
+    assert!(total >= 0.5 * 400.0 * secs, "the fleet admitted only {total}");
 
     // Without Redis: A limits on its own, B refuses the route (and serves others).
     redis.kill();

@@ -5,11 +5,15 @@
 //! So that a request does not wait on Redis every time, a node takes up to [`batch`]
 //! admissions at once (at most 10 ms of the rate and a quarter of the burst) and spends
 //! them locally within [`STASH_LIFE`]; what is left then is thrown away. Every admission
-//! was granted by Redis's bucket before it was spent, and spent at most `STASH_LIFE` after,
-//! so over any `t` seconds the fleet admits at most `burst + rps × (t + 0.1)` requests for
-//! a key (from a fresh key: `burst + rps × t`). The price is on the other side: a node's
-//! unspent stash (fewer than a batch) is lost to the others, so a key may be refused up to
-//! `nodes × (batch − 1)` requests early in a stash's life.
+//! was granted by Redis's bucket before it was spent, and spent at most `STASH_LIFE` after
+//! the node asked for it, so over any `t` seconds the fleet admits at most
+//! `burst + rps × (t + 0.1)` requests for a key (from a fresh key: `burst + rps × t`). The
+//! bucket's interval is a whole number of µs, rounded up, so rates whose interval is not
+//! (above 1,000 rps per key, say 300,000) are held a little under their value, never over.
+//! The price is on the other side: a node's unspent stash (fewer than a batch) is lost to
+//! the others, so a key may be refused up to `nodes × (batch − 1)` requests early in a
+//! stash's life. A refusal is remembered until the bucket's answer says to come back, so a
+//! client over its limit costs Redis one round trip per refusal period, not per request.
 
 use std::{
     collections::HashMap,
@@ -30,8 +34,8 @@ use super::{link::Link, settings::OnUnavailable};
 pub const STASH_LIFE: Duration = Duration::from_millis(100);
 /// How long a request waits for Redis before the route falls back (`on_unavailable`).
 const REDIS_WAIT: Duration = Duration::from_millis(250);
-/// Stashes kept at most; past it, lapsed ones are dropped (and, if none has lapsed, the
-/// new key takes no stash: it asks Redis each time).
+/// Stashes kept at most; past it, lapsed ones are dropped (at most once a second; until
+/// there is room, a new key keeps no stash and asks Redis each time).
 const MAX_STASHES: usize = 100_000;
 
 /// Takes up to `ARGV[3]` admissions from the GCRA bucket at `KEYS[1]` (its theoretical
@@ -70,16 +74,31 @@ struct FallbackLabels {
     on_unavailable: &'static str,
 }
 
-struct Stash {
-    left: u32,
-    until: Instant,
+/// Until `until`: admissions taken from Redis and not yet spent, or a refusal.
+enum Stash {
+    Left { left: u32, until: Instant },
+    Refused { until: Instant },
+}
+
+impl Stash {
+    fn until(&self) -> Instant {
+        match self {
+            Stash::Left { until, .. } | Stash::Refused { until } => *until,
+        }
+    }
+}
+
+struct Stashes {
+    map: HashMap<String, Stash>,
+    /// When lapsed entries were last dropped.
+    swept: Instant,
 }
 
 pub struct FleetLimits {
     link: Arc<Link>,
     script: Script,
     prefix: String,
-    stashes: Mutex<HashMap<String, Stash>>,
+    stashes: Mutex<Stashes>,
     fallbacks: Family<FallbackLabels, Counter>,
 }
 
@@ -103,7 +122,7 @@ impl FleetLimits {
             link,
             script: Script::new(GCRA),
             prefix,
-            stashes: Mutex::default(),
+            stashes: Mutex::new(Stashes { map: HashMap::new(), swept: Instant::now() }),
             fallbacks: Family::default(),
         })
     }
@@ -124,15 +143,17 @@ impl FleetLimits {
     /// counted by).
     pub async fn check(&self, route: &str, key: &str, quota: Quota) -> Verdict {
         let key = format!("{}:limit:{route}:{key}", self.prefix);
-        if self.spend(&key) {
-            return Verdict::Admit;
+        let asked = Instant::now();
+        if let Some(verdict) = self.local(&key, asked) {
+            return verdict;
         }
         let Some(mut conn) = self.link.connection() else { return self.unavailable() };
-        let interval = (1_000_000 / u64::from(quota.rps.max(1))).max(1);
+        // Whole µs, rounded up: a rate whose interval is not a whole number of µs is held
+        // a little under it, never over.
+        let interval = 1_000_000u64.div_ceil(u64::from(quota.rps.max(1)));
         let tolerance = interval * u64::from(quota.burst.max(1) - 1);
-        let ask = batch(quota);
         let mut invocation = self.script.key(&key);
-        invocation.arg(interval).arg(tolerance).arg(ask);
+        invocation.arg(interval).arg(tolerance).arg(batch(quota));
         let call = invocation.invoke_async(&mut conn);
         let (granted, wait_us): (u32, u64) = match tokio::time::timeout(REDIS_WAIT, call).await {
             Ok(Ok(answer)) => answer,
@@ -142,10 +163,15 @@ impl FleetLimits {
             }
         };
         if granted == 0 {
-            return Verdict::Limited(Duration::from_micros(wait_us));
+            // Refused until then, whoever asks again here: no round trip per refusal.
+            let wait = Duration::from_micros(wait_us);
+            self.keep(key, Stash::Refused { until: asked + wait });
+            return Verdict::Limited(wait);
         }
         if granted > 1 {
-            self.keep(key, granted - 1);
+            // The stash's life runs from before the grant, so the bound holds whatever the
+            // round trip took.
+            self.keep(key, Stash::Left { left: granted - 1, until: asked + STASH_LIFE });
         }
         Verdict::Admit
     }
@@ -160,28 +186,36 @@ impl FleetLimits {
         Verdict::Unavailable(on)
     }
 
-    /// Spends one admission of the stash for `key`, if it holds one still fresh.
-    fn spend(&self, key: &str) -> bool {
+    /// What this node knows for `key` without Redis: an admission from its stash, a
+    /// refusal still running, or nothing.
+    fn local(&self, key: &str, now: Instant) -> Option<Verdict> {
         let mut stashes = self.stashes.lock().unwrap_or_else(|p| p.into_inner());
-        match stashes.get_mut(key) {
-            Some(s) if s.left > 0 && s.until > Instant::now() => {
-                s.left -= 1;
-                true
+        match stashes.map.get_mut(key).filter(|s| s.until() > now)? {
+            Stash::Refused { until } => Some(Verdict::Limited(*until - now)),
+            Stash::Left { left: 0, .. } => None,
+            Stash::Left { left, .. } => {
+                *left -= 1;
+                Some(Verdict::Admit)
             }
-            _ => false,
         }
     }
 
-    fn keep(&self, key: String, left: u32) {
+    fn keep(&self, key: String, stash: Stash) {
         let mut stashes = self.stashes.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if stashes.len() >= MAX_STASHES && !stashes.contains_key(&key) {
-            stashes.retain(|_, s| s.until > now && s.left > 0);
-            if stashes.len() >= MAX_STASHES {
+        if stashes.map.len() >= MAX_STASHES && !stashes.map.contains_key(&key) {
+            // At most once a second: a full table of live entries must not cost a scan
+            // per request.
+            if now.duration_since(stashes.swept) < Duration::from_secs(1) {
+                return;
+            }
+            stashes.swept = now;
+            stashes.map.retain(|_, s| s.until() > now);
+            if stashes.map.len() >= MAX_STASHES {
                 return;
             }
         }
-        stashes.insert(key, Stash { left, until: now + STASH_LIFE });
+        stashes.map.insert(key, stash);
     }
 }
 

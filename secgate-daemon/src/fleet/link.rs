@@ -31,8 +31,17 @@ pub const MAX_PENDING: usize = 1 << 20;
 /// nodes measure its propagation from then.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pending {
-    Ban { ban: SharedBan, at_ms: u64 },
-    Lift { at_ms: u64 },
+    Ban { ban: SharedBan, at_ms: u64, version: u64 },
+    Lift { at_ms: u64, version: u64 },
+}
+
+impl Pending {
+    /// The policy version it was applied at here (0: not a change of this run's).
+    fn version(&self) -> u64 {
+        match self {
+            Pending::Ban { version, .. } | Pending::Lift { version, .. } => *version,
+        }
+    }
 }
 
 /// Propagation delays kept for the quantiles in `status`.
@@ -98,7 +107,8 @@ impl Link {
         if let Some(w) = warning {
             tracing::error!("{w}");
         }
-        let pending = lifts.into_iter().map(|(cidr, at_ms)| (cidr, Pending::Lift { at_ms }));
+        let pending =
+            lifts.into_iter().map(|(cidr, at_ms)| (cidr, Pending::Lift { at_ms, version: 0 }));
         Arc::new(Link {
             settings,
             pending: Mutex::new(pending.collect()),
@@ -153,6 +163,10 @@ impl Link {
                 }
                 return;
             }
+            // Changes of one CIDR can arrive here out of the order they were applied in.
+            if pending.get(&cidr).is_some_and(|held| held.version() > change.version()) {
+                return;
+            }
             let lift = matches!(change, Pending::Lift { .. });
             let was_lift = matches!(pending.insert(cidr, change), Some(Pending::Lift { .. }));
             drop(pending);
@@ -169,7 +183,7 @@ impl Link {
         let lifts: Vec<(IpNet, u64)> = lock(&self.pending)
             .iter()
             .filter_map(|(cidr, p)| match p {
-                Pending::Lift { at_ms } => Some((*cidr, *at_ms)),
+                Pending::Lift { at_ms, .. } => Some((*cidr, *at_ms)),
                 Pending::Ban { .. } => None,
             })
             .collect();
@@ -197,11 +211,12 @@ impl Link {
         lock(&self.pending).contains_key(cidr)
     }
 
-    /// Queues a ban the node holds that the fleet does not know.
+    /// Queues a ban the node holds that the fleet does not know (a Redis that came back
+    /// empty, or bans from before `[fleet]`). When it was made is not known: it goes out as
+    /// made at time 0, so that any lift or ban the fleet knows the time of wins over it.
     pub fn republish(&self, ban: SharedBan) {
-        let at_ms = crate::clock::unix_ms(std::time::SystemTime::now());
         let mut pending = lock(&self.pending);
-        pending.entry(ban.cidr).or_insert(Pending::Ban { ban, at_ms });
+        pending.entry(ban.cidr).or_insert(Pending::Ban { ban, at_ms: 0, version: 0 });
     }
 
     /// Records how long a change from another node took to be applied here.
@@ -256,17 +271,17 @@ impl Link {
 }
 
 impl Share for Link {
-    fn banned(&self, ban: SharedBan) {
+    fn banned(&self, ban: SharedBan, version: u64) {
         if self.settings.share_bans {
             let at_ms = crate::clock::unix_ms(std::time::SystemTime::now());
-            self.queue(ban.cidr, Pending::Ban { ban, at_ms });
+            self.queue(ban.cidr, Pending::Ban { ban, at_ms, version });
         }
     }
 
-    fn lifted(&self, cidr: IpNet) {
+    fn lifted(&self, cidr: IpNet, version: u64) {
         if self.settings.share_bans {
             let at_ms = crate::clock::unix_ms(std::time::SystemTime::now());
-            self.queue(cidr, Pending::Lift { at_ms });
+            self.queue(cidr, Pending::Lift { at_ms, version });
         }
     }
 

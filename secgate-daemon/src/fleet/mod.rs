@@ -8,6 +8,7 @@
 mod lifts;
 pub mod limits;
 mod link;
+mod reconcile;
 pub mod settings;
 mod store;
 mod sync;

@@ -16,14 +16,23 @@ use super::wire::{self, Event, Record};
 /// lifted meanwhile (it republishes the bans it holds that the fleet does not know).
 pub const LIFT_MEMORY_MS: u64 = 7 * 86_400 * 1000;
 
-/// Stores a ban; with `mode = "max"`, only when it outlasts the one held. Publishes it.
+/// Stores a ban made at `ARGV[8]` unless a later lift or (with `mode = "set"`) a later ban
+/// of the CIDR is held; with `mode = "max"`, only when it outlasts the ban held. Publishes
+/// it; returns its number, or 0 when refused. Order is by the nodes' wall clocks.
 const PUT: &str = r"
-if ARGV[3] == 'max' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+local at = tonumber(ARGV[8])
+local lifted = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if lifted and tonumber(lifted) > at then return 0 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and ARGV[3] == 'max' then
   local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
   local want = tonumber(ARGV[2])
   if not held then return 0 end
   held = tonumber(held)
   if held > tonumber(ARGV[4]) and want ~= 0 and held >= want then return 0 end
+elseif cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and tonumber(rec.at_ms) and tonumber(rec.at_ms) > at then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
 if ARGV[2] == '0' then
@@ -34,18 +43,24 @@ end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local seq = redis.call('INCR', KEYS[4])
 redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[6])
-return 1
+return seq
 ";
 
-/// Removes a ban, remembers the lift, forgets lifts older than the memory. Publishes it.
+/// Removes a ban unless it was made after the lift (`ARGV[2]`), remembers the lift, forgets
+/// lifts older than the memory. Publishes it; returns its number, or 0 when refused.
 const LIFT: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and tonumber(rec.at_ms) and tonumber(rec.at_ms) > tonumber(ARGV[2]) then return 0 end
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', tonumber(ARGV[2]) - tonumber(ARGV[3])))
 local seq = redis.call('INCR', KEYS[4])
 redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[4])
-return 1
+return seq
 ";
 
 /// Prunes lapsed bans; returns the counter, every ban, and every remembered lift.
@@ -87,7 +102,7 @@ impl Keys {
 }
 
 /// The load script's answer: the counter, the bans' hash as pairs, the lifts.
-type Loaded = (u64, Vec<(String, Vec<u8>)>, Vec<String>);
+type Loaded = (u64, Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
 
 /// The fleet's bans as one load saw them.
 #[derive(Debug, Default)]
@@ -122,7 +137,7 @@ impl Store {
     }
 
     /// Stores and publishes `record` for `cidr`; with `extend_only`, only where it outlasts
-    /// the ban the fleet holds. Whether it was stored.
+    /// the ban the fleet holds. Its number in the fleet's order, or 0 if refused.
     pub async fn put(
         &self,
         conn: &mut MultiplexedConnection,
@@ -130,10 +145,9 @@ impl Store {
         record: &Record,
         extend_only: bool,
         now_ms: u64,
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<u64> {
         let event = Event::Ban { cidr, record: record.clone(), shorten: !extend_only };
-        let stored: i64 = self
-            .keys
+        self.keys
             .four(&self.put)
             .arg(cidr.to_string())
             .arg(record.expires_ms)
@@ -142,31 +156,35 @@ impl Store {
             .arg(wire::encode(record))
             .arg(wire::encode(&event))
             .arg(&self.keys.channel)
+            .arg(record.at_ms)
             .invoke_async(conn)
-            .await?;
-        Ok(stored == 1)
+            .await
     }
 
-    /// Removes and publishes the lift of `cidr`.
+    /// Removes and publishes the lift of `cidr` made at `at_ms`. Its number in the fleet's
+    /// order, or 0 if refused (the ban held was made later).
     pub async fn lift(
         &self,
         conn: &mut MultiplexedConnection,
         cidr: IpNet,
         origin: &str,
-        now_ms: u64,
-    ) -> redis::RedisResult<()> {
-        let event = Event::Lift { cidr, origin: origin.to_owned(), at_ms: now_ms };
-        let _: i64 = self
-            .keys
+        at_ms: u64,
+    ) -> redis::RedisResult<u64> {
+        let event = Event::Lift { cidr, origin: origin.to_owned(), at_ms };
+        self.keys
             .four(&self.lift)
             .arg(cidr.to_string())
-            .arg(now_ms)
+            .arg(at_ms)
             .arg(LIFT_MEMORY_MS)
             .arg(wire::encode(&event))
             .arg(&self.keys.channel)
             .invoke_async(conn)
-            .await?;
-        Ok(())
+            .await
+    }
+
+    /// How many bans the fleet holds.
+    pub async fn count(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<usize> {
+        redis::cmd("HLEN").arg(&self.keys.bans).query_async(conn).await
     }
 
     /// Every ban in force and every remembered lift, lapsed bans pruned first.
@@ -178,20 +196,21 @@ impl Store {
         let (seq, pairs, lifted): Loaded =
             self.keys.four(&self.load).arg(now_ms).invoke_async(conn).await?;
         let mut snapshot = Snapshot { seq, ..Snapshot::default() };
+        let net = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse::<IpNet>().ok());
         for (cidr, value) in pairs {
-            match (cidr.parse::<IpNet>(), wire::decode_record(&value)) {
-                (Ok(cidr), Ok(record)) => {
+            match (net(&cidr), wire::decode_record(&value)) {
+                (Some(cidr), Ok(record)) if super::settings::node(&record.origin).is_ok() => {
                     snapshot.bans.insert(cidr, record);
                 }
                 _ => snapshot.unreadable += 1,
             }
         }
         for cidr in lifted {
-            match cidr.parse::<IpNet>() {
-                Ok(cidr) => {
+            match net(&cidr) {
+                Some(cidr) => {
                     snapshot.lifted.insert(cidr);
                 }
-                Err(_) => snapshot.unreadable += 1,
+                None => snapshot.unreadable += 1,
             }
         }
         Ok(snapshot)

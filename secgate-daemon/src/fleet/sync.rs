@@ -3,10 +3,11 @@
 //! they are published, until the connection fails; then again, after a pause.
 //!
 //! Subscribing comes before loading, so no change published between the two is missed;
-//! each message carries the change's number in the fleet's order, and those the load
-//! already contained are skipped.
+//! each message carries the change's number in the fleet's order (the scripts number
+//! every change they make), those the load already contained are skipped, and a gap in
+//! the numbers means something was missed: the set is loaded again.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
 use ipnet::IpNet;
@@ -15,13 +16,14 @@ use tokio::sync::oneshot;
 
 use super::{
     link::{Link, Pending},
-    store::{Snapshot, Store},
+    settings,
+    store::Store,
     wire::{self, Event, Record},
 };
 use crate::{
     clock::unix_ms,
     escalate::Escalation,
-    service::{FleetChange, Service, SharedBan},
+    service::{FleetChange, Service},
 };
 
 /// Redis answers within this, or the connection is taken for lost.
@@ -31,11 +33,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// Pauses between attempts to reconnect, doubling up to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// The caller named for lifts learnt from the fleet's memory of lifts, whose node it does
-/// not keep.
-const UNKNOWN_ORIGIN: &str = "fleet";
-/// A local ban whose expiry differs from the fleet's by less than this is taken as the same.
-const SAME_EXPIRY_MS: u64 = 2000;
+/// This node's own writes remembered (to tell older changes of others from newer), at most
+/// this many before those the subscription has passed are dropped.
+const OWN_WRITES: usize = 4096;
 
 pub struct Task {
     pub link: Arc<Link>,
@@ -46,8 +46,18 @@ pub struct Task {
     pub store: Store,
 }
 
+/// Where a session has got in the fleet's order of changes.
+#[derive(Default)]
+pub(super) struct Cursor {
+    /// Every change numbered up to this is applied (or was in the load).
+    pub seen: u64,
+    /// This node's latest write per CIDR, by number: a change of another node numbered
+    /// before it is older, and must not undo it.
+    pub own: HashMap<IpNet, u64>,
+}
+
 impl Task {
-    /// Runs for good; `synced` hears of the first sync (or of the first failure).
+    /// Runs for good; `synced` hears of the first sync.
     pub async fn run(self, mut synced: Option<oneshot::Sender<()>>) {
         let mut pause = RETRY_FIRST;
         loop {
@@ -57,9 +67,6 @@ impl Task {
                 pause = RETRY_FIRST;
             }
             self.link.down(&e);
-            if let Some(tx) = synced.take() {
-                let _ = tx.send(());
-            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
         }
@@ -70,11 +77,17 @@ impl Task {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(TIMEOUT)
             .set_response_timeout(TIMEOUT);
-        let mut conn = match self.client.get_multiplexed_async_connection_with_config(&config).await
-        {
+        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await;
+        let mut conn = match conn {
             Ok(c) => c,
             Err(e) => return format!("connecting: {}", describe(&e)),
         };
+        if !self.link.settings.share_bans {
+            // Limits only: the connection is all the limiter needs.
+            self.link.up(conn.clone(), 0);
+            ready(synced);
+            return self.listen(conn, futures::stream::pending(), Cursor::default()).await;
+        }
         let mut pubsub = match tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub()).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return format!("subscribing: {}", describe(&e)),
@@ -86,22 +99,41 @@ impl Task {
             Ok(Err(e)) => return format!("subscribing: {}", describe(&e)),
             Err(_) => return "subscribing: timed out".into(),
         }
-        let snapshot = match self.store.load(&mut conn, unix_ms(std::time::SystemTime::now())).await
-        {
-            Ok(s) => s,
-            Err(e) => return format!("loading the fleet's bans: {}", describe(&e)),
+        let mut cursor = Cursor::default();
+        let shared = match self.sync(&mut conn, &mut cursor).await {
+            Ok(n) => n,
+            Err(e) => return e,
         };
-        let seen = snapshot.seq;
-        let shared = snapshot.bans.len();
-        self.reconcile(snapshot).await;
-        if let Err(e) = self.flush(&mut conn).await {
-            return e;
-        }
         self.link.up(conn.clone(), shared);
-        if let Some(tx) = synced.take() {
-            let _ = tx.send(());
+        ready(synced);
+        self.listen(conn, pubsub.into_on_message(), cursor).await
+    }
+
+    /// Loads the fleet's bans, brings this node in line and sends what it has pending;
+    /// again once if the fleet refused a change as older than its own (this node then takes
+    /// the fleet's). Returns how many bans the fleet holds then.
+    async fn sync(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
+    ) -> Result<usize, String> {
+        for _ in 0..2 {
+            let now = unix_ms(std::time::SystemTime::now());
+            let snapshot = self
+                .store
+                .load(conn, now)
+                .await
+                .map_err(|e| format!("loading the fleet's bans: {}", describe(&e)))?;
+            cursor.seen = snapshot.seq;
+            self.reconcile(snapshot).await;
+            if !self.flush(conn, cursor).await? {
+                break;
+            }
         }
-        self.listen(conn, pubsub.into_on_message(), seen).await
+        self.store
+            .count(conn)
+            .await
+            .map_err(|e| format!("counting the fleet's bans: {}", describe(&e)))
     }
 
     /// Applies published changes, sends this node's, and checks the connection, until
@@ -110,7 +142,7 @@ impl Task {
         &self,
         mut conn: MultiplexedConnection,
         mut messages: impl futures::Stream<Item = redis::Msg> + Unpin,
-        mut seen: u64,
+        mut cursor: Cursor,
     ) -> String {
         let mut ping = tokio::time::interval(PING_EVERY);
         loop {
@@ -122,11 +154,19 @@ impl Task {
                     while let Some(Some(m)) = futures::FutureExt::now_or_never(messages.next()) {
                         batch.push(m);
                     }
-                    seen = self.receive(&batch, seen).await;
+                    if !self.receive(&batch, &mut cursor).await
+                        && let Err(e) = self.sync(&mut conn, &mut cursor).await
+                    {
+                        return e;
+                    }
                 }
                 () = self.link.wake.notified() => {
-                    if let Err(e) = self.flush(&mut conn).await {
-                        return e;
+                    match self.flush(&mut conn, &mut cursor).await {
+                        Ok(false) => {}
+                        Ok(true) => if let Err(e) = self.sync(&mut conn, &mut cursor).await {
+                            return e;
+                        },
+                        Err(e) => return e,
                     }
                 }
                 _ = ping.tick() => {
@@ -139,27 +179,41 @@ impl Task {
         }
     }
 
-    /// Applies the changes in `batch` numbered after `seen` that other nodes made; returns
-    /// the highest number seen.
-    async fn receive(&self, batch: &[redis::Msg], mut seen: u64) -> u64 {
-        let (mut changes, mut delays) = (Vec::new(), Vec::new());
+    /// Applies the changes in `batch` that other nodes made after `cursor`; whether the
+    /// numbers ran on without a gap (else the caller loads the set again).
+    async fn receive(&self, batch: &[redis::Msg], cursor: &mut Cursor) -> bool {
+        let (mut changes, mut delays, mut in_order) = (Vec::new(), Vec::new(), true);
         for msg in batch {
             let (seq, event) = match wire::decode_message(msg.get_payload_bytes()) {
-                Ok(m) => m,
-                Err(e) => {
+                Ok(m) if settings::node(m.1.origin()).is_ok() => m,
+                Ok(_) | Err(_) => {
                     self.link.error();
-                    tracing::warn!(error = %e, "ignored an unreadable message on the fleet's channel");
+                    tracing::warn!("ignored an unreadable message on the fleet's channel");
                     continue;
                 }
             };
-            if seq <= seen {
+            if seq <= cursor.seen {
                 continue;
             }
-            seen = seq;
-            if event.origin() == self.link.settings.node {
+            if seq != cursor.seen + 1 {
+                tracing::warn!(
+                    expected = cursor.seen + 1,
+                    got = seq,
+                    "a gap in the fleet's changes; loading its bans again"
+                );
+                in_order = false;
+                break;
+            }
+            cursor.seen = seq;
+            let cidr = event.cidr();
+            let newer_here =
+                self.link.is_pending(&cidr) || cursor.own.get(&cidr).is_some_and(|&own| own > seq);
+            if event.origin() == self.link.settings.node || newer_here {
                 continue;
             }
-            delays.push(event.at_ms());
+            if event.at_ms() > 0 {
+                delays.push(event.at_ms());
+            }
             changes.push(match event {
                 Event::Ban { cidr, record, shorten } => {
                     self.learn(cidr, &record);
@@ -168,15 +222,19 @@ impl Task {
                 Event::Lift { cidr, origin, .. } => (origin, FleetChange::Lift(cidr)),
             });
         }
+        if cursor.own.len() > OWN_WRITES {
+            let seen = cursor.seen;
+            cursor.own.retain(|_, &mut own| own > seen);
+        }
         self.apply(&changes).await;
         let now = unix_ms(std::time::SystemTime::now());
         for at in delays {
             self.link.propagated(now.saturating_sub(at) as f64);
         }
-        seen
+        in_order
     }
 
-    async fn apply(&self, changes: &[(String, FleetChange)]) {
+    pub(super) async fn apply(&self, changes: &[(String, FleetChange)]) {
         if changes.is_empty() {
             return;
         }
@@ -187,56 +245,8 @@ impl Task {
         }
     }
 
-    /// Brings this node in line with the fleet: takes every fleet ban it does not hold as
-    /// the fleet holds it, lifts those lifted while it was away, and queues the bans it
-    /// holds that the fleet does not know. Changes still pending here win over the fleet's.
-    async fn reconcile(&self, snapshot: Snapshot) {
-        if snapshot.unreadable > 0 {
-            self.link.error();
-            tracing::warn!(
-                count = snapshot.unreadable,
-                "skipped unreadable entries among the fleet's bans"
-            );
-        }
-        let now = unix_ms(std::time::SystemTime::now());
-        let local: std::collections::BTreeMap<IpNet, (Option<u64>, String)> = self
-            .service
-            .dynamic_bans()
-            .into_iter()
-            .map(|b| (b.cidr, (b.expires_in_secs.map(|s| now + (s * 1000.0) as u64), b.reason)))
-            .collect();
-        let mut changes = Vec::new();
-        for (cidr, record) in &snapshot.bans {
-            self.learn(*cidr, record);
-            if self.link.is_pending(cidr)
-                || local.get(cidr).is_some_and(|(held, _)| same(*held, record))
-            {
-                continue;
-            }
-            changes.push((record.origin.clone(), FleetChange::Ban(record.ban(*cidr, true))));
-        }
-        for (cidr, (expires, reason)) in local {
-            if snapshot.bans.contains_key(&cidr) || self.link.is_pending(&cidr) {
-                continue;
-            }
-            if snapshot.lifted.contains(&cidr) {
-                changes.push((UNKNOWN_ORIGIN.to_owned(), FleetChange::Lift(cidr)));
-            } else {
-                let ban = SharedBan {
-                    cidr,
-                    expires_unix_ms: expires,
-                    reason,
-                    shorten: false,
-                    strikes: None,
-                };
-                self.link.republish(ban);
-            }
-        }
-        self.apply(&changes).await;
-    }
-
     /// Gives the escalation what another node's escalation counted for `cidr`.
-    fn learn(&self, cidr: IpNet, record: &Record) {
+    pub(super) fn learn(&self, cidr: IpNet, record: &Record) {
         if let Some(bans) = record.strikes
             && record.expires_ms != 0
         {
@@ -244,45 +254,56 @@ impl Task {
         }
     }
 
-    /// Sends every pending change; on a failure the rest stay pending.
-    async fn flush(&self, conn: &mut MultiplexedConnection) -> Result<(), String> {
+    /// Sends every pending change (a ban that has lapsed meanwhile is dropped); on a failure
+    /// the rest stay pending. Whether the fleet refused one as older than what it holds.
+    async fn flush(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
+    ) -> Result<bool, String> {
         let taken = self.link.take_pending();
         let lifts = taken.values().any(|p| matches!(p, Pending::Lift { .. }));
-        let mut pending = taken.into_iter();
+        let (mut pending, mut refused) = (taken.into_iter(), false);
+        let node = &self.link.settings.node;
         while let Some((cidr, change)) = pending.next() {
             let now = unix_ms(std::time::SystemTime::now());
-            let node = &self.link.settings.node;
             let sent = match &change {
-                Pending::Ban { ban, at_ms } => {
-                    let record = Record::of(ban, node, *at_ms);
-                    self.store.put(conn, cidr, &record, !ban.shorten, now).await.map(|_| ())
+                Pending::Ban { ban, .. } if ban.expires_unix_ms.is_some_and(|e| e <= now) => {
+                    continue;
                 }
-                Pending::Lift { at_ms } => self.store.lift(conn, cidr, node, *at_ms).await,
+                Pending::Ban { ban, at_ms, .. } => {
+                    let record = Record::of(ban, node, *at_ms);
+                    self.store.put(conn, cidr, &record, !ban.shorten, now).await
+                }
+                Pending::Lift { at_ms, .. } => self.store.lift(conn, cidr, node, *at_ms).await,
             };
-            if let Err(e) = sent {
-                self.link.put_back(std::iter::once((cidr, change)).chain(pending));
-                return Err(format!("sharing a ban change: {}", describe(&e)));
+            match sent {
+                Ok(0) => refused = true,
+                Ok(seq) => {
+                    cursor.own.insert(cidr, seq);
+                    self.link.metrics.sent.inc();
+                }
+                Err(e) => {
+                    self.link.put_back(std::iter::once((cidr, change)).chain(pending));
+                    return Err(format!("sharing a ban change: {}", describe(&e)));
+                }
             }
-            self.link.metrics.sent.inc();
         }
         if lifts {
             self.link.save_lifts();
         }
-        Ok(())
+        Ok(refused)
     }
 }
 
-/// Whether a local ban lapsing at `held` (Unix ms; `None`: never) is the fleet's `record`.
-fn same(held: Option<u64>, record: &Record) -> bool {
-    match (held, record.expires_ms) {
-        (None, 0) => true,
-        (Some(a), b) if b != 0 => a.abs_diff(b) < SAME_EXPIRY_MS,
-        _ => false,
+fn ready(synced: &mut Option<oneshot::Sender<()>>) {
+    if let Some(tx) = synced.take() {
+        let _ = tx.send(());
     }
 }
 
 /// A Redis error without anything it may quote from the connection details.
-fn describe(e: &redis::RedisError) -> String {
+pub(super) fn describe(e: &redis::RedisError) -> String {
     let mut s = e.category().to_owned();
     if let Some(detail) = e.detail() {
         s.push_str(": ");

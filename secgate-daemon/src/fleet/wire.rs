@@ -65,6 +65,12 @@ pub enum Event {
 }
 
 impl Event {
+    pub fn cidr(&self) -> IpNet {
+        match self {
+            Event::Ban { cidr, .. } | Event::Lift { cidr, .. } => *cidr,
+        }
+    }
+
     pub fn origin(&self) -> &str {
         match self {
             Event::Ban { record, .. } => &record.origin,

@@ -324,15 +324,12 @@ impl Service {
         let request =
             json!({ "cidr": cidr, "ttl_secs": ttl.map(|t| t.as_secs_f64()), "reason": reason });
         let may_shorten = caller.may_shorten();
-        let view = self
-            .commit(caller, "ban_add", request, |p| {
-                valid(
-                    validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)),
-                )?;
-                Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
-            })
-            .await?;
-        self.share_ban(caller, &view, None);
+        let (view, version) = self.apply(caller, "ban_add", request, |p| {
+            valid(validate::cidr(&cidr).and(validate::ttl(ttl)).and(validate::reason(&reason)))?;
+            Ok(p.ban_add(cidr, ttl, reason, may_shorten)?)
+        })?;
+        self.share_ban(caller, &view, (version, None));
+        self.durable(version).await?;
         Ok(view)
     }
 
@@ -400,8 +397,8 @@ impl Service {
             (Ok(_), false) => self.enforcement.observe(ban.since.elapsed()),
             _ => {}
         }
-        if let Ok((view, _)) = &done {
-            self.share_ban(&caller, view, Some(ban.strikes));
+        if let Ok((view, version)) = &done {
+            self.share_ban(&caller, view, (*version, Some(ban.strikes)));
         }
         done
     }
@@ -434,13 +431,12 @@ impl Service {
     }
 
     pub async fn ban_del(&self, caller: &Caller, cidr: IpNet) -> Result<()> {
-        self.commit(caller, "ban_del", json!({ "cidr": cidr }), |p| {
+        let ((), version) = self.apply(caller, "ban_del", json!({ "cidr": cidr }), |p| {
             valid(validate::cidr(&cidr))?;
             found(p.ban_del(cidr)?, || format!("no ban for {cidr}"))
-        })
-        .await?;
-        self.share_lift(caller, cidr);
-        Ok(())
+        })?;
+        self.share_lift(caller, cidr, version);
+        self.durable(version).await
     }
 
     pub async fn allow_add(&self, caller: &Caller, cidr: IpNet) -> Result<()> {

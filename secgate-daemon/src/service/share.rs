@@ -2,7 +2,12 @@
 //! lift goes out through a [`Share`] (the fleet), and what other nodes decided comes back
 //! in through [`Service::apply_fleet`], to this node's own maps, state file and audit, with
 //! the node it came from as the caller. Bans from the config are not shared: every node has
-//! its own file. Bans the fleet brings are not sent out again.
+//! its own file. Bans the fleet brings are not sent out again as changes (a node does
+//! republish the bans it holds that the fleet lost, when it reconnects).
+//!
+//! Changes are handed on with the policy version they got, so that two changes of one
+//! CIDR made at once (an operator's lift, an escalation ban) reach the fleet in the order
+//! they were applied here.
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,10 +45,10 @@ pub enum FleetChange {
 
 /// Where this node's ban changes go to be shared.
 pub trait Share: Send + Sync {
-    /// `ban` is in force on this node.
-    fn banned(&self, ban: SharedBan);
-    /// The ban on exactly `cidr` was lifted on this node.
-    fn lifted(&self, cidr: IpNet);
+    /// `ban` is in force on this node since policy version `version`.
+    fn banned(&self, ban: SharedBan, version: u64);
+    /// The ban on exactly `cidr` was lifted on this node at policy version `version`.
+    fn lifted(&self, cidr: IpNet, version: u64);
     /// The fleet connection, for `status`.
     fn view(&self) -> FleetView;
 }
@@ -60,22 +65,29 @@ impl Service {
         self.share.get().map(|s| s.view())
     }
 
-    /// Shares a ban `caller` made, as this node now holds it.
-    pub(super) fn share_ban(&self, caller: &Caller, view: &BanView, strikes: Option<u32>) {
+    /// Shares a ban `caller` made (at policy `version`, with the source's strikes if it is
+    /// the escalation's), as this node now holds it.
+    pub(super) fn share_ban(
+        &self,
+        caller: &Caller,
+        view: &BanView,
+        (version, strikes): (u64, Option<u32>),
+    ) {
         let Some(share) = self.share.get().filter(|_| shared(caller)) else { return };
         let now = unix_ms(self.clock.wall());
-        share.banned(SharedBan {
+        let ban = SharedBan {
             cidr: view.cidr,
             expires_unix_ms: view.expires_in_secs.map(|s| now + (s * 1000.0).ceil() as u64),
             reason: view.reason.clone(),
             shorten: caller.may_shorten(),
             strikes,
-        });
+        };
+        share.banned(ban, version);
     }
 
-    pub(super) fn share_lift(&self, caller: &Caller, cidr: IpNet) {
+    pub(super) fn share_lift(&self, caller: &Caller, cidr: IpNet, version: u64) {
         if let Some(share) = self.share.get().filter(|_| shared(caller)) {
-            share.lifted(cidr);
+            share.lifted(cidr, version);
         }
     }
 
