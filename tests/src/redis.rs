@@ -65,15 +65,20 @@ impl Redis {
     }
 
     pub fn spawn(&mut self) {
+        // The password in a file of its own, not on a command line anyone may read.
+        let conf = self.dir.join("redis.conf");
+        std::fs::write(&conf, format!("requirepass \"{}\"\n", self.password)).expect("redis.conf");
         let mut cmd = Command::new("nsenter");
         if let Some(ns) = &self.netns {
             cmd.arg(format!("--net={}", ns.display()));
         }
         let child = cmd
-            .args(["--", "redis-server", "--port", "0", "--unixsocket"])
+            .args(["--", "redis-server"])
+            .arg(&conf)
+            .args(["--port", "0", "--unixsocket"])
             .arg(&self.socket)
             .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
-            .args(["--requirepass", &self.password, "--dir"])
+            .args(["--dir"])
             .arg(&self.dir)
             .args(&self.args)
             .stdout(Stdio::null())
@@ -101,6 +106,15 @@ impl Redis {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Stops it (SIGSTOP) or lets it go on (SIGCONT): a Redis that hangs, then comes back
+    /// with everything it held, as after a network partition.
+    pub fn freeze(&self, frozen: bool) {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        kill(pid, if frozen { Signal::SIGSTOP } else { Signal::SIGCONT })
+            .expect("signal redis-server");
     }
 
     /// `redis-cli ARGS…` against it; its output (empty if it is down).

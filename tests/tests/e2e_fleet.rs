@@ -28,12 +28,19 @@ const ESCALATION: &str = "[escalation]\noverlimit_events = 3\nban_ttl = \"10m\"\
 
 fn fleet(redis: &Redis, node: &str) -> String {
     let file = redis.dir.join(format!("password-{node}"));
-    std::fs::write(&file, format!("{PASSWORD}\n")).expect("password file");
+    private_file(&file, &format!("{PASSWORD}\n"));
     format!(
         "[fleet]\nredis = \"{}\"\nnode = \"{node}\"\npassword_file = \"{}\"\n",
         redis.url(),
         file.display()
     )
+}
+
+/// Writes `text` to `path`, readable by its owner only (as the daemon wants a password).
+fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("password file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 fn node(topo: &Topology, tag: &str, redis: &Redis) -> Daemon {
@@ -229,6 +236,43 @@ fn an_outage_loses_no_ban_and_each_node_keeps_enforcing() {
 }
 
 #[test]
+fn after_a_partition_the_later_change_wins() {
+    if !privileged("after_a_partition_the_later_change_wins") {
+        return;
+    }
+    let redis = Redis::start("par", PASSWORD);
+    let (ta, tb) = (Topology::new("fpa"), Topology::new("fpb"));
+    let a = node(&ta, "fpa", &redis);
+    let b = node(&tb, "fpb", &redis);
+    for ip in ["198.18.72.1", "198.18.72.2"] {
+        a.ok(&["ban", "add", ip, "--ttl", "1h"]);
+    }
+    assert!(eventually(Duration::from_secs(2), || ban_of(&b, "198.18.72.2/32").is_some()));
+    redis.freeze(true);
+    let apart = eventually(Duration::from_secs(10), || {
+        fleet_status(&a)["connected"] == false && fleet_status(&b)["connected"] == false
+    });
+    if !apart {
+        redis.freeze(false);
+        panic!("the nodes did not notice Redis hanging");
+    }
+    // A lifts .1; a moment later B bans it again. B lifts .2, which A leaves alone.
+    a.ok(&["ban", "del", "198.18.72.1"]);
+    std::thread::sleep(Duration::from_millis(20));
+    b.ok(&["ban", "add", "198.18.72.1", "--ttl", "1h", "--reason", "again, later, on B"]);
+    b.ok(&["ban", "del", "198.18.72.2"]);
+    redis.freeze(false);
+    for d in [&a, &b] {
+        let settled = || {
+            ban_of(d, "198.18.72.1/32").is_some_and(|b| b["reason"] == "again, later, on B")
+                && ban_of(d, "198.18.72.2/32").is_none()
+        };
+        assert!(eventually(Duration::from_secs(10), settled), "{:?}: {}", bans(d), d.log_text());
+    }
+    assert_eq!(redis.cli(&["HKEYS", "{secgate}:bans"]).trim(), "198.18.72.1/32");
+}
+
+#[test]
 fn a_node_started_late_enforces_the_fleets_bans_before_it_answers() {
     if !privileged("a_node_started_late_enforces_the_fleets_bans_before_it_answers") {
         return;
@@ -367,7 +411,7 @@ fn a_node_reaches_redis_over_tls_checked_against_its_ca() {
     let redis = Redis::start_tls("tls", PASSWORD, &topo.gw, 6390, (&cert, &key));
     let table = |ca: &Path| {
         let file = redis.dir.join("password");
-        std::fs::write(&file, PASSWORD).expect("password file");
+        private_file(&file, PASSWORD);
         format!(
             "[fleet]\nredis = \"rediss://localhost:6390/0\"\nnode = \"tls-a\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
             file.display(),

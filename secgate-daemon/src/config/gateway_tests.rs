@@ -223,6 +223,11 @@ fn the_example_gateway_section_is_valid_uncommented() {
         ],
     );
     std::fs::write(f.path("redis.pw"), "example\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(f.path("redis.pw"), private).unwrap();
+    }
     let cfg = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}\n{text}"));
     let e = cfg.escalation.as_ref().expect("the escalation section is in force");
     assert_eq!(e.widen.map(|w| w.sources), Some(8));
@@ -417,6 +422,19 @@ fn fleet_settings_are_checked_and_keep_the_password_out_of_sight() {
     let f = Files::new("fleet");
     let pw = f.0.join("redis.pw");
     std::fs::write(&pw, "hunter2-fleet\n").unwrap();
+    let private = |p: &std::path::Path, mode| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    private(&pw, 0o644);
+    let open = format!(
+        "{}[fleet]\nredis = \"redis://198.18.0.9/0\"\nnode = \"a\"\npassword_file = \"{}\"\n",
+        good(&f),
+        pw.display()
+    );
+    let e = Config::parse(&open).unwrap_err().iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert!(e.iter().any(|p| p.contains("readable by anyone")), "{e:#?}");
+    private(&pw, 0o640);
     let fleet = format!(
         "[fleet]\nredis = \"redis://198.18.0.9:6380/1\"\nnode = \"gw-a\"\npassword_file = \"{}\"\n",
         pw.display()

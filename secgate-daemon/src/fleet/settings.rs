@@ -170,8 +170,20 @@ pub fn ca_file(path: &str) -> Result<Vec<u8>, String> {
     Ok(pem)
 }
 
-/// Reads the password file: its first line, which must not be empty.
+/// Reads the password file: its first line, which must not be empty. A file anyone on the
+/// host may read is refused, as ssh refuses such keys.
 pub fn password_file(path: &str) -> Result<Secret, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("fleet.password_file {path:?} cannot be read: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "fleet.password_file {path:?} is readable by anyone (mode {:o}): `chmod o-rwx` it",
+            mode & 0o777
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("fleet.password_file {path:?} cannot be read: {e}"))?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
