@@ -438,3 +438,23 @@ fn a_node_reaches_redis_over_tls_checked_against_its_ca() {
     assert!(s["last_error"].as_str().is_some_and(|e| e.contains("connecting")), "{s}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_second_gateway_under_the_same_name_is_reported() {
+    if !privileged("a_second_gateway_under_the_same_name_is_reported") {
+        return;
+    }
+    let redis = Redis::start("dup", PASSWORD);
+    let (ta, tb) = (Topology::new("fda"), Topology::new("fdb"));
+    let a = node(&ta, "fda", &redis);
+    let twin = Daemon::start_with(&tb, "fdb", DATAPATH, fleet(&redis, "fda"));
+    let warning = "another gateway uses this fleet.node name";
+    assert!(twin.log_text().contains(warning), "{}", twin.log_text());
+    assert!(!a.log_text().contains(warning), "the first holder is not the one told");
+    // A restart is the same node, not another.
+    drop(twin);
+    let mut b = node(&tb, "fdb", &redis);
+    b.stop();
+    b.spawn();
+    assert!(!b.log_text().contains(warning), "{}", b.log_text());
+}

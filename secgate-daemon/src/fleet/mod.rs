@@ -5,6 +5,7 @@
 //! audit (with the node it came from). While Redis is away each node keeps enforcing what
 //! it has, queues what it changes, and brings itself back in line on reconnect.
 
+mod claim;
 mod lifts;
 pub mod limits;
 mod link;
@@ -56,6 +57,7 @@ impl Fleet {
             escalation: escalation.clone(),
             client,
             store: store::Store::new(&settings.prefix),
+            claim: claim::Claim::new(&settings.prefix, &settings.node, state_dir),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(task.run(Some(tx)));

@@ -15,6 +15,7 @@ use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 use tokio::sync::oneshot;
 
 use super::{
+    claim::Claim,
     link::{Link, Pending},
     settings,
     store::Store,
@@ -44,6 +45,7 @@ pub struct Task {
     pub escalation: Arc<Escalation>,
     pub client: redis::Client,
     pub store: Store,
+    pub claim: Claim,
 }
 
 /// Where a session has got in the fleet's order of changes.
@@ -82,6 +84,9 @@ impl Task {
             Ok(c) => c,
             Err(e) => return format!("connecting: {}", describe(&e)),
         };
+        if let Err(e) = self.claim(&mut conn, true).await {
+            return e;
+        }
         if !self.link.settings.share_bans {
             // Limits only: the connection is all the limiter needs.
             self.link.up(conn.clone(), 0);
@@ -170,12 +175,27 @@ impl Task {
                     }
                 }
                 _ = ping.tick() => {
-                    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-                    if let Err(e) = pong {
-                        return format!("ping: {}", describe(&e));
+                    if let Err(e) = self.claim(&mut conn, false).await {
+                        return e;
                     }
                 }
             }
+        }
+    }
+
+    /// Renews this node's claim on its name (which also checks the connection); reports
+    /// another gateway holding it, on the first claim of a session.
+    async fn claim(&self, conn: &mut MultiplexedConnection, first: bool) -> Result<(), String> {
+        match self.claim.renew(conn).await {
+            Ok(Some(other)) => {
+                self.link.error();
+                if first {
+                    tracing::error!(node = %self.link.settings.node, other, "another gateway uses this fleet.node name; give each its own: the bans either makes are ignored by the other");
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("ping: {}", describe(&e))),
         }
     }
 
