@@ -68,6 +68,11 @@ impl Redis {
         // The password in a file of its own, not on a command line anyone may read.
         let conf = self.dir.join("redis.conf");
         std::fs::write(&conf, format!("requirepass \"{}\"\n", self.password)).expect("redis.conf");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&conf, private).expect("chmod redis.conf");
+        }
         let mut cmd = Command::new("nsenter");
         if let Some(ns) = &self.netns {
             cmd.arg(format!("--net={}", ns.display()));

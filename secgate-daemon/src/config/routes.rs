@@ -14,7 +14,7 @@ use super::{
 };
 use crate::gateway::{
     authn::{self, Methods},
-    ratelimit::{Per, RateLimit, Scope},
+    ratelimit::{MAX_FLEET_RPS, Per, RateLimit, Scope},
     routes::{PathPattern, Route},
     schema::Schema,
     validate,
@@ -144,6 +144,10 @@ fn rate_limit(
     let burst = c.take(&l.burst, values::range("burst", *l.burst.get_ref(), 1, 1_000_000));
     let scope =
         l.scope.as_ref().map_or(Some(Scope::Node), |s| c.take(s, Scope::parse(s.get_ref())));
+    if scope == Some(Scope::Fleet) && rps.is_some_and(|r| r > MAX_FLEET_RPS) {
+        c.say(&l.rps, format!("rate_limit.rps above {MAX_FLEET_RPS} with scope = \"fleet\": the fleet's bucket counts whole µs, which would hold it far under its value"));
+        return None;
+    }
     Some(Arc::new(RateLimit::new(per?, rps? as u32, burst? as u32).in_scope(scope?)))
 }
 

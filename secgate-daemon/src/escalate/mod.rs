@@ -24,7 +24,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        mpsc::{Receiver, Sender, SyncSender, TrySendError, channel, sync_channel},
+        mpsc::{Receiver, SyncSender, TrySendError, channel, sync_channel},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -53,6 +53,8 @@ use crate::{
 
 /// Offences waiting for the worker at most.
 const QUEUE: usize = 65_536;
+/// Strikes learnt from the fleet waiting for the worker at most.
+const LEARNED: usize = 65_536;
 /// Bans waiting for the recorder at most; past it they are dropped (and counted).
 const ORDERS: usize = 65_536;
 /// How often a changed repeat-offender history is written.
@@ -117,8 +119,10 @@ pub struct Escalation {
     /// The copy of the repeat-offender history that is saved, and the worker's changes to
     /// it not yet applied. The worker keeps its own copy and never takes this lock.
     saved: Mutex<Saved>,
-    /// Strikes the fleet reports, for the worker's copy of the history.
-    learned: Sender<(IpNet, Strikes)>,
+    /// Strikes the fleet reports, for the worker's copy of the history (bounded: past
+    /// [`LEARNED`] waiting, the worker's copy misses some until the next start; the saved
+    /// copy has them all).
+    learned: SyncSender<(IpNet, Strikes)>,
     metrics: Metrics,
 }
 
@@ -136,7 +140,7 @@ impl Escalation {
         let (history, warning) = History::load(&config.state_dir);
         let (tx, rx) = sync_channel(QUEUE);
         let (strikes, changes) = channel();
-        let (learned, learnt) = channel();
+        let (learned, learnt) = sync_channel(LEARNED);
         let escalation = Arc::new(Escalation {
             tx,
             live: ArcSwapOption::from(Live::of(config).map(Arc::new)),
@@ -213,7 +217,7 @@ impl Escalation {
     pub fn learn(&self, cidr: IpNet, bans: u32, until_unix_ms: u64) {
         let strikes = Strikes { bans, until_unix_ms };
         self.saved().history.learn(cidr, strikes);
-        let _ = self.learned.send((cidr, strikes));
+        let _ = self.learned.try_send((cidr, strikes));
     }
 
     /// Writes the repeat-offender history if it changed: by the recorder about once a

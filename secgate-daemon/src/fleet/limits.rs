@@ -8,8 +8,9 @@
 //! was granted by Redis's bucket before it was spent, and spent at most `STASH_LIFE` after
 //! the node asked for it, so over any `t` seconds the fleet admits at most
 //! `burst + rps × (t + 0.1)` requests for a key (from a fresh key: `burst + rps × t`). The
-//! bucket's interval is a whole number of µs, rounded up, so rates whose interval is not
-//! (above 1,000 rps per key, say 300,000) are held a little under their value, never over.
+//! bucket's interval is a whole number of µs, rounded up, so a rate whose interval is not is
+//! held under its value by at most `rps / 1,000,000` of it, never over (fleet-wide limits
+//! are capped at 100,000 rps, so at most 9%).
 //! The price is on the other side: a node's unspent stash (fewer than a batch) is lost to
 //! the others, so a key may be refused up to `nodes × (batch − 1)` requests early in a
 //! stash's life. A refusal is remembered until the bucket's answer says to come back, so a
@@ -148,8 +149,7 @@ impl FleetLimits {
             return verdict;
         }
         let Some(mut conn) = self.link.connection() else { return self.unavailable() };
-        // Whole µs, rounded up: a rate whose interval is not a whole number of µs is held
-        // a little under it, never over.
+        // Whole µs, rounded up: never over the rate, under it by at most rps / 1,000,000.
         let interval = 1_000_000u64.div_ceil(u64::from(quota.rps.max(1)));
         let tolerance = interval * u64::from(quota.burst.max(1) - 1);
         let mut invocation = self.script.key(&key);

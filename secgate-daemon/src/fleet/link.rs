@@ -3,7 +3,7 @@
 //! health for `status` and the metrics, and the connection itself for the limiter.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
@@ -41,6 +41,41 @@ impl Pending {
         match self {
             Pending::Ban { version, .. } | Pending::Lift { version, .. } => *version,
         }
+    }
+}
+
+/// The changes waiting for Redis, and the latest policy version queued per CIDR (kept
+/// after the change is taken for sending, so a change applied earlier but handed on later
+/// cannot overtake it).
+#[derive(Default)]
+struct Queue {
+    changes: BTreeMap<IpNet, Pending>,
+    latest: HashMap<IpNet, u64>,
+    /// The highest version seen: entries of `latest` far below it are forgotten.
+    top: u64,
+}
+
+/// How far behind the highest version a late change may still arrive. Changes reach the
+/// queue microseconds after they are applied; this is thousands of changes of slack.
+const LATE: u64 = 100_000;
+
+impl Queue {
+    /// Whether `change` of `cidr` is newer than any queued for it (and records it).
+    fn newer(&mut self, cidr: IpNet, change: &Pending) -> bool {
+        let version = change.version();
+        if version == 0 {
+            return true;
+        }
+        if self.latest.get(&cidr).is_some_and(|&v| v > version) {
+            return false;
+        }
+        self.latest.insert(cidr, version);
+        self.top = self.top.max(version);
+        if self.latest.len() > MAX_PENDING {
+            let floor = self.top.saturating_sub(LATE);
+            self.latest.retain(|_, v| *v >= floor);
+        }
+        true
     }
 }
 
@@ -84,7 +119,7 @@ impl Default for Metrics {
 
 pub struct Link {
     pub settings: FleetSettings,
-    pending: Mutex<BTreeMap<IpNet, Pending>>,
+    pending: Mutex<Queue>,
     /// The state directory, where pending lifts are kept ([`super::lifts`]); held while
     /// the file is written, so writes land in the order their contents were taken.
     lifts_dir: Mutex<PathBuf>,
@@ -107,11 +142,11 @@ impl Link {
         if let Some(w) = warning {
             tracing::error!("{w}");
         }
-        let pending =
+        let changes =
             lifts.into_iter().map(|(cidr, at_ms)| (cidr, Pending::Lift { at_ms, version: 0 }));
         Arc::new(Link {
             settings,
-            pending: Mutex::new(pending.collect()),
+            pending: Mutex::new(Queue { changes: changes.collect(), ..Queue::default() }),
             lifts_dir: Mutex::new(dir.to_owned()),
             wake: Notify::new(),
             health: Mutex::default(),
@@ -152,7 +187,7 @@ impl Link {
     fn queue(&self, cidr: IpNet, change: Pending) {
         {
             let mut pending = lock(&self.pending);
-            if pending.len() >= MAX_PENDING && !pending.contains_key(&cidr) {
+            if pending.changes.len() >= MAX_PENDING && !pending.changes.contains_key(&cidr) {
                 drop(pending);
                 let mut health = lock(&self.health);
                 if !std::mem::replace(&mut health.warned_full, true) {
@@ -164,11 +199,12 @@ impl Link {
                 return;
             }
             // Changes of one CIDR can arrive here out of the order they were applied in.
-            if pending.get(&cidr).is_some_and(|held| held.version() > change.version()) {
+            if !pending.newer(cidr, &change) {
                 return;
             }
             let lift = matches!(change, Pending::Lift { .. });
-            let was_lift = matches!(pending.insert(cidr, change), Some(Pending::Lift { .. }));
+            let was_lift =
+                matches!(pending.changes.insert(cidr, change), Some(Pending::Lift { .. }));
             drop(pending);
             if lift || was_lift {
                 self.save_lifts();
@@ -181,6 +217,7 @@ impl Link {
     pub fn save_lifts(&self) {
         let dir = lock(&self.lifts_dir);
         let lifts: Vec<(IpNet, u64)> = lock(&self.pending)
+            .changes
             .iter()
             .filter_map(|(cidr, p)| match p {
                 Pending::Lift { at_ms, .. } => Some((*cidr, *at_ms)),
@@ -195,20 +232,27 @@ impl Link {
     /// Takes every pending change, in CIDR order.
     pub fn take_pending(&self) -> BTreeMap<IpNet, Pending> {
         lock(&self.health).warned_full = false;
-        std::mem::take(&mut *lock(&self.pending))
+        std::mem::take(&mut lock(&self.pending).changes)
     }
 
     /// Puts back changes that did not reach Redis, unless a newer one for the same CIDR
     /// was queued meanwhile.
     pub fn put_back(&self, changes: impl IntoIterator<Item = (IpNet, Pending)>) {
-        let mut pending = lock(&self.pending);
-        for (cidr, change) in changes {
-            pending.entry(cidr).or_insert(change);
+        {
+            let mut pending = lock(&self.pending);
+            for (cidr, change) in changes {
+                let held = pending.changes.get(&cidr).map(Pending::version);
+                if held.is_none_or(|v| v < change.version()) {
+                    pending.changes.insert(cidr, change);
+                }
+            }
         }
+        // A lift queued during the failed send rewrote the file without those in flight.
+        self.save_lifts();
     }
 
     pub fn is_pending(&self, cidr: &IpNet) -> bool {
-        lock(&self.pending).contains_key(cidr)
+        lock(&self.pending).changes.contains_key(cidr)
     }
 
     /// Queues a ban the node holds that the fleet does not know (a Redis that came back
@@ -216,7 +260,7 @@ impl Link {
     /// made at time 0, so that any lift or ban the fleet knows the time of wins over it.
     pub fn republish(&self, ban: SharedBan) {
         let mut pending = lock(&self.pending);
-        pending.entry(ban.cidr).or_insert(Pending::Ban { ban, at_ms: 0, version: 0 });
+        pending.changes.entry(ban.cidr).or_insert(Pending::Ban { ban, at_ms: 0, version: 0 });
     }
 
     /// Records how long a change from another node took to be applied here.
@@ -295,7 +339,7 @@ impl Share for Link {
             shares: shares.iter().filter(|(on, _)| *on).map(|(_, n)| (*n).to_owned()).collect(),
             connected: health.connected,
             last_sync_secs_ago: health.last_sync.map(|t| t.elapsed().as_secs_f64()),
-            pending: lock(&self.pending).len(),
+            pending: lock(&self.pending).changes.len(),
             bans_shared: health.bans_shared,
             errors: self.metrics.errors.get(),
             last_error: health.last_error.clone(),
@@ -311,4 +355,65 @@ fn quantile(samples: &std::collections::VecDeque<f64>, q: f64) -> Option<f64> {
     sorted.sort_by(f64::total_cmp);
     let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
     sorted.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::settings::{OnUnavailable, Target};
+
+    fn link(dir: &Path) -> Arc<Link> {
+        let settings = FleetSettings {
+            redis: Target::parse("redis://127.0.0.1/0").unwrap(),
+            node: "a".into(),
+            prefix: "secgate".into(),
+            share_bans: true,
+            share_limits: false,
+            on_unavailable: OnUnavailable::Local,
+            password: None,
+            ca: None,
+        };
+        Link::new(settings, dir)
+    }
+
+    fn ban(cidr: IpNet) -> SharedBan {
+        SharedBan { cidr, expires_unix_ms: None, reason: "r".into(), shorten: true, strikes: None }
+    }
+
+    #[test]
+    fn a_change_handed_on_late_never_overtakes_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = link(dir.path());
+        let cidr: IpNet = "198.18.0.9/32".parse().unwrap();
+        l.lifted(cidr, 2);
+        let sending = l.take_pending();
+        l.banned(ban(cidr), 1);
+        assert!(!l.is_pending(&cidr), "the ban was applied before the lift being sent");
+        l.put_back(sending);
+        assert!(matches!(l.take_pending()[&cidr], Pending::Lift { .. }));
+        l.banned(ban(cidr), 3);
+        let newer = l.take_pending();
+        l.lifted(cidr, 4);
+        l.put_back(newer);
+        assert!(
+            matches!(l.take_pending()[&cidr], Pending::Lift { version: 4, .. }),
+            "put_back keeps the newer"
+        );
+    }
+
+    #[test]
+    fn pending_lifts_outlive_a_restart_and_a_failed_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y): (IpNet, IpNet) =
+            ("198.18.0.1/32".parse().unwrap(), "198.18.0.2/32".parse().unwrap());
+        let l = link(dir.path());
+        l.lifted(x, 1);
+        let sending = l.take_pending();
+        l.lifted(y, 2);
+        l.put_back(sending);
+        drop(l);
+        let again = link(dir.path());
+        let pending = again.take_pending();
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), vec![x, y]);
+    }
 }

@@ -16,23 +16,25 @@ use super::wire::{self, Event, Record};
 /// lifted meanwhile (it republishes the bans it holds that the fleet does not know).
 pub const LIFT_MEMORY_MS: u64 = 7 * 86_400 * 1000;
 
-/// Stores a ban made at `ARGV[8]` unless a later lift or (with `mode = "set"`) a later ban
-/// of the CIDR is held; with `mode = "max"`, only when it outlasts the ban held. Publishes
-/// it; returns its number, or 0 when refused. Order is by the nodes' wall clocks.
+/// Stores a ban made at `ARGV[8]` unless a later lift or a later ban of the CIDR is held
+/// (order is by the nodes' wall clocks), and with `mode = "max"` only when it outlasts the
+/// ban held. Publishes it; returns its number, 0 when refused as older (its node then takes
+/// the fleet's), or -1 when the fleet already holds a ban at least as long.
 const PUT: &str = r"
 local at = tonumber(ARGV[8])
 local lifted = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if lifted and tonumber(lifted) > at then return 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and ARGV[3] == 'max' then
-  local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
-  local want = tonumber(ARGV[2])
-  if not held then return 0 end
-  held = tonumber(held)
-  if held > tonumber(ARGV[4]) and want ~= 0 and held >= want then return 0 end
-elseif cur then
+if cur then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' and tonumber(rec.at_ms) and tonumber(rec.at_ms) > at then return 0 end
+  if ARGV[3] == 'max' then
+    local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
+    if not held then return -1 end
+    held = tonumber(held)
+    local want = tonumber(ARGV[2])
+    if held > tonumber(ARGV[4]) and want ~= 0 and held >= want then return -1 end
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
 if ARGV[2] == '0' then
@@ -46,18 +48,25 @@ redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[6])
 return seq
 ";
 
-/// Removes a ban unless it was made after the lift (`ARGV[2]`), remembers the lift, forgets
-/// lifts older than the memory. Publishes it; returns its number, or 0 when refused.
+/// Removes a ban unless it was made after the lift (made at `ARGV[2]`), remembers the lift
+/// (never moving a remembered lift back in time), forgets lifts older than the memory by
+/// Redis's clock. Publishes it; returns its number, or 0 when refused.
 const LIFT: &str = r"
+local at = tonumber(ARGV[2])
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' and tonumber(rec.at_ms) and tonumber(rec.at_ms) > tonumber(ARGV[2]) then return 0 end
+  if ok and type(rec) == 'table' and tonumber(rec.at_ms) and tonumber(rec.at_ms) > at then return 0 end
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', tonumber(ARGV[2]) - tonumber(ARGV[3])))
+local prev = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not prev or tonumber(prev) < at then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now - tonumber(ARGV[3])))
 local seq = redis.call('INCR', KEYS[4])
 redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[4])
 return seq
@@ -137,7 +146,8 @@ impl Store {
     }
 
     /// Stores and publishes `record` for `cidr`; with `extend_only`, only where it outlasts
-    /// the ban the fleet holds. Its number in the fleet's order, or 0 if refused.
+    /// the ban the fleet holds. Its number in the fleet's order; 0 if refused as older; -1
+    /// if the fleet holds a ban at least as long.
     pub async fn put(
         &self,
         conn: &mut MultiplexedConnection,
@@ -145,7 +155,7 @@ impl Store {
         record: &Record,
         extend_only: bool,
         now_ms: u64,
-    ) -> redis::RedisResult<u64> {
+    ) -> redis::RedisResult<i64> {
         let event = Event::Ban { cidr, record: record.clone(), shorten: !extend_only };
         self.keys
             .four(&self.put)
@@ -169,7 +179,7 @@ impl Store {
         cidr: IpNet,
         origin: &str,
         at_ms: u64,
-    ) -> redis::RedisResult<u64> {
+    ) -> redis::RedisResult<i64> {
         let event = Event::Lift { cidr, origin: origin.to_owned(), at_ms };
         self.keys
             .four(&self.lift)

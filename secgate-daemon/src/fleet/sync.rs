@@ -115,14 +115,15 @@ impl Task {
     }
 
     /// Loads the fleet's bans, brings this node in line and sends what it has pending;
-    /// again once if the fleet refused a change as older than its own (this node then takes
-    /// the fleet's). Returns how many bans the fleet holds then.
+    /// again while the fleet refuses a change as older than its own (this node then takes
+    /// the fleet's), ending with a load. Returns how many bans the fleet holds then.
     async fn sync(
         &self,
         conn: &mut MultiplexedConnection,
         cursor: &mut Cursor,
     ) -> Result<usize, String> {
-        for _ in 0..2 {
+        // At most two sends; a last round only takes the fleet's.
+        for round in 0..3 {
             let now = unix_ms(std::time::SystemTime::now());
             let snapshot = self
                 .store
@@ -131,7 +132,7 @@ impl Task {
                 .map_err(|e| format!("loading the fleet's bans: {}", describe(&e)))?;
             cursor.seen = snapshot.seq;
             self.reconcile(snapshot).await;
-            if !self.flush(conn, cursor).await? {
+            if round == 2 || !self.flush(conn, cursor).await? {
                 break;
             }
         }
@@ -139,6 +140,17 @@ impl Task {
             .count(conn)
             .await
             .map_err(|e| format!("counting the fleet's bans: {}", describe(&e)))
+    }
+
+    /// [`Task::sync`] on a live session, and the count it found for `status`.
+    async fn resync(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
+    ) -> Result<(), String> {
+        let shared = self.sync(conn, cursor).await?;
+        self.link.up(conn.clone(), shared);
+        Ok(())
     }
 
     /// Applies published changes, sends this node's, and checks the connection, until
@@ -160,7 +172,7 @@ impl Task {
                         batch.push(m);
                     }
                     if !self.receive(&batch, &mut cursor).await
-                        && let Err(e) = self.sync(&mut conn, &mut cursor).await
+                        && let Err(e) = self.resync(&mut conn, &mut cursor).await
                     {
                         return e;
                     }
@@ -168,7 +180,7 @@ impl Task {
                 () = self.link.wake.notified() => {
                     match self.flush(&mut conn, &mut cursor).await {
                         Ok(false) => {}
-                        Ok(true) => if let Err(e) = self.sync(&mut conn, &mut cursor).await {
+                        Ok(true) => if let Err(e) = self.resync(&mut conn, &mut cursor).await {
                             return e;
                         },
                         Err(e) => return e,
@@ -299,10 +311,11 @@ impl Task {
             };
             match sent {
                 Ok(0) => refused = true,
-                Ok(seq) => {
-                    cursor.own.insert(cidr, seq);
+                Ok(seq) if seq > 0 => {
+                    cursor.own.insert(cidr, seq as u64);
                     self.link.metrics.sent.inc();
                 }
+                Ok(_) => {}
                 Err(e) => {
                     self.link.put_back(std::iter::once((cidr, change)).chain(pending));
                     return Err(format!("sharing a ban change: {}", describe(&e)));

@@ -16,7 +16,8 @@ pub struct Record {
     pub reason: String,
     /// The node that made it.
     pub origin: String,
-    /// When it was made (Unix ms), for the propagation delay.
+    /// When it was made (Unix ms): changes of one CIDR are ordered by it, and the
+    /// propagation delay runs from it (0: a republished ban of unknown age).
     pub at_ms: u64,
     /// An escalation ban's count of the source's bans so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
